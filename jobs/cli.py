@@ -1,0 +1,167 @@
+"""The ``segpipe`` command: parse arguments, build one frozen config, call one library function.
+
+Every subcommand takes ``--config FILE`` (YAML) and trailing ``KEY=VALUE`` overrides; the named
+options are shorthands for keys. Precedence: config file < options < ``KEY=VALUE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pipeline.config import ConfigError, SampleDataConfig, SegmentConfig, load_config
+
+log = logging.getLogger("segpipe")
+
+EPILOG = """\
+Every option is also a config key; KEY=VALUE pairs after the options override both the config
+file and the options, e.g.:
+  segpipe segment --config jobs/configs/segment.yaml actors.max=4 batch_size=32
+Object storage credentials and endpoint come from the standard AWS environment
+(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL) or the storage.* keys.
+"""
+
+# option dest -> config key, per subcommand
+SEGMENT_OPTIONS = {
+    "input": "input", "model": "model", "output": "output", "address": "address",
+    "batch_size": "batch_size", "min_actors": "actors.min", "max_actors": "actors.max",
+    "cpus_per_actor": "actors.cpus", "gpus_per_actor": "actors.gpus", "endpoint_url": "storage.endpoint_url",
+    "run_id": "run_id",
+}
+SAMPLE_OPTIONS = {
+    "output": "output", "num_images": "num_images", "num_shards": "num_shards", "num_classes": "num_classes",
+    "min_size": "min_size", "max_size": "max_size", "seed": "seed", "layout": "layout",
+    "endpoint_url": "storage.endpoint_url",
+}
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config``, ``--endpoint-url``, ``-v`` and the trailing ``KEY=VALUE`` overrides."""
+    parser.add_argument("--config", metavar="FILE", help="YAML config file")
+    parser.add_argument("--endpoint-url", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. actors.max=4")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the ``segpipe`` parser with its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="segpipe",
+        description="Distributed batch image segmentation with Ray Data and a Keras U-Net.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    segment = commands.add_parser(
+        "segment", help="segment every image of an input into masks + per-image metrics",
+        description="Segment every image under --input with the model artifact --model; write masks/, "
+        "metrics/*.parquet and run.json under --output. Without --address or RAY_ADDRESS a local Ray starts.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    segment.add_argument("--input", help="URL of tar shards, an images/ folder or Parquet files")
+    segment.add_argument("--model", help="URL of a model artifact (folder with model.keras + model.json)")
+    segment.add_argument("--output", help="URL to write masks/, metrics/ and run.json under")
+    segment.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    segment.add_argument("--batch-size", type=int, help="images per model batch (default 16)")
+    segment.add_argument("--min-actors", type=int, help="smallest actor pool (default 1)")
+    segment.add_argument("--max-actors", type=int, help="largest actor pool (default 1)")
+    segment.add_argument("--cpus-per-actor", type=float, help="CPUs per actor (default: automatic)")
+    segment.add_argument("--gpus-per-actor", type=float, help="GPUs per actor (default 0)")
+    segment.add_argument("--run-id", help="run id recorded in every row (default: UTC start time)")
+    add_common_arguments(segment)
+    segment.set_defaults(handler=run_segment_command, config_class=SegmentConfig, options=SEGMENT_OPTIONS)
+
+    sample = commands.add_parser(
+        "sample-data", help="write synthetic labelled shards",
+        description="Write synthetic images with class-index masks (tar shards by default).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sample.add_argument("--output", help="URL to write the shards under")
+    sample.add_argument("--num-images", type=int, help="images to write (default 64)")
+    sample.add_argument("--num-shards", type=int, help="shards to split them into (default 4)")
+    sample.add_argument("--num-classes", type=int, help="classes including background (default 3)")
+    sample.add_argument("--min-size", type=int, help="smallest image side (default 48)")
+    sample.add_argument("--max-size", type=int, help="largest image side (default 96)")
+    sample.add_argument("--seed", type=int, help="random seed (default 0)")
+    sample.add_argument("--layout", choices=("tar", "folder", "parquet"), help="input shape to write (default tar)")
+    add_common_arguments(sample)
+    sample.set_defaults(handler=run_sample_command, config_class=SampleDataConfig, options=SAMPLE_OPTIONS)
+
+    demo = commands.add_parser(
+        "demo", help="generate sample data and a model, then segment it on a local Ray",
+        description="Write sample shards, build a small model artifact, segment the shards, print where the outputs are.",
+    )
+    demo.add_argument("--workdir", default="demo-output", help="folder for the demo's data, model and run (default demo-output)")
+    demo.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    demo.set_defaults(handler=run_demo_command)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """Return the frozen config for a subcommand: file, then options, then KEY=VALUE overrides."""
+    options = {key: value for dest, key in args.options.items() if (value := getattr(args, dest, None)) is not None}
+    return load_config(args.config_class, args.config, args.overrides, options)
+
+
+def run_segment_command(args: argparse.Namespace) -> int:
+    """Run ``segpipe segment``; return the exit status."""
+    from pipeline.inference import run_segmentation
+
+    summary = run_segmentation(config_from_args(args))
+    if not summary.model_trained:
+        print("note: the model artifact is untrained (model.json training.trained is false); masks are not meaningful")
+    print(summary.line())
+    return 0
+
+
+def run_sample_command(args: argparse.Namespace) -> int:
+    """Run ``segpipe sample-data``; return the exit status."""
+    from pipeline.sample_data import write_sample_data
+
+    cfg = config_from_args(args)
+    shards = write_sample_data(cfg)
+    print(f"wrote {cfg.num_images} images in {len(shards)} {cfg.layout} shard(s) under {cfg.output}")
+    return 0
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    """Run ``segpipe demo``; return the exit status."""
+    from pipeline.demo import run_demo
+
+    result = run_demo(args.workdir)
+    for line in result.lines():
+        print(line)
+    return 0
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Return the exception types that mean "the run cannot start": shown as one message, exit 2."""
+    from pipeline.model import ModelArtifactError
+    from pipeline.sources import InputError
+    from pipeline.storage import StorageError
+
+    return ConfigError, InputError, ModelArtifactError, StorageError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``segpipe`` console script; return the process exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except user_errors() as exc:
+        print(f"segpipe {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

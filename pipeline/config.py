@@ -1,0 +1,282 @@
+"""Run configuration: frozen dataclasses, loaded from YAML with ``key=value`` overrides.
+
+There is one configuration system. A config file (YAML) gives a nested mapping; command-line
+overrides are dotted ``key=value`` strings (``actors.max=4``, ``batch_size=32``) whose values are
+parsed as YAML scalars. Unknown keys and wrongly typed values stop the run before any work starts,
+with a message that names the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be used; the message names the key and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StorageConfig:
+    """How to reach object storage.
+
+    Every field left unset falls back to the standard AWS environment (``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``), which s3fs and botocore
+    read themselves. ``key`` and ``secret`` are never logged or written to outputs (see
+    :meth:`redacted`).
+    """
+
+    endpoint_url: str | None = None
+    key: str | None = None
+    secret: str | None = None
+    region: str | None = None
+    anon: bool = False
+
+    def fsspec_options(self, protocol: str) -> dict[str, Any]:
+        """Return keyword arguments for ``fsspec.filesystem(protocol, ...)``; empty for local files."""
+        if protocol not in ("s3", "s3a"):
+            return {}
+        options: dict[str, Any] = {}
+        endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
+            "AWS_ENDPOINT_URL"
+        )
+        if endpoint:
+            options["endpoint_url"] = endpoint
+        if self.key:
+            options["key"] = self.key
+        if self.secret:
+            options["secret"] = self.secret
+        if self.region:
+            options["client_kwargs"] = {"region_name": self.region}
+        if self.anon:
+            options["anon"] = True
+        return options
+
+    def redacted(self) -> dict[str, Any]:
+        """Return the fields as a dict with credentials replaced by ``"***"`` (safe to log and save)."""
+        values = dataclasses.asdict(self)
+        for name in ("key", "secret"):
+            if values[name]:
+                values[name] = "***"
+        return values
+
+    def __repr__(self) -> str:  # never print credentials, even by accident
+        return f"StorageConfig({self.redacted()})"
+
+
+@dataclasses.dataclass(frozen=True)
+class ActorConfig:
+    """The prediction actor pool: each actor holds one model replica.
+
+    ``cpus=None`` means automatic: with GPUs, one CPU per actor; without, the node's CPUs divided
+    among the actors, less a small share left for the reading and writing stages.
+    """
+
+    min: int = 1
+    max: int = 1
+    cpus: float | None = None
+    gpus: float = 0.0
+    memory_gb: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.min < 1:
+            raise ConfigError(f"actors.min={self.min}: the pool needs at least one actor; set actors.min=1 or more")
+        if self.max < self.min:
+            raise ConfigError(
+                f"actors.max={self.max} is below actors.min={self.min}; set actors.max >= actors.min"
+            )
+        if self.cpus is not None and self.cpus <= 0:
+            raise ConfigError(f"actors.cpus={self.cpus}: must be positive, or null for automatic")
+        if self.gpus < 0:
+            raise ConfigError(f"actors.gpus={self.gpus}: must be 0 (CPU) or positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentConfig:
+    """Everything a segmentation run needs; saved (credentials redacted) in ``<output>/run.json``."""
+
+    input: str = ""
+    model: str = ""
+    output: str = ""
+    address: str | None = None
+    batch_size: int = 16
+    folder_shard_size: int = 256
+    stage_cpus: float = 0.25
+    run_id: str | None = None
+    actors: ActorConfig = dataclasses.field(default_factory=ActorConfig)
+    storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("input", "model", "output"):
+            if not getattr(self, name):
+                raise ConfigError(f"'{name}' is not set; give --{name} URL or '{name}: URL' in the config file")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size={self.batch_size}: must be at least 1")
+        if self.folder_shard_size < 1:
+            raise ConfigError(f"folder_shard_size={self.folder_shard_size}: must be at least 1")
+        if not 0 < self.stage_cpus <= 64:
+            raise ConfigError(f"stage_cpus={self.stage_cpus}: must be a positive CPU share such as 0.25")
+
+    def to_public_dict(self) -> dict[str, Any]:
+        """Return the config as plain data with credentials redacted (for run.json and logs)."""
+        values = dataclasses.asdict(self)
+        values["storage"] = self.storage.redacted()
+        return values
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleDataConfig:
+    """Synthetic labelled shards for the demo, tests and benchmarks."""
+
+    output: str = ""
+    num_images: int = 64
+    num_shards: int = 4
+    num_classes: int = 3
+    min_size: int = 48
+    max_size: int = 96
+    seed: int = 0
+    layout: str = "tar"
+    storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("tar", "folder", "parquet"):
+            raise ConfigError(f"layout={self.layout!r}: choose tar, folder or parquet")
+        if not self.output:
+            raise ConfigError("'output' is not set; give --output URL")
+        if self.num_images < 1 or self.num_shards < 1:
+            raise ConfigError("num_images and num_shards must be at least 1")
+        if not 2 <= self.num_classes <= 8:
+            raise ConfigError(f"num_classes={self.num_classes}: sample data supports 2..8 classes")
+        if not 16 <= self.min_size <= self.max_size:
+            raise ConfigError(f"min_size={self.min_size}, max_size={self.max_size}: need 16 <= min_size <= max_size")
+
+
+ConfigT = TypeVar("ConfigT")
+
+
+def load_config(
+    cls: type[ConfigT],
+    path: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    options: Mapping[str, Any] | None = None,
+) -> ConfigT:
+    """Return a ``cls`` built from an optional YAML file, then ``options`` (typed values by dotted
+    key, e.g. from command-line flags), then dotted ``key=value`` override strings."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = read_yaml_mapping(path)
+    for key, value in (options or {}).items():
+        set_dotted(values, key, value)
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(values, key, value)
+    return build_dataclass(cls, values)
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """Return the mapping stored in a YAML file; an empty file is an empty mapping."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}; check the path") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values, not {type(data).__name__}")
+    return data
+
+
+class OverrideText(str):
+    """The text of a ``KEY=VALUE`` override, parsed only once the key's type is known."""
+
+
+def parse_override(item: str) -> tuple[str, OverrideText]:
+    """Split ``"a.b=value"`` into the key and the raw value text."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} is not KEY=VALUE; write e.g. actors.max=4")
+    return key.strip(), OverrideText(raw)
+
+
+def override_value(text: OverrideText, kind: Any) -> Any:
+    """Return override text as-is for a text key, else parsed as a YAML scalar (``4``, ``1.5``, ``true``, ``null``)."""
+    if kind is str and text.strip() not in ("", "null", "~"):
+        return str(text)
+    try:
+        return yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        return str(text)
+
+
+def set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``values["a"]["b"] = value`` for ``key="a.b"``, creating nested mappings as needed."""
+    *parents, leaf = key.split(".")
+    node = values
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}=...: '{part}' is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def build_dataclass(cls: type[ConfigT], values: Mapping[str, Any], prefix: str = "") -> ConfigT:
+    """Return ``cls(**values)`` with nested sections built recursively and values type-checked."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"'{prefix.rstrip('.')}' must be a section (a mapping), got {values!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}'; known keys here: {', '.join(sorted(fields))}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, raw in values.items():
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            kwargs[name] = build_dataclass(kind, raw or {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = coerce_value(f"{prefix}{name}", raw, kind)
+    return cls(**kwargs)
+
+
+def coerce_value(key: str, value: Any, kind: Any) -> Any:
+    """Return ``value`` converted to the annotated ``kind`` or raise a ConfigError naming ``key``."""
+    args = typing.get_args(kind)
+    optional = type(None) in args and (typing.get_origin(kind) in (typing.Union, types.UnionType))
+    if optional:
+        kind = next(a for a in args if a is not type(None))
+    if isinstance(value, OverrideText):
+        value = override_value(value, kind)
+    if value is None and optional:
+        return None
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str:
+        if isinstance(value, (dt.date, dt.datetime)):
+            return value.isoformat()
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    raise ConfigError(f"config key '{key}' expects {kind.__name__}, got {value!r}")

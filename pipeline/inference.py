@@ -1,0 +1,296 @@
+"""Build and run the batch segmentation job.
+
+``run_segmentation(cfg)`` checks everything that can make the whole run fail (input, model,
+output, cluster resources) before any work starts, then streams shards through Ray Data:
+
+    read shard (CPU task) → prepare (CPU task) → predict (actor pool) → finish (CPU task) → driver
+
+The driver receives only small metric rows. It writes ``metrics/<shard>.parquet`` once all of a
+shard's rows have arrived, then the commit marker ``_done/<shard>.json``; names derive from the
+input shard, so a re-run writes the same names. ``run.json`` holds the resolved config
+(credentials redacted), the model, package versions, times and counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import io
+import json
+import logging
+import math
+import os
+import platform
+import time
+from collections import defaultdict
+from importlib import metadata
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import schema, storage
+from pipeline.config import ConfigError, SegmentConfig, StorageConfig
+from pipeline.model import LoadedModel, load_artifact
+from pipeline.predictor import SegmentationPredictor
+from pipeline.sources import Shard, discover_shards, read_shard
+from pipeline.stages import finish_batch, prepare_batch
+
+log = logging.getLogger(__name__)
+
+LOCAL_OBJECT_STORE_BYTES = 2 * 1024**3
+VERSIONED_PACKAGES = ("segpipe", "ray", "tensorflow-cpu", "tensorflow", "keras", "numpy", "pyarrow", "pillow", "fsspec", "s3fs")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """What a checked run will do: its shards, its model, and its actor resources."""
+
+    run_id: str
+    shards: list[Shard]
+    model: LoadedModel
+    actor_cpus: float = 1.0
+    actor_gpus: float = 0.0
+    actor_threads: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """Counts and throughput of a finished run."""
+
+    run_id: str
+    output: str
+    model_id: str
+    model_trained: bool
+    shards: int
+    images: int
+    ok: int
+    errors: int
+    empty_shards: tuple[str, ...]
+    wall_seconds: float
+    startup_seconds: float
+    images_per_second: float
+    steady_images_per_second: float
+
+    def line(self) -> str:
+        """Return the one-line summary shown at the end of a run."""
+        return (
+            f"{self.images} images ({self.ok} ok, {self.errors} errors) from {self.shards} shards in "
+            f"{self.wall_seconds:.1f} s, {self.images_per_second:.1f} images/s "
+            f"({self.steady_images_per_second:.1f} after {self.startup_seconds:.1f} s start-up); outputs in {self.output}"
+        )
+
+
+def run_segmentation(cfg: SegmentConfig) -> RunSummary:
+    """Segment every image of ``cfg.input`` with ``cfg.model`` into ``cfg.output``; return the summary.
+
+    Raises ConfigError, InputError, ModelArtifactError or StorageError before any work starts when
+    the run as a whole cannot proceed. Bad single images never raise: they become error rows.
+    """
+    started_at = now_iso()
+    plan = plan_run(cfg)
+    connect_ray(cfg.address)
+    plan = dataclasses.replace(plan, **actor_resources(cfg))
+    write_run_json(cfg, plan, {"status": "running", "started": started_at})
+    clock = time.perf_counter()
+    writer = ShardWriter(cfg.output, cfg.storage, plan.shards)
+    first_batch_at = None
+    first_batch_rows = 0
+    for table in build_dataset(cfg, plan).iter_batches(batch_format="pyarrow", batch_size=None):
+        if first_batch_at is None:
+            first_batch_at, first_batch_rows = time.perf_counter(), table.num_rows
+        writer.add(table)
+    writer.finish()
+    wall = time.perf_counter() - clock
+    summary = summarise(cfg, plan, writer, wall, first_batch_at - clock if first_batch_at else wall, first_batch_rows)
+    write_run_json(cfg, plan, {"status": "finished", "started": started_at, "ended": now_iso(), "summary": dataclasses.asdict(summary)})
+    log.info("%s", summary.line())
+    return summary
+
+
+def plan_run(cfg: SegmentConfig) -> RunPlan:
+    """Return the run's plan after checking input, model and output; raise a clear error otherwise."""
+    shards = discover_shards(cfg.input, cfg.storage, cfg.folder_shard_size)
+    model = load_artifact(cfg.model, cfg.storage)
+    storage.check_writable(cfg.output, cfg.storage)
+    run_id = cfg.run_id or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    log.info("input %s: %d shard(s); model %s", cfg.input, len(shards), model.model_id)
+    return RunPlan(run_id=run_id, shards=shards, model=model)
+
+
+def connect_ray(address: str | None) -> None:
+    """Connect to Ray: the running session, ``address`` / ``RAY_ADDRESS``, or a new local instance."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        ray.init(address="local", object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False,
+                 logging_level=logging.WARNING)
+
+
+def actor_resources(cfg: SegmentConfig) -> dict[str, Any]:
+    """Return ``actor_cpus``, ``actor_gpus`` and ``actor_threads`` for the connected cluster.
+
+    Automatic CPUs: one per GPU actor; otherwise the largest node's CPUs shared among the actors
+    that fit on it, less two stage shares left for reading and writing. TensorFlow gets
+    ``ceil(actor_cpus)`` threads: the stage share left beside a fractional actor is mostly I/O wait.
+    """
+    import ray
+
+    node_cpus = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    total_gpus = ray.cluster_resources().get("GPU", 0.0)
+    wanted = cfg.actors
+    if wanted.gpus > 0 and total_gpus < wanted.gpus:
+        raise ConfigError(
+            f"actors.gpus={wanted.gpus} but the cluster has {total_gpus:g} GPUs; "
+            "set actors.gpus=0 to run on CPUs or connect to a cluster with GPUs"
+        )
+    reserve = 2 * cfg.stage_cpus
+    if wanted.cpus is not None:
+        cpus = wanted.cpus
+    elif wanted.gpus > 0:
+        cpus = 1.0
+    else:
+        cpus = max(0.5, (node_cpus - reserve) / min(wanted.max, max(1, int(node_cpus)))) if node_cpus else 1.0
+    if cpus + cfg.stage_cpus > node_cpus:
+        raise ConfigError(
+            f"an actor asks for {cpus:g} CPUs plus {cfg.stage_cpus:g} for the other stages, but the largest node "
+            f"has {node_cpus:g}; lower actors.cpus (or leave it unset for automatic)"
+        )
+    return {"actor_cpus": round(cpus, 3), "actor_gpus": wanted.gpus, "actor_threads": max(1, math.ceil(cpus))}
+
+
+def build_dataset(cfg: SegmentConfig, plan: RunPlan) -> Any:
+    """Return the lazy Ray Dataset of metric rows (plus ``shard``, ``shard_rows``) for the plan."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    info = plan.model.info
+    storage_config = cfg.storage
+    items = [{"shard": shard.to_json()} for shard in plan.shards]
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    dataset = dataset.flat_map(
+        lambda row: read_shard(Shard.from_json(row["shard"]), storage_config), num_cpus=cfg.stage_cpus
+    )
+    dataset = dataset.map_batches(
+        prepare_batch, fn_kwargs={"info": info}, batch_size=cfg.batch_size, num_cpus=cfg.stage_cpus
+    )
+    dataset = dataset.map_batches(
+        SegmentationPredictor,
+        fn_constructor_kwargs={"model_url": cfg.model, "storage_config": storage_config, "threads": plan.actor_threads},
+        compute=ActorPoolStrategy(min_size=cfg.actors.min, max_size=cfg.actors.max),
+        batch_size=cfg.batch_size,
+        num_cpus=plan.actor_cpus,
+        num_gpus=plan.actor_gpus or None,
+        memory=int(cfg.actors.memory_gb * 1024**3) if cfg.actors.memory_gb else None,
+    )
+    return dataset.map_batches(
+        finish_batch,
+        fn_kwargs={"info": info, "output": cfg.output, "model_id": plan.model.model_id, "run_id": plan.run_id,
+                   "storage_config": storage_config},
+        batch_size=cfg.batch_size,
+        num_cpus=cfg.stage_cpus,
+        batch_format="numpy",
+    )
+
+
+class ShardWriter:
+    """Collects metric rows on the driver and commits each shard once all its rows have arrived."""
+
+    def __init__(self, output: str, storage_config: StorageConfig, shards: list[Shard]) -> None:
+        self.output = output
+        self.storage_config = storage_config
+        self.shards = {shard.name: shard for shard in shards}
+        self.pending: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.committed: dict[str, dict[str, int]] = {}
+
+    def add(self, table: pa.Table) -> None:
+        """Take a batch of rows; commit every shard it completes."""
+        for row in table.to_pylist():
+            name = row.pop("shard")
+            expected = row.pop("shard_rows")
+            self.pending[name].append(row)
+            if len(self.pending[name]) == expected:
+                self.commit(name, self.pending.pop(name))
+
+    def commit(self, name: str, rows: list[dict[str, Any]]) -> None:
+        """Write ``metrics/<name>.parquet`` (rows sorted by key), then the marker ``_done/<name>.json``."""
+        rows.sort(key=lambda r: r["key"])
+        buffer = io.BytesIO()
+        pq.write_table(schema.metrics_table(rows), buffer)
+        storage.write_bytes(storage.join_url(self.output, "metrics", f"{name}.parquet"), buffer.getvalue(), self.storage_config)
+        counts = {"rows": len(rows), "ok": sum(r["status"] == schema.STATUS_OK for r in rows)}
+        counts["errors"] = counts["rows"] - counts["ok"]
+        marker = {"shard": name, "source": self.shards[name].url, **counts, "committed": now_iso()}
+        storage.write_bytes(storage.join_url(self.output, "_done", f"{name}.json"), json.dumps(marker).encode(), self.storage_config)
+        self.committed[name] = counts
+
+    def finish(self) -> None:
+        """Commit the shards that produced no rows (empty inputs); fail if any shard is incomplete."""
+        if self.pending:
+            partial = {name: len(rows) for name, rows in self.pending.items()}
+            raise RuntimeError(f"shards ended with rows missing (rows received: {partial}); re-run the same command")
+        for name in sorted(set(self.shards) - set(self.committed)):
+            log.warning("shard %s holds no images; committing it empty", self.shards[name].url)
+            self.commit(name, [])
+
+    @property
+    def empty_shards(self) -> tuple[str, ...]:
+        """Return the names of committed shards that held no rows."""
+        return tuple(sorted(name for name, counts in self.committed.items() if counts["rows"] == 0))
+
+
+def summarise(cfg: SegmentConfig, plan: RunPlan, writer: ShardWriter, wall: float, startup: float, first_rows: int) -> RunSummary:
+    """Return the run's summary from the committed shard counts and the timings."""
+    images = sum(c["rows"] for c in writer.committed.values())
+    ok = sum(c["ok"] for c in writer.committed.values())
+    steady_time = wall - startup
+    return RunSummary(
+        run_id=plan.run_id,
+        output=cfg.output,
+        model_id=plan.model.model_id,
+        model_trained=bool(plan.model.info.training.get("trained")),
+        shards=len(plan.shards),
+        images=images,
+        ok=ok,
+        errors=images - ok,
+        empty_shards=writer.empty_shards,
+        wall_seconds=round(wall, 3),
+        startup_seconds=round(startup, 3),
+        images_per_second=round(images / wall, 3) if wall > 0 else 0.0,
+        steady_images_per_second=round((images - first_rows) / steady_time, 3) if steady_time > 0 and images > first_rows else 0.0,
+    )
+
+
+def write_run_json(cfg: SegmentConfig, plan: RunPlan, state: dict[str, Any]) -> None:
+    """Write ``<output>/run.json``: config (credentials redacted), model, versions, actors and ``state``."""
+    record = {
+        "run_id": plan.run_id,
+        **state,
+        "config": cfg.to_public_dict(),
+        "model": {"url": cfg.model, "id": plan.model.model_id, "sha256": plan.model.sha256, "info": plan.model.info.to_json()},
+        "actors": {"cpus": plan.actor_cpus, "gpus": plan.actor_gpus, "threads": plan.actor_threads,
+                   "min": cfg.actors.min, "max": cfg.actors.max},
+        "shards": len(plan.shards),
+        "versions": package_versions(),
+    }
+    storage.write_bytes(storage.join_url(cfg.output, "run.json"), json.dumps(record, indent=2).encode(), cfg.storage)
+
+
+def package_versions() -> dict[str, str]:
+    """Return the versions of Python and the packages a run depends on (those installed)."""
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def now_iso() -> str:
+    """Return the current UTC time as ISO 8601 with seconds."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,76 @@
+"""Per-image segmentation metrics from pixel counts.
+
+Conventions (the report states the same):
+
+* For an image and a class ``c``, ``TP`` counts pixels predicted ``c`` whose truth is ``c``,
+  ``FP`` pixels predicted ``c`` whose truth is not ``c``, ``FN`` pixels of truth ``c`` predicted
+  otherwise.
+* ``Dice = 2TP / (2TP + FP + FN)`` and ``IoU = TP / (TP + FP + FN)``.
+* When ``TP + FP + FN == 0`` (class absent from both prediction and truth) the value is **NaN**
+  (undefined), as nnU-Net does; it is neither a perfect 1 nor a 0. Averages skip NaN and the
+  report counts such cases.
+* The per-image ``mean_dice`` / ``mean_iou`` average the foreground classes ``1..C-1`` (class 0 is
+  background), skipping NaN; with a single class they average class 0. They are NaN when every
+  class they average is NaN.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def confusion_counts(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return ``(tp, fp, fn)``, each int64 of shape ``(num_classes,)``, for two class-index masks.
+
+    ``prediction`` and ``truth`` are integer arrays of the same shape with values in
+    ``0..num_classes-1``.
+    """
+    if prediction.shape != truth.shape:
+        raise ValueError(f"prediction shape {prediction.shape} differs from truth shape {truth.shape}")
+    pairs = truth.astype(np.int64).ravel() * num_classes + prediction.astype(np.int64).ravel()
+    matrix = np.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    tp = np.diag(matrix).copy()
+    fp = matrix.sum(axis=0) - tp  # predicted c, truth other
+    fn = matrix.sum(axis=1) - tp  # truth c, predicted other
+    return tp, fp, fn
+
+
+def dice_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    """Return Dice per entry, float64; NaN where ``tp + fp + fn == 0``."""
+    tp, fp, fn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, fn))
+    denominator = 2 * tp + fp + fn
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominator > 0, 2 * tp / denominator, np.nan)
+
+
+def iou_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    """Return IoU (Jaccard) per entry, float64; NaN where ``tp + fp + fn == 0``."""
+    tp, fp, fn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, fn))
+    denominator = tp + fp + fn
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominator > 0, tp / denominator, np.nan)
+
+
+def foreground_mean(values: np.ndarray) -> float:
+    """Return the NaN-skipping mean of ``values[1:]`` (or of ``values`` for one class); NaN if none defined."""
+    values = np.asarray(values, dtype=np.float64)
+    foreground = values[1:] if values.shape[-1] > 1 else values
+    defined = foreground[~np.isnan(foreground)]
+    return float(defined.mean()) if defined.size else float("nan")
+
+
+def image_metrics(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -> dict[str, np.ndarray | float]:
+    """Return the per-image metric record: ``tp, fp, fn`` (int64), ``dice, iou`` (float64, per
+    class) and ``mean_dice, mean_iou`` (foreground means), following the module's conventions."""
+    tp, fp, fn = confusion_counts(prediction, truth, num_classes)
+    dice = dice_from_counts(tp, fp, fn)
+    iou = iou_from_counts(tp, fp, fn)
+    return {
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "dice": dice,
+        "iou": iou,
+        "mean_dice": foreground_mean(dice),
+        "mean_iou": foreground_mean(iou),
+    }

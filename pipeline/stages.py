@@ -1,0 +1,114 @@
+"""The CPU stages around the model: prepare a batch for the actors, and finish what they return.
+
+Both are plain functions of a Ray Data batch (``dict[str, np.ndarray]``) so they run as CPU
+tasks apart from the actor pool: the actors only run the model. A sample that fails in either
+stage keeps its row, with ``error`` saying what went wrong with which key.
+
+Internal columns between stages: ``key, source, shard, shard_rows, error`` (``""`` = none),
+``mask`` (encoded ground truth, ``b""`` = none), ``height, width`` (original size), ``seconds``
+(compute time spent on the row so far), ``pixels`` (model input) then ``scores`` (model output).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline import metrics, preprocess, schema, storage
+from pipeline.config import StorageConfig
+from pipeline.model import ModelInfo
+
+log = logging.getLogger(__name__)
+
+
+def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo) -> dict[str, np.ndarray]:
+    """Return the batch with images decoded, masks checked, and ``pixels`` (float32 model input) added.
+
+    The encoded ``image`` column is dropped; rows that fail get a zero tile and an error.
+    """
+    spec = info.unet
+    count = len(batch["key"])
+    pixels = np.zeros((count, *spec.input_size, spec.channels), dtype=np.float32)
+    heights = np.zeros(count, dtype=np.int32)
+    widths = np.zeros(count, dtype=np.int32)
+    errors = np.array(batch["error"], dtype=object)
+    seconds = np.zeros(count, dtype=np.float64)
+    for index in range(count):
+        if errors[index]:
+            continue
+        started = time.perf_counter()
+        key = batch["key"][index]
+        try:
+            image = preprocess.decode_image(batch["image"][index])
+            heights[index], widths[index] = image.shape[:2]
+            if len(batch["mask"][index]):
+                preprocess.decode_mask(batch["mask"][index], spec.num_classes, image.shape[:2])
+            pixels[index] = preprocess.model_input(image, spec.input_size, spec.channels, info.normalization)
+        except preprocess.SampleError as exc:
+            errors[index] = f"{key}: {exc}"
+        except Exception as exc:  # an unexpected failure must still cost only this image
+            errors[index] = f"{key}: unexpected {type(exc).__name__} while preparing the image: {exc}"
+            log.exception("preparing %s failed", key)
+        seconds[index] = time.perf_counter() - started
+    out = {name: batch[name] for name in ("key", "source", "shard", "shard_rows", "mask")}
+    out.update(pixels=pixels, height=heights, width=widths, error=errors, seconds=seconds)
+    return out
+
+
+def finish_batch(
+    batch: dict[str, np.ndarray],
+    info: ModelInfo,
+    output: str,
+    model_id: str,
+    run_id: str,
+    storage_config: StorageConfig | None = None,
+) -> pa.Table:
+    """Return the batch's metrics rows (``schema.METRICS_SCHEMA`` plus ``shard, shard_rows``).
+
+    For each usable row: bring the scores back to the image's size, write ``masks/<key>.png``
+    under ``output``, count predicted pixels per class, and with ground truth compute TP/FP/FN,
+    Dice and IoU (see :mod:`pipeline.metrics`).
+    """
+    rows = []
+    for index in range(len(batch["key"])):
+        started = time.perf_counter()
+        row = finish_row({name: batch[name][index] for name in batch}, info, output, storage_config)
+        row.update(
+            shard=batch["shard"][index],
+            shard_rows=int(batch["shard_rows"][index]),
+            model_id=model_id,
+            run_id=run_id,
+            seconds=float(batch["seconds"][index]) + time.perf_counter() - started,
+        )
+        rows.append(row)
+    table = schema.metrics_table(rows)
+    extra = [pa.array([r["shard"] for r in rows], pa.string()), pa.array([r["shard_rows"] for r in rows], pa.int64())]
+    return table.append_column("shard", extra[0]).append_column("shard_rows", extra[1])
+
+
+def finish_row(item: dict[str, Any], info: ModelInfo, output: str, storage_config: StorageConfig | None) -> dict[str, Any]:
+    """Return the metrics fields of one row; failures become ``status="error"`` with the reason."""
+    key = str(item["key"])
+    base = {"key": key, "source": str(item["source"])}
+    if item["error"]:
+        return {**base, "status": schema.STATUS_ERROR, "error": str(item["error"])}
+    height, width = int(item["height"]), int(item["width"])
+    try:
+        predicted = preprocess.mask_at_size(np.asarray(item["scores"], dtype=np.float32), height, width, info.threshold)
+        mask_uri = storage.join_url(output, "masks", f"{key}.png")
+        storage.write_bytes(mask_uri, preprocess.encode_png(predicted), storage_config)
+        record: dict[str, Any] = {
+            "class_pixels": np.bincount(predicted.ravel(), minlength=info.unet.num_classes).tolist(),
+        }
+        if len(item["mask"]):
+            truth = preprocess.decode_mask(item["mask"], info.unet.num_classes, (height, width))
+            record.update({k: np.asarray(v).tolist() for k, v in metrics.image_metrics(predicted, truth, info.unet.num_classes).items()})
+    except Exception as exc:
+        log.exception("finishing %s failed", key)
+        return {**base, "status": schema.STATUS_ERROR, "error": f"{key}: {type(exc).__name__} while writing the mask: {exc}",
+                "height": height, "width": width}
+    return {**base, **record, "status": schema.STATUS_OK, "height": height, "width": width, "mask_uri": mask_uri}

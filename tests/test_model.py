@@ -1,0 +1,67 @@
+"""The model artifact: save, load with safe_mode, identity, and the errors for bad artifacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.model import ModelArtifactError, ModelInfo, UNetSpec, build_unet, load_artifact, read_info, save_artifact
+
+
+def test_round_trip_keeps_weights_info_and_identity(tiny_model: str) -> None:
+    loaded = load_artifact(tiny_model)
+    assert loaded.info.unet.num_classes == 3 and loaded.info.class_names == ("background", "disc", "stripes")
+    assert loaded.model_id.startswith("unet-") and len(loaded.sha256) == 64
+    scores = loaded.model(np.zeros((2, 32, 32, 3), np.float32)).numpy()
+    assert scores.shape == (2, 32, 32, 3)
+    assert np.allclose(scores.sum(axis=-1), 1.0, atol=1e-4)  # softmax
+    assert load_artifact(tiny_model).sha256 == loaded.sha256
+
+
+def test_sigmoid_binary_model(tmp_path: Path) -> None:
+    spec = UNetSpec(input_size=(16, 16), channels=1, num_classes=2, depth=1, base_filters=2, output_activation="sigmoid")
+    save_artifact(build_unet(spec), ModelInfo(unet=spec, class_names=("bg", "fg")), str(tmp_path))
+    loaded = load_artifact(str(tmp_path))
+    assert loaded.model.output_shape == (None, 16, 16, 1)
+
+
+def test_missing_artifact_says_what_it_needs(tmp_path: Path) -> None:
+    with pytest.raises(ModelArtifactError, match="has no model.json"):
+        load_artifact(str(tmp_path / "nowhere"))
+
+
+def test_invalid_model_json_is_named(tiny_model: str, tmp_path: Path) -> None:
+    info = json.loads(Path(tiny_model, "model.json").read_text())
+    info["format_version"] = 99
+    Path(tmp_path, "model.json").write_text(json.dumps(info))
+    with pytest.raises(ModelArtifactError, match="format_version 99"):
+        read_info(str(tmp_path))
+    Path(tmp_path, "model.json").write_text("{not json")
+    with pytest.raises(ModelArtifactError, match="not valid JSON"):
+        read_info(str(tmp_path))
+
+
+def test_corrupt_keras_file_is_refused(tiny_model: str, tmp_path: Path) -> None:
+    Path(tmp_path, "model.json").write_text(Path(tiny_model, "model.json").read_text())
+    Path(tmp_path, "model.keras").write_bytes(b"not a zip")
+    with pytest.raises(ModelArtifactError, match="cannot be loaded"):
+        load_artifact(str(tmp_path))
+
+
+def test_info_that_disagrees_with_the_weights_is_refused(tiny_model: str, tmp_path: Path) -> None:
+    info = json.loads(Path(tiny_model, "model.json").read_text())
+    info["input_size"] = [64, 64]
+    Path(tmp_path, "model.json").write_text(json.dumps(info))
+    Path(tmp_path, "model.keras").write_bytes(Path(tiny_model, "model.keras").read_bytes())
+    with pytest.raises(ModelArtifactError, match="do not belong together"):
+        load_artifact(str(tmp_path))
+
+
+def test_spec_checks() -> None:
+    with pytest.raises(ValueError, match="divisible"):
+        UNetSpec(input_size=(30, 32), depth=2)
+    with pytest.raises(ValueError, match="sigmoid output needs num_classes=2"):
+        UNetSpec(num_classes=3, output_activation="sigmoid")

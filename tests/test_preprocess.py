@@ -1,0 +1,118 @@
+"""Decoding, normalisation, resizing and mask checks on small hand-made images."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import preprocess
+from pipeline.preprocess import SampleError
+
+
+def encoded(array_or_image: np.ndarray | Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:
+    picture = array_or_image if isinstance(array_or_image, Image.Image) else Image.fromarray(array_or_image)
+    buffer = io.BytesIO()
+    picture.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def test_8bit_gray_and_rgb_decode_to_hwc_uint8() -> None:
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    assert preprocess.decode_image(encoded(gray)).shape == (3, 4, 1)
+    rgb = np.zeros((3, 4, 3), dtype=np.uint8)
+    decoded = preprocess.decode_image(encoded(rgb))
+    assert decoded.shape == (3, 4, 3) and decoded.dtype == np.uint8
+
+
+def test_16bit_gray_keeps_its_range() -> None:
+    gray16 = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000)
+    decoded = preprocess.decode_image(encoded(gray16))
+    assert decoded.dtype == np.uint16
+    assert decoded[:, :, 0].tolist() == gray16.tolist()
+    scaled = preprocess.normalise(decoded, {"mode": "scale"})
+    assert scaled.max() == pytest.approx(55000 / 65535)
+
+
+def test_rgba_drops_alpha_and_palette_becomes_rgb() -> None:
+    rgba = np.full((2, 2, 4), 200, dtype=np.uint8)
+    assert preprocess.decode_image(encoded(rgba)).shape == (2, 2, 3)
+    palette = Image.fromarray(np.zeros((2, 2, 3), dtype=np.uint8)).convert("P")
+    assert preprocess.decode_image(encoded(palette)).shape == (2, 2, 3)
+
+
+def test_unsupported_mode_names_the_mode_and_the_fix() -> None:
+    cmyk = Image.new("CMYK", (4, 4))
+    with pytest.raises(SampleError, match="unsupported image mode 'CMYK'.*convert"):
+        preprocess.decode_image(encoded(cmyk, "JPEG"))
+
+
+def test_corrupt_and_truncated_images_are_sample_errors() -> None:
+    with pytest.raises(SampleError, match="not a recognised image format"):
+        preprocess.decode_image(b"this is not an image")
+    with pytest.raises(SampleError, match="empty"):
+        preprocess.decode_image(b"")
+    whole = encoded(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    with pytest.raises(SampleError, match="corrupt or truncated"):
+        preprocess.decode_image(whole[: len(whole) // 2])
+
+
+def test_model_input_matches_channels_and_tile() -> None:
+    gray = np.full((10, 20, 1), 255, dtype=np.uint8)
+    tile = preprocess.model_input(gray, (8, 8), 3, {"mode": "scale"})
+    assert tile.shape == (8, 8, 3) and tile.dtype == np.float32
+    assert np.allclose(tile, 1.0)
+    rgb = np.zeros((4, 4, 3), dtype=np.uint8)
+    rgb[..., 1] = 255  # pure green: luma 0.587
+    assert preprocess.model_input(rgb, (4, 4), 1, {"mode": "scale"})[0, 0, 0] == pytest.approx(149 / 255)
+
+
+def test_minmax_normalisation_and_constant_image() -> None:
+    image = np.array([[[10], [20]], [[30], [50]]], dtype=np.uint8)
+    out = preprocess.normalise(image, {"mode": "minmax"})
+    assert out.min() == 0.0 and out.max() == 1.0 and out[0, 1, 0] == pytest.approx(0.25)
+    assert not preprocess.normalise(np.full((2, 2, 1), 7, np.uint8), {"mode": "minmax"}).any()
+
+
+def test_binary_0_255_mask_reads_as_classes_0_1() -> None:
+    mask = np.array([[0, 255], [255, 0]], dtype=np.uint8)
+    assert preprocess.decode_mask(encoded(mask), 2, (2, 2)).tolist() == [[0, 1], [1, 0]]
+
+
+def test_mask_with_unknown_classes_is_refused() -> None:
+    mask = np.array([[0, 1], [2, 5]], dtype=np.uint8)
+    with pytest.raises(SampleError, match=r"class values \[5\].*3 classes"):
+        preprocess.decode_mask(encoded(mask), 3, (2, 2))
+
+
+def test_mask_of_other_size_is_refused() -> None:
+    with pytest.raises(SampleError, match="mask size 3x2 differs from image size 4x4"):
+        preprocess.decode_mask(encoded(np.zeros((2, 3), np.uint8)), 2, (4, 4))
+
+
+def test_rgb_mask_is_refused() -> None:
+    with pytest.raises(SampleError, match="single-channel"):
+        preprocess.decode_mask(encoded(np.zeros((2, 2, 3), np.uint8)), 2, (2, 2))
+
+
+def test_scores_back_to_original_size() -> None:
+    scores = np.zeros((4, 4, 3), dtype=np.float32)
+    scores[:, :2, 1] = 1.0  # left half class 1
+    scores[:, 2:, 2] = 1.0  # right half class 2
+    mask = preprocess.mask_at_size(scores, 6, 10, 0.5)
+    assert mask.shape == (6, 10)
+    assert set(np.unique(mask[:, :4]).tolist()) == {1}
+    assert set(np.unique(mask[:, 6:]).tolist()) == {2}
+
+
+def test_sigmoid_scores_use_the_threshold() -> None:
+    scores = np.array([[[0.2], [0.6]]], dtype=np.float32)
+    assert preprocess.mask_from_scores(scores, 0.5).tolist() == [[0, 1]]
+    assert preprocess.mask_from_scores(scores, 0.7).tolist() == [[0, 0]]
+
+
+def test_encode_png_round_trips() -> None:
+    mask = np.array([[0, 1, 2]], dtype=np.uint8)
+    assert np.asarray(Image.open(io.BytesIO(preprocess.encode_png(mask)))).tolist() == [[0, 1, 2]]
