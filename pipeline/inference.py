@@ -13,6 +13,7 @@ input shard, so a re-run writes the same names. ``run.json`` holds the resolved 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import io
@@ -23,6 +24,7 @@ import os
 import platform
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from importlib import metadata
 from typing import Any
 
@@ -31,10 +33,10 @@ import pyarrow.parquet as pq
 
 from pipeline import schema, storage
 from pipeline.config import ConfigError, SegmentConfig, StorageConfig
-from pipeline.model import LoadedModel, load_artifact
+from pipeline.model import LoadedModel, ModelInfo, load_artifact
 from pipeline.predictor import SegmentationPredictor
 from pipeline.sources import Shard, discover_shards, read_shard
-from pipeline.stages import finish_batch, prepare_batch
+from pipeline.stages import MaskWriter, prepare_batch
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ class RunSummary:
     ok: int
     errors: int
     empty_shards: tuple[str, ...]
+    duplicate_keys: int
     wall_seconds: float
     startup_seconds: float
     images_per_second: float
@@ -96,11 +99,17 @@ def run_segmentation(cfg: SegmentConfig) -> RunSummary:
     writer = ShardWriter(cfg.output, cfg.storage, plan.shards)
     first_batch_at = None
     first_batch_rows = 0
-    for table in build_dataset(cfg, plan).iter_batches(batch_format="pyarrow", batch_size=None):
-        if first_batch_at is None:
-            first_batch_at, first_batch_rows = time.perf_counter(), table.num_rows
-        writer.add(table)
-    writer.finish()
+    try:
+        for table in build_dataset(cfg, plan).iter_batches(batch_format="pyarrow", batch_size=None):
+            if first_batch_at is None:
+                first_batch_at, first_batch_rows = time.perf_counter(), table.num_rows
+            writer.add(table)
+        writer.finish()
+    except BaseException as exc:
+        failure = {"status": "failed", "started": started_at, "ended": now_iso(),
+                   "error": f"{type(exc).__name__}: {exc}", "committed_shards": sorted(writer.committed)}
+        write_run_json(cfg, plan, failure)
+        raise
     wall = time.perf_counter() - clock
     summary = summarise(cfg, plan, writer, wall, first_batch_at - clock if first_batch_at else wall, first_batch_rows)
     write_run_json(cfg, plan, {"status": "finished", "started": started_at, "ended": now_iso(), "summary": dataclasses.asdict(summary)})
@@ -135,7 +144,8 @@ def actor_resources(cfg: SegmentConfig) -> dict[str, Any]:
     """Return ``actor_cpus``, ``actor_gpus`` and ``actor_threads`` for the connected cluster.
 
     Automatic CPUs: one per GPU actor; otherwise the largest node's CPUs shared among the actors
-    that fit on it, less two stage shares left for reading and writing. TensorFlow gets
+    that fit on it, less one ``stage_cpus`` share for each CPU stage (read, prepare, finish), so
+    that every stage can always run a task beside the actors. TensorFlow gets
     ``ceil(actor_cpus)`` threads: the stage share left beside a fractional actor is mostly I/O wait.
     """
     import ray
@@ -145,10 +155,10 @@ def actor_resources(cfg: SegmentConfig) -> dict[str, Any]:
     wanted = cfg.actors
     if wanted.gpus > 0 and total_gpus < wanted.gpus:
         raise ConfigError(
-            f"actors.gpus={wanted.gpus} but the cluster has {total_gpus:g} GPUs; "
+            f"actors.gpus={wanted.gpus:g} but the cluster has {total_gpus:g} GPUs; "
             "set actors.gpus=0 to run on CPUs or connect to a cluster with GPUs"
         )
-    reserve = 2 * cfg.stage_cpus
+    reserve = CPU_STAGES * cfg.stage_cpus
     if wanted.cpus is not None:
         cpus = wanted.cpus
     elif wanted.gpus > 0:
@@ -163,6 +173,50 @@ def actor_resources(cfg: SegmentConfig) -> dict[str, Any]:
     return {"actor_cpus": round(cpus, 3), "actor_gpus": wanted.gpus, "actor_threads": max(1, math.ceil(cpus))}
 
 
+CPU_STAGES = 3  # read, prepare, finish: the task operators around the actor pool
+
+
+def batch_block_bytes(batch_size: int, info: ModelInfo) -> int:
+    """Return the size of one batch of model input tiles (float32), at least 1 MiB.
+
+    Used as Ray Data's target block size: without it a block holds a whole shard, and the first
+    results surface only after an entire shard has passed every stage.
+    """
+    tile = info.unet.input_size[0] * info.unet.input_size[1] * info.unet.channels * 4
+    return max(1024**2, batch_size * tile)
+
+
+def reservation_ratio(stage_cpus: float) -> float:
+    """Return the Ray Data reservation ratio that reserves exactly one stage task per CPU stage.
+
+    Ray Data reserves ``max(ratio * cluster CPUs / operators, one task)`` per operator, upstream
+    first. With the default ratio (0.5) on a small node the actor's reservation leaves nothing for
+    the last stage, which then waits until every image is prepared: results stop streaming and
+    the object store fills. Together with :func:`actor_resources` leaving ``CPU_STAGES`` stage
+    shares free, this ratio lets every operator hold one task at all times.
+    """
+    import ray
+
+    cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
+    return min(0.5, (CPU_STAGES + 1) * stage_cpus / cluster_cpus)
+
+
+@contextlib.contextmanager
+def data_context(**settings: Any) -> Iterator[None]:
+    """Apply Ray Data context ``settings`` to datasets created inside the block (they keep them)."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    saved = {name: getattr(context, name) for name in settings}
+    for name, value in settings.items():
+        setattr(context, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(context, name, value)
+
+
 def build_dataset(cfg: SegmentConfig, plan: RunPlan) -> Any:
     """Return the lazy Ray Dataset of metric rows (plus ``shard``, ``shard_rows``) for the plan."""
     import ray
@@ -171,7 +225,12 @@ def build_dataset(cfg: SegmentConfig, plan: RunPlan) -> Any:
     info = plan.model.info
     storage_config = cfg.storage
     items = [{"shard": shard.to_json()} for shard in plan.shards]
-    dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    settings = {
+        "target_max_block_size": batch_block_bytes(cfg.batch_size, info),
+        "op_resource_reservation_ratio": reservation_ratio(cfg.stage_cpus),
+    }
+    with data_context(**settings):
+        dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     dataset = dataset.flat_map(
         lambda row: read_shard(Shard.from_json(row["shard"]), storage_config), num_cpus=cfg.stage_cpus
     )
@@ -188,9 +247,10 @@ def build_dataset(cfg: SegmentConfig, plan: RunPlan) -> Any:
         memory=int(cfg.actors.memory_gb * 1024**3) if cfg.actors.memory_gb else None,
     )
     return dataset.map_batches(
-        finish_batch,
-        fn_kwargs={"info": info, "output": cfg.output, "model_id": plan.model.model_id, "run_id": plan.run_id,
-                   "storage_config": storage_config},
+        MaskWriter,
+        fn_constructor_kwargs={"info": info, "output": cfg.output, "model_id": plan.model.model_id,
+                               "run_id": plan.run_id, "storage_config": storage_config},
+        compute=ActorPoolStrategy(min_size=1, max_size=cfg.actors.max),
         batch_size=cfg.batch_size,
         num_cpus=cfg.stage_cpus,
         batch_format="numpy",
@@ -206,15 +266,26 @@ class ShardWriter:
         self.shards = {shard.name: shard for shard in shards}
         self.pending: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.committed: dict[str, dict[str, int]] = {}
+        self.key_shards: dict[str, str] = {}
+        self.duplicate_keys = 0
 
     def add(self, table: pa.Table) -> None:
         """Take a batch of rows; commit every shard it completes."""
         for row in table.to_pylist():
             name = row.pop("shard")
             expected = row.pop("shard_rows")
+            self.note_key(row["key"], name)
             self.pending[name].append(row)
             if len(self.pending[name]) == expected:
                 self.commit(name, self.pending.pop(name))
+
+    def note_key(self, key: str, shard: str) -> None:
+        """Warn when a key already came from another shard: both write ``masks/<key>.png``."""
+        first = self.key_shards.setdefault(key, shard)
+        if first != shard:
+            self.duplicate_keys += 1
+            log.warning("key %r appears in shards %s and %s; masks/%s.png holds only one of them "
+                        "(keys must be unique across the input)", key, first, shard, key)
 
     def commit(self, name: str, rows: list[dict[str, Any]]) -> None:
         """Write ``metrics/<name>.parquet`` (rows sorted by key), then the marker ``_done/<name>.json``."""
@@ -258,6 +329,7 @@ def summarise(cfg: SegmentConfig, plan: RunPlan, writer: ShardWriter, wall: floa
         ok=ok,
         errors=images - ok,
         empty_shards=writer.empty_shards,
+        duplicate_keys=writer.duplicate_keys,
         wall_seconds=round(wall, 3),
         startup_seconds=round(startup, 3),
         images_per_second=round(images / wall, 3) if wall > 0 else 0.0,

@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.config import StorageConfig
 from pipeline.model import load_artifact
+from pipeline.preprocess import quantise_scores
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def configure_tensorflow(threads: int) -> None:
 
 
 class SegmentationPredictor:
-    """Callable actor: adds ``scores`` (float16 ``(n, h, w, K)``) to a batch holding ``pixels``."""
+    """Callable actor: adds ``scores`` (uint8 probability levels ``(n, h, w, K)``) to a batch holding ``pixels``."""
 
     def __init__(self, model_url: str, storage_config: StorageConfig | None = None, threads: int = 1) -> None:
         started = time.perf_counter()
@@ -60,9 +61,9 @@ class SegmentationPredictor:
         started = time.perf_counter()
         pixels = batch.pop("pixels")
         usable = np.array([not e for e in batch["error"]], dtype=bool)
-        scores = np.zeros((len(usable), *self.output_shape), dtype=np.float16)
+        scores = np.zeros((len(usable), *self.output_shape), dtype=np.uint8)
         if usable.any():
-            scores[usable] = self.forward(pixels[usable]).numpy().astype(np.float16)
+            scores[usable] = quantise_scores(self.forward(pixels[usable]).numpy())
         batch["scores"] = scores
         batch["seconds"] = batch["seconds"] + (time.perf_counter() - started) / max(1, len(usable))
         return batch

@@ -2,8 +2,8 @@
 
 Array conventions: images are ``(H, W, C)`` with ``C`` in {1, 3}, ``uint8`` or ``uint16`` as
 decoded; model inputs are ``float32 (h, w, C)``; masks are ``uint8 (H, W)`` class indices;
-scores are ``float (h, w, K)`` model outputs with ``K = 1`` (sigmoid, probability of class 1) or
-``K = num_classes`` (softmax).
+scores are ``(h, w, K)`` class probabilities with ``K = 1`` (sigmoid, probability of class 1) or
+``K = num_classes`` (softmax), as floats or as uint8 levels (see :func:`quantise_scores`).
 """
 
 from __future__ import annotations
@@ -102,12 +102,17 @@ def match_channels(image: np.ndarray, channels: int) -> np.ndarray:
 
 
 def resize_channels(array: np.ndarray, height: int, width: int, resample: Image.Resampling) -> np.ndarray:
-    """Return a float32 ``(height, width, K)`` resize of a ``(h, w, K)`` array, channel by channel."""
+    """Return a ``(height, width, K)`` resize of a ``(h, w, K)`` array, channel by channel.
+
+    uint8 stays uint8 (same value scale); anything else becomes float32.
+    """
+    as_bytes = array.dtype == np.uint8
     if array.shape[:2] == (height, width):
-        return array.astype(np.float32, copy=False)
+        return array if as_bytes else array.astype(np.float32, copy=False)
     planes = [
-        np.asarray(Image.fromarray(array[:, :, k].astype(np.float32), mode="F").resize((width, height), resample))
-        for k in range(array.shape[2])
+        np.asarray(Image.fromarray(plane if as_bytes else plane.astype(np.float32), mode="L" if as_bytes else "F")
+                   .resize((width, height), resample))
+        for plane in (array[:, :, k] for k in range(array.shape[2]))
     ]
     return np.stack(planes, axis=-1)
 
@@ -133,31 +138,60 @@ def decode_mask(data: bytes, num_classes: int, image_shape: tuple[int, int]) -> 
             f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image size "
             f"{image_shape[1]}x{image_shape[0]}; masks must match their images pixel for pixel"
         )
-    values = np.unique(mask)
-    if values.size and values.max() == 255 and set(values.tolist()) <= {0, 255}:
+    if mask.dtype != np.uint8 and mask.size and (mask.min() < 0 or mask.max() > 65535):
+        raise SampleError("mask holds values outside 0..65535; save masks as 8-bit class-index PNGs")
+    present = np.flatnonzero(np.bincount(mask.ravel().astype(np.int64, copy=False), minlength=1))
+    if present.size and present[-1] == 255 and set(present.tolist()) <= {0, 255}:
         return (mask == 255).astype(np.uint8)
-    if values.size and (values.min() < 0 or values.max() >= num_classes):
-        bad = [int(v) for v in values if v < 0 or v >= num_classes]
+    if present.size and present[-1] >= num_classes:
+        bad = [int(v) for v in present if v >= num_classes]
         raise SampleError(
             f"mask holds class values {bad[:5]} but the model has {num_classes} classes (0..{num_classes - 1})"
         )
-    return mask.astype(np.uint8)
+    return mask.astype(np.uint8, copy=False)
+
+
+SCORE_LEVELS = 255  # scores travel between stages as uint8: probability * 255, rounded
+
+
+def quantise_scores(probabilities: np.ndarray) -> np.ndarray:
+    """Return probabilities in [0, 1] as uint8 levels ``round(p * 255)`` (4x smaller than float32)."""
+    return np.rint(np.clip(probabilities, 0.0, 1.0) * SCORE_LEVELS).astype(np.uint8)
 
 
 def mask_from_scores(scores: np.ndarray, threshold: float) -> np.ndarray:
-    """Return uint8 ``(H, W)`` class indices from ``(H, W, K)`` scores: ``p >= threshold`` for K=1, argmax otherwise."""
+    """Return uint8 ``(H, W)`` class indices from ``(H, W, K)`` scores: ``p >= threshold`` for K=1, argmax otherwise.
+
+    Scores are probabilities, as floats in [0, 1] or uint8 levels (see :func:`quantise_scores`).
+    """
     if scores.shape[-1] == 1:
-        return (scores[:, :, 0] >= threshold).astype(np.uint8)
+        level = threshold * SCORE_LEVELS if scores.dtype == np.uint8 else threshold
+        return (scores[:, :, 0] >= level).astype(np.uint8)
     return np.argmax(scores, axis=-1).astype(np.uint8)
 
 
 def mask_at_size(scores: np.ndarray, height: int, width: int, threshold: float) -> np.ndarray:
     """Return the class-index mask at ``(height, width)``: scores are resized bilinearly, then decided."""
-    return mask_from_scores(resize_channels(scores, height, width, Image.Resampling.BILINEAR), threshold)
+    if scores.shape[:2] != (height, width):
+        scores = resize_channels(scores, height, width, Image.Resampling.BILINEAR)
+    return mask_from_scores(scores, threshold)
 
 
-def encode_png(array: np.ndarray) -> bytes:
-    """Return lossless PNG bytes of a uint8 ``(H, W)`` or ``(H, W, 3)`` array (or uint16 ``(H, W)``)."""
+def encode_png(array: np.ndarray, compress_level: int = 6) -> bytes:
+    """Return ``array`` encoded as a lossless PNG.
+
+    Accepts uint8 ``(H, W)`` (grey, e.g. a class-index mask), uint8 ``(H, W, 3)`` (RGB),
+    uint8 ``(H, W, 4)`` (RGBA) or uint16 ``(H, W)`` (16-bit grey). ``compress_level`` 1 is
+    several times faster than the default 6 and costs little on class-index masks.
+    """
+    array = np.asarray(array)
+    grey = array.ndim == 2 and array.dtype in (np.uint8, np.uint16)
+    colour = array.ndim == 3 and array.shape[2] in (3, 4) and array.dtype == np.uint8
+    if not (grey or colour):
+        raise ValueError(
+            f"cannot encode an array of shape {array.shape} and dtype {array.dtype} as PNG; "
+            "give uint8 (H, W), (H, W, 3) or (H, W, 4), or uint16 (H, W)"
+        )
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()

@@ -98,9 +98,9 @@ def finish_row(item: dict[str, Any], info: ModelInfo, output: str, storage_confi
         return {**base, "status": schema.STATUS_ERROR, "error": str(item["error"])}
     height, width = int(item["height"]), int(item["width"])
     try:
-        predicted = preprocess.mask_at_size(np.asarray(item["scores"], dtype=np.float32), height, width, info.threshold)
+        predicted = preprocess.mask_at_size(item["scores"], height, width, info.threshold)
         mask_uri = storage.join_url(output, "masks", f"{key}.png")
-        storage.write_bytes(mask_uri, preprocess.encode_png(predicted), storage_config)
+        storage.write_bytes(mask_uri, preprocess.encode_png(predicted, compress_level=1), storage_config)
         record: dict[str, Any] = {
             "class_pixels": np.bincount(predicted.ravel(), minlength=info.unet.num_classes).tolist(),
         }
@@ -112,3 +112,21 @@ def finish_row(item: dict[str, Any], info: ModelInfo, output: str, storage_confi
         return {**base, "status": schema.STATUS_ERROR, "error": f"{key}: {type(exc).__name__} while writing the mask: {exc}",
                 "height": height, "width": width}
     return {**base, **record, "status": schema.STATUS_OK, "height": height, "width": width, "mask_uri": mask_uri}
+
+
+class MaskWriter:
+    """Callable actor around :func:`finish_batch` with the run's fixed arguments.
+
+    The finish stage runs on a small pool of these rather than as tasks: an actor holds its CPU
+    share for the whole run, so Ray Data can never starve the last stage of CPU budget while the
+    upstream stages run ahead, and each writer keeps its object-storage client warm.
+    """
+
+    def __init__(self, info: ModelInfo, output: str, model_id: str, run_id: str,
+                 storage_config: StorageConfig | None = None) -> None:
+        self.arguments = {"info": info, "output": output, "model_id": model_id, "run_id": run_id,
+                          "storage_config": storage_config}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        """Return :func:`finish_batch` of the batch."""
+        return finish_batch(batch, **self.arguments)

@@ -111,6 +111,21 @@ def test_sigmoid_scores_use_the_threshold() -> None:
     scores = np.array([[[0.2], [0.6]]], dtype=np.float32)
     assert preprocess.mask_from_scores(scores, 0.5).tolist() == [[0, 1]]
     assert preprocess.mask_from_scores(scores, 0.7).tolist() == [[0, 0]]
+    levels = preprocess.quantise_scores(scores)
+    assert levels.dtype == np.uint8 and levels.ravel().tolist() == [51, 153]
+    assert preprocess.mask_from_scores(levels, 0.5).tolist() == [[0, 1]]
+    assert preprocess.mask_from_scores(levels, 0.7).tolist() == [[0, 0]]
+
+
+def test_quantised_scores_resize_like_float_scores() -> None:
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(3), size=(8, 8)).astype(np.float32)
+    from_float = preprocess.mask_at_size(probabilities, 13, 11, 0.5)
+    from_levels = preprocess.mask_at_size(preprocess.quantise_scores(probabilities), 13, 11, 0.5)
+    assert from_levels.shape == (13, 11)
+    assert (from_float == from_levels).mean() > 0.95  # only near-ties may differ
+    sigmoid = rng.random((8, 8, 1)).astype(np.float32)
+    assert (preprocess.mask_at_size(sigmoid, 5, 7, 0.5) == preprocess.mask_at_size(preprocess.quantise_scores(sigmoid), 5, 7, 0.5)).mean() > 0.9
 
 
 def test_encode_png_round_trips() -> None:

@@ -15,7 +15,7 @@ import s3fs
 from PIL import Image
 
 from pipeline import storage
-from pipeline.config import SampleDataConfig, SegmentConfig
+from pipeline.config import ConfigError, SampleDataConfig, SegmentConfig, load_config
 from pipeline.inference import run_segmentation
 from pipeline.metrics import image_metrics
 from pipeline.preprocess import decode_mask, encode_png
@@ -164,3 +164,20 @@ def test_folder_and_parquet_inputs(tmp_path: Path, tiny_model: str, layout: str)
     assert all(row["dice"] is not None and len(row["dice"]) == 3 for row in rows)
     expected_shards = 3 if layout == "folder" else 2
     assert len(list((tmp_path / "out" / "_done").iterdir())) == expected_shards
+
+
+def test_asking_for_gpus_the_cluster_lacks_stops_before_work(tmp_path: Path, tiny_model: str) -> None:
+    data = tmp_path / "data"
+    write_sample_data(SampleDataConfig(output=str(data), num_images=2, num_shards=1))
+    cfg = load_config(SegmentConfig, None, [f"input={data}", f"model={tiny_model}", f"output={tmp_path / 'out'}", "actors.gpus=1"])
+    with pytest.raises(ConfigError, match="actors.gpus=1 but the cluster has 0 GPUs"):
+        run_segmentation(cfg)
+    assert not (tmp_path / "out" / "run.json").exists()
+
+
+def test_keys_repeated_across_shards_are_counted(tmp_path: Path, tiny_model: str) -> None:
+    data = tmp_path / "data"
+    write_sample_data(SampleDataConfig(output=str(data), num_images=3, num_shards=1))
+    (data / "shard-copy.tar").write_bytes((data / "shard-00000.tar").read_bytes())
+    summary = run_segmentation(SegmentConfig(input=str(data), model=tiny_model, output=str(tmp_path / "out")))
+    assert summary.images == 6 and summary.duplicate_keys == 3

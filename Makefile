@@ -1,0 +1,29 @@
+# Two entry points for a new machine: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test test-fast bench clean
+
+$(BIN)/segpipe: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(BIN)/segpipe
+
+demo: setup
+	$(BIN)/segpipe demo --workdir demo-output
+
+test: setup
+	$(BIN)/pytest
+
+test-fast: setup
+	$(BIN)/pytest -m 'not slow'
+
+bench: setup
+	$(BIN)/python jobs/benchmark.py --workdir bench-output
+
+clean:
+	rm -rf demo-output bench-output .pytest_cache

@@ -1,0 +1,236 @@
+"""Throughput benchmark: bare ``model.predict`` against the full pipeline, same images, one run.
+
+    python jobs/benchmark.py                      # 1,000 images, 256x256 U-Net with 16 base filters
+
+Starts a local S3 server (moto_server on loopback), writes synthetic tar shards to it, and builds
+the model artifact. Then, on the same machine and images:
+
+(a) bare: one process decodes every image up front (not timed), then times ``model.predict`` over
+    the arrays, and the same traced call the actors use; TensorFlow gets all the machine's cores;
+(b) pipeline: ``segpipe segment`` from the S3 server to S3 outputs on a local Ray.
+
+Bare runs before and after the pipeline (the machine's speed drifts); their mean is the baseline.
+Prints images/s, the steady-state ratio pipeline/bare, start-up seconds and peak memory (RSS of
+the process tree), and writes the figures to ``<workdir>/benchmark.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import storage
+from pipeline.config import SampleDataConfig, SegmentConfig
+from pipeline.local_s3 import create_bucket, local_s3_server
+from pipeline.model import ModelInfo, UNetSpec, build_unet, save_artifact
+
+log = logging.getLogger("benchmark")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Return the benchmark's arguments."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--size", type=int, default=256, help="image side and model tile (default 256)")
+    parser.add_argument("--base-filters", type=int, default=16)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--workdir", default="bench-output")
+    parser.add_argument("--bare", metavar="JSON", help=argparse.SUPPRESS)  # internal: run one bare measurement
+    return parser.parse_args(argv)
+
+
+def tree_rss_bytes(process: Any) -> int:
+    """Return the summed RSS of ``process`` and all its descendants (Ray's raylet, workers, actors)."""
+    import psutil
+
+    total = 0
+    for proc in [process, *process.children(recursive=True)]:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
+class PeakMemory:
+    """Samples the process tree's RSS every ``interval`` seconds in a thread; ``peak`` holds the maximum."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        import psutil
+
+        self.process = psutil.Process()
+        self.interval = interval
+        self.peak = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+
+    def sample(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, tree_rss_bytes(self.process))
+            self.stop.wait(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def decoded_inputs(shards_url: str, info: ModelInfo) -> np.ndarray:
+    """Return every image of the tar shards as the model's float32 input tiles (N, h, w, c)."""
+    from pipeline.preprocess import decode_image, model_input
+
+    tiles = []
+    for url in storage.list_files(shards_url, [".tar"]):
+        with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(url))) as archive:
+            for member in archive:
+                if member.isfile() and not member.name.endswith(".mask.png"):
+                    image = decode_image(archive.extractfile(member).read())
+                    tiles.append(model_input(image, info.unet.input_size, info.unet.channels, info.normalization))
+    return np.stack(tiles)
+
+
+def measure_bare(request: dict[str, Any]) -> dict[str, Any]:
+    """Return bare-predict figures for ``request`` (model and shards URLs, batch size); run in its own process."""
+    from pipeline.model import load_artifact
+    from pipeline.predictor import configure_tensorflow
+
+    started = time.perf_counter()
+    configure_tensorflow(os.cpu_count() or 1)
+    import tensorflow as tf
+
+    loaded = load_artifact(request["model"])
+    batch = request["batch_size"]
+    tiles = decoded_inputs(request["shards"], loaded.info)
+    loaded.model.predict(tiles[:batch], batch_size=batch, verbose=0)  # warm-up: graph build
+    startup = time.perf_counter() - started
+    clock = time.perf_counter()
+    loaded.model.predict(tiles, batch_size=batch, verbose=0)
+    predict_rate = len(tiles) / (time.perf_counter() - clock)
+    forward = tf.function(lambda x: loaded.model(x, training=False))
+    forward(tiles[:batch])
+    clock = time.perf_counter()
+    for start in range(0, len(tiles), batch):
+        forward(tiles[start:start + batch]).numpy()
+    traced_rate = len(tiles) / (time.perf_counter() - clock)
+    return {
+        "images": len(tiles),
+        "predict_images_per_second": round(predict_rate, 2),
+        "traced_images_per_second": round(traced_rate, 2),
+        "startup_seconds": round(startup, 2),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+
+
+def run_bare_subprocess(request: dict[str, Any]) -> dict[str, Any]:
+    """Return :func:`measure_bare`'s figures, measured in a fresh Python process."""
+    result = subprocess.run(
+        [sys.executable, __file__, "--bare", json.dumps(request)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"bare measurement failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def prepare(bucket: str, args: argparse.Namespace) -> tuple[str, str]:
+    """Write the synthetic shards and the model artifact to ``bucket``; return their URLs."""
+    from pipeline.sample_data import write_sample_data
+
+    shards, model = f"{bucket}/shards", f"{bucket}/model"
+    write_sample_data(SampleDataConfig(output=shards, num_images=args.images, num_shards=args.shards,
+                                       num_classes=3, min_size=args.size, max_size=args.size))
+    spec = UNetSpec(input_size=(args.size, args.size), channels=3, num_classes=3, depth=args.depth,
+                    base_filters=args.base_filters)
+    unet = build_unet(spec)
+    save_artifact(unet, ModelInfo(unet=spec, class_names=("background", "a", "b")), model)
+    log.info("model: %d parameters", unet.count_params())
+    return shards, model
+
+
+def run_pipeline(shards: str, model: str, output: str, batch_size: int) -> dict[str, Any]:
+    """Return the pipeline's figures for one segmentation run from ``shards`` to ``output``."""
+    from pipeline.inference import run_segmentation
+
+    with PeakMemory() as memory:
+        summary = run_segmentation(SegmentConfig(input=shards, model=model, output=output, batch_size=batch_size))
+    return {
+        "images": summary.images,
+        "errors": summary.errors,
+        "images_per_second": summary.images_per_second,
+        "steady_images_per_second": summary.steady_images_per_second,
+        "startup_seconds": summary.startup_seconds,
+        "wall_seconds": summary.wall_seconds,
+        "peak_rss_bytes": memory.peak,
+    }
+
+
+def report(bare: list[dict[str, Any]], pipeline: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Return the combined figures (with ratios) and print them as a table."""
+    predict = float(np.mean([b["predict_images_per_second"] for b in bare]))
+    traced = float(np.mean([b["traced_images_per_second"] for b in bare]))
+    figures = {
+        "setup": {k: getattr(args, k) for k in ("images", "size", "base_filters", "depth", "batch_size", "shards")},
+        "cpus": os.cpu_count(),
+        "bare_runs": bare,
+        "pipeline": pipeline,
+        "ratio_steady_vs_predict": round(pipeline["steady_images_per_second"] / predict, 3),
+        "ratio_steady_vs_traced": round(pipeline["steady_images_per_second"] / traced, 3),
+        "ratio_end_to_end_vs_predict": round(pipeline["images_per_second"] / predict, 3),
+    }
+    gib = 1024**3
+    print(f"\nbenchmark: {args.images} images {args.size}x{args.size}, U-Net depth {args.depth}, "
+          f"{args.base_filters} base filters, batch {args.batch_size}, {os.cpu_count()} CPUs")
+    for index, run in enumerate(bare, 1):
+        print(f"  bare run {index}: model.predict {run['predict_images_per_second']:.2f} img/s, traced call "
+              f"{run['traced_images_per_second']:.2f} img/s, start-up {run['startup_seconds']:.1f} s, "
+              f"peak RSS {run['peak_rss_bytes'] / gib:.2f} GiB")
+    print(f"  pipeline:   steady {pipeline['steady_images_per_second']:.2f} img/s, end to end "
+          f"{pipeline['images_per_second']:.2f} img/s, start-up {pipeline['startup_seconds']:.1f} s, "
+          f"wall {pipeline['wall_seconds']:.1f} s, peak RSS (driver + Ray) {pipeline['peak_rss_bytes'] / gib:.2f} GiB")
+    print(f"  ratio steady pipeline / bare model.predict: {figures['ratio_steady_vs_predict']:.3f}")
+    print(f"  ratio steady pipeline / bare traced call:   {figures['ratio_steady_vs_traced']:.3f}")
+    print(f"  ratio end to end (with start-up) / bare model.predict: {figures['ratio_end_to_end_vs_predict']:.3f}")
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; return the exit status."""
+    args = parse_args(argv)
+    if args.bare:
+        print(json.dumps(measure_bare(json.loads(args.bare))))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    with local_s3_server() as endpoint:
+        bucket = create_bucket(endpoint, "bench")
+        shards, model = prepare(bucket, args)
+        request = {"model": model, "shards": shards, "batch_size": args.batch_size}
+        bare = [run_bare_subprocess(request)]
+        log.info("bare run 1: %s", bare[0])
+        pipeline = run_pipeline(shards, model, f"{bucket}/run", args.batch_size)
+        log.info("pipeline: %s", pipeline)
+        bare.append(run_bare_subprocess(request))
+        figures = report(bare, pipeline, args)
+    Path(args.workdir, "benchmark.json").write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The segpipe command: help texts, and run-level problems that stop before any work starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jobs.cli import main
+from pipeline.config import SegmentConfig, load_config
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out + captured.err
+
+
+def test_help_explains_every_segment_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["segment", "--help"])
+    text = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    for option in ("--input", "--model", "--output", "--address", "--batch-size", "--min-actors", "--max-actors",
+                   "--cpus-per-actor", "--gpus-per-actor", "--config", "KEY=VALUE", "AWS_ENDPOINT_URL"):
+        assert option in text
+
+
+def test_top_level_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "segment" in text and "sample-data" in text and "demo" in text
+
+
+@pytest.fixture()
+def sample_tars(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    data = tmp_path / "data"
+    status, text = run_cli(capsys, "sample-data", "--output", str(data), "--num-images", "4", "--num-shards", "2")
+    assert status == 0 and "wrote 4 images in 2 tar shard(s)" in text
+    return data
+
+
+def assert_refused(status: int, text: str, fragment: str, output: Path) -> None:
+    assert status == 2, text
+    assert "segpipe segment: error:" in text and fragment in text
+    assert "Traceback" not in text
+    assert not (output / "run.json").exists() and not (output / "metrics").exists()
+
+
+def test_missing_input_stops_before_work(tmp_path: Path, tiny_model: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    status, text = run_cli(capsys, "segment", "--input", str(tmp_path / "nope"), "--model", tiny_model, "--output", str(out))
+    assert_refused(status, text, "does not exist", out)
+
+
+def test_input_without_images_stops_before_work(tmp_path: Path, tiny_model: str, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.txt").write_text("no images here")
+    out = tmp_path / "out"
+    status, text = run_cli(capsys, "segment", "--input", str(tmp_path / "in"), "--model", tiny_model, "--output", str(out))
+    assert_refused(status, text, "holds no images", out)
+
+
+def test_missing_model_stops_before_work(tmp_path: Path, sample_tars: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    status, text = run_cli(capsys, "segment", "--input", str(sample_tars), "--model", str(tmp_path / "m"), "--output", str(out))
+    assert_refused(status, text, "has no model.json", out)
+
+
+def test_invalid_model_stops_before_work(tmp_path: Path, sample_tars: Path, tiny_model: str, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "model.json").write_text(Path(tiny_model, "model.json").read_text())
+    (broken / "model.keras").write_bytes(b"PK\x03\x04 truncated")
+    out = tmp_path / "out"
+    status, text = run_cli(capsys, "segment", "--input", str(sample_tars), "--model", str(broken), "--output", str(out))
+    assert_refused(status, text, "cannot be loaded", out)
+
+
+def test_unwritable_output_stops_before_work(tmp_path: Path, sample_tars: Path, tiny_model: str, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = blocker / "out"
+    status, text = run_cli(capsys, "segment", "--input", str(sample_tars), "--model", tiny_model, "--output", str(out))
+    assert_refused(status, text, "is not writable", out)
+
+
+def test_missing_s3_bucket_is_an_unwritable_output(s3_endpoint: str, sample_tars: Path, tiny_model: str, capsys: pytest.CaptureFixture[str]) -> None:
+    status, text = run_cli(capsys, "segment", "--input", str(sample_tars), "--model", tiny_model,
+                           "--output", "s3://no-such-bucket-here/out")
+    assert status == 2 and "s3://no-such-bucket-here/out is not writable" in text
+
+
+def test_bad_override_stops_before_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, text = run_cli(capsys, "segment", "--input", "x", "--model", "y", "--output", "z", "actors.gpu=1")
+    assert status == 2 and "unknown config key 'actors.gpu'" in text
+
+
+def test_example_configs_load(tmp_path: Path) -> None:
+    for path in sorted(Path("jobs/configs").glob("segment*.yaml")):
+        cfg = load_config(SegmentConfig, path)
+        assert cfg.input and cfg.model and cfg.output
+        assert set(yaml.safe_load(path.read_text())) <= set(SegmentConfig.__dataclass_fields__)
+
+
+@pytest.mark.slow
+def test_demo_command_runs_end_to_end(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "demo", "--workdir", str(tmp_path / "demo")],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "untrained" in result.stdout
+    assert "64 images (64 ok, 0 errors)" in result.stdout
+    assert (tmp_path / "demo" / "run" / "run.json").exists()
+    assert len(list((tmp_path / "demo" / "run" / "masks").glob("*.png"))) == 64
