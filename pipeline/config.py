@@ -133,6 +133,93 @@ class SegmentConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class UNetConfig:
+    """U-Net architecture for training: square tiles of ``input_size`` pixels."""
+
+    input_size: int = 64
+    channels: int = 3
+    num_classes: int = 3
+    depth: int = 3
+    base_filters: int = 16
+    batch_norm: bool = True
+    dropout: float = 0.0
+    output_activation: str = "softmax"
+    class_names: str = ""  # comma-separated; default background, class_1, class_2, ...
+
+    def __post_init__(self) -> None:
+        step = 2**self.depth
+        if self.input_size < step or self.input_size % step:
+            raise ConfigError(f"unet.input_size={self.input_size} must be a multiple of 2**unet.depth = {step}")
+        if self.output_activation not in ("softmax", "sigmoid"):
+            raise ConfigError(f"unet.output_activation={self.output_activation!r}: choose softmax or sigmoid")
+        if self.output_activation == "sigmoid" and self.num_classes != 2:
+            raise ConfigError("unet.output_activation=sigmoid needs unet.num_classes=2; use softmax for more classes")
+        if self.num_classes < 2:
+            raise ConfigError(f"unet.num_classes={self.num_classes}: background plus at least one class")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"unet.channels={self.channels}: 1 (gray) or 3 (RGB)")
+        names = self.names()
+        if len(names) != self.num_classes:
+            raise ConfigError(f"unet.class_names gives {len(names)} names for unet.num_classes={self.num_classes}")
+
+    def names(self) -> tuple[str, ...]:
+        """Return the class names: ``class_names`` split at commas, or background, class_1, ..."""
+        if self.class_names:
+            return tuple(name.strip() for name in self.class_names.split(","))
+        return ("background", *(f"class_{index}" for index in range(1, self.num_classes)))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; recorded (credentials redacted) in the model artifact."""
+
+    data: str = ""
+    output: str = ""
+    val_data: str | None = None
+    address: str | None = None
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float | None = None
+    epochs: int = 10
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    loss: str = "ce+dice"
+    augment: bool = True
+    normalization: str = "scale"
+    folder_shard_size: int = 256
+    stage_cpus: float = 0.25
+    seed: int = 0
+    resume: bool = True
+    unet: UNetConfig = dataclasses.field(default_factory=UNetConfig)
+    storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("data", "output"):
+            if not getattr(self, name):
+                raise ConfigError(f"'{name}' is not set; give --{name.replace('_', '-')} URL")
+        if self.num_workers < 1:
+            raise ConfigError(f"num_workers={self.num_workers}: at least 1")
+        if self.epochs < 1:
+            raise ConfigError(f"epochs={self.epochs}: at least 1")
+        if self.batch_size < self.num_workers or self.batch_size % self.num_workers:
+            raise ConfigError(
+                f"batch_size={self.batch_size} is the global batch: it must be a multiple of num_workers={self.num_workers}"
+            )
+        if self.loss not in ("ce", "dice", "ce+dice"):
+            raise ConfigError(f"loss={self.loss!r}: choose ce, dice or ce+dice")
+        if self.normalization not in ("scale", "minmax"):
+            raise ConfigError(f"normalization={self.normalization!r}: choose scale or minmax")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate={self.learning_rate}: must be positive")
+
+    def to_public_dict(self) -> dict[str, Any]:
+        """Return the config as plain data with credentials redacted."""
+        values = dataclasses.asdict(self)
+        values["storage"] = self.storage.redacted()
+        return values
+
+
+@dataclasses.dataclass(frozen=True)
 class SampleDataConfig:
     """Synthetic labelled shards for the demo, tests and benchmarks."""
 

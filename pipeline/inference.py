@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import math
-import os
 import platform
 import time
 from collections import defaultdict
@@ -33,14 +32,14 @@ import pyarrow.parquet as pq
 
 from pipeline import schema, storage
 from pipeline.config import ConfigError, SegmentConfig, StorageConfig
+from pipeline.cluster import connect_ray, largest_node_cpus
 from pipeline.model import LoadedModel, ModelInfo, load_artifact
 from pipeline.predictor import SegmentationPredictor
-from pipeline.sources import Shard, discover_shards, read_shard
+from pipeline.sources import Shard, discover_shards, read_dataset
 from pipeline.stages import MaskWriter, prepare_batch
 
 log = logging.getLogger(__name__)
 
-LOCAL_OBJECT_STORE_BYTES = 2 * 1024**3
 VERSIONED_PACKAGES = ("segpipe", "ray", "tensorflow-cpu", "tensorflow", "keras", "numpy", "pyarrow", "pillow", "fsspec", "s3fs")
 
 
@@ -97,12 +96,8 @@ def run_segmentation(cfg: SegmentConfig) -> RunSummary:
     write_run_json(cfg, plan, {"status": "running", "started": started_at})
     clock = time.perf_counter()
     writer = ShardWriter(cfg.output, cfg.storage, plan.shards)
-    first_batch_at = None
-    first_batch_rows = 0
     try:
         for table in build_dataset(cfg, plan).iter_batches(batch_format="pyarrow", batch_size=None):
-            if first_batch_at is None:
-                first_batch_at, first_batch_rows = time.perf_counter(), table.num_rows
             writer.add(table)
         writer.finish()
     except BaseException as exc:
@@ -110,8 +105,7 @@ def run_segmentation(cfg: SegmentConfig) -> RunSummary:
                    "error": f"{type(exc).__name__}: {exc}", "committed_shards": sorted(writer.committed)}
         write_run_json(cfg, plan, failure)
         raise
-    wall = time.perf_counter() - clock
-    summary = summarise(cfg, plan, writer, wall, first_batch_at - clock if first_batch_at else wall, first_batch_rows)
+    summary = summarise(cfg, plan, writer, clock)
     write_run_json(cfg, plan, {"status": "finished", "started": started_at, "ended": now_iso(), "summary": dataclasses.asdict(summary)})
     log.info("%s", summary.line())
     return summary
@@ -127,19 +121,6 @@ def plan_run(cfg: SegmentConfig) -> RunPlan:
     return RunPlan(run_id=run_id, shards=shards, model=model)
 
 
-def connect_ray(address: str | None) -> None:
-    """Connect to Ray: the running session, ``address`` / ``RAY_ADDRESS``, or a new local instance."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        ray.init(address="local", object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False,
-                 logging_level=logging.WARNING)
-
-
 def actor_resources(cfg: SegmentConfig) -> dict[str, Any]:
     """Return ``actor_cpus``, ``actor_gpus`` and ``actor_threads`` for the connected cluster.
 
@@ -150,7 +131,7 @@ def actor_resources(cfg: SegmentConfig) -> dict[str, Any]:
     """
     import ray
 
-    node_cpus = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    node_cpus = largest_node_cpus()
     total_gpus = ray.cluster_resources().get("GPU", 0.0)
     wanted = cfg.actors
     if wanted.gpus > 0 and total_gpus < wanted.gpus:
@@ -219,21 +200,16 @@ def data_context(**settings: Any) -> Iterator[None]:
 
 def build_dataset(cfg: SegmentConfig, plan: RunPlan) -> Any:
     """Return the lazy Ray Dataset of metric rows (plus ``shard``, ``shard_rows``) for the plan."""
-    import ray
     from ray.data import ActorPoolStrategy
 
     info = plan.model.info
     storage_config = cfg.storage
-    items = [{"shard": shard.to_json()} for shard in plan.shards]
     settings = {
         "target_max_block_size": batch_block_bytes(cfg.batch_size, info),
         "op_resource_reservation_ratio": reservation_ratio(cfg.stage_cpus),
     }
     with data_context(**settings):
-        dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    dataset = dataset.flat_map(
-        lambda row: read_shard(Shard.from_json(row["shard"]), storage_config), num_cpus=cfg.stage_cpus
-    )
+        dataset = read_dataset(plan.shards, storage_config, cfg.stage_cpus)
     dataset = dataset.map_batches(
         prepare_batch, fn_kwargs={"info": info}, batch_size=cfg.batch_size, num_cpus=cfg.stage_cpus
     )
@@ -268,9 +244,12 @@ class ShardWriter:
         self.committed: dict[str, dict[str, int]] = {}
         self.key_shards: dict[str, str] = {}
         self.duplicate_keys = 0
+        self.first_batch: tuple[float, int] | None = None  # (perf_counter time, rows) of the first batch
 
     def add(self, table: pa.Table) -> None:
         """Take a batch of rows; commit every shard it completes."""
+        if self.first_batch is None:
+            self.first_batch = (time.perf_counter(), table.num_rows)
         for row in table.to_pylist():
             name = row.pop("shard")
             expected = row.pop("shard_rows")
@@ -314,8 +293,15 @@ class ShardWriter:
         return tuple(sorted(name for name, counts in self.committed.items() if counts["rows"] == 0))
 
 
-def summarise(cfg: SegmentConfig, plan: RunPlan, writer: ShardWriter, wall: float, startup: float, first_rows: int) -> RunSummary:
-    """Return the run's summary from the committed shard counts and the timings."""
+def summarise(cfg: SegmentConfig, plan: RunPlan, writer: ShardWriter, started: float) -> RunSummary:
+    """Return the run's summary from the committed shard counts and the timings.
+
+    Start-up is the time until the first results reach the driver (actor start, model load, the
+    first batch through every stage); the steady rate counts the images after that batch.
+    """
+    wall = time.perf_counter() - started
+    first_at, first_rows = writer.first_batch or (time.perf_counter(), 0)
+    startup = first_at - started
     images = sum(c["rows"] for c in writer.committed.values())
     ok = sum(c["ok"] for c in writer.committed.values())
     steady_time = wall - startup

@@ -355,14 +355,19 @@ def write_sample_data(cfg: SampleDataConfig) -> list[str]:
     return urls
 
 
-def _write_tar_shards(cfg: SampleDataConfig) -> list[str]:
-    """Write WebDataset tar shards and return their URLs."""
+def _write_shards(cfg: SampleDataConfig, name: str, shard_bytes: Callable[[SampleDataConfig, Sequence[int]], bytes]) -> list[str]:
+    """Write one file per shard, named ``name.format(index)``, with ``shard_bytes``; return their URLs."""
     urls = []
     for shard, indices in enumerate(shard_ranges(cfg.num_images, cfg.num_shards)):
-        url = join_url(cfg.output, f"shard-{shard:05d}.tar")
-        write_bytes(url, _tar_shard_bytes(cfg, indices), cfg.storage)
+        url = join_url(cfg.output, name.format(shard))
+        write_bytes(url, shard_bytes(cfg, indices), cfg.storage)
         urls.append(url)
     return urls
+
+
+def _write_tar_shards(cfg: SampleDataConfig) -> list[str]:
+    """Write WebDataset tar shards and return their URLs."""
+    return _write_shards(cfg, "shard-{:05d}.tar", _tar_shard_bytes)
 
 
 def _tar_shard_bytes(cfg: SampleDataConfig, indices: Sequence[int]) -> bytes:
@@ -404,12 +409,7 @@ _PARQUET_SCHEMA = pa.schema([("key", pa.string()), ("image", pa.binary()), ("mas
 
 def _write_parquet_shards(cfg: SampleDataConfig) -> list[str]:
     """Write Parquet files with ``key``, ``image`` and ``mask`` columns and return their URLs."""
-    urls = []
-    for shard, indices in enumerate(shard_ranges(cfg.num_images, cfg.num_shards)):
-        url = join_url(cfg.output, f"part-{shard:05d}.parquet")
-        write_bytes(url, _parquet_shard_bytes(cfg, indices), cfg.storage)
-        urls.append(url)
-    return urls
+    return _write_shards(cfg, "part-{:05d}.parquet", _parquet_shard_bytes)
 
 
 def _parquet_shard_bytes(cfg: SampleDataConfig, indices: Sequence[int]) -> bytes:

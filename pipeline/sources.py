@@ -212,3 +212,12 @@ def folder_rows(shard: Shard, storage_config: StorageConfig | None) -> Iterator[
             yield sample_row(shard, key, error=f"cannot read {image_url} ({type(exc).__name__}: {exc})")
             continue
         yield sample_row(shard, key, image=image, mask=mask)
+
+
+def read_dataset(shards: list[Shard], storage_config: StorageConfig | None, stage_cpus: float) -> Any:
+    """Return a lazy Ray Dataset of the shards' input rows (see :func:`read_shard`), one read task per shard."""
+    import ray
+
+    items = [{"shard": shard.to_json()} for shard in shards]
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    return dataset.flat_map(lambda row: read_shard(Shard.from_json(row["shard"]), storage_config), num_cpus=stage_cpus)

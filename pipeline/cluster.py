@@ -1,0 +1,28 @@
+"""Connecting to Ray: the session already running, a cluster address, or a new local instance."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+LOCAL_OBJECT_STORE_BYTES = 2 * 1024**3
+
+
+def connect_ray(address: str | None) -> None:
+    """Connect to Ray: the running session, ``address`` / ``RAY_ADDRESS``, or a new local instance."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        ray.init(address="local", object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False,
+                 logging_level=logging.WARNING)
+
+
+def largest_node_cpus() -> float:
+    """Return the CPU count of the largest live node of the connected cluster (0 if none)."""
+    import ray
+
+    return max((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")), default=0.0)

@@ -1,0 +1,147 @@
+"""Training: augmentation, the loss, the data stage, and Ray Train runs on the session's local Ray."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import augment
+from pipeline.config import ConfigError, SampleDataConfig, SegmentConfig, TrainConfig, UNetConfig, load_config
+from pipeline.model import UNetSpec, load_artifact
+from pipeline.preprocess import encode_png
+from pipeline.sample_data import write_sample_data
+from pipeline.sources import InputError
+from pipeline.training import per_example_loss, run_training, training_batch
+
+TINY = UNetConfig(input_size=32, num_classes=3, depth=2, base_filters=4)
+
+
+def test_flips_and_rotations_move_image_and_mask_together() -> None:
+    rng = np.random.default_rng(0)
+    mask = rng.integers(0, 3, (32, 32), dtype=np.uint8)
+    image = np.repeat(mask[:, :, np.newaxis].astype(np.float32) / 10, 3, axis=2)  # the image encodes its mask
+    seen = set()
+    for _ in range(30):
+        tile_image, tile_mask = augment.flip_and_rotate(image, mask, rng)
+        assert np.array_equal(np.rint(tile_image[:, :, 0] * 10).astype(np.uint8), tile_mask)
+        seen.add(tile_mask.tobytes())
+    assert len(seen) > 4  # the transforms really vary
+
+
+def test_random_crop_keeps_most_of_the_image_at_the_tile_size() -> None:
+    rng = np.random.default_rng(1)
+    mask = np.zeros((100, 100), np.uint8)
+    mask[:, 50:] = 1  # left half 0, right half 1
+    image = mask[:, :, np.newaxis].astype(np.float32)
+    for _ in range(20):
+        tile_image, tile_mask = augment.random_crop(image, mask, (32, 32), rng)
+        assert tile_image.shape == (32, 32, 1) and tile_mask.shape == (32, 32)
+        assert tile_mask[:, 0].max() == 0 and tile_mask[:, -1].min() == 1  # a crop of >= 80 % keeps both halves
+        assert np.array_equal(tile_image[:, :, 0] > 0.5, tile_mask == 1)
+
+
+def test_intensity_jitter_leaves_the_mask_alone_and_stays_bounded() -> None:
+    rng = np.random.default_rng(2)
+    image = np.full((8, 8, 3), 0.5, np.float32)
+    jittered = augment.jitter_intensity(image, rng)
+    assert abs(float(jittered.mean()) - 0.5) <= augment.BRIGHTNESS + 1e-6
+
+
+def test_loss_is_low_for_right_and_high_for_wrong_predictions() -> None:
+    spec = UNetSpec(input_size=(4, 4), num_classes=2, depth=1, base_filters=2)
+    labels = np.zeros((1, 4, 4), np.uint8)
+    labels[0, :2] = 1
+    right = np.stack([1.0 - labels, labels], axis=-1).astype(np.float32)
+    wrong = right[..., ::-1].copy()
+    for kind in ("ce", "dice", "ce+dice"):
+        low = float(per_example_loss(labels, right, spec, kind)[0])
+        high = float(per_example_loss(labels, wrong, spec, kind)[0])
+        assert low < 0.05 < 0.5 < high, (kind, low, high)
+
+
+def test_bad_samples_get_weight_zero() -> None:
+    spec = UNetSpec(input_size=(16, 16), num_classes=2, depth=1, base_filters=2)
+    image = encode_png(np.zeros((20, 20, 3), np.uint8))
+    good_mask = encode_png(np.zeros((20, 20), np.uint8))
+    batch = {
+        "key": np.array(["good", "no-mask", "bad-class", "broken", "read-error"], dtype=object),
+        "image": np.array([image, image, image, b"junk", b""], dtype=object),
+        "mask": np.array([good_mask, b"", encode_png(np.full((20, 20), 4, np.uint8)), good_mask, b""], dtype=object),
+        "error": np.array(["", "", "", "", "shard unreadable"], dtype=object),
+    }
+    out = training_batch(batch, spec, {"mode": "scale"}, augmented=True)
+    assert out["weights"].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
+    assert out["pixels"].shape == (5, 16, 16, 3) and out["labels"].shape == (5, 16, 16)
+
+
+def test_config_checks() -> None:
+    with pytest.raises(ConfigError, match="multiple of num_workers"):
+        TrainConfig(data="d", output="o", num_workers=2, batch_size=3)
+    with pytest.raises(ConfigError, match="multiple of 2\\*\\*unet.depth"):
+        UNetConfig(input_size=30, depth=2)
+    cfg = load_config(TrainConfig, None, ["data=d", "output=o", "unet.num_classes=2", "unet.class_names=bg, cell"])
+    assert cfg.unet.names() == ("bg", "cell")
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("labelled")
+    common = {"num_classes": 3, "min_size": 32, "max_size": 48}
+    train = write_sample_data(SampleDataConfig(output=str(root / "train"), num_images=24, num_shards=2, seed=1, **common))
+    val = write_sample_data(SampleDataConfig(output=str(root / "val"), num_images=8, num_shards=1, seed=2, **common))
+    assert train and val
+    return {"train": str(root / "train"), "val": str(root / "val")}
+
+
+def tiny_train_config(labelled: dict[str, str], output: Path, **overrides: object) -> TrainConfig:
+    values = {"data": labelled["train"], "val_data": labelled["val"], "output": str(output), "num_workers": 2,
+              "cpus_per_worker": 0.5, "epochs": 1, "batch_size": 8, "unet": TINY}
+    values.update(overrides)
+    return TrainConfig(**values)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_two_workers_train_checkpoint_resume_and_segment(labelled: dict[str, str], tmp_path: Path) -> None:
+    output = tmp_path / "model"
+    first = run_training(tiny_train_config(labelled, output))
+    assert first.epochs == 1 and [h["epoch"] for h in first.history] == [0]
+    assert first.history[0]["images"] == 24 and first.history[0]["steps"] == 3  # 12 rows per worker, batch 4 each
+    assert list((output / "checkpoints").glob("checkpoint_*"))
+
+    resumed = run_training(tiny_train_config(labelled, output, epochs=2))
+    assert [h["epoch"] for h in resumed.history] == [0, 1]  # epoch 0 came from the checkpoint, not re-run
+    assert resumed.history[0] == first.history[0]
+
+    info = json.loads((output / "model.json").read_text())
+    assert info["training"]["trained"] is True and info["training"]["epochs"] == 2
+    assert info["training"]["data_url"] == labelled["train"]
+    assert "val_mean_dice" in info["training"]["best_metrics"]
+    assert load_artifact(str(output)).info.unet.input_size == (32, 32)
+
+    from pipeline.inference import run_segmentation
+
+    summary = run_segmentation(SegmentConfig(input=labelled["val"], model=str(output), output=str(tmp_path / "seg")))
+    assert summary.images == 8 and summary.errors == 0 and summary.model_trained
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_loss_goes_down_on_a_learnable_set(labelled: dict[str, str], tmp_path: Path) -> None:
+    cfg = tiny_train_config(labelled, tmp_path / "m", num_workers=1, cpus_per_worker=1.0, epochs=6, batch_size=4,
+                            learning_rate=0.01, augment=False, val_data=None)
+    history = run_training(cfg).history
+    assert history[-1]["loss"] < 0.8 * history[0]["loss"], [h["loss"] for h in history]
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_bad_training_setups_stop_before_training(labelled: dict[str, str], tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        run_training(tiny_train_config(labelled, tmp_path / "a", data=str(tmp_path / "missing")))
+    with pytest.raises(ConfigError, match="does not fit the cluster"):
+        run_training(tiny_train_config(labelled, tmp_path / "b", num_workers=8, batch_size=8))
+    with pytest.raises(ConfigError, match="needs 2 GPUs"):
+        run_training(tiny_train_config(labelled, tmp_path / "c", use_gpu=True))
