@@ -5,10 +5,12 @@ BIN := $(VENV)/bin
 
 .PHONY: setup demo test test-fast bench clean
 
-$(BIN)/segpipe: pyproject.toml
+# constraints.txt pins a known-good set: without it pip's resolver can spend many minutes
+# backtracking through the narrow botocore / aiobotocore / boto3 windows.
+$(BIN)/segpipe: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
 setup: $(BIN)/segpipe

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from jobs.cli import main
-from pipeline.config import SegmentConfig, load_config
+from pipeline.config import SegmentConfig, TrainConfig, load_config
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -101,11 +101,14 @@ def test_bad_override_stops_before_work(tmp_path: Path, capsys: pytest.CaptureFi
     assert status == 2 and "unknown config key 'actors.gpu'" in text
 
 
-def test_example_configs_load(tmp_path: Path) -> None:
-    for path in sorted(Path("jobs/configs").glob("segment*.yaml")):
-        cfg = load_config(SegmentConfig, path)
-        assert cfg.input and cfg.model and cfg.output
-        assert set(yaml.safe_load(path.read_text())) <= set(SegmentConfig.__dataclass_fields__)
+@pytest.mark.parametrize("pattern, config_class", [("segment*.yaml", SegmentConfig), ("train*.yaml", TrainConfig)])
+def test_example_configs_load(pattern: str, config_class: type) -> None:
+    paths = sorted(Path("jobs/configs").glob(pattern))
+    assert paths
+    for path in paths:
+        cfg = load_config(config_class, path)
+        assert cfg.output
+        assert set(yaml.safe_load(path.read_text())) <= set(config_class.__dataclass_fields__)
 
 
 @pytest.mark.slow

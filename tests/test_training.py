@@ -145,3 +145,23 @@ def test_bad_training_setups_stop_before_training(labelled: dict[str, str], tmp_
         run_training(tiny_train_config(labelled, tmp_path / "b", num_workers=8, batch_size=8))
     with pytest.raises(ConfigError, match="needs 2 GPUs"):
         run_training(tiny_train_config(labelled, tmp_path / "c", use_gpu=True))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_train_from_and_to_s3_then_segment(s3_bucket: str) -> None:
+    import s3fs
+
+    data, output = f"{s3_bucket}/labelled", f"{s3_bucket}/models/tiny"
+    write_sample_data(SampleDataConfig(output=data, num_images=8, num_shards=2, num_classes=3, min_size=32, max_size=40))
+    cfg = TrainConfig(data=data, val_data=data, output=output, num_workers=1, cpus_per_worker=1.0, epochs=1,
+                      batch_size=4, unet=TINY)
+    summary = run_training(cfg)
+    fs = s3fs.S3FileSystem()
+    assert summary.epochs == 1 and fs.exists(f"{output}/model.keras") and fs.exists(f"{output}/model.json")
+    assert fs.find(f"{output}/checkpoints")  # checkpoints went to object storage too
+
+    from pipeline.inference import run_segmentation
+
+    result = run_segmentation(SegmentConfig(input=data, model=output, output=f"{s3_bucket}/seg"))
+    assert result.images == 8 and result.errors == 0
