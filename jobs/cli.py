@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pipeline.config import ConfigError, SampleDataConfig, SegmentConfig, TrainConfig, load_config
+from pipeline.config import ConfigError, ReportConfig, SampleDataConfig, SegmentConfig, TrainConfig, load_config
 
 log = logging.getLogger("segpipe")
 
@@ -29,14 +29,18 @@ SEGMENT_OPTIONS = {
     "input": "input", "model": "model", "output": "output", "address": "address",
     "batch_size": "batch_size", "min_actors": "actors.min", "max_actors": "actors.max",
     "cpus_per_actor": "actors.cpus", "gpus_per_actor": "actors.gpus", "endpoint_url": "storage.endpoint_url",
-    "run_id": "run_id",
+    "run_id": "run_id", "report": "report",
+}
+REPORT_OPTIONS = {
+    "run": "run", "baseline": "baseline", "output": "output", "worst": "worst", "partial": "partial",
+    "endpoint_url": "storage.endpoint_url",
 }
 TRAIN_OPTIONS = {
     "data": "data", "val_data": "val_data", "output": "output", "address": "address", "num_workers": "num_workers",
     "use_gpu": "use_gpu", "cpus_per_worker": "cpus_per_worker", "epochs": "epochs", "batch_size": "batch_size",
     "learning_rate": "learning_rate", "loss": "loss", "augment": "augment", "input_size": "unet.input_size",
     "channels": "unet.channels", "num_classes": "unet.num_classes", "depth": "unet.depth",
-    "base_filters": "unet.base_filters", "resume": "resume", "endpoint_url": "storage.endpoint_url",
+    "base_filters": "unet.base_filters", "resume": "resume", "xla": "xla", "endpoint_url": "storage.endpoint_url",
 }
 SAMPLE_OPTIONS = {
     "output": "output", "num_images": "num_images", "num_shards": "num_shards", "num_classes": "num_classes",
@@ -79,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--cpus-per-actor", type=float, help="CPUs per actor (default: automatic)")
     segment.add_argument("--gpus-per-actor", type=float, help="GPUs per actor (default 0)")
     segment.add_argument("--run-id", help="run id recorded in every row (default: UTC start time)")
+    segment.add_argument("--report", action="store_true", default=None,
+                         help="write the dataset-level report (<output>/report/) when the run ends")
     add_common_arguments(segment)
     segment.set_defaults(handler=run_segment_command, config_class=SegmentConfig, options=SEGMENT_OPTIONS)
 
@@ -110,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--base-filters", type=int, help="filters of the first level (default 16)")
     train.add_argument("--resume", action="store_true", default=None,
                        help="continue from the latest checkpoint (the default; resume=false refuses to reuse an output)")
+    train.add_argument("--no-xla", dest="xla", action="store_false", default=None,
+                       help="run the training step as a plain TensorFlow graph, not XLA-compiled (about 1.5x slower on CPU)")
     add_common_arguments(train)
     train.set_defaults(handler=run_train_command, config_class=TrainConfig, options=TRAIN_OPTIONS)
 
@@ -128,6 +136,23 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--layout", choices=("tar", "folder", "parquet"), help="input shape to write (default tar)")
     add_common_arguments(sample)
     sample.set_defaults(handler=run_sample_command, config_class=SampleDataConfig, options=SAMPLE_OPTIONS)
+
+    report = commands.add_parser(
+        "report", help="dataset-level metrics of a run: report/summary.json + a self-contained report.html",
+        description="Aggregate a segmentation run's metrics/*.parquet (streamed, never loaded whole) into "
+        "<run>/report/summary.json (counts, macro/micro Dice and IoU per class with 95%% bootstrap intervals, "
+        "pixel accuracy, errors by kind) and report.html (tables, plots, the worst images as overlays, errors, "
+        "run metadata). With --baseline, per-class changes and the images that got most worse.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    report.add_argument("run", nargs="?", help="URL of a segmentation run's output (what segment --output wrote)")
+    report.add_argument("--baseline", help="URL of an earlier run to compare with")
+    report.add_argument("--output", help="URL to write summary.json and report.html under (default <run>/report)")
+    report.add_argument("--worst", type=int, help="how many worst images to show as overlays (default 12)")
+    report.add_argument("--partial", action="store_true", default=None,
+                        help="report on the committed shards of an unfinished run instead of refusing")
+    add_common_arguments(report)
+    report.set_defaults(handler=run_report_command, config_class=ReportConfig, options=REPORT_OPTIONS)
 
     demo = commands.add_parser(
         "demo", help="generate sample data, train a small U-Net, segment with it on a local Ray",
@@ -152,10 +177,23 @@ def run_segment_command(args: argparse.Namespace) -> int:
     """Run ``segpipe segment``; return the exit status."""
     from pipeline.inference import run_segmentation
 
-    summary = run_segmentation(config_from_args(args))
+    cfg = config_from_args(args)
+    summary = run_segmentation(cfg)
     if not summary.model_trained:
         print("note: the model artifact is untrained (model.json training.trained is false); masks are not meaningful")
     print(summary.line())
+    if cfg.report:
+        from pipeline.report import build_report
+
+        print(build_report(ReportConfig(run=cfg.output, storage=cfg.storage)).line())
+    return 0
+
+
+def run_report_command(args: argparse.Namespace) -> int:
+    """Run ``segpipe report``; return the exit status."""
+    from pipeline.report import build_report
+
+    print(build_report(config_from_args(args)).line())
     return 0
 
 
@@ -191,10 +229,11 @@ def run_demo_command(args: argparse.Namespace) -> int:
 def user_errors() -> tuple[type[BaseException], ...]:
     """Return the exception types that mean "the run cannot start": shown as one message, exit 2."""
     from pipeline.model import ModelArtifactError
+    from pipeline.report import ReportError
     from pipeline.sources import InputError
     from pipeline.storage import StorageError
 
-    return ConfigError, InputError, ModelArtifactError, StorageError
+    return ConfigError, InputError, ModelArtifactError, StorageError, ReportError
 
 
 def main(argv: Sequence[str] | None = None) -> int:

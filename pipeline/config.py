@@ -111,6 +111,7 @@ class SegmentConfig:
     folder_shard_size: int = 256
     stage_cpus: float = 0.25
     run_id: str | None = None
+    report: bool = False
     actors: ActorConfig = dataclasses.field(default_factory=ActorConfig)
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
 
@@ -190,6 +191,7 @@ class TrainConfig:
     stage_cpus: float = 0.25
     seed: int = 0
     resume: bool = True
+    xla: bool = True
     unet: UNetConfig = dataclasses.field(default_factory=UNetConfig)
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
 
@@ -244,6 +246,34 @@ class SampleDataConfig:
             raise ConfigError(f"num_classes={self.num_classes}: sample data supports 2..8 classes")
         if not 16 <= self.min_size <= self.max_size:
             raise ConfigError(f"min_size={self.min_size}, max_size={self.max_size}: need 16 <= min_size <= max_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportConfig:
+    """A report over one segmentation run's outputs, optionally compared with a baseline run."""
+
+    run: str = ""
+    baseline: str | None = None
+    output: str | None = None  # default: <run>/report
+    worst: int = 12
+    partial: bool = False
+    bootstrap_resamples: int = 1000
+    seed: int = 0
+    storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
+
+    def __post_init__(self) -> None:
+        if not self.run:
+            raise ConfigError("'run' is not set; give the URL of a segmentation run's output")
+        if not 0 <= self.worst <= 200:
+            raise ConfigError(f"worst={self.worst}: show 0..200 worst images")
+        if self.bootstrap_resamples < 100:
+            raise ConfigError(f"bootstrap_resamples={self.bootstrap_resamples}: at least 100")
+
+    def to_public_dict(self) -> dict[str, Any]:
+        """Return the config as plain data with credentials redacted."""
+        values = dataclasses.asdict(self)
+        values["storage"] = self.storage.redacted()
+        return values
 
 
 ConfigT = TypeVar("ConfigT")

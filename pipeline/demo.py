@@ -3,7 +3,8 @@
 It writes labelled synthetic training and validation shards, trains a small U-Net on the
 training shards (a few minutes on two CPU cores), then segments the validation shards twice:
 with the trained model and with an untrained one of the same architecture, so the printed Dice
-shows what training bought.
+shows what training bought. It ends with the report of the trained run, compared against the
+untrained run as its baseline.
 """
 
 from __future__ import annotations
@@ -12,13 +13,11 @@ import dataclasses
 import logging
 import os
 
-import numpy as np
-import pyarrow.dataset as pads
-
 from pipeline import storage
-from pipeline.config import SampleDataConfig, SegmentConfig, TrainConfig, UNetConfig
+from pipeline.config import ReportConfig, SampleDataConfig, SegmentConfig, TrainConfig, UNetConfig
 from pipeline.inference import RunSummary, run_segmentation
 from pipeline.model import ModelInfo, UNetSpec, build_unet, save_artifact
+from pipeline.report import ReportResult, build_report
 from pipeline.sample_data import write_sample_data
 from pipeline.training import TrainSummary, run_training, unet_spec
 
@@ -38,6 +37,7 @@ class DemoResult:
     untrained: RunSummary
     trained_dice: float
     untrained_dice: float
+    report: ReportResult
 
     def lines(self) -> list[str]:
         """Return the lines the CLI prints at the end of the demo."""
@@ -51,6 +51,7 @@ class DemoResult:
             f"masks:         {storage.join_url(run, 'masks')}/",
             f"metrics:       {storage.join_url(run, 'metrics')}/*.parquet",
             f"run record:    {storage.join_url(run, 'run.json')}",
+            f"report:        {self.report.html_url} (open it in a browser; summary.json beside it)",
         ]
 
 
@@ -62,14 +63,6 @@ def build_untrained_artifact(url: str, spec: UNetSpec, class_names: tuple[str, .
     info = ModelInfo(unet=spec, class_names=class_names, training={"trained": False, "note": "random initial weights"})
     save_artifact(build_unet(spec), info, url)
     return url
-
-
-def mean_image_dice(run_url: str) -> float:
-    """Return the mean over images of ``mean_dice`` in a run's metrics (NaN images skipped)."""
-    fs, path = storage.filesystem_for(storage.join_url(run_url, "metrics"))
-    values = pads.dataset(path, format="parquet", filesystem=fs).to_table(columns=["mean_dice"]).column(0)
-    numbers = np.array([v for v in values.to_pylist() if v is not None], dtype=np.float64)
-    return float(np.nanmean(numbers)) if numbers.size else float("nan")
 
 
 def run_demo(workdir: str = "demo-output", epochs: int = 12) -> DemoResult:
@@ -88,7 +81,15 @@ def run_demo(workdir: str = "demo-output", epochs: int = 12) -> DemoResult:
     trained = run_segmentation(SegmentConfig(input=f"{data}/val", model=training.artifact, output=os.path.join(workdir, "run")))
     untrained = run_segmentation(SegmentConfig(input=f"{data}/val", model=untrained_model,
                                                output=os.path.join(workdir, "run-untrained")))
+    untrained_report = build_report(ReportConfig(run=untrained.output, worst=4))
+    report = build_report(ReportConfig(run=trained.output, baseline=untrained.output, worst=8))
     return DemoResult(
         workdir=workdir, training=training, trained=trained, untrained=untrained,
-        trained_dice=mean_image_dice(trained.output), untrained_dice=mean_image_dice(untrained.output),
+        trained_dice=foreground_macro_dice(report), untrained_dice=foreground_macro_dice(untrained_report), report=report,
     )
+
+
+def foreground_macro_dice(report: ReportResult) -> float:
+    """Return a report's foreground macro Dice (mean over images of each image's mean_dice), NaN if undefined."""
+    value = ((report.summary.get("foreground") or {}).get("dice") or {}).get("macro")
+    return float("nan") if value is None else float(value)

@@ -214,6 +214,53 @@ def folder_rows(shard: Shard, storage_config: StorageConfig | None) -> Iterator[
         yield sample_row(shard, key, image=image, mask=mask)
 
 
+def read_samples(source: str, keys: set[str], storage_config: StorageConfig | None = None) -> dict[str, tuple[bytes, bytes | None]]:
+    """Return ``{key: (image, mask or None)}`` for the ``keys`` found in one input shard.
+
+    ``source`` is a metrics row's ``source``: a tar shard (streamed until every key is found),
+    a Parquet shard (only the matching rows are read) or an image folder. Only the asked-for
+    samples are read into memory; keys not found are absent from the result.
+    """
+    fs, path = storage.filesystem_for(source, storage_config)
+    found: dict[str, tuple[bytes, bytes | None]] = {}
+    if source.lower().endswith(".tar"):
+        images: dict[str, bytes] = {}
+        masks: dict[str, bytes] = {}
+        with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|") as archive:
+            for member in archive:
+                key, extension = split_member_name(member.name)
+                if key not in keys or not member.isfile():
+                    continue
+                content = archive.extractfile(member).read()  # type: ignore[union-attr]
+                if extension == "mask.png":
+                    masks[key] = content
+                elif ("." + extension) in IMAGE_EXTENSIONS:
+                    images[key] = content
+                if len(images) == len(keys) and len(masks) == len(keys):
+                    break
+        return {key: (image, masks.get(key)) for key, image in images.items()}
+    if source.lower().endswith(".parquet"):
+        with fs.open(path, "rb") as handle:
+            table = pq.read_table(handle, filters=[("key", "in", sorted(keys))])
+        has_mask = "mask" in table.column_names
+        for row in table.to_pylist():
+            found[str(row["key"])] = (row["image"] or b"", row.get("mask") if has_mask else None)
+        return found
+    for key in keys:
+        candidates = fs.glob(posixpath.join(path, "images", glob_escape(key)) + ".*")
+        candidates = [c for c in candidates if c.lower().endswith(IMAGE_EXTENSIONS)]
+        if not candidates:
+            continue
+        mask_path = posixpath.join(path, "masks", f"{key}.png")
+        found[key] = (fs.cat_file(candidates[0]), fs.cat_file(mask_path) if fs.exists(mask_path) else None)
+    return found
+
+
+def glob_escape(text: str) -> str:
+    """Return ``text`` with glob wildcards escaped (``[*]``, ``[?]``, ``[[]``)."""
+    return "".join(f"[{ch}]" if ch in "*?[" else ch for ch in text)
+
+
 def read_dataset(shards: list[Shard], storage_config: StorageConfig | None, stage_cpus: float) -> Any:
     """Return a lazy Ray Dataset of the shards' input rows (see :func:`read_shard`), one read task per shard."""
     import ray

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from jobs.cli import main
-from pipeline.config import SegmentConfig, TrainConfig, load_config
+from pipeline.config import ReportConfig, SegmentConfig, TrainConfig, load_config
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -101,13 +102,14 @@ def test_bad_override_stops_before_work(tmp_path: Path, capsys: pytest.CaptureFi
     assert status == 2 and "unknown config key 'actors.gpu'" in text
 
 
-@pytest.mark.parametrize("pattern, config_class", [("segment*.yaml", SegmentConfig), ("train*.yaml", TrainConfig)])
+@pytest.mark.parametrize("pattern, config_class", [("segment*.yaml", SegmentConfig), ("train*.yaml", TrainConfig),
+                                                   ("report*.yaml", ReportConfig)])
 def test_example_configs_load(pattern: str, config_class: type) -> None:
     paths = sorted(Path("jobs/configs").glob(pattern))
     assert paths
     for path in paths:
         cfg = load_config(config_class, path)
-        assert cfg.output
+        assert cfg.output or getattr(cfg, "run", "")
         assert set(yaml.safe_load(path.read_text())) <= set(config_class.__dataclass_fields__)
 
 
@@ -124,3 +126,16 @@ def test_demo_command_runs_end_to_end(tmp_path: Path) -> None:
     assert float(dice.group(1)) > float(dice.group(2)) + 0.2  # training clearly beats random weights
     assert (tmp_path / "demo" / "run" / "run.json").exists()
     assert len(list((tmp_path / "demo" / "run" / "masks").glob("*.png"))) == 32
+    summary = json.loads((tmp_path / "demo" / "run" / "report" / "summary.json").read_text())
+    assert summary["counts"]["images"] == 32 and summary["baseline"]["images_matched"] == 32
+    assert f"{summary['foreground']['dice']['macro']:.3f}" == dice.group(1)  # the printed figure is the report's
+    assert (tmp_path / "demo" / "run" / "report" / "report.html").stat().st_size > 50_000  # plots and overlays embedded
+
+
+def test_help_explains_every_report_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", "--help"])
+    text = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    for option in ("--baseline", "--output", "--worst", "--partial", "--config", "KEY=VALUE", "summary.json"):
+        assert option in text
