@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--files", type=int, default=100)
     parser.add_argument("--worst", type=int, default=12)
-    parser.add_argument("--workdir", type=Path, default=Path("benchmark-output") / "report")
+    parser.add_argument("--workdir", type=Path, default=Path("bench-output") / "report")
     args = parser.parse_args(argv)
     run = args.workdir.resolve() / "run"
     started = time.perf_counter()

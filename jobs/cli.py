@@ -29,7 +29,7 @@ SEGMENT_OPTIONS = {
     "input": "input", "model": "model", "output": "output", "address": "address",
     "batch_size": "batch_size", "min_actors": "actors.min", "max_actors": "actors.max",
     "cpus_per_actor": "actors.cpus", "gpus_per_actor": "actors.gpus", "endpoint_url": "storage.endpoint_url",
-    "run_id": "run_id", "report": "report",
+    "run_id": "run_id", "report": "report", "overwrite": "overwrite",
 }
 REPORT_OPTIONS = {
     "run": "run", "baseline": "baseline", "output": "output", "worst": "worst", "partial": "partial",
@@ -38,7 +38,8 @@ REPORT_OPTIONS = {
 TRAIN_OPTIONS = {
     "data": "data", "val_data": "val_data", "output": "output", "address": "address", "num_workers": "num_workers",
     "use_gpu": "use_gpu", "cpus_per_worker": "cpus_per_worker", "epochs": "epochs", "batch_size": "batch_size",
-    "learning_rate": "learning_rate", "loss": "loss", "augment": "augment", "input_size": "unet.input_size",
+    "learning_rate": "learning_rate", "lr_schedule": "lr_schedule", "loss": "loss", "augment": "augment",
+    "input_size": "unet.input_size",
     "channels": "unet.channels", "num_classes": "unet.num_classes", "depth": "unet.depth",
     "base_filters": "unet.base_filters", "resume": "resume", "xla": "xla", "endpoint_url": "storage.endpoint_url",
 }
@@ -85,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--run-id", help="run id recorded in every row (default: UTC start time)")
     segment.add_argument("--report", action="store_true", default=None,
                          help="write the dataset-level report (<output>/report/) when the run ends")
+    segment.add_argument("--overwrite", action="store_true", default=None,
+                         help="replace what --output holds from another run (by default a re-run continues the same "
+                         "run, skipping committed shards, and refuses an output of another input or model)")
     add_common_arguments(segment)
     segment.set_defaults(handler=run_segment_command, config_class=SegmentConfig, options=SEGMENT_OPTIONS)
 
@@ -106,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, help="epochs to train (default 10)")
     train.add_argument("--batch-size", type=int, help="global batch size, split across workers (default 8)")
     train.add_argument("--learning-rate", type=float, help="Adam learning rate (default 0.001)")
+    train.add_argument("--lr-schedule", choices=("constant", "cosine"),
+                       help="learning rate per epoch: constant (default) or cosine decay towards 0")
     train.add_argument("--loss", choices=("ce", "dice", "ce+dice"), help="loss (default ce+dice)")
     train.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                        help="no flips, rotations, crops or intensity jitter")

@@ -39,6 +39,7 @@ class StorageConfig:
     secret: str | None = None
     region: str | None = None
     anon: bool = False
+    retries: int = 10
 
     def fsspec_options(self, protocol: str) -> dict[str, Any]:
         """Return keyword arguments for ``fsspec.filesystem(protocol, ...)``; empty for local files."""
@@ -58,6 +59,8 @@ class StorageConfig:
             options["client_kwargs"] = {"region_name": self.region}
         if self.anon:
             options["anon"] = True
+        # transient failures (5xx, throttling, dropped connections) are retried with backoff by botocore
+        options["config_kwargs"] = {"retries": {"max_attempts": self.retries, "mode": "standard"}}
         return options
 
     def redacted(self) -> dict[str, Any]:
@@ -112,6 +115,8 @@ class SegmentConfig:
     stage_cpus: float = 0.25
     run_id: str | None = None
     report: bool = False
+    overwrite: bool = False
+    progress_seconds: float = 30.0
     actors: ActorConfig = dataclasses.field(default_factory=ActorConfig)
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
 
@@ -125,6 +130,8 @@ class SegmentConfig:
             raise ConfigError(f"folder_shard_size={self.folder_shard_size}: must be at least 1")
         if not 0 < self.stage_cpus <= 64:
             raise ConfigError(f"stage_cpus={self.stage_cpus}: must be a positive CPU share such as 0.25")
+        if self.progress_seconds <= 0:
+            raise ConfigError(f"progress_seconds={self.progress_seconds}: must be positive (seconds between progress lines)")
 
     def to_public_dict(self) -> dict[str, Any]:
         """Return the config as plain data with credentials redacted (for run.json and logs)."""
@@ -184,6 +191,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 8
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"  # constant | cosine (decays to 0 over the epochs, set per epoch)
     loss: str = "ce+dice"
     augment: bool = True
     normalization: str = "scale"
@@ -213,6 +221,8 @@ class TrainConfig:
             raise ConfigError(f"normalization={self.normalization!r}: choose scale or minmax")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate={self.learning_rate}: must be positive")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"lr_schedule={self.lr_schedule!r}: choose constant or cosine")
 
     def to_public_dict(self) -> dict[str, Any]:
         """Return the config as plain data with credentials redacted."""

@@ -78,9 +78,11 @@ def run_demo(workdir: str = "demo-output", epochs: int = 12) -> DemoResult:
     ))
     untrained_model = build_untrained_artifact(os.path.join(workdir, "model-untrained"), unet_spec(DEMO_UNET),
                                                DEMO_UNET.names())
-    trained = run_segmentation(SegmentConfig(input=f"{data}/val", model=training.artifact, output=os.path.join(workdir, "run")))
+    # overwrite: a second demo in the same folder replaces its runs (the re-saved artifacts hash differently)
+    trained = run_segmentation(SegmentConfig(input=f"{data}/val", model=training.artifact, output=os.path.join(workdir, "run"),
+                                             overwrite=True))
     untrained = run_segmentation(SegmentConfig(input=f"{data}/val", model=untrained_model,
-                                               output=os.path.join(workdir, "run-untrained")))
+                                               output=os.path.join(workdir, "run-untrained"), overwrite=True))
     untrained_report = build_report(ReportConfig(run=untrained.output, worst=4))
     report = build_report(ReportConfig(run=trained.output, baseline=untrained.output, worst=8))
     return DemoResult(

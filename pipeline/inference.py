@@ -31,10 +31,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import schema, storage
-from pipeline.config import ConfigError, SegmentConfig, StorageConfig
 from pipeline.cluster import connect_ray, largest_node_cpus
+from pipeline.config import ConfigError, SegmentConfig, StorageConfig
 from pipeline.model import LoadedModel, ModelInfo, load_artifact
 from pipeline.predictor import SegmentationPredictor
+from pipeline.resume import prepare_output
 from pipeline.sources import Shard, discover_shards, read_dataset
 from pipeline.stages import MaskWriter, prepare_batch
 
@@ -69,6 +70,7 @@ class RunSummary:
     errors: int
     empty_shards: tuple[str, ...]
     duplicate_keys: int
+    resumed_shards: int
     wall_seconds: float
     startup_seconds: float
     images_per_second: float
@@ -76,8 +78,9 @@ class RunSummary:
 
     def line(self) -> str:
         """Return the one-line summary shown at the end of a run."""
+        resumed = f" ({self.resumed_shards} committed by an earlier attempt)" if self.resumed_shards else ""
         return (
-            f"{self.images} images ({self.ok} ok, {self.errors} errors) from {self.shards} shards in "
+            f"{self.images} images ({self.ok} ok, {self.errors} errors) from {self.shards} shards{resumed} in "
             f"{self.wall_seconds:.1f} s, {self.images_per_second:.1f} images/s "
             f"({self.steady_images_per_second:.1f} after {self.startup_seconds:.1f} s start-up); outputs in {self.output}"
         )
@@ -91,18 +94,26 @@ def run_segmentation(cfg: SegmentConfig) -> RunSummary:
     """
     started_at = now_iso()
     plan = plan_run(cfg)
-    connect_ray(cfg.address)
-    plan = dataclasses.replace(plan, **actor_resources(cfg))
+    prior = prepare_output(cfg, plan.model.sha256, cfg.overwrite)
+    plan = dataclasses.replace(plan, run_id=prior.run_id or plan.run_id)
+    todo = [shard for shard in plan.shards if shard.name not in prior.committed]
+    if todo:
+        connect_ray(cfg.address)
+        plan = dataclasses.replace(plan, **actor_resources(cfg))
+    else:
+        log.info("every shard of %s is already committed under %s; nothing to do", cfg.input, cfg.output)
     write_run_json(cfg, plan, {"status": "running", "started": started_at})
     clock = time.perf_counter()
-    writer = ShardWriter(cfg.output, cfg.storage, plan.shards)
+    progress = Progress(cfg, plan, started_at)
+    writer = ShardWriter(cfg.output, cfg.storage, plan.shards, prior.committed, plan.run_id, plan.model.model_id, progress)
     try:
-        for table in build_dataset(cfg, plan).iter_batches(batch_format="pyarrow", batch_size=None):
-            writer.add(table)
+        if todo:
+            for table in build_dataset(cfg, plan, todo).iter_batches(batch_format="pyarrow", batch_size=None):
+                writer.add(table)
         writer.finish()
     except BaseException as exc:
         failure = {"status": "failed", "started": started_at, "ended": now_iso(),
-                   "error": f"{type(exc).__name__}: {exc}", "committed_shards": sorted(writer.committed)}
+                   "error": f"{type(exc).__name__}: {exc}", "progress": progress.counts(writer)}
         write_run_json(cfg, plan, failure)
         raise
     summary = summarise(cfg, plan, writer, clock)
@@ -198,8 +209,8 @@ def data_context(**settings: Any) -> Iterator[None]:
             setattr(context, name, value)
 
 
-def build_dataset(cfg: SegmentConfig, plan: RunPlan) -> Any:
-    """Return the lazy Ray Dataset of metric rows (plus ``shard``, ``shard_rows``) for the plan."""
+def build_dataset(cfg: SegmentConfig, plan: RunPlan, shards: list[Shard]) -> Any:
+    """Return the lazy Ray Dataset of metric rows (plus ``shard``, ``shard_rows``) for ``shards`` of the plan."""
     from ray.data import ActorPoolStrategy
 
     info = plan.model.info
@@ -209,7 +220,7 @@ def build_dataset(cfg: SegmentConfig, plan: RunPlan) -> Any:
         "op_resource_reservation_ratio": reservation_ratio(cfg.stage_cpus),
     }
     with data_context(**settings):
-        dataset = read_dataset(plan.shards, storage_config, cfg.stage_cpus)
+        dataset = read_dataset(shards, storage_config, cfg.stage_cpus)
     dataset = dataset.map_batches(
         prepare_batch, fn_kwargs={"info": info}, batch_size=cfg.batch_size, num_cpus=cfg.stage_cpus
     )
@@ -234,14 +245,28 @@ def build_dataset(cfg: SegmentConfig, plan: RunPlan) -> Any:
 
 
 class ShardWriter:
-    """Collects metric rows on the driver and commits each shard once all its rows have arrived."""
+    """Collects metric rows on the driver and commits each shard once all its rows have arrived.
 
-    def __init__(self, output: str, storage_config: StorageConfig, shards: list[Shard]) -> None:
+    ``committed`` holds the markers of shards an earlier attempt already committed (they are
+    counted, not redone).
+    """
+
+    def __init__(self, output: str, storage_config: StorageConfig, shards: list[Shard],
+                 committed: dict[str, dict[str, Any]] | None = None, run_id: str = "", model_id: str = "",
+                 progress: Progress | None = None) -> None:
         self.output = output
         self.storage_config = storage_config
         self.shards = {shard.name: shard for shard in shards}
+        self.run_id = run_id
+        self.model_id = model_id
+        self.progress = progress
         self.pending: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        self.committed: dict[str, dict[str, int]] = {}
+        self.committed: dict[str, dict[str, int]] = {
+            name: {k: int(marker.get(k, 0)) for k in ("rows", "ok", "errors")}
+            for name, marker in (committed or {}).items() if name in self.shards
+        }
+        self.resumed = frozenset(self.committed)
+        self.received = 0
         self.key_shards: dict[str, str] = {}
         self.duplicate_keys = 0
         self.first_batch: tuple[float, int] | None = None  # (perf_counter time, rows) of the first batch
@@ -250,6 +275,7 @@ class ShardWriter:
         """Take a batch of rows; commit every shard it completes."""
         if self.first_batch is None:
             self.first_batch = (time.perf_counter(), table.num_rows)
+        self.received += table.num_rows
         for row in table.to_pylist():
             name = row.pop("shard")
             expected = row.pop("shard_rows")
@@ -257,6 +283,8 @@ class ShardWriter:
             self.pending[name].append(row)
             if len(self.pending[name]) == expected:
                 self.commit(name, self.pending.pop(name))
+        if self.progress:
+            self.progress.update(self)
 
     def note_key(self, key: str, shard: str) -> None:
         """Warn when a key already came from another shard: both write ``masks/<key>.png``."""
@@ -274,9 +302,12 @@ class ShardWriter:
         storage.write_bytes(storage.join_url(self.output, "metrics", f"{name}.parquet"), buffer.getvalue(), self.storage_config)
         counts = {"rows": len(rows), "ok": sum(r["status"] == schema.STATUS_OK for r in rows)}
         counts["errors"] = counts["rows"] - counts["ok"]
-        marker = {"shard": name, "source": self.shards[name].url, **counts, "committed": now_iso()}
+        marker = {"shard": name, "source": self.shards[name].url, **counts, "run_id": self.run_id,
+                  "model_id": self.model_id, "committed": now_iso()}
         storage.write_bytes(storage.join_url(self.output, "_done", f"{name}.json"), json.dumps(marker).encode(), self.storage_config)
         self.committed[name] = counts
+        if self.progress:
+            self.progress.committed(self)
 
     def finish(self) -> None:
         """Commit the shards that produced no rows (empty inputs); fail if any shard is incomplete."""
@@ -286,11 +317,68 @@ class ShardWriter:
         for name in sorted(set(self.shards) - set(self.committed)):
             log.warning("shard %s holds no images; committing it empty", self.shards[name].url)
             self.commit(name, [])
+        if self.progress:
+            self.progress.update(self, force=True)
 
     @property
     def empty_shards(self) -> tuple[str, ...]:
         """Return the names of committed shards that held no rows."""
         return tuple(sorted(name for name, counts in self.committed.items() if counts["rows"] == 0))
+
+
+class Progress:
+    """Logs progress at a steady interval and keeps run.json's counts current as shards commit.
+
+    A line every ``cfg.progress_seconds``: shards committed of all, images done (this attempt's
+    rate), errors so far, and an ETA from the mean rows per committed shard. run.json is rewritten
+    with the counts when a shard commits, at most every ``RUN_JSON_SECONDS``.
+    """
+
+    RUN_JSON_SECONDS = 5.0
+
+    def __init__(self, cfg: SegmentConfig, plan: RunPlan, started_at: str) -> None:
+        self.cfg = cfg
+        self.plan = plan
+        self.started_at = started_at
+        self.clock = time.perf_counter()
+        self.last_line = self.clock
+        self.last_json = -math.inf  # the first commit always updates run.json
+
+    def counts(self, writer: ShardWriter) -> dict[str, Any]:
+        """Return the progress counts: shards, images, errors, rate and ETA."""
+        elapsed = max(1e-9, time.perf_counter() - self.clock)
+        images = sum(c["rows"] for c in writer.committed.values())
+        errors = sum(c["errors"] for c in writer.committed.values())
+        fresh = [c["rows"] for name, c in writer.committed.items() if name not in writer.resumed]
+        remaining = len(self.plan.shards) - len(writer.committed)
+        rate = writer.received / elapsed
+        eta = None
+        if fresh and rate > 0:
+            left = remaining * (sum(fresh) / len(fresh)) - sum(len(rows) for rows in writer.pending.values())
+            eta = max(0.0, left) / rate
+        return {"shards": len(self.plan.shards), "committed_shards": len(writer.committed), "images": images,
+                "errors": errors, "images_this_attempt": writer.received, "images_per_second": round(rate, 3),
+                "eta_seconds": None if eta is None else round(eta, 1), "updated": now_iso()}
+
+    def update(self, writer: ShardWriter, force: bool = False) -> None:
+        """Log a progress line if the interval has passed (or ``force``)."""
+        now = time.perf_counter()
+        if not force and now - self.last_line < self.cfg.progress_seconds:
+            return
+        self.last_line = now
+        c = self.counts(writer)
+        eta = "unknown" if c["eta_seconds"] is None else str(dt.timedelta(seconds=round(c["eta_seconds"])))
+        log.info("progress: %d/%d shards committed, %d images done (%d this attempt, %.2f images/s), %d errors, ETA %s",
+                 c["committed_shards"], c["shards"], c["images"], c["images_this_attempt"], c["images_per_second"],
+                 c["errors"], eta)
+
+    def committed(self, writer: ShardWriter) -> None:
+        """Rewrite run.json with the counts after a commit (throttled)."""
+        now = time.perf_counter()
+        if now - self.last_json < self.RUN_JSON_SECONDS:
+            return
+        self.last_json = now
+        write_run_json(self.cfg, self.plan, {"status": "running", "started": self.started_at, "progress": self.counts(writer)})
 
 
 def summarise(cfg: SegmentConfig, plan: RunPlan, writer: ShardWriter, started: float) -> RunSummary:
@@ -304,6 +392,7 @@ def summarise(cfg: SegmentConfig, plan: RunPlan, writer: ShardWriter, started: f
     startup = first_at - started
     images = sum(c["rows"] for c in writer.committed.values())
     ok = sum(c["ok"] for c in writer.committed.values())
+    done_now = sum(c["rows"] for name, c in writer.committed.items() if name not in writer.resumed)
     steady_time = wall - startup
     return RunSummary(
         run_id=plan.run_id,
@@ -316,10 +405,12 @@ def summarise(cfg: SegmentConfig, plan: RunPlan, writer: ShardWriter, started: f
         errors=images - ok,
         empty_shards=writer.empty_shards,
         duplicate_keys=writer.duplicate_keys,
+        resumed_shards=len(writer.resumed),
         wall_seconds=round(wall, 3),
         startup_seconds=round(startup, 3),
-        images_per_second=round(images / wall, 3) if wall > 0 else 0.0,
-        steady_images_per_second=round((images - first_rows) / steady_time, 3) if steady_time > 0 and images > first_rows else 0.0,
+        images_per_second=round(done_now / wall, 3) if wall > 0 else 0.0,
+        steady_images_per_second=(round((done_now - first_rows) / steady_time, 3)
+                                  if steady_time > 0 and done_now > first_rows else 0.0),
     )
 
 

@@ -262,7 +262,8 @@ class Aggregator:
         self.run_ids: Counter[str] = Counter()
         self.keys: list[pa.Array] = []
         self.chunks: dict[str, list[np.ndarray]] = {name: [] for name in ("dice", "iou", "mean_dice", "mean_iou", "seconds")}
-        self.worst: list[tuple[float, str, dict[str, Any]]] = []  # max-heap by -score, at most worst_n
+        self.worst: list[tuple[float, str, int, dict[str, Any]]] = []  # heap of (-score, key, seq, row), worst_n at most
+        self.sequence = 0
         self.sums: dict[str, np.ndarray] = {}
         self.truth_pixels = 0
         self.all_pixels = 0
@@ -344,7 +345,8 @@ class Aggregator:
             if len(self.worst) < self.worst_n or entry > (self.worst[0][0], self.worst[0][1]):
                 record = {name: rows.column(name)[index].as_py() for name in
                           ("key", "source", "mask_uri", "dice", "iou", "mean_dice", "mean_iou", "height", "width")}
-                item = (entry[0], entry[1], record)
+                self.sequence += 1  # a repeated key with the same score must never compare the records
+                item = (entry[0], entry[1], self.sequence, record)
                 if len(self.worst) < self.worst_n:
                     heapq.heappush(self.worst, item)
                 else:
@@ -484,7 +486,7 @@ def summarise(agg: Aggregator, run: RunFiles, cfg: ReportConfig, class_names: li
         "classes": classes,
         "foreground": None,
         "pixel_accuracy": finite_or_none(agg.truth_pixels / agg.all_pixels if agg.all_pixels else None),
-        "worst": [record for _, _, record in sorted(agg.worst, key=lambda item: (-item[0], item[1]))],
+        "worst": [item[3] for item in sorted(agg.worst, key=lambda item: (-item[0], item[1], item[2]))],
         "errors": agg.errors,
         "errors_truncated": max(0, (agg.rows - agg.ok) - len(agg.errors)),
     }

@@ -7,6 +7,7 @@ environment and never appear in messages.
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import uuid
 from collections.abc import Iterable
@@ -15,6 +16,15 @@ import fsspec
 from fsspec.core import split_protocol
 
 from pipeline.config import StorageConfig
+
+
+# Their DEBUG records carry signed request headers (the access key id) and credential details;
+# a run's logs must never hold credentials, so they stay at INFO even when segpipe logs DEBUG.
+CREDENTIAL_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3fs", "urllib3", "s3transfer")
+for _name in CREDENTIAL_LOGGERS:
+    _logger = logging.getLogger(_name)
+    if _logger.level < logging.INFO:
+        _logger.setLevel(logging.INFO)
 
 
 class StorageError(RuntimeError):

@@ -245,6 +245,13 @@ def report_epoch(model: Any, optimizer: Any, state: dict[str, Any], epoch_metric
         ray.train.report(epoch_metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
+def epoch_learning_rate(config: dict[str, Any], epoch: int) -> float:
+    """Return the learning rate of ``epoch``: constant, or cosine decay from the set rate towards 0."""
+    if config.get("lr_schedule", "constant") == "cosine":
+        return config["learning_rate"] * 0.5 * (1.0 + math.cos(math.pi * epoch / config["epochs"]))
+    return config["learning_rate"]
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train on this worker's share of the data for the configured epochs (runs inside Ray Train)."""
     from pipeline.predictor import configure_tensorflow
@@ -270,6 +277,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     val_data = ray.train.get_dataset_shard("val") if config["has_val"] else None
     loop_started = time.perf_counter()
     for epoch in range(state["epoch"], config["epochs"]):
+        optimizer.learning_rate.assign(epoch_learning_rate(config, epoch))
         started = time.perf_counter()
         losses, images, skipped = [], 0, 0
         for batch in train_data.iter_batches(batch_size=global_batch // world, drop_last=True, batch_format="numpy",
@@ -373,6 +381,7 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
         train_loop_config={
             "spec": dataclasses.asdict(spec), "threads": threads, "seed": cfg.seed, "epochs": cfg.epochs,
             "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate, "loss": cfg.loss,
+            "lr_schedule": cfg.lr_schedule,
             "has_val": val_data is not None, "threshold": 0.5, "xla": cfg.xla,
         },
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cpus}),

@@ -165,3 +165,13 @@ def test_train_from_and_to_s3_then_segment(s3_bucket: str) -> None:
 
     result = run_segmentation(SegmentConfig(input=data, model=output, output=f"{s3_bucket}/seg"))
     assert result.images == 8 and result.errors == 0
+
+
+def test_cosine_schedule_decays_from_the_set_rate_towards_zero() -> None:
+    from pipeline.training import epoch_learning_rate
+
+    config = {"learning_rate": 0.01, "epochs": 10, "lr_schedule": "cosine"}
+    rates = [epoch_learning_rate(config, epoch) for epoch in range(10)]
+    assert rates[0] == pytest.approx(0.01) and rates[5] == pytest.approx(0.005)
+    assert all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] > 0
+    assert epoch_learning_rate({**config, "lr_schedule": "constant"}, 7) == 0.01
