@@ -135,9 +135,7 @@ class SegmentConfig:
 
     def to_public_dict(self) -> dict[str, Any]:
         """Return the config as plain data with credentials redacted (for run.json and logs)."""
-        values = dataclasses.asdict(self)
-        values["storage"] = self.storage.redacted()
-        return values
+        return public_dict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,9 +224,7 @@ class TrainConfig:
 
     def to_public_dict(self) -> dict[str, Any]:
         """Return the config as plain data with credentials redacted."""
-        values = dataclasses.asdict(self)
-        values["storage"] = self.storage.redacted()
-        return values
+        return public_dict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,11 +275,12 @@ class ReportConfig:
         if self.bootstrap_resamples < 100:
             raise ConfigError(f"bootstrap_resamples={self.bootstrap_resamples}: at least 100")
 
-    def to_public_dict(self) -> dict[str, Any]:
-        """Return the config as plain data with credentials redacted."""
-        values = dataclasses.asdict(self)
-        values["storage"] = self.storage.redacted()
-        return values
+
+def public_dict(config: Any) -> dict[str, Any]:
+    """Return a config dataclass with a ``storage`` field as plain data, credentials redacted."""
+    values = dataclasses.asdict(config)
+    values["storage"] = config.storage.redacted()
+    return values
 
 
 ConfigT = TypeVar("ConfigT")

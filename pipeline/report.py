@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from pipeline import schema, storage
 from pipeline.config import ReportConfig, StorageConfig
 from pipeline.metrics import dice_from_counts, foreground_mean, iou_from_counts
+from pipeline.resume import marker_urls, shard_of
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +175,8 @@ def locate_run(url: str, storage_config: StorageConfig | None, allow_partial: bo
     if not metrics:
         raise ReportError(f"{url} has no metrics/*.parquet yet (run status: {run_json.get('status', 'unknown')}); "
                           "wait for the run to commit shards, or resume it with the same segment command")
-    markers = {marker_name(u) for u in storage.list_files(storage.join_url(url, "_done"), (".json",), storage_config)}
-    committed = [m for m in metrics if metric_name(m) in markers]
+    markers = {shard_of(u) for u in marker_urls(url, storage_config)}
+    committed = [m for m in metrics if shard_of(m) in markers]
     run_json = run_json or {}
     shards = int(run_json.get("shards") or len(metrics))
     status = run_json.get("status", "unknown")
@@ -189,16 +190,6 @@ def locate_run(url: str, storage_config: StorageConfig | None, allow_partial: bo
     if not committed:
         raise ReportError(f"run {url} has no committed shards (no _done/<shard>.json marker yet); nothing to report")
     return RunFiles(url, run_json, committed, shards, len(markers), partial=not complete)
-
-
-def marker_name(url: str) -> str:
-    """Return the shard name of a commit marker URL (``.../_done/<name>.json``)."""
-    return url.rsplit("/", 1)[-1][: -len(".json")]
-
-
-def metric_name(url: str) -> str:
-    """Return the shard name of a metrics file URL (``.../metrics/<name>.parquet``)."""
-    return url.rsplit("/", 1)[-1][: -len(".parquet")]
 
 
 def check_schema(url: str, file_schema: pa.Schema) -> None:
@@ -245,6 +236,13 @@ def list_matrix(column: pa.Array, rows: pa.Array, width: int, dtype: Any) -> np.
                           "the run mixes models with different class counts")
     flat = pc.fill_null(pc.list_flatten(selected), np.nan if dtype == np.float64 else 0)
     return flat.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(-1, width)
+
+
+def image_areas(batch: pa.RecordBatch, rows: pa.Array) -> np.ndarray:
+    """Return height * width (int64) of the ``rows`` of ``batch``."""
+    height, width = (batch.column(name).filter(rows).to_numpy(zero_copy_only=False).astype(np.int64)
+                     for name in ("height", "width"))
+    return height * width
 
 
 class Aggregator:
@@ -301,8 +299,7 @@ class Aggregator:
             self.start_classes(width)
         has_pixels = pc.and_(ok, batch.column("class_pixels").is_valid())
         pixels = list_matrix(batch.column("class_pixels"), has_pixels, width, np.int64)
-        area = (batch.column("height").filter(has_pixels).to_numpy(zero_copy_only=False).astype(np.int64)
-                * batch.column("width").filter(has_pixels).to_numpy(zero_copy_only=False).astype(np.int64))
+        area = image_areas(batch, has_pixels)
         self.sums["class_pixels"] += pixels.sum(axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
             self.fraction_sum += np.nan_to_num(pixels / area[:, None]).sum(axis=0)
@@ -312,8 +309,7 @@ class Aggregator:
         counts = {name: list_matrix(batch.column(name), truth, width, np.int64) for name in ("tp", "fp", "fn")}
         for name, values in counts.items():
             self.sums[name] += values.sum(axis=0)
-        truth_area = (batch.column("height").filter(truth).to_numpy(zero_copy_only=False).astype(np.int64)
-                      * batch.column("width").filter(truth).to_numpy(zero_copy_only=False).astype(np.int64))
+        truth_area = image_areas(batch, truth)
         self.all_pixels += int(truth_area.sum())
         self.truth_pixels += int(counts["tp"].sum())
         for name in ("dice", "iou"):

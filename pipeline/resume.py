@@ -19,7 +19,7 @@ import logging
 from typing import Any
 
 from pipeline import storage
-from pipeline.config import ConfigError, SegmentConfig
+from pipeline.config import ConfigError, SegmentConfig, StorageConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,21 @@ class PriorOutput:
     committed: dict[str, dict[str, Any]]
 
 
+def shard_of(url: str) -> str:
+    """Return the shard name of an output file URL (``.../_done/<name>.json``, ``.../metrics/<name>.parquet``)."""
+    return url.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+
+
+def marker_urls(output: str, storage_config: StorageConfig | None) -> list[str]:
+    """Return the URLs of the commit markers under ``output``."""
+    return storage.list_files(storage.join_url(output, "_done"), (".json",), storage_config)
+
+
 def read_markers(cfg: SegmentConfig) -> dict[str, dict[str, Any]]:
     """Return ``{shard name: marker}`` for every commit marker under the output."""
     markers = {}
-    for url in storage.list_files(storage.join_url(cfg.output, "_done"), (".json",), cfg.storage):
-        name = url.rsplit("/", 1)[-1][: -len(".json")]
+    for url in marker_urls(cfg.output, cfg.storage):
+        name = shard_of(url)
         try:
             markers[name] = json.loads(storage.read_bytes(url, cfg.storage))
         except (OSError, ValueError) as exc:  # a torn marker is no commit: the shard is redone
