@@ -67,8 +67,28 @@ def tree_rss_bytes(process: Any) -> int:
     return total
 
 
-class PeakMemory:
-    """Samples the process tree's RSS every ``interval`` seconds in a thread; ``peak`` holds the maximum."""
+def process_role(cmdline: str, own_pid: int, pid: int) -> str:
+    """Return which part of the run a process of the tree is, from its command line (Ray sets titles)."""
+    if pid == own_pid:
+        return "driver (Ray Data executor, shard commits)"
+    if "SegmentationPredictor" in cmdline:
+        return "predictor actor(s)"
+    if "MaskWriter" in cmdline:
+        return "mask writer actor(s)"
+    if "moto_server" in cmdline or "moto.server" in cmdline:
+        return "S3 server (moto, loopback)"
+    if "ray::" in cmdline or "default_worker.py" in cmdline:
+        return "read/prepare tasks (Ray workers)"
+    return "Ray system (raylet, GCS, dashboard, ...)"
+
+
+class TreeMonitor:
+    """Samples the process tree every ``interval`` seconds in a thread.
+
+    ``peak`` holds the maximum summed RSS; :meth:`cpu_by_role` the CPU seconds (user + system)
+    each kind of process spent while the monitor ran, so the pipeline's CPU can be set against
+    the bare model's.
+    """
 
     def __init__(self, interval: float = 0.5) -> None:
         import psutil
@@ -76,15 +96,47 @@ class PeakMemory:
         self.process = psutil.Process()
         self.interval = interval
         self.peak = 0
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.roles: dict[int, str] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.sample, daemon=True)
 
     def sample(self) -> None:
-        while not self.stop.is_set():
-            self.peak = max(self.peak, tree_rss_bytes(self.process))
-            self.stop.wait(self.interval)
+        import psutil
 
-    def __enter__(self) -> PeakMemory:
+        fresh = False
+        while True:
+            total = 0
+            for proc in [self.process, *self.process.children(recursive=True)]:
+                try:
+                    with proc.oneshot():
+                        total += proc.memory_info().rss
+                        times = proc.cpu_times()
+                        used = times.user + times.system
+                        if proc.pid not in self.first:
+                            # processes born during the run count from zero; those there before from now
+                            self.first[proc.pid] = used if not fresh else 0.0
+                        self.last[proc.pid] = used
+                        if self.roles.get(proc.pid, "").startswith(("predictor", "mask writer")):
+                            continue
+                        self.roles[proc.pid] = process_role(" ".join(proc.cmdline()), self.process.pid, proc.pid)
+                except psutil.Error:
+                    continue
+            fresh = True
+            self.peak = max(self.peak, total)
+            if self.stop.wait(self.interval):
+                return
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """Return CPU seconds per role, largest first (a process's last sample; the final 0.5 s may be missed)."""
+        totals: dict[str, float] = {}
+        for pid, used in self.last.items():
+            role = self.roles.get(pid, "other")
+            totals[role] = totals.get(role, 0.0) + used - self.first[pid]
+        return {role: round(seconds, 1) for role, seconds in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+    def __enter__(self) -> TreeMonitor:
         self.thread.start()
         return self
 
@@ -121,9 +173,10 @@ def measure_bare(request: dict[str, Any]) -> dict[str, Any]:
     tiles = decoded_inputs(request["shards"], loaded.info)
     loaded.model.predict(tiles[:batch], batch_size=batch, verbose=0)  # warm-up: graph build
     startup = time.perf_counter() - started
-    clock = time.perf_counter()
+    clock, cpu = time.perf_counter(), time.process_time()
     loaded.model.predict(tiles, batch_size=batch, verbose=0)
     predict_rate = len(tiles) / (time.perf_counter() - clock)
+    predict_cpu = (time.process_time() - cpu) / len(tiles)
     forward = tf.function(lambda x: loaded.model(x, training=False))
     forward(tiles[:batch])
     clock = time.perf_counter()
@@ -134,6 +187,7 @@ def measure_bare(request: dict[str, Any]) -> dict[str, Any]:
         "images": len(tiles),
         "predict_images_per_second": round(predict_rate, 2),
         "traced_images_per_second": round(traced_rate, 2),
+        "predict_cpu_seconds_per_image": round(predict_cpu, 4),
         "startup_seconds": round(startup, 2),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
@@ -168,7 +222,7 @@ def run_pipeline(shards: str, model: str, output: str, batch_size: int) -> dict[
     """Return the pipeline's figures for one segmentation run from ``shards`` to ``output``."""
     from pipeline.inference import run_segmentation
 
-    with PeakMemory() as memory:
+    with TreeMonitor() as monitor:
         summary = run_segmentation(SegmentConfig(input=shards, model=model, output=output, batch_size=batch_size))
     return {
         "images": summary.images,
@@ -177,7 +231,8 @@ def run_pipeline(shards: str, model: str, output: str, batch_size: int) -> dict[
         "steady_images_per_second": summary.steady_images_per_second,
         "startup_seconds": summary.startup_seconds,
         "wall_seconds": summary.wall_seconds,
-        "peak_rss_bytes": memory.peak,
+        "peak_rss_bytes": monitor.peak,
+        "cpu_seconds": monitor.cpu_by_role(),
     }
 
 
@@ -204,6 +259,11 @@ def report(bare: list[dict[str, Any]], pipeline: dict[str, Any], args: argparse.
     print(f"  pipeline:   steady {pipeline['steady_images_per_second']:.2f} img/s, end to end "
           f"{pipeline['images_per_second']:.2f} img/s, start-up {pipeline['startup_seconds']:.1f} s, "
           f"wall {pipeline['wall_seconds']:.1f} s, peak RSS (driver + Ray) {pipeline['peak_rss_bytes'] / gib:.2f} GiB")
+    bare_cpu = float(np.mean([b["predict_cpu_seconds_per_image"] for b in bare]))
+    print(f"  CPU seconds per image: bare model.predict {bare_cpu:.3f}; pipeline (all processes, start-up "
+          f"included) {sum(pipeline['cpu_seconds'].values()) / max(1, pipeline['images']):.3f}:")
+    for role, seconds in pipeline["cpu_seconds"].items():
+        print(f"    {role:45s} {seconds:8.1f} s  {seconds / max(1, pipeline['images']):.4f} s/image")
     print(f"  ratio steady pipeline / bare model.predict: {figures['ratio_steady_vs_predict']:.3f}")
     print(f"  ratio steady pipeline / bare traced call:   {figures['ratio_steady_vs_traced']:.3f}")
     print(f"  ratio end to end (with start-up) / bare model.predict: {figures['ratio_end_to_end_vs_predict']:.3f}")

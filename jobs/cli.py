@@ -29,7 +29,7 @@ SEGMENT_OPTIONS = {
     "input": "input", "model": "model", "output": "output", "address": "address",
     "batch_size": "batch_size", "min_actors": "actors.min", "max_actors": "actors.max",
     "cpus_per_actor": "actors.cpus", "gpus_per_actor": "actors.gpus", "endpoint_url": "storage.endpoint_url",
-    "run_id": "run_id", "report": "report", "overwrite": "overwrite",
+    "run_id": "run_id", "report": "report", "overwrite": "overwrite", "tta": "tta",
 }
 REPORT_OPTIONS = {
     "run": "run", "baseline": "baseline", "output": "output", "worst": "worst", "partial": "partial",
@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--overwrite", action="store_true", default=None,
                          help="replace what --output holds from another run (by default a re-run continues the same "
                          "run, skipping committed shards, and refuses an output of another input or model)")
+    segment.add_argument("--tta", action="store_true", default=None,
+                         help="test-time augmentation: average each image's scores over its flips and 90-degree "
+                         "rotations (8 passes for square tiles, 4 otherwise; that many times the model's work)")
     add_common_arguments(segment)
     segment.set_defaults(handler=run_segment_command, config_class=SegmentConfig, options=SEGMENT_OPTIONS)
 

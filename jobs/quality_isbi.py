@@ -9,8 +9,11 @@ Data: ``../shared/datasets/isbi2012-membrane`` beside the checkout (or ``--datas
 the hidden test set; the target here is <= 0.07 on slices 25-29 within 60 minutes of CPU training.
 
 Also measures training throughput (images/s) with 1 worker and with 2 workers in the same run,
-each for ``--throughput-epochs`` epochs, before the main training. Prints everything at the end
-and writes ``<workdir>/quality_isbi.json``.
+each for ``--throughput-epochs`` epochs, before the main training. After training it segments the
+validation slices with the artifact through ``segpipe segment`` (plain and with test-time
+augmentation, ``--tta``) and reads pixel error, Dice and IoU from those runs' reports, so the
+figures are what a user of the artifact gets. Prints everything at the end and writes
+``<workdir>/quality_isbi.json``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import TrainConfig, UNetConfig
+from pipeline.config import ReportConfig, SegmentConfig, TrainConfig, UNetConfig
+from pipeline.inference import run_segmentation
+from pipeline.report import build_report
 from pipeline.training import run_training
 
 log = logging.getLogger("quality_isbi")
@@ -48,6 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
     parser.add_argument("--throughput-epochs", type=int, default=2,
                         help="epochs for each 1- and 2-worker measurement (the last one is timed)")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="skip training: evaluate the artifact a previous run left in <workdir>/model")
     return parser.parse_args(argv)
 
 
@@ -96,18 +103,53 @@ def within_minutes(history: list[dict[str, Any]], minutes: float) -> dict[str, A
             "val_mean_dice": best.get("val_mean_dice")}
 
 
+def evaluate(model: Path, val: str, workdir: Path, tta: bool) -> dict[str, Any]:
+    """Segment the validation slices with ``segpipe segment`` (as a user would) and return its report's figures.
+
+    Pixel error is ``1 - pixel_accuracy`` of the run's report; Dice and IoU are the report's micro
+    values (TP, FP, FN summed over the slices), at the slices' own 512x512 resolution.
+    """
+    output = workdir / ("segment-tta" if tta else "segment")
+    run_segmentation(SegmentConfig(input=val, model=str(model), output=str(output), overwrite=True, tta=tta,
+                                   batch_size=1, run_id="isbi-tta" if tta else "isbi"))
+    summary = build_report(ReportConfig(run=str(output), worst=5)).summary
+    return {
+        "tta": tta, "images": summary["counts"]["ok"], "pixel_error": 1.0 - summary["pixel_accuracy"],
+        "dice": {c["name"]: c["dice"]["micro"] for c in summary["classes"]},
+        "iou": {c["name"]: c["iou"]["micro"] for c in summary["classes"]},
+        "report": str(output / "report" / "report.html"),
+    }
+
+
+def print_evaluation(result: dict[str, Any]) -> None:
+    """Print one evaluation's figures."""
+    how = "with TTA (mean over 8 flips/rotations)" if result["tta"] else "plain"
+    print(f"  segpipe segment on the validation slices, {how}: pixel error {result['pixel_error']:.4f}; "
+          + "; ".join(f"{name} Dice {result['dice'][name]:.4f} IoU {result['iou'][name]:.4f}" for name in result["dice"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; return the exit status."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args.workdir.mkdir(parents=True, exist_ok=True)
     train, val = split_dataset(args.dataset, args.workdir)
+    if args.evaluate_only:
+        evaluations = [evaluate(args.workdir / "model", val, args.workdir, tta) for tta in (False, True)]
+        results = args.workdir / "quality_isbi.json"
+        figures = json.loads(results.read_text()) if results.exists() else {}
+        figures["segment"] = evaluations
+        results.write_text(json.dumps(figures, indent=2))
+        for result in evaluations:
+            print_evaluation(result)
+        return 0
     rates = {w: throughput(args, train, w) for w in (1, 2)} if args.throughput_epochs else {}
     output = args.workdir / "model"
     shutil.rmtree(output, ignore_errors=True)
     started = time.perf_counter()
     summary = run_training(train_config(args, train, val, output))
     minutes = (time.perf_counter() - started) / 60
+    evaluations = [evaluate(output, val, args.workdir, tta) for tta in (False, True)]
     best = summary.best_metrics
     last = summary.history[-1] if summary.history else {}
     figures = {
@@ -119,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         "val_iou": dict(zip(("membrane", "cell"), best.get("val_iou", []))),
         "train_images_per_second": {f"{w}_worker": round(r, 2) for w, r in rates.items()},
         "within_60_minutes": within_minutes(summary.history, 60),
+        "segment": evaluations,
         "history": [{k: h.get(k) for k in ("epoch", "loss", "val_pixel_error", "val_mean_dice", "elapsed_seconds")}
                     for h in summary.history],
     }
@@ -136,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     if early:
         print(f"  within the first 60 minutes: {early['epochs']} epochs; best of those (by validation cell Dice) "
               f"epoch {early['best_epoch']}, pixel error {early['val_pixel_error']:.4f}")
+    for result in evaluations:
+        print_evaluation(result)
     for workers, rate in rates.items():
         print(f"  training throughput, {workers} worker(s): {rate:.2f} images/s")
     return 0

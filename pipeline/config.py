@@ -117,6 +117,7 @@ class SegmentConfig:
     report: bool = False
     overwrite: bool = False
     progress_seconds: float = 30.0
+    tta: bool = False  # test-time augmentation: average the scores over flips and 90-degree rotations
     actors: ActorConfig = dataclasses.field(default_factory=ActorConfig)
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
 

@@ -226,7 +226,8 @@ def build_dataset(cfg: SegmentConfig, plan: RunPlan, shards: list[Shard]) -> Any
     )
     dataset = dataset.map_batches(
         SegmentationPredictor,
-        fn_constructor_kwargs={"model_url": cfg.model, "storage_config": storage_config, "threads": plan.actor_threads},
+        fn_constructor_kwargs={"model_url": cfg.model, "storage_config": storage_config, "threads": plan.actor_threads,
+                               "tta": cfg.tta},
         compute=ActorPoolStrategy(min_size=cfg.actors.min, max_size=cfg.actors.max),
         batch_size=cfg.batch_size,
         num_cpus=plan.actor_cpus,

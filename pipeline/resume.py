@@ -58,14 +58,15 @@ def read_markers(cfg: SegmentConfig) -> dict[str, dict[str, Any]]:
 
 def identity(cfg: SegmentConfig, model_sha256: str) -> dict[str, Any]:
     """Return what must match for a run to continue an output."""
-    return {"input": cfg.input.rstrip("/"), "model_sha256": model_sha256, "folder_shard_size": cfg.folder_shard_size}
+    return {"input": cfg.input.rstrip("/"), "model_sha256": model_sha256, "folder_shard_size": cfg.folder_shard_size,
+            "tta": cfg.tta}
 
 
 def prior_identity(run_json: dict[str, Any]) -> dict[str, Any]:
     """Return :func:`identity` as recorded in a previous run.json."""
     config = run_json.get("config") or {}
     return {"input": str(config.get("input", "")).rstrip("/"), "model_sha256": (run_json.get("model") or {}).get("sha256"),
-            "folder_shard_size": config.get("folder_shard_size")}
+            "folder_shard_size": config.get("folder_shard_size"), "tta": bool(config.get("tta", False))}
 
 
 def clear_output(cfg: SegmentConfig) -> None:
@@ -105,7 +106,7 @@ def prepare_output(cfg: SegmentConfig, model_sha256: str, overwrite: bool) -> Pr
     if different:
         raise ConfigError(
             f"output {cfg.output} holds run {run_json.get('run_id')} with another {', '.join(different)}; "
-            "re-running continues an output only with the same input, model and shard size: choose another "
+            "re-running continues an output only with the same input, model, shard size and tta: choose another "
             "output, or pass --overwrite to replace it"
         )
     if cfg.run_id and run_json.get("run_id") and cfg.run_id != run_json["run_id"]:

@@ -104,6 +104,9 @@ def test_another_model_or_input_is_refused_unless_overwrite(tmp_path: Path, tiny
     with pytest.raises(ConfigError, match=r"another input"):
         run_segmentation(SegmentConfig(input=str(other_data), model=tiny_model, output=str(output)))
 
+    with pytest.raises(ConfigError, match=r"another tta"):  # TTA changes every score: not the same run
+        run_segmentation(SegmentConfig(input=str(data), model=tiny_model, output=str(output), tta=True))
+
     replaced = run_segmentation(SegmentConfig(input=str(other_data), model=other_model, output=str(output), overwrite=True))
     assert replaced.images == 2 and replaced.resumed_shards == 0
     assert_exactly_once(output, sample_keys(2))
