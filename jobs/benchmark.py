@@ -10,8 +10,11 @@ the model artifact. Then, on the same machine and images:
 (b) pipeline: ``segpipe segment`` from the S3 server to S3 outputs on a local Ray.
 
 Bare runs before and after the pipeline (the machine's speed drifts); their mean is the baseline.
-Prints images/s, the steady-state ratio pipeline/bare, start-up seconds and peak memory (RSS of
-the process tree), and writes the figures to ``<workdir>/benchmark.json``.
+``--variant stage_nice=0`` adds pipeline runs with other settings between them, for comparisons
+within one run. Prints images/s, the steady-state ratio pipeline/bare, start-up seconds, peak
+memory (RSS of the process tree) and the CPU seconds per image each kind of process spent (the
+predictor actor, the stage workers, the driver, Ray's own processes, the S3 server), for the whole
+run and for the steady state, and writes the figures to ``<workdir>/benchmark.json``.
 """
 
 from __future__ import annotations
@@ -28,12 +31,12 @@ import tarfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
 from pipeline import storage
-from pipeline.config import SampleDataConfig, SegmentConfig
+from pipeline.config import SampleDataConfig, SegmentConfig, load_config
 from pipeline.local_s3 import create_bucket, local_s3_server
 from pipeline.model import ModelInfo, UNetSpec, build_unet, save_artifact
 
@@ -50,6 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--workdir", default="bench-output")
+    parser.add_argument("--variant", dest="variants", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                        help="also run the pipeline with these segment config overrides, e.g. stage_nice=0 "
+                        "(repeatable; each variant is one more pipeline run between the two bare runs)")
     parser.add_argument("--bare", metavar="JSON", help=argparse.SUPPRESS)  # internal: run one bare measurement
     return parser.parse_args(argv)
 
@@ -86,8 +92,8 @@ class TreeMonitor:
     """Samples the process tree every ``interval`` seconds in a thread.
 
     ``peak`` holds the maximum summed RSS; :meth:`cpu_by_role` the CPU seconds (user + system)
-    each kind of process spent while the monitor ran, so the pipeline's CPU can be set against
-    the bare model's.
+    each kind of process spent, over the whole run or from a moment on (the steady state), so the
+    pipeline's CPU can be set against the bare model's.
     """
 
     def __init__(self, interval: float = 0.5) -> None:
@@ -96,8 +102,8 @@ class TreeMonitor:
         self.process = psutil.Process()
         self.interval = interval
         self.peak = 0
-        self.first: dict[int, float] = {}
-        self.last: dict[int, float] = {}
+        self.started = 0.0
+        self.samples: list[tuple[float, dict[int, float]]] = []  # (seconds since start, CPU seconds by pid)
         self.roles: dict[int, str] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.sample, daemon=True)
@@ -105,38 +111,45 @@ class TreeMonitor:
     def sample(self) -> None:
         import psutil
 
-        fresh = False
         while True:
-            total = 0
+            total, used = 0, {}
             for proc in [self.process, *self.process.children(recursive=True)]:
                 try:
                     with proc.oneshot():
                         total += proc.memory_info().rss
                         times = proc.cpu_times()
-                        used = times.user + times.system
-                        if proc.pid not in self.first:
-                            # processes born during the run count from zero; those there before from now
-                            self.first[proc.pid] = used if not fresh else 0.0
-                        self.last[proc.pid] = used
-                        if self.roles.get(proc.pid, "").startswith(("predictor", "mask writer")):
-                            continue
-                        self.roles[proc.pid] = process_role(" ".join(proc.cmdline()), self.process.pid, proc.pid)
+                        used[proc.pid] = times.user + times.system
+                        if not self.roles.get(proc.pid, "").startswith(("predictor", "mask writer")):
+                            self.roles[proc.pid] = process_role(" ".join(proc.cmdline()), self.process.pid, proc.pid)
                 except psutil.Error:
                     continue
-            fresh = True
+            self.samples.append((time.perf_counter() - self.started, used))
             self.peak = max(self.peak, total)
             if self.stop.wait(self.interval):
                 return
 
-    def cpu_by_role(self) -> dict[str, float]:
-        """Return CPU seconds per role, largest first (a process's last sample; the final 0.5 s may be missed)."""
+    def cpu_by_role(self, since: float = 0.0) -> dict[str, float]:
+        """Return CPU seconds per role from ``since`` seconds after the start to the end, largest first.
+
+        A process counts from its value at the first sample at or after ``since`` if it existed
+        then, else from zero (it was born later). The final interval may be missed.
+        """
+        if not self.samples:
+            return {}
+        base = next((used for moment, used in self.samples if moment >= since), self.samples[-1][1])
+        first_seen = {pid: moment for moment, used in reversed(self.samples) for pid in used}
+        last: dict[int, float] = {}
+        for _, used in self.samples:
+            last.update(used)
         totals: dict[str, float] = {}
-        for pid, used in self.last.items():
+        for pid, value in last.items():
+            start = base.get(pid, 0.0) if first_seen[pid] <= since or pid in base else 0.0
             role = self.roles.get(pid, "other")
-            totals[role] = totals.get(role, 0.0) + used - self.first[pid]
+            totals[role] = totals.get(role, 0.0) + value - start
         return {role: round(seconds, 1) for role, seconds in sorted(totals.items(), key=lambda kv: -kv[1])}
 
-    def __enter__(self) -> TreeMonitor:
+    def __enter__(self) -> Self:
+        self.started = time.perf_counter()
         self.thread.start()
         return self
 
@@ -218,13 +231,19 @@ def prepare(bucket: str, args: argparse.Namespace) -> tuple[str, str]:
     return shards, model
 
 
-def run_pipeline(shards: str, model: str, output: str, batch_size: int) -> dict[str, Any]:
+def run_pipeline(shards: str, model: str, output: str, batch_size: int, overrides: list[str]) -> dict[str, Any]:
     """Return the pipeline's figures for one segmentation run from ``shards`` to ``output``."""
     from pipeline.inference import run_segmentation
 
+    cfg = load_config(SegmentConfig, overrides=overrides,
+                      options={"input": shards, "model": model, "output": output, "batch_size": batch_size})
     with TreeMonitor() as monitor:
-        summary = run_segmentation(SegmentConfig(input=shards, model=model, output=output, batch_size=batch_size))
+        summary = run_segmentation(cfg)
+    import ray
+
+    ray.shutdown()  # each pipeline run starts its own local Ray: no warm workers carried from one to the next
     return {
+        "overrides": overrides,
         "images": summary.images,
         "errors": summary.errors,
         "images_per_second": summary.images_per_second,
@@ -233,39 +252,56 @@ def run_pipeline(shards: str, model: str, output: str, batch_size: int) -> dict[
         "wall_seconds": summary.wall_seconds,
         "peak_rss_bytes": monitor.peak,
         "cpu_seconds": monitor.cpu_by_role(),
+        "steady_cpu_seconds": monitor.cpu_by_role(since=summary.startup_seconds),
+        "steady_images": round(summary.steady_images_per_second * (summary.wall_seconds - summary.startup_seconds)),
     }
 
 
-def report(bare: list[dict[str, Any]], pipeline: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Return the combined figures (with ratios) and print them as a table."""
+def print_pipeline(pipeline: dict[str, Any], predict: float, bare_cpu: float) -> None:
+    """Print one pipeline run's figures: rates, ratios, memory and CPU seconds per image by process kind."""
+    gib = 1024**3
+    name = ",".join(pipeline["overrides"]) or "defaults"
+    print(f"  pipeline ({name}): steady {pipeline['steady_images_per_second']:.2f} img/s, end to end "
+          f"{pipeline['images_per_second']:.2f} img/s, start-up {pipeline['startup_seconds']:.1f} s, "
+          f"wall {pipeline['wall_seconds']:.1f} s, peak RSS (driver + Ray) {pipeline['peak_rss_bytes'] / gib:.2f} GiB")
+    whole, steady = pipeline["cpu_seconds"], pipeline["steady_cpu_seconds"]
+    images, steady_images = max(1, pipeline["images"]), max(1, pipeline["steady_images"])
+    print(f"    CPU seconds per image: bare model.predict {bare_cpu:.3f}; this pipeline, whole run "
+          f"{sum(whole.values()) / images:.3f}, steady state ({pipeline['steady_images']} images after start-up) "
+          f"{sum(steady.values()) / steady_images:.3f}:")
+    for role in whole:
+        print(f"      {role:45s} whole run {whole[role]:7.1f} s  steady {steady.get(role, 0.0) / steady_images:.4f} s/image")
+    print(f"    ratio steady pipeline / bare model.predict: {pipeline['steady_images_per_second'] / predict:.3f}; "
+          f"end to end (with start-up): {pipeline['images_per_second'] / predict:.3f}")
+
+
+def report(bare: list[dict[str, Any]], pipelines: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """Return the combined figures (with ratios) and print them; the first pipeline run uses the defaults."""
     predict = float(np.mean([b["predict_images_per_second"] for b in bare]))
     traced = float(np.mean([b["traced_images_per_second"] for b in bare]))
+    bare_cpu = float(np.mean([b["predict_cpu_seconds_per_image"] for b in bare]))
+    main_run = pipelines[0]
     figures = {
         "setup": {k: getattr(args, k) for k in ("images", "size", "base_filters", "depth", "batch_size", "shards")},
         "cpus": os.cpu_count(),
         "bare_runs": bare,
-        "pipeline": pipeline,
-        "ratio_steady_vs_predict": round(pipeline["steady_images_per_second"] / predict, 3),
-        "ratio_steady_vs_traced": round(pipeline["steady_images_per_second"] / traced, 3),
-        "ratio_end_to_end_vs_predict": round(pipeline["images_per_second"] / predict, 3),
+        "pipeline": main_run,
+        "variants": pipelines[1:],
+        "ratio_steady_vs_predict": round(main_run["steady_images_per_second"] / predict, 3),
+        "ratio_steady_vs_traced": round(main_run["steady_images_per_second"] / traced, 3),
+        "ratio_end_to_end_vs_predict": round(main_run["images_per_second"] / predict, 3),
     }
     gib = 1024**3
     print(f"\nbenchmark: {args.images} images {args.size}x{args.size}, U-Net depth {args.depth}, "
           f"{args.base_filters} base filters, batch {args.batch_size}, {os.cpu_count()} CPUs")
     for index, run in enumerate(bare, 1):
         print(f"  bare run {index}: model.predict {run['predict_images_per_second']:.2f} img/s, traced call "
-              f"{run['traced_images_per_second']:.2f} img/s, start-up {run['startup_seconds']:.1f} s, "
-              f"peak RSS {run['peak_rss_bytes'] / gib:.2f} GiB")
-    print(f"  pipeline:   steady {pipeline['steady_images_per_second']:.2f} img/s, end to end "
-          f"{pipeline['images_per_second']:.2f} img/s, start-up {pipeline['startup_seconds']:.1f} s, "
-          f"wall {pipeline['wall_seconds']:.1f} s, peak RSS (driver + Ray) {pipeline['peak_rss_bytes'] / gib:.2f} GiB")
-    bare_cpu = float(np.mean([b["predict_cpu_seconds_per_image"] for b in bare]))
-    print(f"  CPU seconds per image: bare model.predict {bare_cpu:.3f}; pipeline (all processes, start-up "
-          f"included) {sum(pipeline['cpu_seconds'].values()) / max(1, pipeline['images']):.3f}:")
-    for role, seconds in pipeline["cpu_seconds"].items():
-        print(f"    {role:45s} {seconds:8.1f} s  {seconds / max(1, pipeline['images']):.4f} s/image")
-    print(f"  ratio steady pipeline / bare model.predict: {figures['ratio_steady_vs_predict']:.3f}")
-    print(f"  ratio steady pipeline / bare traced call:   {figures['ratio_steady_vs_traced']:.3f}")
+              f"{run['traced_images_per_second']:.2f} img/s, CPU {run['predict_cpu_seconds_per_image']:.3f} s/image, "
+              f"start-up {run['startup_seconds']:.1f} s, peak RSS {run['peak_rss_bytes'] / gib:.2f} GiB")
+    for pipeline in pipelines:
+        print_pipeline(pipeline, predict, bare_cpu)
+    print(f"  ratio steady pipeline (defaults) / bare model.predict: {figures['ratio_steady_vs_predict']:.3f}")
+    print(f"  ratio steady pipeline (defaults) / bare traced call:   {figures['ratio_steady_vs_traced']:.3f}")
     print(f"  ratio end to end (with start-up) / bare model.predict: {figures['ratio_end_to_end_vs_predict']:.3f}")
     return figures
 
@@ -284,10 +320,12 @@ def main(argv: list[str] | None = None) -> int:
         request = {"model": model, "shards": shards, "batch_size": args.batch_size}
         bare = [run_bare_subprocess(request)]
         log.info("bare run 1: %s", bare[0])
-        pipeline = run_pipeline(shards, model, f"{bucket}/run", args.batch_size)
-        log.info("pipeline: %s", pipeline)
+        pipelines = []
+        for index, variant in enumerate([[], *([item for item in v.split(",") if item] for v in args.variants)]):
+            pipelines.append(run_pipeline(shards, model, f"{bucket}/run{index}", args.batch_size, variant))
+            log.info("pipeline: %s", pipelines[-1])
         bare.append(run_bare_subprocess(request))
-        figures = report(bare, pipeline, args)
+        figures = report(bare, pipelines, args)
     Path(args.workdir, "benchmark.json").write_text(json.dumps(figures, indent=2))
     return 0
 

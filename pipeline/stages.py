@@ -19,17 +19,22 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import metrics, preprocess, schema, storage
+from pipeline.cluster import set_process_nice
 from pipeline.config import StorageConfig
 from pipeline.model import ModelInfo
 
 log = logging.getLogger(__name__)
 
 
-def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo) -> dict[str, np.ndarray]:
+def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo, nice: int = 0) -> dict[str, np.ndarray]:
     """Return the batch with images decoded, masks checked, and ``pixels`` (float32 model input) added.
 
-    The encoded ``image`` column is dropped; rows that fail get a zero tile and an error.
+    The encoded ``image`` column is dropped; rows that fail get a zero tile and an error. A
+    positive ``nice`` lowers the CPU priority of the worker process first (see
+    :func:`pipeline.cluster.set_process_nice`).
     """
+    if nice:
+        set_process_nice(nice)
     spec = info.unet
     count = len(batch["key"])
     pixels = np.zeros((count, *spec.input_size, spec.channels), dtype=np.float32)
@@ -123,7 +128,9 @@ class MaskWriter:
     """
 
     def __init__(self, info: ModelInfo, output: str, model_id: str, run_id: str,
-                 storage_config: StorageConfig | None = None) -> None:
+                 storage_config: StorageConfig | None = None, nice: int = 0) -> None:
+        if nice:
+            set_process_nice(nice)
         self.arguments = {"info": info, "output": output, "model_id": model_id, "run_id": run_id,
                           "storage_config": storage_config}
 
