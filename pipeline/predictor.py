@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cluster import set_process_nice
+from pipeline.cluster import restore_priority
 from pipeline.config import StorageConfig
 from pipeline.model import load_artifact
 from pipeline.preprocess import quantise_scores
@@ -72,8 +72,7 @@ class SegmentationPredictor:
     def __init__(self, model_url: str, storage_config: StorageConfig | None = None, threads: int = 1,
                  tta: bool = False) -> None:
         started = time.perf_counter()
-        if hasattr(os, "getpriority") and os.getpriority(os.PRIO_PROCESS, 0) > 0:
-            set_process_nice(0)  # a worker process that ran a lowered-priority stage before: the model goes first
+        restore_priority()  # in case this worker process ran a lower-priority stage before
         configure_tensorflow(threads)
         import tensorflow as tf
 

@@ -268,11 +268,11 @@ def read_dataset(shards: list[Shard], storage_config: StorageConfig | None, stag
     """
     import ray
 
-    from pipeline.cluster import set_process_nice
+    from pipeline.cluster import lower_priority
 
     def read(row: dict[str, Any]) -> list[dict[str, Any]]:
         if nice:
-            set_process_nice(nice)
+            lower_priority(nice)
         return read_shard(Shard.from_json(row["shard"]), storage_config)
 
     items = [{"shard": shard.to_json()} for shard in shards]

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import metrics, preprocess, schema, storage
-from pipeline.cluster import set_process_nice
+from pipeline.cluster import lower_priority
 from pipeline.config import StorageConfig
 from pipeline.model import ModelInfo
 
@@ -31,10 +31,10 @@ def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo, nice: int = 0) 
 
     The encoded ``image`` column is dropped; rows that fail get a zero tile and an error. A
     positive ``nice`` lowers the CPU priority of the worker process first (see
-    :func:`pipeline.cluster.set_process_nice`).
+    :func:`pipeline.cluster.lower_priority`).
     """
     if nice:
-        set_process_nice(nice)
+        lower_priority(nice)
     spec = info.unet
     count = len(batch["key"])
     pixels = np.zeros((count, *spec.input_size, spec.channels), dtype=np.float32)
@@ -130,7 +130,7 @@ class MaskWriter:
     def __init__(self, info: ModelInfo, output: str, model_id: str, run_id: str,
                  storage_config: StorageConfig | None = None, nice: int = 0) -> None:
         if nice:
-            set_process_nice(nice)
+            lower_priority(nice)
         self.arguments = {"info": info, "output": output, "model_id": model_id, "run_id": run_id,
                           "storage_config": storage_config}
 

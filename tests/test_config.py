@@ -76,5 +76,5 @@ def test_endpoint_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_stage_nice_must_be_an_os_niceness() -> None:
     assert load_config(SegmentConfig, None, BASE).stage_nice == 10
-    with pytest.raises(ConfigError, match=r"stage_nice=20: an OS niceness from 0"):
+    with pytest.raises(ConfigError, match=r"stage_nice=20: niceness steps from 0"):
         load_config(SegmentConfig, None, [*BASE, "stage_nice=20"])
