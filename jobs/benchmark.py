@@ -10,7 +10,7 @@ the model artifact. Then, on the same machine and images:
 (b) pipeline: ``segpipe segment`` from the S3 server to S3 outputs on a local Ray.
 
 Bare runs before and after the pipeline (the machine's speed drifts); their mean is the baseline.
-``--variant stage_nice=0`` adds pipeline runs with other settings between them, for comparisons
+``--variant batch_size=32`` adds pipeline runs with other settings between them, for comparisons
 within one run. Prints images/s, the steady-state ratio pipeline/bare, start-up seconds, peak
 memory (RSS of the process tree) and the CPU seconds per image each kind of process spent (the
 predictor actor, the stage workers, the driver, Ray's own processes, the S3 server), for the whole
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--workdir", default="bench-output")
     parser.add_argument("--variant", dest="variants", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
-                        help="also run the pipeline with these segment config overrides, e.g. stage_nice=0 "
+                        help="also run the pipeline with these segment config overrides, e.g. batch_size=32 "
                         "(repeatable; each variant is one more pipeline run between the two bare runs)")
     parser.add_argument("--bare", metavar="JSON", help=argparse.SUPPRESS)  # internal: run one bare measurement
     return parser.parse_args(argv)

@@ -51,6 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
+    parser.add_argument("--loss", choices=("ce", "dice", "ce+dice"), default="ce+dice")
     parser.add_argument("--throughput-epochs", type=int, default=2,
                         help="epochs for each 1- and 2-worker measurement (the last one is timed)")
     parser.add_argument("--evaluate-only", action="store_true",
@@ -75,7 +76,7 @@ def train_config(args: argparse.Namespace, train: str, val: str | None, output: 
     """Return the training config of this benchmark (gray 1-channel input, 2 classes)."""
     values: dict[str, Any] = {
         "data": train, "val_data": val, "output": str(output), "epochs": args.epochs, "batch_size": args.batch_size,
-        "learning_rate": args.learning_rate, "lr_schedule": args.lr_schedule, "num_workers": 1,
+        "learning_rate": args.learning_rate, "lr_schedule": args.lr_schedule, "loss": args.loss, "num_workers": 1,
         "unet": UNetConfig(input_size=args.input_size, channels=1, num_classes=2, depth=args.depth,
                            base_filters=args.base_filters, class_names="membrane,cell"),
     }

@@ -113,7 +113,6 @@ class SegmentConfig:
     batch_size: int = 16
     folder_shard_size: int = 256
     stage_cpus: float = 0.25
-    stage_nice: int = 10  # niceness steps the read/prepare/finish stages run below the model actors (max 19)
     run_id: str | None = None
     report: bool = False
     overwrite: bool = False
@@ -132,8 +131,6 @@ class SegmentConfig:
             raise ConfigError(f"folder_shard_size={self.folder_shard_size}: must be at least 1")
         if not 0 < self.stage_cpus <= 64:
             raise ConfigError(f"stage_cpus={self.stage_cpus}: must be a positive CPU share such as 0.25")
-        if not 0 <= self.stage_nice <= 19:
-            raise ConfigError(f"stage_nice={self.stage_nice}: niceness steps from 0 (same priority as the model) to 19")
         if self.progress_seconds <= 0:
             raise ConfigError(f"progress_seconds={self.progress_seconds}: must be positive (seconds between progress lines)")
 

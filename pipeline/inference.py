@@ -220,9 +220,9 @@ def build_dataset(cfg: SegmentConfig, plan: RunPlan, shards: list[Shard]) -> Any
         "op_resource_reservation_ratio": reservation_ratio(cfg.stage_cpus),
     }
     with data_context(**settings):
-        dataset = read_dataset(shards, storage_config, cfg.stage_cpus, cfg.stage_nice)
+        dataset = read_dataset(shards, storage_config, cfg.stage_cpus)
     dataset = dataset.map_batches(
-        prepare_batch, fn_kwargs={"info": info, "nice": cfg.stage_nice}, batch_size=cfg.batch_size, num_cpus=cfg.stage_cpus
+        prepare_batch, fn_kwargs={"info": info}, batch_size=cfg.batch_size, num_cpus=cfg.stage_cpus
     )
     dataset = dataset.map_batches(
         SegmentationPredictor,
@@ -237,7 +237,7 @@ def build_dataset(cfg: SegmentConfig, plan: RunPlan, shards: list[Shard]) -> Any
     return dataset.map_batches(
         MaskWriter,
         fn_constructor_kwargs={"info": info, "output": cfg.output, "model_id": plan.model.model_id,
-                               "run_id": plan.run_id, "storage_config": storage_config, "nice": cfg.stage_nice},
+                               "run_id": plan.run_id, "storage_config": storage_config},
         compute=ActorPoolStrategy(min_size=1, max_size=cfg.actors.max),
         batch_size=cfg.batch_size,
         num_cpus=cfg.stage_cpus,

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cluster import restore_priority
 from pipeline.config import StorageConfig
 from pipeline.model import load_artifact
 from pipeline.preprocess import quantise_scores
@@ -72,7 +71,6 @@ class SegmentationPredictor:
     def __init__(self, model_url: str, storage_config: StorageConfig | None = None, threads: int = 1,
                  tta: bool = False) -> None:
         started = time.perf_counter()
-        restore_priority()  # in case this worker process ran a lower-priority stage before
         configure_tensorflow(threads)
         import tensorflow as tf
 

@@ -261,20 +261,10 @@ def glob_escape(text: str) -> str:
     return "".join(f"[{ch}]" if ch in "*?[" else ch for ch in text)
 
 
-def read_dataset(shards: list[Shard], storage_config: StorageConfig | None, stage_cpus: float, nice: int = 0) -> Any:
-    """Return a lazy Ray Dataset of the shards' input rows (see :func:`read_shard`), one read task per shard.
-
-    A positive ``nice`` lowers the CPU priority of the read tasks' processes.
-    """
+def read_dataset(shards: list[Shard], storage_config: StorageConfig | None, stage_cpus: float) -> Any:
+    """Return a lazy Ray Dataset of the shards' input rows (see :func:`read_shard`), one read task per shard."""
     import ray
-
-    from pipeline.cluster import lower_priority
-
-    def read(row: dict[str, Any]) -> list[dict[str, Any]]:
-        if nice:
-            lower_priority(nice)
-        return read_shard(Shard.from_json(row["shard"]), storage_config)
 
     items = [{"shard": shard.to_json()} for shard in shards]
     dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    return dataset.flat_map(read, num_cpus=stage_cpus)
+    return dataset.flat_map(lambda row: read_shard(Shard.from_json(row["shard"]), storage_config), num_cpus=stage_cpus)

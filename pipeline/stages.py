@@ -19,22 +19,17 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import metrics, preprocess, schema, storage
-from pipeline.cluster import lower_priority
 from pipeline.config import StorageConfig
 from pipeline.model import ModelInfo
 
 log = logging.getLogger(__name__)
 
 
-def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo, nice: int = 0) -> dict[str, np.ndarray]:
+def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo) -> dict[str, np.ndarray]:
     """Return the batch with images decoded, masks checked, and ``pixels`` (float32 model input) added.
 
-    The encoded ``image`` column is dropped; rows that fail get a zero tile and an error. A
-    positive ``nice`` lowers the CPU priority of the worker process first (see
-    :func:`pipeline.cluster.lower_priority`).
+    The encoded ``image`` column is dropped; rows that fail get a zero tile and an error.
     """
-    if nice:
-        lower_priority(nice)
     spec = info.unet
     count = len(batch["key"])
     pixels = np.zeros((count, *spec.input_size, spec.channels), dtype=np.float32)
@@ -128,9 +123,7 @@ class MaskWriter:
     """
 
     def __init__(self, info: ModelInfo, output: str, model_id: str, run_id: str,
-                 storage_config: StorageConfig | None = None, nice: int = 0) -> None:
-        if nice:
-            lower_priority(nice)
+                 storage_config: StorageConfig | None = None) -> None:
         self.arguments = {"info": info, "output": output, "model_id": model_id, "run_id": run_id,
                           "storage_config": storage_config}
 

@@ -72,9 +72,3 @@ def test_endpoint_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert StorageConfig().fsspec_options("s3")["endpoint_url"] == "http://127.0.0.1:9"
     assert StorageConfig(endpoint_url="http://x:1").fsspec_options("s3")["endpoint_url"] == "http://x:1"
     assert StorageConfig().fsspec_options("file") == {}
-
-
-def test_stage_nice_must_be_an_os_niceness() -> None:
-    assert load_config(SegmentConfig, None, BASE).stage_nice == 10
-    with pytest.raises(ConfigError, match=r"stage_nice=20: niceness steps from 0"):
-        load_config(SegmentConfig, None, [*BASE, "stage_nice=20"])
