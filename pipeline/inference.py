@@ -36,8 +36,8 @@ from pipeline.config import ConfigError, SegmentConfig, StorageConfig
 from pipeline.model import LoadedModel, ModelInfo, load_artifact
 from pipeline.predictor import SegmentationPredictor
 from pipeline.resume import prepare_output
-from pipeline.sources import Shard, discover_shards, read_dataset
-from pipeline.stages import MaskWriter, prepare_batch
+from pipeline.sources import Shard, discover_shards
+from pipeline.stages import MaskWriter, read_and_prepare
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def actor_resources(cfg: SegmentConfig) -> dict[str, Any]:
     """Return ``actor_cpus``, ``actor_gpus`` and ``actor_threads`` for the connected cluster.
 
     Automatic CPUs: one per GPU actor; otherwise the largest node's CPUs shared among the actors
-    that fit on it, less one ``stage_cpus`` share for each CPU stage (read, prepare, finish), so
+    that fit on it, less one ``stage_cpus`` share for each CPU stage (read + prepare, finish), so
     that every stage can always run a task beside the actors. TensorFlow gets
     ``ceil(actor_cpus)`` threads: the stage share left beside a fractional actor is mostly I/O wait.
     """
@@ -165,7 +165,7 @@ def actor_resources(cfg: SegmentConfig) -> dict[str, Any]:
     return {"actor_cpus": round(cpus, 3), "actor_gpus": wanted.gpus, "actor_threads": max(1, math.ceil(cpus))}
 
 
-CPU_STAGES = 3  # read, prepare, finish: the task operators around the actor pool
+CPU_STAGES = 2  # read + prepare, finish: the operators around the actor pool
 
 
 def batch_block_bytes(batch_size: int, info: ModelInfo) -> int:
@@ -211,6 +211,7 @@ def data_context(**settings: Any) -> Iterator[None]:
 
 def build_dataset(cfg: SegmentConfig, plan: RunPlan, shards: list[Shard]) -> Any:
     """Return the lazy Ray Dataset of metric rows (plus ``shard``, ``shard_rows``) for ``shards`` of the plan."""
+    import ray
     from ray.data import ActorPoolStrategy
 
     info = plan.model.info
@@ -220,9 +221,11 @@ def build_dataset(cfg: SegmentConfig, plan: RunPlan, shards: list[Shard]) -> Any
         "op_resource_reservation_ratio": reservation_ratio(cfg.stage_cpus),
     }
     with data_context(**settings):
-        dataset = read_dataset(shards, storage_config, cfg.stage_cpus)
-    dataset = dataset.map_batches(
-        prepare_batch, fn_kwargs={"info": info}, batch_size=cfg.batch_size, num_cpus=cfg.stage_cpus
+        items = ray.data.from_items([{"shard": shard.to_json()} for shard in shards],
+                                    override_num_blocks=max(1, len(shards)))
+    dataset = items.map_batches(
+        read_and_prepare, fn_kwargs={"info": info, "storage_config": storage_config, "batch_size": cfg.batch_size},
+        batch_size=1, num_cpus=cfg.stage_cpus,
     )
     dataset = dataset.map_batches(
         SegmentationPredictor,

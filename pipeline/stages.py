@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline import metrics, preprocess, schema, storage
+from pipeline import metrics, preprocess, schema, sources, storage
 from pipeline.config import StorageConfig
 from pipeline.model import ModelInfo
 
@@ -57,6 +58,30 @@ def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo) -> dict[str, np
     out = {name: batch[name] for name in ("key", "source", "shard", "shard_rows", "mask")}
     out.update(pixels=pixels, height=heights, width=widths, error=errors, seconds=seconds)
     return out
+
+
+ROW_COLUMNS = ("key", "source", "shard", "image", "mask", "error")
+
+
+def read_and_prepare(batch: dict[str, np.ndarray], info: ModelInfo, storage_config: StorageConfig | None,
+                     batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Read each shard named in ``batch["shard"]`` and yield its rows prepared (:func:`prepare_batch`),
+    ``batch_size`` rows at a time.
+
+    Reading and decoding in one CPU task spares a stage boundary: the encoded images never become
+    Arrow rows in the object store only to be turned back into arrays by the next task (that round
+    trip cost about a sixth of the CPU the model itself used per image on a 2-core node).
+    """
+    for text in batch["shard"]:
+        rows = sources.read_shard(sources.Shard.from_json(str(text)), storage_config)
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            columns = {name: np.empty(len(chunk), dtype=object) for name in ROW_COLUMNS}
+            for index, row in enumerate(chunk):
+                for name in ROW_COLUMNS:
+                    columns[name][index] = row[name]
+            columns["shard_rows"] = np.array([row["shard_rows"] for row in chunk], dtype=np.int64)
+            yield prepare_batch(columns, info)
 
 
 def finish_batch(
