@@ -1,6 +1,6 @@
 """Throughput benchmark: bare ``model.predict`` against the full pipeline, same images, one run.
 
-    python jobs/benchmark.py                      # 1,000 images, 256x256 U-Net with 16 base filters
+    python jobs/benchmark.py                      # 1,000 images, 256x256 U-Net with 16 base filters, batch 32
 
 Starts a local S3 server (moto_server on loopback), writes synthetic tar shards to it, and builds
 the model artifact. Then, on the same machine and images:
@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=256, help="image side and model tile (default 256)")
     parser.add_argument("--base-filters", type=int, default=16)
     parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=32, help="images per model call, bare and pipeline (default 32)")
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--workdir", default="bench-output")
     parser.add_argument("--variant", dest="variants", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
