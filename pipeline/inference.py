@@ -36,7 +36,7 @@ from pipeline.config import ConfigError, SegmentConfig, StorageConfig
 from pipeline.model import LoadedModel, ModelInfo, load_artifact
 from pipeline.predictor import SegmentationPredictor
 from pipeline.resume import prepare_output
-from pipeline.sources import Shard, discover_shards
+from pipeline.sources import Shard, discover_shards, shard_dataset
 from pipeline.stages import MaskWriter, read_and_prepare
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,6 @@ def data_context(**settings: Any) -> Iterator[None]:
 
 def build_dataset(cfg: SegmentConfig, plan: RunPlan, shards: list[Shard]) -> Any:
     """Return the lazy Ray Dataset of metric rows (plus ``shard``, ``shard_rows``) for ``shards`` of the plan."""
-    import ray
     from ray.data import ActorPoolStrategy
 
     info = plan.model.info
@@ -221,9 +220,8 @@ def build_dataset(cfg: SegmentConfig, plan: RunPlan, shards: list[Shard]) -> Any
         "op_resource_reservation_ratio": reservation_ratio(cfg.stage_cpus),
     }
     with data_context(**settings):
-        items = ray.data.from_items([{"shard": shard.to_json()} for shard in shards],
-                                    override_num_blocks=max(1, len(shards)))
-    dataset = items.map_batches(
+        dataset = shard_dataset(shards)
+    dataset = dataset.map_batches(
         read_and_prepare, fn_kwargs={"info": info, "storage_config": storage_config, "batch_size": cfg.batch_size},
         batch_size=1, num_cpus=cfg.stage_cpus,
     )

@@ -261,10 +261,14 @@ def glob_escape(text: str) -> str:
     return "".join(f"[{ch}]" if ch in "*?[" else ch for ch in text)
 
 
-def read_dataset(shards: list[Shard], storage_config: StorageConfig | None, stage_cpus: float) -> Any:
-    """Return a lazy Ray Dataset of the shards' input rows (see :func:`read_shard`), one read task per shard."""
+def shard_dataset(shards: list[Shard]) -> Any:
+    """Return a lazy Ray Dataset with one row per shard (``shard``: its JSON), one block each."""
     import ray
 
-    items = [{"shard": shard.to_json()} for shard in shards]
-    dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    return dataset.flat_map(lambda row: read_shard(Shard.from_json(row["shard"]), storage_config), num_cpus=stage_cpus)
+    return ray.data.from_items([{"shard": shard.to_json()} for shard in shards], override_num_blocks=max(1, len(shards)))
+
+
+def read_dataset(shards: list[Shard], storage_config: StorageConfig | None, stage_cpus: float) -> Any:
+    """Return a lazy Ray Dataset of the shards' input rows (see :func:`read_shard`), one read task per shard."""
+    return shard_dataset(shards).flat_map(lambda row: read_shard(Shard.from_json(row["shard"]), storage_config),
+                                          num_cpus=stage_cpus)
