@@ -37,8 +37,9 @@ REPORT_OPTIONS = {
 }
 TRAIN_OPTIONS = {
     "data": "data", "val_data": "val_data", "output": "output", "address": "address", "num_workers": "num_workers",
-    "use_gpu": "use_gpu", "cpus_per_worker": "cpus_per_worker", "epochs": "epochs", "batch_size": "batch_size",
-    "learning_rate": "learning_rate", "lr_schedule": "lr_schedule", "loss": "loss", "augment": "augment",
+    "use_gpu": "use_gpu", "cpus_per_worker": "cpus_per_worker", "epochs": "epochs",
+    "passes_per_epoch": "passes_per_epoch", "batch_size": "batch_size",
+    "learning_rate": "learning_rate", "lr_schedule": "lr_schedule", "loss": "loss", "augment": "augment", "warp": "warp",
     "input_size": "unet.input_size",
     "channels": "unet.channels", "num_classes": "unet.num_classes", "depth": "unet.depth",
     "base_filters": "unet.base_filters", "resume": "resume", "xla": "xla", "endpoint_url": "storage.endpoint_url",
@@ -111,13 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per worker")
     train.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (default: automatic)")
     train.add_argument("--epochs", type=int, help="epochs to train (default 10)")
+    train.add_argument("--passes-per-epoch", type=int,
+                       help="passes over the training data per epoch, i.e. between validations and checkpoints "
+                       "(default 1; more for small data sets)")
     train.add_argument("--batch-size", type=int, help="global batch size, split across workers (default 8)")
     train.add_argument("--learning-rate", type=float, help="Adam learning rate (default 0.001)")
     train.add_argument("--lr-schedule", choices=("constant", "cosine"),
                        help="learning rate per epoch: constant (default) or cosine decay towards 0")
     train.add_argument("--loss", choices=("ce", "dice", "ce+dice"), help="loss (default ce+dice)")
     train.add_argument("--no-augment", dest="augment", action="store_false", default=None,
-                       help="no flips, rotations, crops or intensity jitter")
+                       help="no flips, rotations, warps or intensity jitter")
+    train.add_argument("--warp", action="store_true", default=None,
+                       help="augment with a random warp (rotation by any angle, zoom x0.9-1.1, shift, elastic "
+                       "deformation; mirrored borders) instead of flips and 90-degree turns")
     train.add_argument("--input-size", type=int, help="square tile size in pixels (default 64)")
     train.add_argument("--channels", type=int, choices=(1, 3), help="image channels the model takes (default 3)")
     train.add_argument("--num-classes", type=int, help="classes including background (default 3)")

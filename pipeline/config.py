@@ -188,11 +188,13 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: float | None = None
     epochs: int = 10
+    passes_per_epoch: int = 1  # passes over the training data between two validations/checkpoints
     batch_size: int = 8
     learning_rate: float = 1e-3
     lr_schedule: str = "constant"  # constant | cosine (decays to 0 over the epochs, set per epoch)
     loss: str = "ce+dice"
     augment: bool = True
+    warp: bool = False  # augment with a random warp (any rotation, zoom, shift, elastic) instead of flips + 90° turns
     normalization: str = "scale"
     folder_shard_size: int = 256
     stage_cpus: float = 0.25
@@ -210,6 +212,8 @@ class TrainConfig:
             raise ConfigError(f"num_workers={self.num_workers}: at least 1")
         if self.epochs < 1:
             raise ConfigError(f"epochs={self.epochs}: at least 1")
+        if self.passes_per_epoch < 1:
+            raise ConfigError(f"passes_per_epoch={self.passes_per_epoch}: at least 1")
         if self.batch_size < self.num_workers or self.batch_size % self.num_workers:
             raise ConfigError(
                 f"batch_size={self.batch_size} is the global batch: it must be a multiple of num_workers={self.num_workers}"

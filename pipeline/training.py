@@ -77,8 +77,11 @@ def unet_spec(unet: UNetConfig) -> UNetSpec:
 # ---------------------------------------------------------------------------------- data stage
 
 
-def training_batch(batch: dict[str, np.ndarray], spec: UNetSpec, normalization: dict[str, Any], augmented: bool) -> dict[str, np.ndarray]:
+def training_batch(batch: dict[str, np.ndarray], spec: UNetSpec, normalization: dict[str, Any], augmented: bool,
+                   warp: bool = False) -> dict[str, np.ndarray]:
     """Return ``pixels`` (float32 tiles), ``labels`` (uint8 class tiles) and ``weights`` for a batch of input rows.
+
+    With ``augmented`` each pair is augmented as :func:`pipeline.augment.training_pair` describes.
 
     A sample that cannot be used (unreadable, no mask, mask of another size or with unknown
     classes) keeps its place with weight 0: it adds nothing to the loss and is counted as skipped,
@@ -97,7 +100,7 @@ def training_batch(batch: dict[str, np.ndarray], spec: UNetSpec, normalization: 
             image = preprocess.decode_image(batch["image"][index])
             mask = preprocess.decode_mask(batch["mask"][index], spec.num_classes, image.shape[:2])
             normalised = preprocess.normalise(preprocess.match_channels(image, spec.channels), normalization)
-            pixels[index], labels[index] = augment.training_pair(normalised, mask, tile, rng)
+            pixels[index], labels[index] = augment.training_pair(normalised, mask, tile, rng, warp)
             weights[index] = 1.0
         except preprocess.SampleError as exc:
             log.warning("skipping training sample %s: %s", batch["key"][index], exc)
@@ -343,13 +346,18 @@ def run_config(cfg: TrainConfig) -> Any:
                      checkpoint_config=checkpoints, failure_config=failures)
 
 
-def training_dataset(url: str, cfg: TrainConfig, spec: UNetSpec, augmented: bool) -> Any:
-    """Return the lazy Ray Dataset of training tiles for the shards at ``url``."""
+def training_dataset(url: str, cfg: TrainConfig, spec: UNetSpec, augmented: bool, passes: int = 1) -> Any:
+    """Return the lazy Ray Dataset of training tiles for the shards at ``url``, each shard read ``passes`` times.
+
+    Repeated reads of a shard are augmented independently. Several passes per epoch suit small
+    data sets, where one pass takes seconds and the per-epoch work (starting the data stream,
+    validation, checkpoint) would otherwise cost as much as the training itself.
+    """
     shards = discover_shards(url, cfg.storage, cfg.folder_shard_size)
-    dataset = read_dataset(shards, cfg.storage, cfg.stage_cpus)
+    dataset = read_dataset(shards * passes, cfg.storage, cfg.stage_cpus)
     return dataset.map_batches(
         training_batch,
-        fn_kwargs={"spec": spec, "normalization": {"mode": cfg.normalization}, "augmented": augmented},
+        fn_kwargs={"spec": spec, "normalization": {"mode": cfg.normalization}, "augmented": augmented, "warp": cfg.warp},
         batch_size=cfg.batch_size, num_cpus=cfg.stage_cpus,
     )
 
@@ -362,7 +370,7 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
     """
     started = time.perf_counter()
     spec = unet_spec(cfg.unet)
-    train_data = training_dataset(cfg.data, cfg, spec, cfg.augment)
+    train_data = training_dataset(cfg.data, cfg, spec, cfg.augment, cfg.passes_per_epoch)
     val_data = training_dataset(cfg.val_data, cfg, spec, False) if cfg.val_data else None
     storage.check_writable(cfg.output, cfg.storage)
     if not cfg.resume and storage.exists(storage.join_url(cfg.output, CHECKPOINT_RUN_NAME), cfg.storage):

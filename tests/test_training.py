@@ -11,7 +11,7 @@ import pytest
 from pipeline import augment
 from pipeline.config import ConfigError, SampleDataConfig, SegmentConfig, TrainConfig, UNetConfig, load_config
 from pipeline.model import UNetSpec, load_artifact
-from pipeline.preprocess import encode_png
+from pipeline.preprocess import encode_png, model_input
 from pipeline.sample_data import write_sample_data
 from pipeline.sources import InputError
 from pipeline.training import per_example_loss, run_training, training_batch
@@ -19,28 +19,69 @@ from pipeline.training import per_example_loss, run_training, training_batch
 TINY = UNetConfig(input_size=32, num_classes=3, depth=2, base_filters=4)
 
 
-def test_flips_and_rotations_move_image_and_mask_together() -> None:
+def coordinate_ramps(height: int, width: int) -> np.ndarray:
+    """Return a float32 (h, w, 2) image whose channels are each pixel's row and column."""
+    rows, cols = np.meshgrid(np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32), indexing="ij")
+    return np.stack([rows, cols], axis=-1)
+
+
+def test_mirror_folds_coordinates_back_into_the_image() -> None:
+    # size 4: ... 2 1 | 0 1 2 3 | 2 1 0 ...
+    folded = augment.mirror(np.array([-2.0, -1.0, 0.0, 3.0, 4.0, 5.0, 7.0, 2.5]), 4)
+    assert folded.tolist() == [2.0, 1.0, 0.0, 3.0, 2.0, 1.0, 1.0, 2.5]
+
+
+def test_flips_and_turns_move_image_and_mask_together() -> None:
     rng = np.random.default_rng(0)
     mask = rng.integers(0, 3, (32, 32), dtype=np.uint8)
     image = np.repeat(mask[:, :, np.newaxis].astype(np.float32) / 10, 3, axis=2)  # the image encodes its mask
     seen = set()
-    for _ in range(30):
+    for _ in range(60):
         tile_image, tile_mask = augment.flip_and_rotate(image, mask, rng)
         assert np.array_equal(np.rint(tile_image[:, :, 0] * 10).astype(np.uint8), tile_mask)
         seen.add(tile_mask.tobytes())
-    assert len(seen) > 4  # the transforms really vary
+    assert len(seen) == 8  # the 8 symmetries of a square, nothing resampled
+    wide = rng.integers(0, 3, (16, 24), dtype=np.uint8)
+    assert all(augment.flip_and_rotate(wide[:, :, np.newaxis], wide, rng)[1].shape == (16, 24) for _ in range(10))
 
 
-def test_random_crop_keeps_most_of_the_image_at_the_tile_size() -> None:
-    rng = np.random.default_rng(1)
-    mask = np.zeros((100, 100), np.uint8)
-    mask[:, 50:] = 1  # left half 0, right half 1
-    image = mask[:, :, np.newaxis].astype(np.float32)
+def test_warp_moves_image_and_mask_together() -> None:
+    rng = np.random.default_rng(0)
+    mask = rng.integers(0, 3, (48, 40), dtype=np.uint8)
+    image = coordinate_ramps(48, 40)  # bilinear sampling of a ramp is exact: the image says where each pixel came from
+    seen = set()
     for _ in range(20):
-        tile_image, tile_mask = augment.random_crop(image, mask, (32, 32), rng)
-        assert tile_image.shape == (32, 32, 1) and tile_mask.shape == (32, 32)
-        assert tile_mask[:, 0].max() == 0 and tile_mask[:, -1].min() == 1  # a crop of >= 80 % keeps both halves
-        assert np.array_equal(tile_image[:, :, 0] > 0.5, tile_mask == 1)
+        warped_image, warped_mask = augment.random_warp(image, mask, rng)
+        assert warped_image.shape == (48, 40, 2) and warped_mask.shape == (48, 40) and warped_mask.dtype == np.uint8
+        source_rows, source_cols = (np.rint(warped_image[:, :, k]).astype(int) for k in (0, 1))
+        clear = np.abs(np.mod(warped_image, 1.0) - 0.5).min(axis=-1) > 0.01  # not a rounding tie in float32
+        assert clear.mean() > 0.9
+        assert np.array_equal(warped_mask[clear], mask[source_rows, source_cols][clear])
+        seen.add(warped_mask.tobytes())
+    assert len(seen) == 20  # every warp differs
+
+
+def test_warp_keeps_about_the_inference_scale() -> None:
+    rng = np.random.default_rng(1)
+    image = coordinate_ramps(128, 128)
+    for _ in range(10):
+        warped, _ = augment.random_warp(image, np.zeros((128, 128), np.uint8), rng)
+        # local scale: how far the source moves per output pixel, along rows (mirror folds give a few outliers)
+        step = np.hypot(*np.diff(warped, axis=0).transpose(2, 0, 1))
+        assert 0.8 < float(np.median(step)) < 1.25
+
+
+def test_training_pair_without_augmentation_is_the_inference_resize() -> None:
+    image = np.random.default_rng(2).random((60, 80, 1), dtype=np.float32)
+    mask = np.zeros((60, 80), np.uint8)
+    mask[:, 40:] = 1
+    tile_image, tile_mask = augment.training_pair(image, mask, (32, 32), None)
+    assert np.allclose(tile_image, model_input(image, (32, 32), 1, {"mode": "scale"}))  # already float: scaled by 1
+    assert tile_mask[:, :15].max() == 0 and tile_mask[:, 17:].min() == 1
+    warped_image, warped_mask = augment.training_pair(image, mask, (32, 32), np.random.default_rng(3))
+    assert warped_image.shape == (32, 32, 1) and set(np.unique(warped_mask).tolist()) <= {0, 1}
+    warped_image, warped_mask = augment.training_pair(image, mask, (32, 32), np.random.default_rng(3), warp=True)
+    assert warped_image.shape == (32, 32, 1) and set(np.unique(warped_mask).tolist()) == {0, 1}
 
 
 def test_intensity_jitter_leaves_the_mask_alone_and_stays_bounded() -> None:
@@ -131,9 +172,10 @@ def test_two_workers_train_checkpoint_resume_and_segment(labelled: dict[str, str
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_loss_goes_down_on_a_learnable_set(labelled: dict[str, str], tmp_path: Path) -> None:
-    cfg = tiny_train_config(labelled, tmp_path / "m", num_workers=1, cpus_per_worker=1.0, epochs=6, batch_size=4,
-                            learning_rate=0.01, augment=False, val_data=None)
+    cfg = tiny_train_config(labelled, tmp_path / "m", num_workers=1, cpus_per_worker=1.0, epochs=3, passes_per_epoch=2,
+                            batch_size=4, learning_rate=0.01, augment=False, val_data=None)
     history = run_training(cfg).history
+    assert [h["images"] for h in history] == [48, 48, 48]  # two passes over the 24 images per epoch
     assert history[-1]["loss"] < 0.8 * history[0]["loss"], [h["loss"] for h in history]
 
 
