@@ -1,0 +1,134 @@
+"""Short in-process ISBI training runs to compare training choices at the same CPU budget.
+
+    python jobs/ablation_isbi.py --minutes 12 --base-filters 16                   # flips/turns, ce+dice
+    python jobs/ablation_isbi.py --minutes 12 --base-filters 16 --augment warp
+    python jobs/ablation_isbi.py --minutes 12 --base-filters 16 --loss ce
+
+Each run trains the U-Net on ISBI slices 0-24 for ``--minutes`` of training-step time (the
+learning rate follows a cosine over that budget), in this process with no Ray (the same model,
+training step, loss and augmentation code as ``segpipe train``), and prints the pixel error of
+slices 25-29 every two minutes, then the final pixel error on the validation and on the (not
+augmented) training slices: a training error no lower than the validation error says the model
+underfits. One JSON line per run is appended to ``<workdir>/ablation.jsonl``. The figures that
+count are ``jobs/quality_isbi.py``'s; this is for choosing what to run there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jobs.quality_isbi import DEFAULT_DATASET, TRAIN_SLICES, VAL_SLICES
+from pipeline import augment, metrics, preprocess
+from pipeline.model import UNetSpec, build_unet
+from pipeline.predictor import configure_tensorflow
+from pipeline.training import make_train_step
+
+EVAL_EVERY_SECONDS = 120
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Return the run's arguments."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
+    parser.add_argument("--workdir", type=Path, default=Path("quality-output"))
+    parser.add_argument("--minutes", type=float, default=12.0, help="training-step time (default 12)")
+    parser.add_argument("--base-filters", type=int, default=16)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--loss", choices=("ce", "dice", "ce+dice"), default="ce+dice")
+    parser.add_argument("--augment", choices=("none", "flips", "warp"), default="flips")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def load_slices(dataset: Path, slices: range) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Return ``(image, mask)`` pairs as the pipeline reads them: float32 ``(512, 512, 1)`` in [0, 1], uint8 classes."""
+    if not (dataset / "images").is_dir():
+        raise SystemExit(f"ISBI data not found at {dataset}: expected images/ and masks/; pass --dataset")
+    pairs = []
+    for index in slices:
+        image = preprocess.decode_image((dataset / "images" / f"{index}.png").read_bytes())
+        mask = preprocess.decode_mask((dataset / "masks" / f"{index}.png").read_bytes(), 2, image.shape[:2])
+        pairs.append((preprocess.normalise(image, {"mode": "scale"}), mask))
+    return pairs
+
+
+def pixel_error(model: Any, pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
+    """Return ``(pixel error, membrane Dice)`` of ``model`` on ``pairs`` (argmax; Dice from summed counts)."""
+    wrong = total = 0
+    tp = fp = fn = np.zeros(2, dtype=np.int64)
+    for image, mask in pairs:
+        predicted = np.argmax(model(image[np.newaxis], training=False).numpy()[0], axis=-1)
+        wrong += int((predicted != mask).sum())
+        total += mask.size
+        counts = metrics.confusion_counts(predicted, mask, 2)
+        tp, fp, fn = tp + counts[0], fp + counts[1], fn + counts[2]
+    return wrong / total, float(metrics.dice_from_counts(tp, fp, fn)[0])
+
+
+def training_batch(pairs: list[tuple[np.ndarray, np.ndarray]], args: argparse.Namespace,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return ``(pixels, labels, weights)`` of ``--batch-size`` random slices, augmented as asked."""
+    chosen = [pairs[i] for i in rng.integers(0, len(pairs), args.batch_size)]
+    tiles = [augment.training_pair(image, mask, mask.shape, None if args.augment == "none" else rng,
+                                   warp=args.augment == "warp") for image, mask in chosen]
+    return (np.stack([t[0] for t in tiles]), np.stack([t[1] for t in tiles]),
+            np.ones(args.batch_size, dtype=np.float32))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one comparison run; return the exit status."""
+    args = parse_args(argv)
+    configure_tensorflow(args.threads)
+    import keras
+    import tensorflow as tf
+
+    train, val = load_slices(args.dataset, TRAIN_SLICES), load_slices(args.dataset, VAL_SLICES)
+    spec = UNetSpec(input_size=(512, 512), channels=1, num_classes=2, depth=args.depth,
+                    base_filters=args.base_filters)
+    keras.utils.set_random_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    model = build_unet(spec)
+    optimizer = keras.optimizers.Adam(args.learning_rate)
+    optimizer.build(model.trainable_variables)
+    step = make_train_step(tf.distribute.get_strategy(), model, optimizer, spec, args.loss, args.batch_size)
+    budget, spent, steps, history = args.minutes * 60, 0.0, 0, []
+    next_eval = EVAL_EVERY_SECONDS
+    while spent < budget:
+        optimizer.learning_rate.assign(args.learning_rate * 0.5 * (1 + math.cos(math.pi * spent / budget)))
+        started = time.perf_counter()
+        loss = float(step(*training_batch(train, args, rng)))
+        spent += time.perf_counter() - started
+        steps += 1
+        if spent >= next_eval:
+            error, dice = pixel_error(model, val)
+            history.append({"seconds": round(spent), "steps": steps, "loss": round(loss, 4), "val_pixel_error": round(error, 4)})
+            print(f"{spent:5.0f} s  step {steps:4d}  loss {loss:.4f}  val pixel error {error:.4f}  membrane Dice {dice:.4f}",
+                  flush=True)
+            next_eval += EVAL_EVERY_SECONDS
+    val_error, val_dice = pixel_error(model, val)
+    train_error, _ = pixel_error(model, train)
+    result = {"command": "python jobs/ablation_isbi.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "steps": steps, "images": steps * args.batch_size, "val_pixel_error": val_error,
+              "val_membrane_dice": val_dice, "train_pixel_error": train_error, "history": history}
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    with open(args.workdir / "ablation.jsonl", "a") as handle:
+        handle.write(json.dumps(result) + "\n")
+    print(f"{result['command']}: {steps} steps ({result['images']} images) in {args.minutes:g} min; "
+          f"pixel error validation {val_error:.4f} (membrane Dice {val_dice:.4f}), training slices {train_error:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
