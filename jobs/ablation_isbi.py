@@ -45,7 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--loss", choices=("ce", "dice", "ce+dice"), default="ce+dice")
-    parser.add_argument("--augment", choices=("none", "flips", "warp"), default="flips")
+    parser.add_argument("--augment", choices=("none", "flips", "crop", "warp"), default="flips",
+                        help="flips: flips and 90-degree turns; crop: random crops, then flips and turns; warp: random warps")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -81,7 +82,7 @@ def training_batch(pairs: list[tuple[np.ndarray, np.ndarray]], args: argparse.Na
     """Return ``(pixels, labels, weights)`` of ``--batch-size`` random slices, augmented as asked."""
     chosen = [pairs[i] for i in rng.integers(0, len(pairs), args.batch_size)]
     tiles = [augment.training_pair(image, mask, mask.shape, None if args.augment == "none" else rng,
-                                   warp=args.augment == "warp") for image, mask in chosen]
+                                   warp=args.augment == "warp", crop=args.augment == "crop") for image, mask in chosen]
     return (np.stack([t[0] for t in tiles]), np.stack([t[1] for t in tiles]),
             np.ones(args.batch_size, dtype=np.float32))
 

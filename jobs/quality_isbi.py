@@ -54,6 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="cosine")
     parser.add_argument("--loss", choices=("ce", "dice", "ce+dice"), default="ce+dice")
     parser.add_argument("--warp", action="store_true", help="augment with random warps instead of flips and turns")
+    parser.add_argument("--crop", action="store_true", help="augment with random crops resized to the tile as well")
     parser.add_argument("--throughput-epochs", type=int, default=2,
                         help="epochs for each 1- and 2-worker measurement (the last one is timed)")
     parser.add_argument("--evaluate-only", action="store_true",
@@ -78,7 +79,7 @@ def train_config(args: argparse.Namespace, train: str, val: str | None, output: 
     """Return the training config of this benchmark (gray 1-channel input, 2 classes)."""
     values: dict[str, Any] = {
         "data": train, "val_data": val, "output": str(output), "epochs": args.epochs,
-        "passes_per_epoch": args.passes_per_epoch, "batch_size": args.batch_size, "warp": args.warp,
+        "passes_per_epoch": args.passes_per_epoch, "batch_size": args.batch_size, "warp": args.warp, "crop": args.crop,
         "learning_rate": args.learning_rate, "lr_schedule": args.lr_schedule, "loss": args.loss, "num_workers": 1,
         "unet": UNetConfig(input_size=args.input_size, channels=1, num_classes=2, depth=args.depth,
                            base_filters=args.base_filters, class_names="membrane,cell"),
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     images = sum(h.get("images", 0) for h in summary.history)
     print(f"  training: {summary.epochs} epochs x {args.passes_per_epoch} passes ({images} images, batch {args.batch_size}, "
           f"{args.lr_schedule} lr {args.learning_rate:g}, loss {args.loss}, "
-          f"{'warp' if args.warp else 'flips/turns'} augmentation) in {minutes:.1f} min (best epoch {summary.best_epoch})")
+          f"{'crop + ' if args.crop else ''}{'warp' if args.warp else 'flips/turns'} augmentation) in {minutes:.1f} min (best epoch {summary.best_epoch})")
     print(f"  validation pixel error: {figures['val_pixel_error']:.4f} (U-Net paper, hidden test set: 0.0611; target <= 0.07)")
     print(f"  last epoch's validation pixel error: {figures['last_epoch_val_pixel_error']:.4f} "
           "(the best epoch is chosen by validation cell Dice on the same slices)")

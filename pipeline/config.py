@@ -194,6 +194,7 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant | cosine (decays to 0 over the epochs, set per epoch)
     loss: str = "ce+dice"
     augment: bool = True
+    crop: bool = False  # augment with random crops (80-100 % of each side) resized to the tile
     warp: bool = False  # augment with a random warp (any rotation, zoom, shift, elastic) instead of flips + 90° turns
     normalization: str = "scale"
     folder_shard_size: int = 256

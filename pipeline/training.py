@@ -78,7 +78,7 @@ def unet_spec(unet: UNetConfig) -> UNetSpec:
 
 
 def training_batch(batch: dict[str, np.ndarray], spec: UNetSpec, normalization: dict[str, Any], augmented: bool,
-                   warp: bool = False) -> dict[str, np.ndarray]:
+                   warp: bool = False, crop: bool = False) -> dict[str, np.ndarray]:
     """Return ``pixels`` (float32 tiles), ``labels`` (uint8 class tiles) and ``weights`` for a batch of input rows.
 
     With ``augmented`` each pair is augmented as :func:`pipeline.augment.training_pair` describes.
@@ -100,7 +100,7 @@ def training_batch(batch: dict[str, np.ndarray], spec: UNetSpec, normalization: 
             image = preprocess.decode_image(batch["image"][index])
             mask = preprocess.decode_mask(batch["mask"][index], spec.num_classes, image.shape[:2])
             normalised = preprocess.normalise(preprocess.match_channels(image, spec.channels), normalization)
-            pixels[index], labels[index] = augment.training_pair(normalised, mask, tile, rng, warp)
+            pixels[index], labels[index] = augment.training_pair(normalised, mask, tile, rng, warp, crop)
             weights[index] = 1.0
         except preprocess.SampleError as exc:
             log.warning("skipping training sample %s: %s", batch["key"][index], exc)
@@ -357,7 +357,8 @@ def training_dataset(url: str, cfg: TrainConfig, spec: UNetSpec, augmented: bool
     dataset = read_dataset(shards * passes, cfg.storage, cfg.stage_cpus)
     return dataset.map_batches(
         training_batch,
-        fn_kwargs={"spec": spec, "normalization": {"mode": cfg.normalization}, "augmented": augmented, "warp": cfg.warp},
+        fn_kwargs={"spec": spec, "normalization": {"mode": cfg.normalization}, "augmented": augmented, "warp": cfg.warp,
+                   "crop": cfg.crop},
         batch_size=cfg.batch_size, num_cpus=cfg.stage_cpus,
     )
 

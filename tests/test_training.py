@@ -71,6 +71,27 @@ def test_warp_keeps_about_the_inference_scale() -> None:
         assert 0.8 < float(np.median(step)) < 1.25
 
 
+def test_crop_cuts_image_and_mask_to_the_same_window() -> None:
+    rng = np.random.default_rng(4)
+    image = coordinate_ramps(100, 80)
+    mask = (np.arange(80)[np.newaxis, :] >= np.arange(100)[:, np.newaxis] * 0.8).astype(np.uint8)  # 1 right of the diagonal
+    windows = set()
+    for _ in range(20):
+        tile_image, tile_mask = augment.random_crop(image, mask, (40, 40), rng)
+        assert tile_image.shape == (40, 40, 2) and tile_mask.shape == (40, 40)
+        top, left = tile_image[0, 0]
+        bottom, right = tile_image[-1, -1]
+        height, width = bottom - top, right - left  # the window's extent, from the resized ramps
+        assert 0.8 * 100 - 4 <= height <= 100 and 0.8 * 80 - 4 <= width <= 80
+        windows.add((round(float(top)), round(float(left)), round(float(height)), round(float(width))))
+        # the mask is the source mask at the source pixel each tile pixel came from (away from the diagonal)
+        rows, cols = tile_image[..., 0], tile_image[..., 1]
+        expected = (cols >= rows * 0.8).astype(np.uint8)
+        clear = np.abs(cols - rows * 0.8) > 2.0
+        assert np.array_equal(tile_mask[clear], expected[clear])
+    assert len(windows) > 15  # windows differ in place and size
+
+
 def test_training_pair_without_augmentation_is_the_inference_resize() -> None:
     image = np.random.default_rng(2).random((60, 80, 1), dtype=np.float32)
     mask = np.zeros((60, 80), np.uint8)
@@ -82,6 +103,9 @@ def test_training_pair_without_augmentation_is_the_inference_resize() -> None:
     assert warped_image.shape == (32, 32, 1) and set(np.unique(warped_mask).tolist()) <= {0, 1}
     warped_image, warped_mask = augment.training_pair(image, mask, (32, 32), np.random.default_rng(3), warp=True)
     assert warped_image.shape == (32, 32, 1) and set(np.unique(warped_mask).tolist()) == {0, 1}
+    for warp in (False, True):
+        cropped_image, cropped_mask = augment.training_pair(image, mask, (32, 32), np.random.default_rng(3), warp, crop=True)
+        assert cropped_image.shape == (32, 32, 1) and cropped_mask.shape == (32, 32)
 
 
 def test_intensity_jitter_leaves_the_mask_alone_and_stays_bounded() -> None:
