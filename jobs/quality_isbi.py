@@ -1,6 +1,6 @@
 """Quality benchmark: train on ISBI 2012 EM membranes, report held-out pixel error, Dice and IoU.
 
-    python jobs/quality_isbi.py                     # full run: about 65 minutes on 2 CPU cores
+    python jobs/quality_isbi.py                     # full run: about 65 minutes on 2 CPU cores, under 60 of them training
     python jobs/quality_isbi.py --epochs 2 --input-size 128 --throughput-epochs 0   # smoke run
 
 Data: ``../shared/datasets/isbi2012-membrane`` beside the checkout (or ``--dataset``): 30 slices of
@@ -27,8 +27,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
+from pipeline import preprocess
 from pipeline.config import ReportConfig, SegmentConfig, TrainConfig, UNetConfig
 from pipeline.inference import run_segmentation
+from pipeline.model import load_artifact
 from pipeline.report import build_report
 from pipeline.training import run_training
 
@@ -44,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
     parser.add_argument("--workdir", type=Path, default=Path("quality-output"))
-    parser.add_argument("--epochs", type=int, default=22)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--passes-per-epoch", type=int, default=4, help="passes over the 25 slices per epoch")
     parser.add_argument("--input-size", type=int, default=512)
     parser.add_argument("--base-filters", type=int, default=16)
@@ -126,6 +131,57 @@ def evaluate(model: Path, val: str, workdir: Path, tta: bool) -> dict[str, Any]:
     }
 
 
+def near_boundary(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Return where a pixel of ``mask`` has a pixel of another class within ``radius`` (chessboard distance)."""
+    padded = np.pad(mask, radius, mode="edge")
+    height, width = mask.shape
+    low, high = mask.copy(), mask.copy()
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            window = padded[dy:dy + height, dx:dx + width]
+            low, high = np.minimum(low, window), np.maximum(high, window)
+    return low != high
+
+
+def error_analysis(model: Path, dataset: Path) -> dict[str, Any]:
+    """Return where the artifact's errors on the validation slices lie.
+
+    Pixel error when the cell score is thresholded at 0.3..0.7 instead of taking the larger class
+    score (0.5), membrane missed and membrane added (as fractions of all pixels), and the share of
+    the errors within 1 and 2 pixels of a label boundary against the share of pixels there.
+    """
+    loaded = load_artifact(str(model))
+    unet = loaded.info.unet
+    scores, labels = [], []
+    for index in VAL_SLICES:
+        image = preprocess.decode_image((dataset / "images" / f"{index}.png").read_bytes())
+        labels.append(preprocess.decode_mask((dataset / "masks" / f"{index}.png").read_bytes(), 2, image.shape[:2]))
+        pixels = preprocess.model_input(image, unet.input_size, unet.channels, loaded.info.normalization)
+        cell = loaded.model(pixels[np.newaxis], training=False).numpy()[0][..., 1:2]
+        scores.append(preprocess.resize_channels(cell, *image.shape[:2], Image.Resampling.BILINEAR)[..., 0])
+    score, label = np.stack(scores), np.stack(labels)
+    predicted = (score >= 0.5).astype(np.uint8)
+    wrong = predicted != label
+    bands = {radius: np.stack([near_boundary(m, radius) for m in labels]) for radius in (1, 2)}
+    return {
+        "pixel_error_at_threshold": {t: float(((score >= t) != label).mean()) for t in (0.3, 0.4, 0.5, 0.6, 0.7)},
+        "membrane_missed": float(((predicted == 1) & (label == 0)).mean()),
+        "membrane_added": float(((predicted == 0) & (label == 1)).mean()),
+        "errors_near_boundary": {r: {"errors": float(wrong[b].sum() / max(1, wrong.sum())), "pixels": float(b.mean())}
+                                 for r, b in bands.items()},
+    }
+
+
+def print_error_analysis(result: dict[str, Any]) -> None:
+    """Print :func:`error_analysis`'s figures."""
+    print("  where the errors lie (validation slices, cell score of the artifact):")
+    print("    pixel error at threshold " + ", ".join(
+        f"{t:g}: {e:.4f}" for t, e in result["pixel_error_at_threshold"].items()))
+    print(f"    membrane missed {result['membrane_missed']:.4f}, membrane added {result['membrane_added']:.4f} (of all pixels)")
+    for radius, share in result["errors_near_boundary"].items():
+        print(f"    errors within {radius} px of a label boundary: {share['errors']:.0%} (those pixels: {share['pixels']:.0%})")
+
+
 def print_evaluation(result: dict[str, Any]) -> None:
     """Print one evaluation's figures."""
     how = "with TTA (mean over 8 flips/rotations)" if result["tta"] else "plain"
@@ -141,12 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     train, val = split_dataset(args.dataset, args.workdir)
     if args.evaluate_only:
         evaluations = [evaluate(args.workdir / "model", val, args.workdir, tta) for tta in (False, True)]
+        analysis = error_analysis(args.workdir / "model", args.dataset)
         results = args.workdir / "quality_isbi.json"
         figures = json.loads(results.read_text()) if results.exists() else {}
-        figures["segment"] = evaluations
+        figures["segment"], figures["errors"] = evaluations, analysis
         results.write_text(json.dumps(figures, indent=2))
         for result in evaluations:
             print_evaluation(result)
+        print_error_analysis(analysis)
         return 0
     rates = {w: throughput(args, train, w) for w in (1, 2)} if args.throughput_epochs else {}
     output = args.workdir / "model"
@@ -155,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = run_training(train_config(args, train, val, output))
     minutes = (time.perf_counter() - started) / 60
     evaluations = [evaluate(output, val, args.workdir, tta) for tta in (False, True)]
+    analysis = error_analysis(output, args.dataset)
     best = summary.best_metrics
     last = summary.history[-1] if summary.history else {}
     figures = {
@@ -167,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_images_per_second": {f"{w}_worker": round(r, 2) for w, r in rates.items()},
         "within_60_minutes": within_minutes(summary.history, 60),
         "segment": evaluations,
+        "errors": analysis,
         "history": [{k: h.get(k) for k in ("epoch", "loss", "val_pixel_error", "val_mean_dice", "elapsed_seconds")}
                     for h in summary.history],
     }
@@ -189,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
               f"epoch {early['best_epoch']}, pixel error {early['val_pixel_error']:.4f}")
     for result in evaluations:
         print_evaluation(result)
+    print_error_analysis(analysis)
     for workers, rate in rates.items():
         print(f"  training throughput, {workers} worker(s): {rate:.2f} images/s")
     return 0
