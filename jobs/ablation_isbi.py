@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs.quality_isbi import DEFAULT_DATASET, TRAIN_SLICES, VAL_SLICES
+from jobs.quality_isbi import DEFAULT_DATASET, TRAIN_SLICES, VAL_SLICES, read_slice
 from pipeline import augment, metrics, preprocess
 from pipeline.model import UNetSpec, build_unet
 from pipeline.predictor import configure_tensorflow
@@ -56,12 +56,8 @@ def load_slices(dataset: Path, slices: range) -> list[tuple[np.ndarray, np.ndarr
     """Return ``(image, mask)`` pairs as the pipeline reads them: float32 ``(512, 512, 1)`` in [0, 1], uint8 classes."""
     if not (dataset / "images").is_dir():
         raise SystemExit(f"ISBI data not found at {dataset}: expected images/ and masks/; pass --dataset")
-    pairs = []
-    for index in slices:
-        image = preprocess.decode_image((dataset / "images" / f"{index}.png").read_bytes())
-        mask = preprocess.decode_mask((dataset / "masks" / f"{index}.png").read_bytes(), 2, image.shape[:2])
-        pairs.append((preprocess.normalise(image, {"mode": "scale"}), mask))
-    return pairs
+    pairs = [read_slice(dataset, index) for index in slices]
+    return [(preprocess.normalise(image, {"mode": "scale"}), mask) for image, mask in pairs]
 
 
 def pixel_error(model: Any, pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:

@@ -131,6 +131,12 @@ def evaluate(model: Path, val: str, workdir: Path, tta: bool) -> dict[str, Any]:
     }
 
 
+def read_slice(dataset: Path, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return slice ``index`` of the data set as the pipeline decodes it: the image and its class mask (0 membrane, 1 cell)."""
+    image = preprocess.decode_image((dataset / "images" / f"{index}.png").read_bytes())
+    return image, preprocess.decode_mask((dataset / "masks" / f"{index}.png").read_bytes(), 2, image.shape[:2])
+
+
 def near_boundary(mask: np.ndarray, radius: int) -> np.ndarray:
     """Return where a pixel of ``mask`` has a pixel of another class within ``radius`` (chessboard distance)."""
     padded = np.pad(mask, radius, mode="edge")
@@ -154,8 +160,8 @@ def error_analysis(model: Path, dataset: Path) -> dict[str, Any]:
     unet = loaded.info.unet
     scores, labels = [], []
     for index in VAL_SLICES:
-        image = preprocess.decode_image((dataset / "images" / f"{index}.png").read_bytes())
-        labels.append(preprocess.decode_mask((dataset / "masks" / f"{index}.png").read_bytes(), 2, image.shape[:2]))
+        image, mask = read_slice(dataset, index)
+        labels.append(mask)
         pixels = preprocess.model_input(image, unet.input_size, unet.channels, loaded.info.normalization)
         cell = loaded.model(pixels[np.newaxis], training=False).numpy()[0][..., 1:2]
         scores.append(preprocess.resize_channels(cell, *image.shape[:2], Image.Resampling.BILINEAR)[..., 0])

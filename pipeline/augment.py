@@ -32,8 +32,8 @@ CONTRAST = 0.2  # contrast factor uniform in [0.8, 1.2], around the image mean
 MAX_ZOOM = 1.1  # zoom factor log-uniform in [1/1.1, 1.1]
 MAX_SHIFT = 0.25  # the warp's centre moves up to this fraction of each side
 ELASTIC_GRID = 3  # control points per side of the elastic displacement grid
-MIN_CROP = 0.8  # a random crop keeps at least this fraction of each side
 ELASTIC_STD = 0.02  # their displacement's standard deviation, as a fraction of the tile side (10 px at 512)
+MIN_CROP = 0.8  # a random crop keeps at least this fraction of each side
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
