@@ -3,6 +3,7 @@
     python jobs/ablation_isbi.py --minutes 12 --base-filters 16                   # flips/turns, ce+dice
     python jobs/ablation_isbi.py --minutes 12 --base-filters 16 --augment warp
     python jobs/ablation_isbi.py --minutes 12 --base-filters 16 --loss ce
+    python jobs/ablation_isbi.py --minutes 12 --base-filters 16 --patch 256
 
 Each run trains the U-Net on ISBI slices 0-24 for ``--minutes`` of training-step time (the
 learning rate follows a cosine over that budget), in this process with no Ray (the same model,
@@ -16,6 +17,7 @@ count are ``jobs/quality_isbi.py``'s; this is for choosing what to run there.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -47,6 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--loss", choices=("ce", "dice", "ce+dice"), default="ce+dice")
     parser.add_argument("--augment", choices=("none", "flips", "crop", "warp"), default="flips",
                         help="flips: flips and 90-degree turns; crop: random crops, then flips and turns; warp: random warps")
+    parser.add_argument("--patch", type=int, default=0,
+                        help="train on random PATCHxPATCH windows of the slices at native scale (0: whole slices)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -75,10 +79,12 @@ def pixel_error(model: Any, pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple
 
 def training_batch(pairs: list[tuple[np.ndarray, np.ndarray]], args: argparse.Namespace,
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return ``(pixels, labels, weights)`` of ``--batch-size`` random slices, augmented as asked."""
+    """Return ``(pixels, labels, weights)`` of ``--batch-size`` random slices (or ``--patch`` windows), augmented as asked."""
     chosen = [pairs[i] for i in rng.integers(0, len(pairs), args.batch_size)]
     tiles = [augment.training_pair(image, mask, mask.shape, None if args.augment == "none" else rng,
                                    warp=args.augment == "warp", crop=args.augment == "crop") for image, mask in chosen]
+    if args.patch:  # as pipeline.training.training_batch cuts them
+        tiles = [augment.random_patch(image, mask, (args.patch, args.patch), rng) for image, mask in tiles]
     return (np.stack([t[0] for t in tiles]), np.stack([t[1] for t in tiles]),
             np.ones(args.batch_size, dtype=np.float32))
 
@@ -96,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     model = build_unet(spec)
+    trained = build_unet(dataclasses.replace(spec, input_size=(args.patch, args.patch))) if args.patch else model
     optimizer = keras.optimizers.Adam(args.learning_rate)
-    optimizer.build(model.trainable_variables)
-    step = make_train_step(tf.distribute.get_strategy(), model, optimizer, spec, args.loss, args.batch_size)
+    optimizer.build(trained.trainable_variables)
+    step = make_train_step(tf.distribute.get_strategy(), trained, optimizer, spec, args.loss, args.batch_size)
     budget, spent, steps, history = args.minutes * 60, 0.0, 0, []
     next_eval = EVAL_EVERY_SECONDS
     while spent < budget:
@@ -108,11 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         spent += time.perf_counter() - started
         steps += 1
         if spent >= next_eval:
+            model.set_weights(trained.get_weights())
             error, dice = pixel_error(model, val)
             history.append({"seconds": round(spent), "steps": steps, "loss": round(loss, 4), "val_pixel_error": round(error, 4)})
             print(f"{spent:5.0f} s  step {steps:4d}  loss {loss:.4f}  val pixel error {error:.4f}  membrane Dice {dice:.4f}",
                   flush=True)
             next_eval += EVAL_EVERY_SECONDS
+    model.set_weights(trained.get_weights())
     val_error, val_dice = pixel_error(model, val)
     train_error, _ = pixel_error(model, train)
     result = {"command": "python jobs/ablation_isbi.py " + " ".join(argv if argv is not None else sys.argv[1:]),

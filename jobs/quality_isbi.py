@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--loss", choices=("ce", "dice", "ce+dice"), default="ce+dice")
     parser.add_argument("--warp", action="store_true", help="augment with random warps instead of flips and turns")
     parser.add_argument("--crop", action="store_true", help="augment with random crops resized to the tile as well")
+    parser.add_argument("--patch-size", type=int, default=0,
+                        help="train on random windows of this size cut from the slices (0: whole slices)")
     parser.add_argument("--throughput-epochs", type=int, default=2,
                         help="epochs for each 1- and 2-worker measurement (the last one is timed)")
     parser.add_argument("--evaluate-only", action="store_true",
@@ -85,6 +87,7 @@ def train_config(args: argparse.Namespace, train: str, val: str | None, output: 
     values: dict[str, Any] = {
         "data": train, "val_data": val, "output": str(output), "epochs": args.epochs,
         "passes_per_epoch": args.passes_per_epoch, "batch_size": args.batch_size, "warp": args.warp, "crop": args.crop,
+        "patch_size": args.patch_size,
         "learning_rate": args.learning_rate, "lr_schedule": args.lr_schedule, "loss": args.loss, "num_workers": 1,
         "unet": UNetConfig(input_size=args.input_size, channels=1, num_classes=2, depth=args.depth,
                            base_filters=args.base_filters, class_names="membrane,cell"),
@@ -94,10 +97,12 @@ def train_config(args: argparse.Namespace, train: str, val: str | None, output: 
 
 
 def throughput(args: argparse.Namespace, train: str, workers: int) -> float:
-    """Return training images/s of ``workers`` workers over ``--throughput-epochs`` epochs (last epoch)."""
+    """Return training images/s (windows/s with ``--patch-size``) of ``workers`` workers, timed over the last
+    of ``--throughput-epochs`` epochs of 25 slices' worth of pixels."""
     output = args.workdir / f"throughput-{workers}w"
     shutil.rmtree(output, ignore_errors=True)
-    cfg = train_config(args, train, None, output, epochs=args.throughput_epochs, passes_per_epoch=1, num_workers=workers,
+    passes = (args.input_size // args.patch_size) ** 2 if args.patch_size else 1  # 25 slices' worth of pixels
+    cfg = train_config(args, train, None, output, epochs=args.throughput_epochs, passes_per_epoch=passes, num_workers=workers,
                        batch_size=max(args.batch_size, workers) // workers * workers,
                        cpus_per_worker=1.5 / workers)
     return float(run_training(cfg).history[-1]["train_images_per_second"])
@@ -241,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
           f"U-Net depth {args.depth} / {args.base_filters} filters")
     print(f"  command: {figures['command']}")
     images = sum(h.get("images", 0) for h in summary.history)
-    print(f"  training: {summary.epochs} epochs x {args.passes_per_epoch} passes ({images} images, batch {args.batch_size}, "
+    samples = f"{args.patch_size}px windows of the slices" if args.patch_size else "slices"
+    print(f"  training: {summary.epochs} epochs x {args.passes_per_epoch} passes ({images} {samples}, batch {args.batch_size}, "
           f"{args.lr_schedule} lr {args.learning_rate:g}, loss {args.loss}, "
           f"{'crop + ' if args.crop else ''}{'warp' if args.warp else 'flips/turns'} augmentation) in {minutes:.1f} min (best epoch {summary.best_epoch})")
     print(f"  validation pixel error: {figures['val_pixel_error']:.4f} (U-Net paper, hidden test set: 0.0611; target <= 0.07)")
@@ -257,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         print_evaluation(result)
     print_error_analysis(analysis)
     for workers, rate in rates.items():
-        print(f"  training throughput, {workers} worker(s): {rate:.2f} images/s")
+        print(f"  training throughput, {workers} worker(s): {rate:.2f} {samples}/s")
     return 0
 
 

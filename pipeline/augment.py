@@ -108,6 +108,17 @@ def random_crop(image: np.ndarray, mask: np.ndarray, tile: tuple[int, int], rng:
     return resize_pair(image[window], mask[window], *tile)
 
 
+def random_patch(image: np.ndarray, mask: np.ndarray, patch: tuple[int, int],
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Return both cut to the same random ``patch``-sized window, at their own scale (no resampling)."""
+    height, width = mask.shape
+    if height < patch[0] or width < patch[1]:
+        raise ValueError(f"patch {patch} is larger than the {height}x{width} tile")
+    top = int(rng.integers(0, height - patch[0] + 1))
+    left = int(rng.integers(0, width - patch[1] + 1))
+    return image[top:top + patch[0], left:left + patch[1]], mask[top:top + patch[0], left:left + patch[1]]
+
+
 def random_warp(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Return ``image`` (float32 ``(h, w, C)``) and ``mask`` (uint8 ``(h, w)``) moved through one random warp."""
     rows, cols = warp_coordinates(mask.shape, rng)

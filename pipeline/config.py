@@ -196,6 +196,7 @@ class TrainConfig:
     augment: bool = True
     crop: bool = False  # augment with random crops (80-100 % of each side) resized to the tile
     warp: bool = False  # augment with a random warp (any rotation, zoom, shift, elastic) instead of flips + 90° turns
+    patch_size: int = 0  # train on random patch_size x patch_size windows of the tiles (0: whole tiles)
     normalization: str = "scale"
     folder_shard_size: int = 256
     stage_cpus: float = 0.25
@@ -227,6 +228,12 @@ class TrainConfig:
             raise ConfigError(f"learning_rate={self.learning_rate}: must be positive")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"lr_schedule={self.lr_schedule!r}: choose constant or cosine")
+        step = 2**self.unet.depth
+        if self.patch_size and not (0 < self.patch_size <= self.unet.input_size and self.patch_size % step == 0):
+            raise ConfigError(
+                f"patch_size={self.patch_size}: a multiple of 2**depth = {step} up to input_size={self.unet.input_size}, "
+                "or 0 to train on whole tiles"
+            )
 
     def to_public_dict(self) -> dict[str, Any]:
         """Return the config as plain data with credentials redacted."""

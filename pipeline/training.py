@@ -78,10 +78,11 @@ def unet_spec(unet: UNetConfig) -> UNetSpec:
 
 
 def training_batch(batch: dict[str, np.ndarray], spec: UNetSpec, normalization: dict[str, Any], augmented: bool,
-                   warp: bool = False, crop: bool = False) -> dict[str, np.ndarray]:
+                   warp: bool = False, crop: bool = False, patch: int = 0) -> dict[str, np.ndarray]:
     """Return ``pixels`` (float32 tiles), ``labels`` (uint8 class tiles) and ``weights`` for a batch of input rows.
 
     With ``augmented`` each pair is augmented as :func:`pipeline.augment.training_pair` describes.
+    With ``patch`` each tile is then cut to a random ``patch`` x ``patch`` window at the tile's scale.
 
     A sample that cannot be used (unreadable, no mask, mask of another size or with unknown
     classes) keeps its place with weight 0: it adds nothing to the loss and is counted as skipped,
@@ -89,10 +90,11 @@ def training_batch(batch: dict[str, np.ndarray], spec: UNetSpec, normalization: 
     """
     count = len(batch["key"])
     tile = spec.input_size
-    pixels = np.zeros((count, *tile, spec.channels), dtype=np.float32)
-    labels = np.zeros((count, *tile), dtype=np.uint8)
+    shape = (patch, patch) if patch else tile
+    pixels = np.zeros((count, *shape, spec.channels), dtype=np.float32)
+    labels = np.zeros((count, *shape), dtype=np.uint8)
     weights = np.zeros(count, dtype=np.float32)
-    rng = np.random.default_rng() if augmented else None
+    rng = np.random.default_rng() if augmented or patch else None
     for index in range(count):
         if batch["error"][index] or not len(batch["mask"][index]):
             continue
@@ -100,7 +102,8 @@ def training_batch(batch: dict[str, np.ndarray], spec: UNetSpec, normalization: 
             image = preprocess.decode_image(batch["image"][index])
             mask = preprocess.decode_mask(batch["mask"][index], spec.num_classes, image.shape[:2])
             normalised = preprocess.normalise(preprocess.match_channels(image, spec.channels), normalization)
-            pixels[index], labels[index] = augment.training_pair(normalised, mask, tile, rng, warp, crop)
+            pair = augment.training_pair(normalised, mask, tile, rng if augmented else None, warp, crop)
+            pixels[index], labels[index] = augment.random_patch(*pair, shape, rng) if patch else pair
             weights[index] = 1.0
         except preprocess.SampleError as exc:
             log.warning("skipping training sample %s: %s", batch["key"][index], exc)
@@ -271,11 +274,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
         model = build_unet(spec)
+        # Training on patches: a twin of the model at the patch size is trained; its weights are
+        # copied into the full-tile model (validation, checkpoints, artifact) after each epoch.
+        patch = config.get("patch", 0)
+        trained = build_unet(dataclasses.replace(spec, input_size=(patch, patch))) if patch else model
         optimizer = keras.optimizers.Adam(config["learning_rate"])
-        optimizer.build(model.trainable_variables)
+        optimizer.build(trained.trainable_variables)
     state = restore_state(model, optimizer)
+    if trained is not model:
+        trained.set_weights(model.get_weights())
     global_batch = config["batch_size"]
-    step = make_train_step(strategy, model, optimizer, spec, config["loss"], global_batch, config.get("xla", True))
+    step = make_train_step(strategy, trained, optimizer, spec, config["loss"], global_batch, config.get("xla", True))
     train_data = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val") if config["has_val"] else None
     loop_started = time.perf_counter()
@@ -289,6 +298,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             images += len(batch["weights"])
             skipped += int((batch["weights"] == 0).sum())
         seconds = time.perf_counter() - started
+        if trained is not model:
+            model.set_weights(trained.get_weights())
         epoch_metrics: dict[str, Any] = {
             "epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"), "steps": len(losses),
             "images": images * world, "skipped_samples": skipped, "epoch_seconds": seconds,
@@ -346,8 +357,10 @@ def run_config(cfg: TrainConfig) -> Any:
                      checkpoint_config=checkpoints, failure_config=failures)
 
 
-def training_dataset(url: str, cfg: TrainConfig, spec: UNetSpec, augmented: bool, passes: int = 1) -> Any:
-    """Return the lazy Ray Dataset of training tiles for the shards at ``url``, each shard read ``passes`` times.
+def training_dataset(url: str, cfg: TrainConfig, spec: UNetSpec, augmented: bool, passes: int = 1,
+                     patch: int = 0) -> Any:
+    """Return the lazy Ray Dataset of training tiles (or ``patch``-sized windows of them) for the shards
+    at ``url``, each shard read ``passes`` times.
 
     Repeated reads of a shard are augmented independently. Several passes per epoch suit small
     data sets, where one pass takes seconds and the per-epoch work (starting the data stream,
@@ -358,7 +371,7 @@ def training_dataset(url: str, cfg: TrainConfig, spec: UNetSpec, augmented: bool
     return dataset.map_batches(
         training_batch,
         fn_kwargs={"spec": spec, "normalization": {"mode": cfg.normalization}, "augmented": augmented, "warp": cfg.warp,
-                   "crop": cfg.crop},
+                   "crop": cfg.crop, "patch": patch},
         batch_size=cfg.batch_size, num_cpus=cfg.stage_cpus,
     )
 
@@ -371,7 +384,7 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
     """
     started = time.perf_counter()
     spec = unet_spec(cfg.unet)
-    train_data = training_dataset(cfg.data, cfg, spec, cfg.augment, cfg.passes_per_epoch)
+    train_data = training_dataset(cfg.data, cfg, spec, cfg.augment, cfg.passes_per_epoch, cfg.patch_size)
     val_data = training_dataset(cfg.val_data, cfg, spec, False) if cfg.val_data else None
     storage.check_writable(cfg.output, cfg.storage)
     if not cfg.resume and storage.exists(storage.join_url(cfg.output, CHECKPOINT_RUN_NAME), cfg.storage):
@@ -391,7 +404,7 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
             "spec": dataclasses.asdict(spec), "threads": threads, "seed": cfg.seed, "epochs": cfg.epochs,
             "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate, "loss": cfg.loss,
             "lr_schedule": cfg.lr_schedule,
-            "has_val": val_data is not None, "threshold": 0.5, "xla": cfg.xla,
+            "has_val": val_data is not None, "threshold": 0.5, "xla": cfg.xla, "patch": cfg.patch_size,
         },
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cpus}),
         dataset_config=DataConfig(datasets_to_split=["train"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -92,6 +93,23 @@ def test_crop_cuts_image_and_mask_to_the_same_window() -> None:
     assert len(windows) > 15  # windows differ in place and size
 
 
+def test_patch_cuts_image_and_mask_to_the_same_window_at_their_scale() -> None:
+    rng = np.random.default_rng(5)
+    image = coordinate_ramps(64, 48)
+    mask = (np.arange(48)[np.newaxis, :] >= np.arange(64)[:, np.newaxis] * 0.75).astype(np.uint8)
+    corners = set()
+    for _ in range(20):
+        patch_image, patch_mask = augment.random_patch(image, mask, (16, 24), rng)
+        assert patch_image.shape == (16, 24, 2) and patch_mask.shape == (16, 24)
+        top, left = (int(v) for v in patch_image[0, 0])
+        assert np.array_equal(patch_image, image[top:top + 16, left:left + 24])  # no resampling
+        assert np.array_equal(patch_mask, mask[top:top + 16, left:left + 24])
+        corners.add((top, left))
+    assert len(corners) > 15
+    with pytest.raises(ValueError, match="larger than the 64x48 tile"):
+        augment.random_patch(image, mask, (16, 64), rng)
+
+
 def test_training_pair_without_augmentation_is_the_inference_resize() -> None:
     image = np.random.default_rng(2).random((60, 80, 1), dtype=np.float32)
     mask = np.zeros((60, 80), np.uint8)
@@ -140,6 +158,9 @@ def test_bad_samples_get_weight_zero() -> None:
     out = training_batch(batch, spec, {"mode": "scale"}, augmented=True)
     assert out["weights"].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
     assert out["pixels"].shape == (5, 16, 16, 3) and out["labels"].shape == (5, 16, 16)
+    patches = training_batch(batch, spec, {"mode": "scale"}, augmented=False, patch=8)
+    assert patches["weights"].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
+    assert patches["pixels"].shape == (5, 8, 8, 3) and patches["labels"].shape == (5, 8, 8)
 
 
 def test_config_checks() -> None:
@@ -147,6 +168,9 @@ def test_config_checks() -> None:
         TrainConfig(data="d", output="o", num_workers=2, batch_size=3)
     with pytest.raises(ConfigError, match="multiple of 2\\*\\*unet.depth"):
         UNetConfig(input_size=30, depth=2)
+    for patch in (10, 64):
+        with pytest.raises(ConfigError, match=f"patch_size={patch}: a multiple of 2\\*\\*depth = 4 up to input_size=32"):
+            TrainConfig(data="d", output="o", patch_size=patch, unet=TINY)
     cfg = load_config(TrainConfig, None, ["data=d", "output=o", "unet.num_classes=2", "unet.class_names=bg, cell"])
     assert cfg.unet.names() == ("bg", "cell")
 
@@ -201,6 +225,22 @@ def test_loss_goes_down_on_a_learnable_set(labelled: dict[str, str], tmp_path: P
     history = run_training(cfg).history
     assert [h["images"] for h in history] == [48, 48, 48]  # two passes over the 24 images per epoch
     assert history[-1]["loss"] < 0.8 * history[0]["loss"], [h["loss"] for h in history]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_training_on_patches_validates_and_saves_the_whole_tile_model(labelled: dict[str, str], tmp_path: Path) -> None:
+    output = tmp_path / "m"
+    cfg = tiny_train_config(labelled, output, num_workers=1, cpus_per_worker=1.0, epochs=3, passes_per_epoch=2,
+                            batch_size=4, learning_rate=0.01, augment=False, patch_size=16)
+    history = run_training(cfg).history
+    assert [h["images"] for h in history] == [48, 48, 48]
+    assert history[-1]["loss"] < 0.8 * history[0]["loss"], [h["loss"] for h in history]
+    assert all(h["val_images"] == 8 for h in history)  # validated at the 32 px tile, not on patches
+    assert history[-1]["val_mean_dice"] > history[0]["val_mean_dice"], [h["val_mean_dice"] for h in history]
+    assert load_artifact(str(output)).info.unet.input_size == (32, 32)
+    resumed = run_training(dataclasses.replace(cfg, epochs=4)).history
+    assert [h["epoch"] for h in resumed] == [0, 1, 2, 3] and resumed[2] == history[2]
 
 
 @pytest.mark.usefixtures("ray_cluster")
