@@ -50,17 +50,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
     parser.add_argument("--workdir", type=Path, default=Path("quality-output"))
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--passes-per-epoch", type=int, default=4, help="passes over the 25 slices per epoch")
+    parser.add_argument("--passes-per-epoch", type=int, default=48, help="passes over the 25 slices per epoch")
     parser.add_argument("--input-size", type=int, default=512)
     parser.add_argument("--base-filters", type=int, default=16)
     parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="cosine")
     parser.add_argument("--loss", choices=("ce", "dice", "ce+dice"), default="ce+dice")
     parser.add_argument("--warp", action="store_true", help="augment with random warps instead of flips and turns")
     parser.add_argument("--crop", action="store_true", help="augment with random crops resized to the tile as well")
-    parser.add_argument("--patch-size", type=int, default=0,
+    parser.add_argument("--patch-size", type=int, default=128,
                         help="train on random windows of this size cut from the slices (0: whole slices)")
     parser.add_argument("--throughput-epochs", type=int, default=2,
                         help="epochs for each 1- and 2-worker measurement (the last one is timed)")
