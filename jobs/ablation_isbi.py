@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="flips: flips and 90-degree turns; crop: random crops, then flips and turns; warp: random warps")
     parser.add_argument("--patch", type=int, default=0,
                         help="train on random PATCHxPATCH windows of the slices at native scale (0: whole slices)")
+    parser.add_argument("--ema", type=float, default=0.0,
+                        help="evaluate an exponential moving average of the weights with this momentum (0: off)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -89,6 +91,12 @@ def training_batch(pairs: list[tuple[np.ndarray, np.ndarray]], args: argparse.Na
             np.ones(args.batch_size, dtype=np.float32))
 
 
+def evaluated_weights(model: Any, trained: Any, optimizer: Any) -> None:
+    """Copy ``trained``'s weights into ``model``, then the optimizer's moving averages if it keeps them."""
+    model.set_weights(trained.get_weights())
+    optimizer.finalize_variable_values(model.trainable_variables)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one comparison run; return the exit status."""
     args = parse_args(argv)
@@ -102,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     model = build_unet(spec)
-    trained = build_unet(dataclasses.replace(spec, input_size=(args.patch, args.patch))) if args.patch else model
-    optimizer = keras.optimizers.Adam(args.learning_rate)
+    trained = build_unet(dataclasses.replace(spec, input_size=(args.patch, args.patch)) if args.patch else spec)
+    optimizer = keras.optimizers.Adam(args.learning_rate, use_ema=args.ema > 0, ema_momentum=args.ema or 0.99)
     optimizer.build(trained.trainable_variables)
     step = make_train_step(tf.distribute.get_strategy(), trained, optimizer, spec, args.loss, args.batch_size)
     budget, spent, steps, history = args.minutes * 60, 0.0, 0, []
@@ -115,13 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         spent += time.perf_counter() - started
         steps += 1
         if spent >= next_eval:
-            model.set_weights(trained.get_weights())
+            evaluated_weights(model, trained, optimizer)
             error, dice = pixel_error(model, val)
             history.append({"seconds": round(spent), "steps": steps, "loss": round(loss, 4), "val_pixel_error": round(error, 4)})
             print(f"{spent:5.0f} s  step {steps:4d}  loss {loss:.4f}  val pixel error {error:.4f}  membrane Dice {dice:.4f}",
                   flush=True)
             next_eval += EVAL_EVERY_SECONDS
-    model.set_weights(trained.get_weights())
+    evaluated_weights(model, trained, optimizer)
     val_error, val_dice = pixel_error(model, val)
     train_error, _ = pixel_error(model, train)
     result = {"command": "python jobs/ablation_isbi.py " + " ".join(argv if argv is not None else sys.argv[1:]),

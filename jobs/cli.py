@@ -40,7 +40,7 @@ TRAIN_OPTIONS = {
     "use_gpu": "use_gpu", "cpus_per_worker": "cpus_per_worker", "epochs": "epochs",
     "passes_per_epoch": "passes_per_epoch", "batch_size": "batch_size",
     "learning_rate": "learning_rate", "lr_schedule": "lr_schedule", "loss": "loss", "augment": "augment", "warp": "warp",
-    "crop": "crop", "patch_size": "patch_size", "input_size": "unet.input_size",
+    "crop": "crop", "patch_size": "patch_size", "ema": "ema", "input_size": "unet.input_size",
     "channels": "unet.channels", "num_classes": "unet.num_classes", "depth": "unet.depth",
     "base_filters": "unet.base_filters", "resume": "resume", "xla": "xla", "endpoint_url": "storage.endpoint_url",
 }
@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patch-size", type=int,
                        help="train on random windows of this many pixels square cut from the tiles, at the tiles' "
                        "scale: more steps for the same compute on large tiles (default 0: whole tiles)")
+    train.add_argument("--ema", type=float,
+                       help="validate, keep and save an exponential moving average of the weights, updated each "
+                       "step with this momentum, e.g. 0.99 (default 0: the weights as trained)")
     train.add_argument("--input-size", type=int, help="square tile size in pixels (default 64)")
     train.add_argument("--channels", type=int, choices=(1, 3), help="image channels the model takes (default 3)")
     train.add_argument("--num-classes", type=int, help="classes including background (default 3)")

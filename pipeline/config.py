@@ -197,6 +197,7 @@ class TrainConfig:
     crop: bool = False  # augment with random crops (80-100 % of each side) resized to the tile
     warp: bool = False  # augment with a random warp (any rotation, zoom, shift, elastic) instead of flips + 90° turns
     patch_size: int = 0  # train on random patch_size x patch_size windows of the tiles (0: whole tiles)
+    ema: float = 0.0  # validate and keep a moving average of the weights with this momentum per step (0: off)
     normalization: str = "scale"
     folder_shard_size: int = 256
     stage_cpus: float = 0.25
@@ -228,6 +229,8 @@ class TrainConfig:
             raise ConfigError(f"learning_rate={self.learning_rate}: must be positive")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"lr_schedule={self.lr_schedule!r}: choose constant or cosine")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"ema={self.ema}: a momentum in [0, 1) such as 0.99 (0 turns the average off)")
         step = 2**self.unet.depth
         if self.patch_size and not (0 < self.patch_size <= self.unet.input_size and self.patch_size % step == 0):
             raise ConfigError(

@@ -23,8 +23,10 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline import storage
+from pipeline import raypatch, storage
 from pipeline.config import StorageConfig
+
+raypatch.install()  # runs wherever a dataset built from this module is unpickled and driven
 
 log = logging.getLogger(__name__)
 

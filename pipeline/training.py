@@ -229,18 +229,28 @@ def restore_state(model: Any, optimizer: Any) -> dict[str, Any]:
     return state
 
 
-def report_epoch(model: Any, optimizer: Any, state: dict[str, Any], epoch_metrics: dict[str, Any], rank: int) -> None:
-    """Report the epoch's metrics; the rank-0 worker attaches a checkpoint (model, best model, optimizer, state)."""
+def report_epoch(model: Any, optimizer: Any, state: dict[str, Any], epoch_metrics: dict[str, Any], rank: int,
+                 evaluated: Any = None) -> None:
+    """Report the epoch's metrics; the rank-0 worker attaches a checkpoint (model, best model, optimizer, state).
+
+    ``model`` holds the weights training continues from; ``evaluated`` (default: ``model``) the
+    weights the metrics belong to, kept as the best model when they are the best so far.
+    """
     import ray.train
 
     if rank != 0:
         ray.train.report(epoch_metrics)
         return
+    evaluated = model if evaluated is None else evaluated
     with tempfile.TemporaryDirectory() as folder:
         model_path = os.path.join(folder, MODEL_FILE)
         model.save(model_path)
         if state["best_model"] is None or epoch_metrics.get("val_mean_dice", -1.0) >= state["best"].get("val_mean_dice", -1.0):
-            with open(model_path, "rb") as handle:
+            evaluated_path = model_path
+            if evaluated is not model:
+                evaluated_path = os.path.join(folder, "evaluated.keras")
+                evaluated.save(evaluated_path)
+            with open(evaluated_path, "rb") as handle:
                 state["best_model"] = handle.read()
             state["best"] = dict(epoch_metrics)
         with open(os.path.join(folder, BEST_MODEL_FILE), "wb") as handle:
@@ -272,14 +282,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     spec = UNetSpec(**config["spec"])
     keras.utils.set_random_seed(config["seed"])
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    ema = config.get("ema", 0.0)
     with strategy.scope():
         model = build_unet(spec)
         # Training on patches: a twin of the model at the patch size is trained; its weights are
-        # copied into the full-tile model (validation, checkpoints, artifact) after each epoch.
+        # copied into the full-tile model (checkpoints) after each epoch.
         patch = config.get("patch", 0)
         trained = build_unet(dataclasses.replace(spec, input_size=(patch, patch))) if patch else model
-        optimizer = keras.optimizers.Adam(config["learning_rate"])
+        # With ema the optimizer keeps a moving average of the trained weights (Keras' own, updated in
+        # apply_gradients); the average goes into a third model that is validated and kept as the best.
+        optimizer = keras.optimizers.Adam(config["learning_rate"], use_ema=ema > 0, ema_momentum=ema or 0.99)
         optimizer.build(trained.trainable_variables)
+        evaluated = build_unet(spec) if ema else model
     state = restore_state(model, optimizer)
     if trained is not model:
         trained.set_weights(model.get_weights())
@@ -300,17 +314,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         seconds = time.perf_counter() - started
         if trained is not model:
             model.set_weights(trained.get_weights())
+        if evaluated is not model:
+            evaluated.set_weights(model.get_weights())  # the batch-norm statistics as trained
+            optimizer.finalize_variable_values(evaluated.trainable_variables)  # the averaged weights
         epoch_metrics: dict[str, Any] = {
             "epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"), "steps": len(losses),
             "images": images * world, "skipped_samples": skipped, "epoch_seconds": seconds,
             "train_images_per_second": images * world / seconds if seconds > 0 else 0.0,
         }
         if rank == 0 and val_data is not None:
-            epoch_metrics.update(validation_metrics(model, val_data, spec, config["threshold"]))
+            epoch_metrics.update(validation_metrics(evaluated, val_data, spec, config["threshold"]))
         epoch_metrics["elapsed_seconds"] = time.perf_counter() - loop_started  # this session, validation included
         state["epoch"] = epoch + 1
         state["history"].append({k: v for k, v in epoch_metrics.items() if not isinstance(v, list)})
-        report_epoch(model, optimizer, state, epoch_metrics, rank)
+        report_epoch(model, optimizer, state, epoch_metrics, rank, evaluated)
 
 
 # ------------------------------------------------------------------------------- driver side
@@ -404,7 +421,7 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
             "spec": dataclasses.asdict(spec), "threads": threads, "seed": cfg.seed, "epochs": cfg.epochs,
             "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate, "loss": cfg.loss,
             "lr_schedule": cfg.lr_schedule,
-            "has_val": val_data is not None, "threshold": 0.5, "xla": cfg.xla, "patch": cfg.patch_size,
+            "has_val": val_data is not None, "threshold": 0.5, "xla": cfg.xla, "patch": cfg.patch_size, "ema": cfg.ema,
         },
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cpus}),
         dataset_config=DataConfig(datasets_to_split=["train"]),

@@ -171,6 +171,9 @@ def test_config_checks() -> None:
     for patch in (10, 64):
         with pytest.raises(ConfigError, match=f"patch_size={patch}: a multiple of 2\\*\\*depth = 4 up to input_size=32"):
             TrainConfig(data="d", output="o", patch_size=patch, unet=TINY)
+    for momentum in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match=f"ema={momentum}: a momentum in \\[0, 1\\)"):
+            TrainConfig(data="d", output="o", ema=momentum)
     cfg = load_config(TrainConfig, None, ["data=d", "output=o", "unet.num_classes=2", "unet.class_names=bg, cell"])
     assert cfg.unet.names() == ("bg", "cell")
 
@@ -241,6 +244,32 @@ def test_training_on_patches_validates_and_saves_the_whole_tile_model(labelled: 
     assert load_artifact(str(output)).info.unet.input_size == (32, 32)
     resumed = run_training(dataclasses.replace(cfg, epochs=4)).history
     assert [h["epoch"] for h in resumed] == [0, 1, 2, 3] and resumed[2] == history[2]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_weight_average_is_validated_and_saved_while_training_goes_on_from_the_weights(
+        labelled: dict[str, str], tmp_path: Path) -> None:
+    import keras
+
+    from pipeline.training import training_dataset, unet_spec, validation_metrics
+
+    output = tmp_path / "m"
+    cfg = tiny_train_config(labelled, output, epochs=2, learning_rate=0.01, augment=False, ema=0.9)  # 2 workers
+    history = run_training(cfg).history
+    artifact = load_artifact(str(output))
+    best = max(history, key=lambda h: h["val_mean_dice"])
+    checkpoints = {json.loads((f / "state.json").read_text())["epoch"] - 1: f
+                   for f in (output / "checkpoints").glob("checkpoint_*") if f.is_dir()}
+    trained = keras.saving.load_model(str(checkpoints[best["epoch"]] / "model.keras"), compile=False)
+    averaged = artifact.model.get_weights()  # the same epoch's average lags its weights
+    assert any(not np.allclose(a, t) for a, t in zip(averaged, trained.get_weights()))
+    val = training_dataset(labelled["val"], cfg, unet_spec(cfg.unet), augmented=False)
+    again = validation_metrics(artifact.model, val, unet_spec(cfg.unet), 0.5)
+    assert again["val_mean_dice"] == pytest.approx(best["val_mean_dice"], abs=1e-6)  # the validated weights were saved
+    assert again["val_pixel_error"] == pytest.approx(best["val_pixel_error"], abs=1e-6)
+    resumed = run_training(dataclasses.replace(cfg, epochs=3)).history
+    assert [h["epoch"] for h in resumed] == [0, 1, 2] and resumed[1] == history[1]
 
 
 @pytest.mark.usefixtures("ray_cluster")
