@@ -30,8 +30,12 @@ def cluster_env(ray_port: int, dashboard_port: int, temp: str) -> dict[str, str]
     """Return the environment for the cluster script, its drivers and job submissions."""
     env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}
     env.update(RAY_PORT=str(ray_port), DASHBOARD_PORT=str(dashboard_port), RAY_TMP=temp, HEAD_CPUS="2",
-               WORKER_CPUS="2", WORKER_GPUS="1", RAY=str(BIN / "ray"), RAY_AUTH_MODE="token",
+               WORKER_CPUS="2", WORKER_GPUS="1", RAY=str(BIN / "ray"), RAY_AUTH_MODE="token", START_TIMEOUT="120",
                PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    # A home with no Ray token yet, as on a new machine: the script makes the token every node,
+    # driver and job submission then reads from ~/.ray/auth_token.
+    env["HOME"] = os.path.join(temp, "home")
+    os.makedirs(env["HOME"])
     return env
 
 
@@ -44,6 +48,8 @@ def two_nodes() -> Iterator[dict[str, str]]:
     try:
         started = subprocess.run([script, "start"], env=env, capture_output=True, text=True, timeout=300, check=False)
         assert started.returncode == 0, started.stderr + started.stdout
+        token = Path(env["HOME"], ".ray", "auth_token")
+        assert token.stat().st_mode & 0o077 == 0, "the token file is readable by others"
         yield {**env, "RAY_ADDRESS": f"127.0.0.1:{env['RAY_PORT']}"}
     finally:
         subprocess.run([script, "stop"], env=env, capture_output=True, timeout=120, check=False)

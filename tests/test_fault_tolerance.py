@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.dataset as pads
@@ -113,10 +114,14 @@ def test_another_model_or_input_is_refused_unless_overwrite(tmp_path: Path, tiny
     assert len(list((output / "masks").glob("*.png"))) == 2  # the old run's masks are gone
 
 
-def test_killing_the_driver_then_rerunning_loses_and_repeats_nothing(tmp_path: Path, tiny_model: str) -> None:
-    data, output = tmp_path / "data", tmp_path / "out"
+def test_killing_the_driver_then_rerunning_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    data, output, model = tmp_path / "data", tmp_path / "out", str(tmp_path / "model")
     write_sample_data(SampleDataConfig(output=str(data), num_images=40, num_shards=8, min_size=32, max_size=48))
-    command = [sys.executable, "-m", "jobs.cli", "segment", "--input", str(data), "--model", tiny_model,
+    # With the tiny model all shards commit within a few tenths of a second of the first, too close
+    # for the kill to land between them; at 256x256 and 16 filters they come ~0.4 s apart.
+    spec = replace(TINY_UNET, input_size=(256, 256), depth=3, base_filters=16)
+    save_artifact(build_unet(spec), ModelInfo(unet=spec, class_names=TINY_CLASSES), model)
+    command = [sys.executable, "-m", "jobs.cli", "segment", "--input", str(data), "--model", model,
                "--output", str(output), "--batch-size", "4", "stage_cpus=0.2"]
     env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}  # its own local Ray
     kills = 0
@@ -126,7 +131,7 @@ def test_killing_the_driver_then_rerunning_loses_and_repeats_nothing(tmp_path: P
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and process.poll() is None and (
                 committed(output) < commits_before_kill or "progress" not in run_record(output)):
-            time.sleep(0.2)
+            time.sleep(0.02)
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)  # the driver and the local Ray it started, mid-run
             kills += 1
