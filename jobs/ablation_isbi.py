@@ -17,7 +17,6 @@ count are ``jobs/quality_isbi.py``'s; this is for choosing what to run there.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import sys
@@ -31,7 +30,7 @@ from jobs.quality_isbi import DEFAULT_DATASET, TRAIN_SLICES, VAL_SLICES, read_sl
 from pipeline import augment, metrics, preprocess
 from pipeline.model import UNetSpec, build_unet
 from pipeline.predictor import configure_tensorflow
-from pipeline.training import make_train_step
+from pipeline.training import adam, make_train_step, patch_twin
 
 EVAL_EVERY_SECONDS = 120
 
@@ -110,9 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     model = build_unet(spec)
-    trained = build_unet(dataclasses.replace(spec, input_size=(args.patch, args.patch)) if args.patch else spec)
-    optimizer = keras.optimizers.Adam(args.learning_rate, use_ema=args.ema > 0, ema_momentum=args.ema or 0.99)
-    optimizer.build(trained.trainable_variables)
+    trained = patch_twin(spec, args.patch or spec.input_size[0])
+    optimizer = adam(args.learning_rate, args.ema, trained)
     step = make_train_step(tf.distribute.get_strategy(), trained, optimizer, spec, args.loss, args.batch_size)
     budget, spent, steps, history = args.minutes * 60, 0.0, 0, []
     next_eval = EVAL_EVERY_SECONDS

@@ -201,6 +201,7 @@ class TrainConfig:
     normalization: str = "scale"
     folder_shard_size: int = 256
     stage_cpus: float = 0.25
+    decoded_cache_mb: float = 256.0  # decoded training samples each data-stage process keeps for the next pass (0: none)
     seed: int = 0
     resume: bool = True
     xla: bool = True
@@ -229,6 +230,9 @@ class TrainConfig:
             raise ConfigError(f"learning_rate={self.learning_rate}: must be positive")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"lr_schedule={self.lr_schedule!r}: choose constant or cosine")
+        if self.decoded_cache_mb < 0:
+            raise ConfigError(f"decoded_cache_mb={self.decoded_cache_mb}: MB of decoded samples to keep per data-stage "
+                              "process, 0 or more (0 decodes every time)")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"ema={self.ema}: a momentum in [0, 1) such as 0.99 (0 turns the average off)")
         step = 2**self.unet.depth

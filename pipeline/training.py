@@ -18,7 +18,9 @@ trains the Keras 3 model under the strategy and keeps the Keras 3 artifact.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -77,12 +79,66 @@ def unet_spec(unet: UNetConfig) -> UNetSpec:
 # ---------------------------------------------------------------------------------- data stage
 
 
+class DecodedSamples:
+    """The decoded, normalised image and mask of recent samples, least recently used dropped first.
+
+    Kept per data-stage process, keyed by a hash of the encoded bytes (not the sample key, which
+    another data set may reuse) and the settings that shape the arrays. Every epoch, and every
+    pass of an epoch, reads the same samples again; on a small data set with many passes the PNG
+    decode of a 512x512 slice (about 10 ms of the 12 a 128x128 window costs) would otherwise be
+    repeated for every window cut from it. The arrays are read-only: augmentation makes new ones.
+    """
+
+    def __init__(self) -> None:
+        self.entries: collections.OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = collections.OrderedDict()
+        self.bytes = 0
+
+    def get(self, image: bytes, mask: bytes, spec: UNetSpec, normalization: dict[str, Any],
+            budget_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(normalised float32 image, uint8 mask)``; raise preprocess.SampleError if unusable.
+
+        With ``budget_bytes`` 0 nothing is looked up or kept: every call decodes.
+        """
+        if budget_bytes <= 0:
+            return self.decode(image, mask, spec, normalization)
+        digest = hashlib.blake2b(image, digest_size=16)
+        digest.update(mask)
+        key = (digest.digest(), len(image), spec.channels, spec.num_classes, json.dumps(normalization, sort_keys=True))
+        found = self.entries.get(key)
+        if found is not None:
+            self.entries.move_to_end(key)
+            return found
+        pair = self.decode(image, mask, spec, normalization)
+        size = pair[0].nbytes + pair[1].nbytes
+        if size <= budget_bytes:
+            for array in pair:
+                array.flags.writeable = False
+            self.entries[key] = pair
+            self.bytes += size
+            while self.bytes > budget_bytes:
+                _, (old_image, old_mask) = self.entries.popitem(last=False)
+                self.bytes -= old_image.nbytes + old_mask.nbytes
+        return pair
+
+    @staticmethod
+    def decode(image: bytes, mask: bytes, spec: UNetSpec, normalization: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Return the normalised image and its mask decoded from their bytes."""
+        decoded = preprocess.decode_image(image)
+        labels = preprocess.decode_mask(mask, spec.num_classes, decoded.shape[:2])
+        return preprocess.normalise(preprocess.match_channels(decoded, spec.channels), normalization), labels
+
+
+DECODED = DecodedSamples()
+
+
 def training_batch(batch: dict[str, np.ndarray], spec: UNetSpec, normalization: dict[str, Any], augmented: bool,
-                   warp: bool = False, crop: bool = False, patch: int = 0) -> dict[str, np.ndarray]:
+                   warp: bool = False, crop: bool = False, patch: int = 0,
+                   cache_mb: float = 0) -> dict[str, np.ndarray]:
     """Return ``pixels`` (float32 tiles), ``labels`` (uint8 class tiles) and ``weights`` for a batch of input rows.
 
     With ``augmented`` each pair is augmented as :func:`pipeline.augment.training_pair` describes.
     With ``patch`` each tile is then cut to a random ``patch`` x ``patch`` window at the tile's scale.
+    With ``cache_mb`` this process keeps up to that many MB of decoded samples (:class:`DecodedSamples`).
 
     A sample that cannot be used (unreadable, no mask, mask of another size or with unknown
     classes) keeps its place with weight 0: it adds nothing to the loss and is counted as skipped,
@@ -99,9 +155,8 @@ def training_batch(batch: dict[str, np.ndarray], spec: UNetSpec, normalization: 
         if batch["error"][index] or not len(batch["mask"][index]):
             continue
         try:
-            image = preprocess.decode_image(batch["image"][index])
-            mask = preprocess.decode_mask(batch["mask"][index], spec.num_classes, image.shape[:2])
-            normalised = preprocess.normalise(preprocess.match_channels(image, spec.channels), normalization)
+            normalised, mask = DECODED.get(batch["image"][index], batch["mask"][index], spec, normalization,
+                                           int(cache_mb * 2**20))
             pair = augment.training_pair(normalised, mask, tile, rng if augmented else None, warp, crop)
             pixels[index], labels[index] = augment.random_patch(*pair, shape, rng) if patch else pair
             weights[index] = 1.0
@@ -133,6 +188,20 @@ def per_example_loss(labels: Any, probabilities: Any, spec: UNetSpec, kind: str)
         total = tf.reduce_sum(onehot, axis=[1, 2]) + tf.reduce_sum(probabilities, axis=[1, 2])
         loss += 1.0 - tf.reduce_mean((2.0 * overlap + 1.0) / (total + 1.0), axis=-1)
     return loss
+
+
+def patch_twin(spec: UNetSpec, patch: int) -> Any:
+    """Return a new U-Net like ``spec`` for ``patch`` x ``patch`` inputs (the same layers and weight shapes)."""
+    return build_unet(dataclasses.replace(spec, input_size=(patch, patch)))
+
+
+def adam(learning_rate: float, ema: float, model: Any) -> Any:
+    """Return Adam built for ``model``'s weights, keeping their moving average with momentum ``ema`` if > 0."""
+    import keras
+
+    optimizer = keras.optimizers.Adam(learning_rate, use_ema=ema > 0, ema_momentum=ema or 0.99)
+    optimizer.build(model.trainable_variables)
+    return optimizer
 
 
 def make_train_step(strategy: Any, model: Any, optimizer: Any, spec: UNetSpec, kind: str, global_batch: int,
@@ -288,11 +357,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # Training on patches: a twin of the model at the patch size is trained; its weights are
         # copied into the full-tile model (checkpoints) after each epoch.
         patch = config.get("patch", 0)
-        trained = build_unet(dataclasses.replace(spec, input_size=(patch, patch))) if patch else model
+        trained = patch_twin(spec, patch) if patch else model
         # With ema the optimizer keeps a moving average of the trained weights (Keras' own, updated in
         # apply_gradients); the average goes into a third model that is validated and kept as the best.
-        optimizer = keras.optimizers.Adam(config["learning_rate"], use_ema=ema > 0, ema_momentum=ema or 0.99)
-        optimizer.build(trained.trainable_variables)
+        optimizer = adam(config["learning_rate"], ema, trained)
         evaluated = build_unet(spec) if ema else model
     state = restore_state(model, optimizer)
     if trained is not model:
@@ -388,7 +456,7 @@ def training_dataset(url: str, cfg: TrainConfig, spec: UNetSpec, augmented: bool
     return dataset.map_batches(
         training_batch,
         fn_kwargs={"spec": spec, "normalization": {"mode": cfg.normalization}, "augmented": augmented, "warp": cfg.warp,
-                   "crop": cfg.crop, "patch": patch},
+                   "crop": cfg.crop, "patch": patch, "cache_mb": cfg.decoded_cache_mb},
         batch_size=cfg.batch_size, num_cpus=cfg.stage_cpus,
     )
 

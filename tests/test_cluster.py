@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,24 +36,50 @@ def cluster_env(ray_port: int, dashboard_port: int, temp: str) -> dict[str, str]
     # A home with no Ray token yet, as on a new machine: the script makes the token every node,
     # driver and job submission then reads from ~/.ray/auth_token.
     env["HOME"] = os.path.join(temp, "home")
-    os.makedirs(env["HOME"])
+    os.makedirs(env["HOME"], exist_ok=True)
     return env
+
+
+def start_cluster(script: str, temp: str) -> tuple[dict[str, str], str]:
+    """Run ``script start`` with fresh ports; return the environment and, if it failed, what it and the
+    nodes' logs said."""
+    env = cluster_env(free_port(), free_port(), temp)
+    try:
+        started = subprocess.run([script, "start"], env=env, capture_output=True, text=True, timeout=300, check=False)
+        failure = "" if started.returncode == 0 else f"exit {started.returncode}: {started.stderr}{started.stdout}"
+    except subprocess.TimeoutExpired as exc:
+        failure = f"no answer in {exc.timeout} s"
+    if failure:
+        logs = [f"{name}: ...{Path(temp, name).read_text()[-3000:]}" for name in ("head.log", "worker.log")
+                if Path(temp, name).is_file()]
+        failure = "\n".join([f"local-cluster.sh start: {failure}", *logs])
+    return env, failure
 
 
 @pytest.fixture(scope="module")
 def two_nodes() -> Iterator[dict[str, str]]:
-    """Start the two-node cluster with infra/local-cluster.sh; yield its environment; stop it by PID."""
+    """Start the two-node cluster with infra/local-cluster.sh; yield its environment; stop it by PID.
+
+    A failed start is stopped and tried once more with other ports (the free ports are picked
+    before Ray binds them, so another process can take one in between); the first failure is
+    reported as a warning.
+    """
     temp = tempfile.mkdtemp(prefix="sgray", dir="/tmp")  # short: Ray's socket paths have a length limit
-    env = cluster_env(free_port(), free_port(), temp)
     script = str(ROOT / "infra" / "local-cluster.sh")
+    env: dict[str, str] = {}
     try:
-        started = subprocess.run([script, "start"], env=env, capture_output=True, text=True, timeout=300, check=False)
-        assert started.returncode == 0, started.stderr + started.stdout
+        env, failure = start_cluster(script, temp)
+        if failure:
+            warnings.warn(f"the two-node cluster did not start; trying again: {failure}", stacklevel=1)
+            subprocess.run([script, "stop"], env=env, capture_output=True, timeout=120, check=False)
+            env, failure = start_cluster(script, temp)
+        assert not failure, failure
         token = Path(env["HOME"], ".ray", "auth_token")
         assert token.stat().st_mode & 0o077 == 0, "the token file is readable by others"
         yield {**env, "RAY_ADDRESS": f"127.0.0.1:{env['RAY_PORT']}"}
     finally:
-        subprocess.run([script, "stop"], env=env, capture_output=True, timeout=120, check=False)
+        if env:
+            subprocess.run([script, "stop"], env=env, capture_output=True, timeout=120, check=False)
         shutil.rmtree(temp, ignore_errors=True)
 
 

@@ -12,10 +12,10 @@ import pytest
 from pipeline import augment
 from pipeline.config import ConfigError, SampleDataConfig, SegmentConfig, TrainConfig, UNetConfig, load_config
 from pipeline.model import UNetSpec, load_artifact
-from pipeline.preprocess import encode_png, model_input
+from pipeline.preprocess import SampleError, encode_png, model_input
 from pipeline.sample_data import write_sample_data
 from pipeline.sources import InputError
-from pipeline.training import per_example_loss, run_training, training_batch
+from pipeline.training import DecodedSamples, per_example_loss, run_training, training_batch
 
 TINY = UNetConfig(input_size=32, num_classes=3, depth=2, base_filters=4)
 
@@ -163,6 +163,51 @@ def test_bad_samples_get_weight_zero() -> None:
     assert patches["pixels"].shape == (5, 8, 8, 3) and patches["labels"].shape == (5, 8, 8)
 
 
+def test_decoded_samples_are_kept_by_content_within_their_budget() -> None:
+    spec = UNetSpec(input_size=(16, 16), num_classes=2, depth=1, base_filters=2)
+    rng = np.random.default_rng(3)
+    pixels = [rng.integers(0, 256, (20, 20, 3), dtype=np.uint8) for _ in range(3)]
+    images = [encode_png(p) for p in pixels]
+    mask = encode_png((pixels[0][:, :, 0] > 127).astype(np.uint8))
+    pair_bytes = 20 * 20 * 3 * 4 + 20 * 20  # float32 image + uint8 mask
+    cache = DecodedSamples()
+    first = cache.get(images[0], mask, spec, {"mode": "scale"}, budget_bytes=2 * pair_bytes)
+    np.testing.assert_array_equal(first[0], pixels[0].astype(np.float32) / 255.0)
+    assert not first[0].flags.writeable and not first[1].flags.writeable
+    assert cache.get(images[0], mask, spec, {"mode": "scale"}, 2 * pair_bytes)[0] is first[0]  # kept
+    assert cache.get(images[0], mask, spec, {"mode": "minmax"}, 2 * pair_bytes)[0] is not first[0]  # other settings
+    cache.get(images[1], mask, spec, {"mode": "scale"}, 2 * pair_bytes)
+    cache.get(images[2], mask, spec, {"mode": "scale"}, 2 * pair_bytes)  # over the budget: the oldest go
+    assert cache.bytes <= 2 * pair_bytes and len(cache.entries) == 2
+    assert cache.get(images[0], mask, spec, {"mode": "scale"}, 2 * pair_bytes)[0] is not first[0]
+    kept = cache.get(images[0], mask, spec, {"mode": "scale"}, 2 * pair_bytes)
+    assert cache.get(images[0], mask, spec, {"mode": "scale"}, budget_bytes=0)[0] is not kept[0]  # 0: always decode
+    none_kept = DecodedSamples()
+    none_kept.get(images[0], mask, spec, {"mode": "scale"}, budget_bytes=0)
+    assert not none_kept.entries and none_kept.bytes == 0
+    with pytest.raises(SampleError):  # an unusable sample is refused every time, never kept
+        cache.get(images[0], encode_png(np.full((20, 20), 4, np.uint8)), spec, {"mode": "scale"}, 2 * pair_bytes)
+
+
+def test_the_data_stage_gives_the_same_batch_with_and_without_kept_samples() -> None:
+    spec = UNetSpec(input_size=(16, 16), num_classes=2, depth=1, base_filters=2)
+    rng = np.random.default_rng(4)
+    pixels = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(2)]
+    batch = {
+        "key": np.array(["a", "b", "a-again"], dtype=object),
+        "image": np.array([encode_png(pixels[0]), encode_png(pixels[1]), encode_png(pixels[0])], dtype=object),
+        "mask": np.array([encode_png((p[:, :, 1] > 100).astype(np.uint8)) for p in (*pixels, pixels[0])], dtype=object),
+        "error": np.array(["", "", ""], dtype=object),
+    }
+    plain = training_batch(batch, spec, {"mode": "scale"}, augmented=False)
+    for _ in range(2):  # the second time every sample comes from the cache
+        kept = training_batch(batch, spec, {"mode": "scale"}, augmented=False, cache_mb=1)
+        for name in ("pixels", "labels", "weights"):
+            np.testing.assert_array_equal(kept[name], plain[name])
+    augmented = training_batch(batch, spec, {"mode": "scale"}, augmented=True, cache_mb=1)
+    assert augmented["weights"].tolist() == [1.0, 1.0, 1.0]  # augmentation works on copies of kept arrays
+
+
 def test_config_checks() -> None:
     with pytest.raises(ConfigError, match="multiple of num_workers"):
         TrainConfig(data="d", output="o", num_workers=2, batch_size=3)
@@ -174,6 +219,8 @@ def test_config_checks() -> None:
     for momentum in (-0.1, 1.0):
         with pytest.raises(ConfigError, match=f"ema={momentum}: a momentum in \\[0, 1\\)"):
             TrainConfig(data="d", output="o", ema=momentum)
+    with pytest.raises(ConfigError, match="decoded_cache_mb=-1: MB of decoded samples"):
+        TrainConfig(data="d", output="o", decoded_cache_mb=-1)
     cfg = load_config(TrainConfig, None, ["data=d", "output=o", "unet.num_classes=2", "unet.class_names=bg, cell"])
     assert cfg.unet.names() == ("bg", "cell")
 
