@@ -58,11 +58,11 @@ case "${1:-}" in
       --ray-client-server-port="$(free_port)" $(node_ports) \
       --temp-dir="$RAY_TMP" --disable-usage-stats >"$RAY_TMP/head.log" 2>&1 &
     echo $! >"$RAY_TMP/head.pid"
-    wait_for head "$(cat "$RAY_TMP/head.pid")" 1
+    wait_for head $! 1
     nohup "$RAY" start --block --address="127.0.0.1:$RAY_PORT" --node-ip-address=127.0.0.1 --num-cpus="$WORKER_CPUS" \
       --num-gpus="$WORKER_GPUS" $(node_ports) --disable-usage-stats >"$RAY_TMP/worker.log" 2>&1 &
     echo $! >"$RAY_TMP/worker.pid"
-    wait_for worker "$(cat "$RAY_TMP/worker.pid")" 2
+    wait_for worker $! 2
     echo "Ray head 127.0.0.1:$RAY_PORT (dashboard / Jobs API http://127.0.0.1:$DASHBOARD_PORT)," \
          "worker with $WORKER_CPUS CPU and $WORKER_GPUS logical GPU; use RAY_AUTH_MODE=token"
     ;;

@@ -103,6 +103,7 @@ class DecodedSamples:
             return self.decode(image, mask, spec, normalization)
         digest = hashlib.blake2b(image, digest_size=16)
         digest.update(mask)
+        # len(image) marks where the image's bytes end and the mask's begin in the one digest
         key = (digest.digest(), len(image), spec.channels, spec.num_classes, json.dumps(normalization, sort_keys=True))
         found = self.entries.get(key)
         if found is not None:
