@@ -46,8 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--loss", choices=("ce", "dice", "ce+dice"), default="ce+dice")
-    parser.add_argument("--augment", choices=("none", "flips", "crop", "warp"), default="flips",
-                        help="flips: flips and 90-degree turns; crop: random crops, then flips and turns; warp: random warps")
+    parser.add_argument("--augment", choices=("none", "jitter", "flips", "crop", "warp"), default="flips",
+                        help="jitter: intensity jitter only; flips: flips and 90-degree turns (and jitter); crop: random "
+                        "crops, then flips and turns; warp: random warps (all with jitter; none: nothing)")
     parser.add_argument("--patch", type=int, default=0,
                         help="train on random PATCHxPATCH windows of the slices at native scale (0: whole slices)")
     parser.add_argument("--ema", type=float, default=0.0,
@@ -83,7 +84,8 @@ def training_batch(pairs: list[tuple[np.ndarray, np.ndarray]], args: argparse.Na
     """Return ``(pixels, labels, weights)`` of ``--batch-size`` random slices (or ``--patch`` windows), augmented as asked."""
     chosen = [pairs[i] for i in rng.integers(0, len(pairs), args.batch_size)]
     tiles = [augment.training_pair(image, mask, mask.shape, None if args.augment == "none" else rng,
-                                   warp=args.augment == "warp", crop=args.augment == "crop") for image, mask in chosen]
+                                   warp=args.augment == "warp", crop=args.augment == "crop",
+                                   flips=args.augment != "jitter") for image, mask in chosen]
     if args.patch:  # as pipeline.training.training_batch cuts them
         tiles = [augment.random_patch(image, mask, (args.patch, args.patch), rng) for image, mask in tiles]
     return (np.stack([t[0] for t in tiles]), np.stack([t[1] for t in tiles]),

@@ -144,17 +144,20 @@ def jitter_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def training_pair(
     image: np.ndarray, mask: np.ndarray, tile: tuple[int, int], rng: np.random.Generator | None,
-    warp: bool = False, crop: bool = False,
+    warp: bool = False, crop: bool = False, flips: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(image, mask)`` at ``tile`` size: float32 ``(h, w, C)`` and uint8 ``(h, w)``.
 
     ``image`` is already normalised float32. Both are resized to the tile as inference does; with
-    ``rng`` the pair is then augmented: flips and 90° turns (or, with ``warp``, a random warp),
-    then intensity jitter; with ``crop`` as well, a random window is resized to the tile instead
-    of the whole pair.
+    ``rng`` the pair is then augmented: flips and 90° turns (or, with ``warp``, a random warp;
+    neither with ``flips=False`` and no ``warp``), then intensity jitter; with ``crop`` as well, a
+    random window is resized to the tile instead of the whole pair.
     """
     if rng is None:
         return resize_pair(image, mask, *tile)
     image, mask = random_crop(image, mask, tile, rng) if crop else resize_pair(image, mask, *tile)
-    image, mask = random_warp(image, mask, rng) if warp else flip_and_rotate(image, mask, rng)
+    if warp:
+        image, mask = random_warp(image, mask, rng)
+    elif flips:
+        image, mask = flip_and_rotate(image, mask, rng)
     return jitter_intensity(image, rng), mask

@@ -196,6 +196,7 @@ class TrainConfig:
     augment: bool = True
     crop: bool = False  # augment with random crops (80-100 % of each side) resized to the tile
     warp: bool = False  # augment with a random warp (any rotation, zoom, shift, elastic) instead of flips + 90° turns
+    flips: bool = True  # flips and 90° turns; off where the labels are not symmetric under them (e.g. offset)
     patch_size: int = 0  # train on random patch_size x patch_size windows of the tiles (0: whole tiles)
     ema: float = 0.0  # validate and keep a moving average of the weights with this momentum per step (0: off)
     normalization: str = "scale"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.cli import main
+from jobs.cli import build_parser, config_from_args, main
 from pipeline.config import ReportConfig, SegmentConfig, TrainConfig, load_config
 
 
@@ -29,6 +29,18 @@ def test_help_explains_every_segment_option(capsys: pytest.CaptureFixture[str]) 
     for option in ("--input", "--model", "--output", "--address", "--batch-size", "--min-actors", "--max-actors",
                    "--cpus-per-actor", "--gpus-per-actor", "--config", "KEY=VALUE", "AWS_ENDPOINT_URL"):
         assert option in text
+
+
+def test_train_options_switch_the_augmentation_parts() -> None:
+    def train_config(*options: str) -> TrainConfig:
+        return config_from_args(build_parser().parse_args(["train", "--data", "/d", "--output", "/o", *options]))
+
+    default = train_config()
+    assert default.augment and default.flips and not default.warp and not default.crop
+    no_flips = train_config("--no-flips")
+    assert no_flips.augment and not no_flips.flips
+    assert not train_config("--no-augment").augment
+    assert train_config("--warp", "--crop").warp and train_config("--crop").crop
 
 
 def test_top_level_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:

@@ -126,6 +126,21 @@ def test_training_pair_without_augmentation_is_the_inference_resize() -> None:
         assert cropped_image.shape == (32, 32, 1) and cropped_mask.shape == (32, 32)
 
 
+def test_training_pair_without_flips_keeps_the_geometry_and_jitters_the_intensity() -> None:
+    rng = np.random.default_rng(6)
+    mask = rng.integers(0, 2, (32, 32), dtype=np.uint8)  # no symmetry: any flip or turn would change it
+    image = mask[:, :, np.newaxis].astype(np.float32) * 0.5 + 0.25
+    jittered = set()
+    for _ in range(10):
+        tile_image, tile_mask = augment.training_pair(image, mask, (32, 32), rng, flips=False)
+        assert np.array_equal(tile_mask, mask)
+        assert (tile_image[mask == 1].min() > tile_image[mask == 0].max())  # still the same image, pixel for pixel
+        jittered.add(round(float(tile_image.mean()), 4))
+    assert len(jittered) == 10
+    flipped = {augment.training_pair(image, mask, (32, 32), rng)[1].tobytes() for _ in range(20)}
+    assert len(flipped) > 1  # the default still flips and turns
+
+
 def test_intensity_jitter_leaves_the_mask_alone_and_stays_bounded() -> None:
     rng = np.random.default_rng(2)
     image = np.full((8, 8, 3), 0.5, np.float32)
@@ -287,7 +302,11 @@ def test_training_on_patches_validates_and_saves_the_whole_tile_model(labelled: 
     assert [h["images"] for h in history] == [48, 48, 48]
     assert history[-1]["loss"] < 0.8 * history[0]["loss"], [h["loss"] for h in history]
     assert all(h["val_images"] == 8 for h in history)  # validated at the 32 px tile, not on patches
-    assert history[-1]["val_mean_dice"] > history[0]["val_mean_dice"], [h["val_mean_dice"] for h in history]
+    dice = [h["val_mean_dice"] for h in history]
+    # at lr 0.01 on 24 images one epoch's validation can swing back; the run as a whole must improve on epoch 0
+    assert max(dice[1:]) > dice[0] + 0.05, dice
+    info = json.loads((output / "model.json").read_text())
+    assert info["training"]["best_metrics"]["val_mean_dice"] == pytest.approx(max(dice))  # the best epoch is saved
     assert load_artifact(str(output)).info.unet.input_size == (32, 32)
     resumed = run_training(dataclasses.replace(cfg, epochs=4)).history
     assert [h["epoch"] for h in resumed] == [0, 1, 2, 3] and resumed[2] == history[2]
