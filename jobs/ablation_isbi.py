@@ -46,9 +46,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--loss", choices=("ce", "dice", "ce+dice"), default="ce+dice")
-    parser.add_argument("--augment", choices=("none", "jitter", "flips", "crop", "warp"), default="flips",
-                        help="jitter: intensity jitter only; flips: flips and 90-degree turns (and jitter); crop: random "
-                        "crops, then flips and turns; warp: random warps (all with jitter; none: nothing)")
+    parser.add_argument("--augment", choices=("none", "jitter", "flips", "offset-flips", "crop", "warp"), default="flips",
+                        help="jitter: intensity jitter only; flips: flips and 90-degree turns (and jitter); offset-flips: "
+                        "up-down and left-right flips only (and jitter), an up-down flipped mask moved up a row so the "
+                        "labels keep their offset (half a pixel up); crop: random crops, then flips and turns; warp: "
+                        "random warps (all with jitter; none: nothing)")
     parser.add_argument("--patch", type=int, default=0,
                         help="train on random PATCHxPATCH windows of the slices at native scale (0: whole slices)")
     parser.add_argument("--ema", type=float, default=0.0,
@@ -79,13 +81,28 @@ def pixel_error(model: Any, pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple
     return wrong / total, float(metrics.dice_from_counts(tp, fp, fn)[0])
 
 
+def offset_flip(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Return the pair flipped up-down and/or left-right at random, the labels kept half a pixel above
+    the membranes' centre: after an up-down flip they sit half a pixel below it, so the mask moves up a
+    row (its last row repeated). The quarter pixel to the left is left alone (moving a row off by
+    a whole pixel would not bring it closer)."""
+    if rng.random() < 0.5:
+        image, mask = image[::-1], mask[::-1]
+        mask = np.concatenate([mask[1:], mask[-1:]])
+    if rng.random() < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+
 def training_batch(pairs: list[tuple[np.ndarray, np.ndarray]], args: argparse.Namespace,
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return ``(pixels, labels, weights)`` of ``--batch-size`` random slices (or ``--patch`` windows), augmented as asked."""
     chosen = [pairs[i] for i in rng.integers(0, len(pairs), args.batch_size)]
+    if args.augment == "offset-flips":
+        chosen = [offset_flip(image, mask, rng) for image, mask in chosen]
     tiles = [augment.training_pair(image, mask, mask.shape, None if args.augment == "none" else rng,
                                    warp=args.augment == "warp", crop=args.augment == "crop",
-                                   flips=args.augment != "jitter") for image, mask in chosen]
+                                   flips=args.augment in ("flips", "crop")) for image, mask in chosen]
     if args.patch:  # as pipeline.training.training_batch cuts them
         tiles = [augment.random_patch(image, mask, (args.patch, args.patch), rng) for image, mask in tiles]
     return (np.stack([t[0] for t in tiles]), np.stack([t[1] for t in tiles]),
