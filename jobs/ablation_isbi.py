@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "up-down and left-right flips only (and jitter), an up-down flipped mask moved up a row so the "
                         "labels keep their offset (half a pixel up); crop: random crops, then flips and turns; warp: "
                         "random warps (all with jitter; none: nothing)")
+    parser.add_argument("--label-offset-rows", type=float, default=0.0,
+                        help="with --augment flips or crop: the labels' offset (pixels down) that flips and turns keep")
+    parser.add_argument("--label-offset-cols", type=float, default=0.0, help="the same, pixels right")
     parser.add_argument("--patch", type=int, default=0,
                         help="train on random PATCHxPATCH windows of the slices at native scale (0: whole slices)")
     parser.add_argument("--ema", type=float, default=0.0,
@@ -102,7 +105,9 @@ def training_batch(pairs: list[tuple[np.ndarray, np.ndarray]], args: argparse.Na
         chosen = [offset_flip(image, mask, rng) for image, mask in chosen]
     tiles = [augment.training_pair(image, mask, mask.shape, None if args.augment == "none" else rng,
                                    warp=args.augment == "warp", crop=args.augment == "crop",
-                                   flips=args.augment in ("flips", "crop")) for image, mask in chosen]
+                                   flips=args.augment in ("flips", "crop"),
+                                   label_offset=(args.label_offset_rows, args.label_offset_cols))
+             for image, mask in chosen]
     if args.patch:  # as pipeline.training.training_batch cuts them
         tiles = [augment.random_patch(image, mask, (args.patch, args.patch), rng) for image, mask in tiles]
     return (np.stack([t[0] for t in tiles]), np.stack([t[1] for t in tiles]),

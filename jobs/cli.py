@@ -40,7 +40,7 @@ TRAIN_OPTIONS = {
     "use_gpu": "use_gpu", "cpus_per_worker": "cpus_per_worker", "epochs": "epochs",
     "passes_per_epoch": "passes_per_epoch", "batch_size": "batch_size",
     "learning_rate": "learning_rate", "lr_schedule": "lr_schedule", "loss": "loss", "augment": "augment", "warp": "warp",
-    "flips": "flips", "crop": "crop", "patch_size": "patch_size", "ema": "ema", "input_size": "unet.input_size",
+    "flips": "flips", "label_offset_rows": "label_offset_rows", "label_offset_cols": "label_offset_cols", "crop": "crop", "patch_size": "patch_size", "ema": "ema", "input_size": "unet.input_size",
     "channels": "unet.channels", "num_classes": "unet.num_classes", "depth": "unet.depth",
     "base_filters": "unet.base_filters", "resume": "resume", "xla": "xla", "endpoint_url": "storage.endpoint_url",
 }
@@ -128,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-flips", dest="flips", action="store_false", default=None,
                        help="no flips or 90-degree turns (the rest of the augmentation stays): for labels that sit "
                        "off the objects' centre in a fixed direction, which flips would teach the model to ignore")
+    train.add_argument("--label-offset-rows", type=float,
+                       help="where the labels sit relative to the objects they mark, in pixels down (negative: up), "
+                       "e.g. -0.5; flips and turns then move each mask back to that offset (default 0)")
+    train.add_argument("--label-offset-cols", type=float, help="the same, in pixels right (negative: left)")
     train.add_argument("--warp", action="store_true", default=None,
                        help="augment with a random warp (rotation by any angle, zoom x0.9-1.1, shift, elastic "
                        "deformation; mirrored borders) instead of flips and 90-degree turns")

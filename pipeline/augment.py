@@ -126,12 +126,43 @@ def random_warp(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -
     return sample_bilinear(image, rows, cols), warped_mask
 
 
-def flip_and_rotate(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Return both flipped left-right at random and turned by a random multiple of 90° (half turns only if not square)."""
-    if rng.random() < 0.5:
+def flip_and_rotate(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+                    label_offset: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    """Return both flipped left-right at random and turned by a random multiple of 90° (half turns only if not square).
+
+    ``label_offset`` is where the labels sit relative to the objects they mark, in pixels (rows
+    down, columns right). A flip or turn moves that offset with the image (half a pixel up becomes
+    half a pixel down), so the mask is then moved by the whole pixels that bring it nearest to the
+    offset again: the model sees the labels where annotators would have drawn them on the new image.
+    """
+    flipped = rng.random() < 0.5
+    if flipped:
         image, mask = image[:, ::-1], mask[:, ::-1]
     turns = int(rng.integers(0, 4)) if mask.shape[0] == mask.shape[1] else 2 * int(rng.integers(0, 2))
-    return np.ascontiguousarray(np.rot90(image, turns)), np.ascontiguousarray(np.rot90(mask, turns))
+    mask = np.rot90(mask, turns)
+    if any(label_offset):
+        mask = move(mask, *offset_correction(label_offset, flipped, turns))
+    return np.ascontiguousarray(np.rot90(image, turns)), np.ascontiguousarray(mask)
+
+
+def offset_correction(offset: tuple[float, float], flipped: bool, turns: int) -> tuple[int, int]:
+    """Return the whole-pixel move (rows, columns) that brings labels drawn at ``offset`` from their
+    objects nearest to it again after a left-right flip (if ``flipped``), then ``turns`` quarter
+    turns counterclockwise (``np.rot90``)."""
+    rows, cols = offset
+    if flipped:
+        cols = -cols
+    for _ in range(turns % 4):
+        rows, cols = -cols, rows  # np.rot90 takes the offset (r, c) from the centre to (-c, r)
+    return round(offset[0] - rows), round(offset[1] - cols)
+
+
+def move(mask: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Return ``mask`` moved ``rows`` down and ``cols`` right (negative: up, left), its edge repeated."""
+    height, width = mask.shape
+    source_rows = np.clip(np.arange(height) - rows, 0, height - 1)
+    source_cols = np.clip(np.arange(width) - cols, 0, width - 1)
+    return mask[np.ix_(source_rows, source_cols)]
 
 
 def jitter_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -144,14 +175,15 @@ def jitter_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def training_pair(
     image: np.ndarray, mask: np.ndarray, tile: tuple[int, int], rng: np.random.Generator | None,
-    warp: bool = False, crop: bool = False, flips: bool = True,
+    warp: bool = False, crop: bool = False, flips: bool = True, label_offset: tuple[float, float] = (0.0, 0.0),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(image, mask)`` at ``tile`` size: float32 ``(h, w, C)`` and uint8 ``(h, w)``.
 
     ``image`` is already normalised float32. Both are resized to the tile as inference does; with
     ``rng`` the pair is then augmented: flips and 90° turns (or, with ``warp``, a random warp;
-    neither with ``flips=False`` and no ``warp``), then intensity jitter; with ``crop`` as well, a
-    random window is resized to the tile instead of the whole pair.
+    neither with ``flips=False`` and no ``warp``; the flips and turns keep ``label_offset``, see
+    :func:`flip_and_rotate`), then intensity jitter; with ``crop`` as well, a random window is
+    resized to the tile instead of the whole pair.
     """
     if rng is None:
         return resize_pair(image, mask, *tile)
@@ -159,5 +191,5 @@ def training_pair(
     if warp:
         image, mask = random_warp(image, mask, rng)
     elif flips:
-        image, mask = flip_and_rotate(image, mask, rng)
+        image, mask = flip_and_rotate(image, mask, rng, label_offset)
     return jitter_intensity(image, rng), mask

@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+MAX_LABEL_OFFSET = 4.0  # pixels; a larger label_offset_rows/cols is a unit mistake, not an annotation habit
+
 
 class ConfigError(ValueError):
     """A run configuration that cannot be used; the message names the key and the fix."""
@@ -197,6 +199,8 @@ class TrainConfig:
     crop: bool = False  # augment with random crops (80-100 % of each side) resized to the tile
     warp: bool = False  # augment with a random warp (any rotation, zoom, shift, elastic) instead of flips + 90° turns
     flips: bool = True  # flips and 90° turns; off where the labels are not symmetric under them (e.g. offset)
+    label_offset_rows: float = 0.0  # where the labels sit relative to their objects (pixels down); flips keep it
+    label_offset_cols: float = 0.0  # the same, pixels right
     patch_size: int = 0  # train on random patch_size x patch_size windows of the tiles (0: whole tiles)
     ema: float = 0.0  # validate and keep a moving average of the weights with this momentum per step (0: off)
     normalization: str = "scale"
@@ -234,6 +238,10 @@ class TrainConfig:
         if self.decoded_cache_mb < 0:
             raise ConfigError(f"decoded_cache_mb={self.decoded_cache_mb}: MB of decoded samples to keep per data-stage "
                               "process, 0 or more (0 decodes every time)")
+        for name in ("label_offset_rows", "label_offset_cols"):
+            if not abs(getattr(self, name)) <= MAX_LABEL_OFFSET:
+                raise ConfigError(f"{name}={getattr(self, name)}: the labels' offset from their objects in pixels, "
+                                  f"at most {MAX_LABEL_OFFSET:g} either way (e.g. -0.5: half a pixel up or left)")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"ema={self.ema}: a momentum in [0, 1) such as 0.99 (0 turns the average off)")
         step = 2**self.unet.depth

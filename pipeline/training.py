@@ -134,7 +134,8 @@ DECODED = DecodedSamples()
 
 def training_batch(batch: dict[str, np.ndarray], spec: UNetSpec, normalization: dict[str, Any], augmented: bool,
                    warp: bool = False, crop: bool = False, patch: int = 0,
-                   cache_mb: float = 0, flips: bool = True) -> dict[str, np.ndarray]:
+                   cache_mb: float = 0, flips: bool = True,
+                   label_offset: tuple[float, float] = (0.0, 0.0)) -> dict[str, np.ndarray]:
     """Return ``pixels`` (float32 tiles), ``labels`` (uint8 class tiles) and ``weights`` for a batch of input rows.
 
     With ``augmented`` each pair is augmented as :func:`pipeline.augment.training_pair` describes.
@@ -158,7 +159,8 @@ def training_batch(batch: dict[str, np.ndarray], spec: UNetSpec, normalization: 
         try:
             normalised, mask = DECODED.get(batch["image"][index], batch["mask"][index], spec, normalization,
                                            int(cache_mb * 2**20))
-            pair = augment.training_pair(normalised, mask, tile, rng if augmented else None, warp, crop, flips)
+            pair = augment.training_pair(normalised, mask, tile, rng if augmented else None, warp, crop, flips,
+                                         label_offset)
             pixels[index], labels[index] = augment.random_patch(*pair, shape, rng) if patch else pair
             weights[index] = 1.0
         except preprocess.SampleError as exc:
@@ -457,7 +459,8 @@ def training_dataset(url: str, cfg: TrainConfig, spec: UNetSpec, augmented: bool
     return dataset.map_batches(
         training_batch,
         fn_kwargs={"spec": spec, "normalization": {"mode": cfg.normalization}, "augmented": augmented, "warp": cfg.warp,
-                   "crop": cfg.crop, "flips": cfg.flips, "patch": patch, "cache_mb": cfg.decoded_cache_mb},
+                   "crop": cfg.crop, "flips": cfg.flips, "patch": patch, "cache_mb": cfg.decoded_cache_mb,
+                   "label_offset": (cfg.label_offset_rows, cfg.label_offset_cols)},
         batch_size=cfg.batch_size, num_cpus=cfg.stage_cpus,
     )
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from jobs.cli import build_parser, config_from_args, main
-from pipeline.config import ReportConfig, SegmentConfig, TrainConfig, load_config
+from pipeline.config import ConfigError, ReportConfig, SegmentConfig, TrainConfig, load_config
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -41,6 +41,10 @@ def test_train_options_switch_the_augmentation_parts() -> None:
     assert no_flips.augment and not no_flips.flips
     assert not train_config("--no-augment").augment
     assert train_config("--warp", "--crop").warp and train_config("--crop").crop
+    offset = train_config("--label-offset-rows", "-0.5", "--label-offset-cols", "-0.25")
+    assert (offset.label_offset_rows, offset.label_offset_cols) == (-0.5, -0.25) and offset.flips
+    with pytest.raises(ConfigError, match="label_offset_rows=12.0: the labels' offset"):
+        train_config("--label-offset-rows", "12")
 
 
 def test_top_level_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:

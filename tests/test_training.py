@@ -46,6 +46,25 @@ def test_flips_and_turns_move_image_and_mask_together() -> None:
     assert all(augment.flip_and_rotate(wide[:, :, np.newaxis], wide, rng)[1].shape == (16, 24) for _ in range(10))
 
 
+def test_flips_and_turns_keep_the_labels_offset() -> None:
+    rng = np.random.default_rng(7)
+    feature = np.zeros((32, 32), np.uint8)
+    feature[8:20, 12:14] = 1
+    feature[15, 5:25] = 1  # an off-centre cross: every flip and turn gives another picture
+    mask = augment.move(feature, -1, 0)  # the labels drawn a row above what they mark
+    image = feature[:, :, np.newaxis].astype(np.float32)
+    seen = set()
+    for _ in range(60):
+        tile_image, tile_mask = augment.flip_and_rotate(image, mask, rng, label_offset=(-1.0, 0.0))
+        assert np.array_equal(tile_mask, augment.move(tile_image[:, :, 0].astype(np.uint8), -1, 0))  # still a row above
+        seen.add(tile_mask.tobytes())
+    assert len(seen) == 8
+    # a fractional offset comes back to the nearest whole pixel: half a pixel up, flipped upside down
+    # (a left-right flip and a half turn), is half a pixel down, one row from where it was drawn
+    assert augment.offset_correction((-0.5, -0.25), True, 2) == (-1, 0)
+    assert augment.offset_correction((-0.5, -0.25), True, 0) == (0, 0)  # a quarter pixel is nearest to no move
+
+
 def test_warp_moves_image_and_mask_together() -> None:
     rng = np.random.default_rng(0)
     mask = rng.integers(0, 3, (48, 40), dtype=np.uint8)
