@@ -90,8 +90,7 @@ def offset_flip(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -
     row (its last row repeated). The quarter pixel to the left is left alone (moving a row off by
     a whole pixel would not bring it closer)."""
     if rng.random() < 0.5:
-        image, mask = image[::-1], mask[::-1]
-        mask = np.concatenate([mask[1:], mask[-1:]])
+        image, mask = image[::-1], augment.move(mask[::-1], -1, 0)
     if rng.random() < 0.5:
         image, mask = image[:, ::-1], mask[:, ::-1]
     return np.ascontiguousarray(image), np.ascontiguousarray(mask)

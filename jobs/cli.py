@@ -40,7 +40,8 @@ TRAIN_OPTIONS = {
     "use_gpu": "use_gpu", "cpus_per_worker": "cpus_per_worker", "epochs": "epochs",
     "passes_per_epoch": "passes_per_epoch", "batch_size": "batch_size",
     "learning_rate": "learning_rate", "lr_schedule": "lr_schedule", "loss": "loss", "augment": "augment", "warp": "warp",
-    "flips": "flips", "label_offset_rows": "label_offset_rows", "label_offset_cols": "label_offset_cols", "crop": "crop", "patch_size": "patch_size", "ema": "ema", "input_size": "unet.input_size",
+    "flips": "flips", "label_offset_rows": "label_offset_rows", "label_offset_cols": "label_offset_cols",
+    "crop": "crop", "patch_size": "patch_size", "ema": "ema", "input_size": "unet.input_size",
     "channels": "unet.channels", "num_classes": "unet.num_classes", "depth": "unet.depth",
     "base_filters": "unet.base_filters", "resume": "resume", "xla": "xla", "endpoint_url": "storage.endpoint_url",
 }

@@ -127,8 +127,9 @@ def augmentation_name(args: argparse.Namespace) -> str:
         return "warp"
     if not args.flips:
         return "no geometric"
-    offset = args.label_offset_rows or args.label_offset_cols
-    return f"flips/turns keeping a label offset of {args.label_offset_rows:g}, {args.label_offset_cols:g} px" if offset else "flips/turns"
+    if not (args.label_offset_rows or args.label_offset_cols):
+        return "flips/turns"
+    return f"flips/turns keeping a label offset of {args.label_offset_rows:g}, {args.label_offset_cols:g} px"
 
 
 def throughput(args: argparse.Namespace, train: str, workers: int) -> float:
