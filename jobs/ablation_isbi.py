@@ -46,11 +46,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--loss", choices=("ce", "dice", "ce+dice"), default="ce+dice")
-    parser.add_argument("--augment", choices=("none", "jitter", "flips", "offset-flips", "crop", "warp"), default="flips",
-                        help="jitter: intensity jitter only; flips: flips and 90-degree turns (and jitter); offset-flips: "
-                        "up-down and left-right flips only (and jitter), an up-down flipped mask moved up a row so the "
-                        "labels keep their offset (half a pixel up); crop: random crops, then flips and turns; warp: "
-                        "random warps (all with jitter; none: nothing)")
+    parser.add_argument("--augment", choices=("none", "jitter", "flips", "crop", "warp"), default="flips",
+                        help="jitter: intensity jitter only; flips: flips and 90-degree turns (and jitter); crop: "
+                        "random crops, then flips and turns; warp: random warps (all with jitter; none: nothing)")
+    parser.add_argument("--no-quarter-turns", dest="quarter_turns", action="store_false",
+                        help="with --augment flips or crop: flips and half turns only, no 90-degree turns")
     parser.add_argument("--label-offset-rows", type=float, default=0.0,
                         help="with --augment flips or crop: the labels' offset (pixels down) that flips and turns keep")
     parser.add_argument("--label-offset-cols", type=float, default=0.0, help="the same, pixels right")
@@ -84,28 +84,15 @@ def pixel_error(model: Any, pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple
     return wrong / total, float(metrics.dice_from_counts(tp, fp, fn)[0])
 
 
-def offset_flip(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Return the pair flipped up-down and/or left-right at random, the labels kept half a pixel above
-    the membranes' centre: after an up-down flip they sit half a pixel below it, so the mask moves up a
-    row (its last row repeated). The quarter pixel to the left is left alone (moving a row off by
-    a whole pixel would not bring it closer)."""
-    if rng.random() < 0.5:
-        image, mask = image[::-1], augment.move(mask[::-1], -1, 0)
-    if rng.random() < 0.5:
-        image, mask = image[:, ::-1], mask[:, ::-1]
-    return np.ascontiguousarray(image), np.ascontiguousarray(mask)
-
-
 def training_batch(pairs: list[tuple[np.ndarray, np.ndarray]], args: argparse.Namespace,
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return ``(pixels, labels, weights)`` of ``--batch-size`` random slices (or ``--patch`` windows), augmented as asked."""
     chosen = [pairs[i] for i in rng.integers(0, len(pairs), args.batch_size)]
-    if args.augment == "offset-flips":
-        chosen = [offset_flip(image, mask, rng) for image, mask in chosen]
     tiles = [augment.training_pair(image, mask, mask.shape, None if args.augment == "none" else rng,
                                    warp=args.augment == "warp", crop=args.augment == "crop",
                                    flips=args.augment in ("flips", "crop"),
-                                   label_offset=(args.label_offset_rows, args.label_offset_cols))
+                                   label_offset=(args.label_offset_rows, args.label_offset_cols),
+                                   quarter_turns=args.quarter_turns)
              for image, mask in chosen]
     if args.patch:  # as pipeline.training.training_batch cuts them
         tiles = [augment.random_patch(image, mask, (args.patch, args.patch), rng) for image, mask in tiles]

@@ -40,7 +40,8 @@ TRAIN_OPTIONS = {
     "use_gpu": "use_gpu", "cpus_per_worker": "cpus_per_worker", "epochs": "epochs",
     "passes_per_epoch": "passes_per_epoch", "batch_size": "batch_size",
     "learning_rate": "learning_rate", "lr_schedule": "lr_schedule", "loss": "loss", "augment": "augment", "warp": "warp",
-    "flips": "flips", "label_offset_rows": "label_offset_rows", "label_offset_cols": "label_offset_cols",
+    "flips": "flips", "quarter_turns": "quarter_turns",
+    "label_offset_rows": "label_offset_rows", "label_offset_cols": "label_offset_cols",
     "crop": "crop", "patch_size": "patch_size", "ema": "ema", "input_size": "unet.input_size",
     "channels": "unet.channels", "num_classes": "unet.num_classes", "depth": "unet.depth",
     "base_filters": "unet.base_filters", "resume": "resume", "xla": "xla", "endpoint_url": "storage.endpoint_url",
@@ -92,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="replace what --output holds from another run (by default a re-run continues the same "
                          "run, skipping committed shards, and refuses an output of another input or model)")
     segment.add_argument("--tta", action="store_true", default=None,
-                         help="test-time augmentation: average each image's scores over its flips and 90-degree "
-                         "rotations (8 passes for square tiles, 4 otherwise; that many times the model's work)")
+                         help="test-time augmentation: average each image's scores over the flips and 90-degree "
+                         "rotations the model was trained on (8 passes for square tiles, 4 for other tiles or a model "
+                         "trained with --no-quarter-turns; that many times the model's work), each moved back by the "
+                         "model's label offset; refused for a model trained with --no-flips")
     add_common_arguments(segment)
     segment.set_defaults(handler=run_segment_command, config_class=SegmentConfig, options=SEGMENT_OPTIONS)
 
@@ -129,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-flips", dest="flips", action="store_false", default=None,
                        help="no flips or 90-degree turns (the rest of the augmentation stays): for labels that sit "
                        "off the objects' centre in a fixed direction, which flips would teach the model to ignore")
+    train.add_argument("--no-quarter-turns", dest="quarter_turns", action="store_false", default=None,
+                       help="flips (left-right, up-down) and half turns only, no 90-degree turns: for labels whose "
+                       "offset from the objects differs between rows and columns")
     train.add_argument("--label-offset-rows", type=float,
                        help="where the labels sit relative to the objects they mark, in pixels down (negative: up), "
                        "e.g. -0.5; flips and turns then move each mask back to that offset (default 0)")

@@ -35,9 +35,10 @@ import numpy as np
 from PIL import Image
 
 from pipeline import preprocess
-from pipeline.config import ReportConfig, SegmentConfig, TrainConfig, UNetConfig
+from pipeline.config import ConfigError, ReportConfig, SegmentConfig, TrainConfig, UNetConfig
 from pipeline.inference import run_segmentation
-from pipeline.model import load_artifact
+from pipeline.model import load_artifact, read_info
+from pipeline.predictor import tta_symmetries
 from pipeline.report import build_report
 from pipeline.training import run_training
 
@@ -74,6 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--flips", action="store_true",
                         help="augment with flips and 90-degree turns as well (off: the labels sit off the membranes' "
                         "centre in a fixed direction, which flips would teach the model to ignore)")
+    parser.add_argument("--no-quarter-turns", dest="quarter_turns", action="store_false",
+                        help="with --flips: flips and half turns only, no 90-degree turns (rows stay rows, so a "
+                        "label offset that differs between rows and columns is kept)")
     parser.add_argument("--label-offset-rows", type=float, default=0.0,
                         help="with --flips: the labels' offset from the membranes, pixels down, that flips and turns "
                         "keep (measured on the training slices with a flip-trained model: -0.5)")
@@ -110,7 +114,8 @@ def train_config(args: argparse.Namespace, train: str, val: str | None, output: 
     values: dict[str, Any] = {
         "data": train, "val_data": val, "output": str(output), "epochs": args.epochs or 20,
         "passes_per_epoch": args.passes_per_epoch, "batch_size": args.batch_size, "warp": args.warp, "crop": args.crop,
-        "flips": args.flips, "label_offset_rows": args.label_offset_rows, "label_offset_cols": args.label_offset_cols,
+        "flips": args.flips, "quarter_turns": args.quarter_turns,
+        "label_offset_rows": args.label_offset_rows, "label_offset_cols": args.label_offset_cols,
         "patch_size": args.patch_size,
         "learning_rate": args.learning_rate, "lr_schedule": args.lr_schedule, "loss": args.loss, "ema": args.ema,
         "num_workers": args.num_workers or 1,
@@ -127,9 +132,10 @@ def augmentation_name(args: argparse.Namespace) -> str:
         return "warp"
     if not args.flips:
         return "no geometric"
+    name = "flips/turns" if args.quarter_turns else "flips/half turns"
     if not (args.label_offset_rows or args.label_offset_cols):
-        return "flips/turns"
-    return f"flips/turns keeping a label offset of {args.label_offset_rows:g}, {args.label_offset_cols:g} px"
+        return name
+    return f"{name} keeping a label offset of {args.label_offset_rows:g}, {args.label_offset_cols:g} px"
 
 
 def throughput(args: argparse.Namespace, train: str, workers: int) -> float:
@@ -177,6 +183,17 @@ def evaluate(model: Path, val: str, workdir: Path, tta: bool) -> dict[str, Any]:
         "iou": {c["name"]: c["iou"]["micro"] for c in summary["classes"]},
         "report": str(output / "report" / "report.html"),
     }
+
+
+def evaluate_both(model: Path, val: str, workdir: Path) -> list[dict[str, Any]]:
+    """Return the plain evaluation and, where the model takes it, the one with test-time augmentation."""
+    results = [evaluate(model, val, workdir, tta=False)]
+    try:
+        variants = len(tta_symmetries(read_info(str(model)), str(model)))
+    except ConfigError as exc:
+        print(f"  no TTA evaluation: {exc}")
+        return results
+    return [*results, {**evaluate(model, val, workdir, tta=True), "tta_variants": variants}]
 
 
 def read_slice(dataset: Path, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -265,7 +282,7 @@ def print_error_analysis(result: dict[str, Any]) -> None:
 
 def print_evaluation(result: dict[str, Any]) -> None:
     """Print one evaluation's figures."""
-    how = "with TTA (mean over 8 flips/rotations)" if result["tta"] else "plain"
+    how = f"with TTA (mean over {result.get('tta_variants', 8)} flips/turns)" if result["tta"] else "plain"
     print(f"  segpipe segment on the validation slices, {how}: pixel error {result['pixel_error']:.4f}; "
           + "; ".join(f"{name} Dice {result['dice'][name]:.4f} IoU {result['iou'][name]:.4f}" for name in result["dice"]))
 
@@ -277,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     train, val = split_dataset(args.dataset, args.workdir)
     if args.evaluate_only:
-        evaluations = [evaluate(args.workdir / "model", val, args.workdir, tta) for tta in (False, True)]
+        evaluations = evaluate_both(args.workdir / "model", val, args.workdir)
         analysis = error_analysis(args.workdir / "model", args.dataset)
         results = args.workdir / "quality_isbi.json"
         figures = json.loads(results.read_text()) if results.exists() else {}
@@ -295,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     summary = run_training(train_config(args, train, val, output, num_workers=workers, epochs=epochs))
     minutes = (time.perf_counter() - started) / 60
-    evaluations = [evaluate(output, val, args.workdir, tta) for tta in (False, True)]
+    evaluations = evaluate_both(output, val, args.workdir)
     analysis = error_analysis(output, args.dataset)
     best = summary.best_metrics
     last = summary.history[-1] if summary.history else {}

@@ -127,8 +127,13 @@ def random_warp(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -
 
 
 def flip_and_rotate(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
-                    label_offset: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
-    """Return both flipped left-right at random and turned by a random multiple of 90° (half turns only if not square).
+                    label_offset: tuple[float, float] = (0.0, 0.0),
+                    quarter_turns: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Return both flipped left-right at random and turned by a random multiple of 90°.
+
+    Half turns only if the pair is not square or ``quarter_turns`` is off: then the four draws are
+    the identity, the left-right flip, the up-down flip (a flip and a half turn) and the half turn,
+    which keep rows rows and columns columns (for labels whose offset differs between the axes).
 
     ``label_offset`` is where the labels sit relative to the objects they mark, in pixels (rows
     down, columns right). A flip or turn moves that offset with the image (half a pixel up becomes
@@ -138,7 +143,8 @@ def flip_and_rotate(image: np.ndarray, mask: np.ndarray, rng: np.random.Generato
     flipped = rng.random() < 0.5
     if flipped:
         image, mask = image[:, ::-1], mask[:, ::-1]
-    turns = int(rng.integers(0, 4)) if mask.shape[0] == mask.shape[1] else 2 * int(rng.integers(0, 2))
+    square = mask.shape[0] == mask.shape[1]
+    turns = int(rng.integers(0, 4)) if square and quarter_turns else 2 * int(rng.integers(0, 2))
     mask = np.rot90(mask, turns)
     if any(label_offset):
         mask = move(mask, *offset_correction(label_offset, flipped, turns))
@@ -176,14 +182,15 @@ def jitter_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def training_pair(
     image: np.ndarray, mask: np.ndarray, tile: tuple[int, int], rng: np.random.Generator | None,
     warp: bool = False, crop: bool = False, flips: bool = True, label_offset: tuple[float, float] = (0.0, 0.0),
+    quarter_turns: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(image, mask)`` at ``tile`` size: float32 ``(h, w, C)`` and uint8 ``(h, w)``.
 
     ``image`` is already normalised float32. Both are resized to the tile as inference does; with
     ``rng`` the pair is then augmented: flips and 90° turns (or, with ``warp``, a random warp;
-    neither with ``flips=False`` and no ``warp``; the flips and turns keep ``label_offset``, see
-    :func:`flip_and_rotate`), then intensity jitter; with ``crop`` as well, a random window is
-    resized to the tile instead of the whole pair.
+    neither with ``flips=False`` and no ``warp``; only half turns without ``quarter_turns``; the
+    flips and turns keep ``label_offset``, see :func:`flip_and_rotate`), then intensity jitter; with
+    ``crop`` as well, a random window is resized to the tile instead of the whole pair.
     """
     if rng is None:
         return resize_pair(image, mask, *tile)
@@ -191,5 +198,5 @@ def training_pair(
     if warp:
         image, mask = random_warp(image, mask, rng)
     elif flips:
-        image, mask = flip_and_rotate(image, mask, rng, label_offset)
+        image, mask = flip_and_rotate(image, mask, rng, label_offset, quarter_turns)
     return jitter_intensity(image, rng), mask

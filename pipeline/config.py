@@ -119,7 +119,7 @@ class SegmentConfig:
     report: bool = False
     overwrite: bool = False
     progress_seconds: float = 30.0
-    tta: bool = False  # test-time augmentation: average the scores over flips and 90-degree rotations
+    tta: bool = False  # test-time augmentation: average the scores over the flips and turns the model was trained on
     actors: ActorConfig = dataclasses.field(default_factory=ActorConfig)
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
 
@@ -199,6 +199,7 @@ class TrainConfig:
     crop: bool = False  # augment with random crops (80-100 % of each side) resized to the tile
     warp: bool = False  # augment with a random warp (any rotation, zoom, shift, elastic) instead of flips + 90° turns
     flips: bool = True  # flips and 90° turns; off where the labels are not symmetric under them (e.g. offset)
+    quarter_turns: bool = True  # with flips: 90° turns too (off: flips and half turns only, rows stay rows)
     label_offset_rows: float = 0.0  # where the labels sit relative to their objects (pixels down); flips keep it
     label_offset_cols: float = 0.0  # the same, pixels right
     patch_size: int = 0  # train on random patch_size x patch_size windows of the tiles (0: whole tiles)

@@ -34,7 +34,7 @@ from pipeline import schema, storage
 from pipeline.cluster import connect_ray, largest_node_cpus
 from pipeline.config import ConfigError, SegmentConfig, StorageConfig
 from pipeline.model import LoadedModel, ModelInfo, load_artifact
-from pipeline.predictor import SegmentationPredictor
+from pipeline.predictor import SegmentationPredictor, tta_symmetries
 from pipeline.resume import prepare_output
 from pipeline.sources import Shard, discover_shards, shard_dataset
 from pipeline.stages import MaskWriter, read_and_prepare
@@ -126,6 +126,8 @@ def plan_run(cfg: SegmentConfig) -> RunPlan:
     """Return the run's plan after checking input, model and output; raise a clear error otherwise."""
     shards = discover_shards(cfg.input, cfg.storage, cfg.folder_shard_size)
     model = load_artifact(cfg.model, cfg.storage)
+    if cfg.tta:
+        tta_symmetries(model.info, cfg.model)  # a model trained without flips cannot take TTA: stop before work
     storage.check_writable(cfg.output, cfg.storage)
     run_id = cfg.run_id or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     log.info("input %s: %d shard(s); model %s", cfg.input, len(shards), model.model_id)

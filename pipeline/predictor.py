@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import StorageConfig
-from pipeline.model import load_artifact
+from pipeline.augment import offset_correction
+from pipeline.config import ConfigError, StorageConfig
+from pipeline.model import ModelInfo, load_artifact
 from pipeline.preprocess import quantise_scores
 
 log = logging.getLogger(__name__)
@@ -41,28 +42,61 @@ def configure_tensorflow(threads: int) -> None:
         log.debug("TensorFlow is already initialised; thread and memory settings left as they are")
 
 
-def dihedral_mean(forward: Any, pixels: Any, square: bool) -> Any:
-    """Return ``forward``'s scores averaged over the flips and 90° rotations of ``pixels`` ``(n, h, w, C)``.
+Symmetry = tuple[bool, int, tuple[int, int]]  # left-right flip, quarter turns, the labels' move (rows, columns)
 
-    Each variant's scores are turned back before averaging, so the result is aligned with the
-    input. Square tiles use all 8 symmetries of the square; other tiles the 4 that keep their
-    shape (identity, the two flips, the 180° rotation). A TensorFlow function of TensorFlow tensors.
+
+def tta_symmetries(info: ModelInfo, model_url: str) -> list[Symmetry]:
+    """Return the flips and turns test-time augmentation averages over for the model ``info`` describes.
+
+    Those the model was trained on: all 8 symmetries of a square tile, or the 4 that keep rows
+    rows (identity, the two flips, the half turn) for other tiles and for a model trained with
+    ``quarter_turns: false``. A model trained with a label offset learnt to predict its labels
+    that far from the objects in every flipped or turned image, moved to the nearest pixel
+    (:func:`pipeline.augment.flip_and_rotate`); each variant records that move, which the average
+    takes back. A model trained without flips learnt an asymmetry that flips would undo: ConfigError.
+    """
+    trained = info.training.get("config", {})
+    if not trained.get("flips", True) and not trained.get("warp", False):
+        raise ConfigError(f"model {model_url} was trained without flips (flips: false), so its predictions are not "
+                          "symmetric under them and test-time augmentation would undo what it learnt: segment "
+                          "without --tta (tta: false)")
+    square = info.unet.input_size[0] == info.unet.input_size[1]
+    turns = (0, 1, 2, 3) if square and trained.get("quarter_turns", True) else (0, 2)
+    offset = (float(trained.get("label_offset_rows", 0.0)), float(trained.get("label_offset_cols", 0.0)))
+    return [(flip, k, offset_correction(offset, flip, k) if any(offset) else (0, 0))
+            for k in turns for flip in (False, True)]
+
+
+def moved(scores: Any, rows: int, cols: int) -> Any:
+    """Return ``scores`` ``(n, h, w, K)`` moved ``rows`` down and ``cols`` right, the edge repeated
+    (:func:`pipeline.augment.move` for a TensorFlow batch)."""
+    import tensorflow as tf
+
+    height, width = scores.shape[1], scores.shape[2]
+    scores = tf.gather(scores, np.clip(np.arange(height) - rows, 0, height - 1), axis=1)
+    return tf.gather(scores, np.clip(np.arange(width) - cols, 0, width - 1), axis=2)
+
+
+def dihedral_mean(forward: Any, pixels: Any, symmetries: list[Symmetry]) -> Any:
+    """Return ``forward``'s scores averaged over ``symmetries`` of ``pixels`` ``(n, h, w, C)``.
+
+    Each variant is the input flipped left-right (if asked), then turned counterclockwise, as
+    training augments; its scores are moved back by the labels' move, then turned and flipped
+    back, so the result is aligned with the input. A TensorFlow function of TensorFlow tensors.
     """
     import tensorflow as tf
 
-    turns = (0, 1, 2, 3) if square else (0, 2)
     total = None
-    for k in turns:
-        for flip in (False, True):
-            variant = tf.image.rot90(pixels, k)
-            if flip:
-                variant = tf.reverse(variant, axis=[2])
-            scores = forward(variant)
-            if flip:
-                scores = tf.reverse(scores, axis=[2])
-            scores = tf.image.rot90(scores, (4 - k) % 4)
-            total = scores if total is None else total + scores
-    return total / (2 * len(turns))
+    for flip, k, (rows, cols) in symmetries:
+        variant = tf.reverse(pixels, axis=[2]) if flip else pixels
+        scores = forward(tf.image.rot90(variant, k))
+        if rows or cols:
+            scores = moved(scores, -rows, -cols)
+        scores = tf.image.rot90(scores, (4 - k) % 4)
+        if flip:
+            scores = tf.reverse(scores, axis=[2])
+        total = scores if total is None else total + scores
+    return total / len(symmetries)
 
 
 class SegmentationPredictor:
@@ -78,11 +112,11 @@ class SegmentationPredictor:
         self.model = loaded.model
         spec = loaded.info.unet
         signature = tf.TensorSpec((None, *spec.input_size, spec.channels), tf.float32)
-        square = spec.input_size[0] == spec.input_size[1]
+        symmetries = tta_symmetries(loaded.info, model_url) if tta else []
 
         def call(pixels: Any) -> Any:
             if tta:
-                return dihedral_mean(lambda x: self.model(x, training=False), pixels, square)
+                return dihedral_mean(lambda x: self.model(x, training=False), pixels, symmetries)
             return self.model(pixels, training=False)
 
         # A traced function with a fixed signature avoids Model.predict's per-call set-up cost.

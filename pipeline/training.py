@@ -135,7 +135,8 @@ DECODED = DecodedSamples()
 def training_batch(batch: dict[str, np.ndarray], spec: UNetSpec, normalization: dict[str, Any], augmented: bool,
                    warp: bool = False, crop: bool = False, patch: int = 0,
                    cache_mb: float = 0, flips: bool = True,
-                   label_offset: tuple[float, float] = (0.0, 0.0)) -> dict[str, np.ndarray]:
+                   label_offset: tuple[float, float] = (0.0, 0.0),
+                   quarter_turns: bool = True) -> dict[str, np.ndarray]:
     """Return ``pixels`` (float32 tiles), ``labels`` (uint8 class tiles) and ``weights`` for a batch of input rows.
 
     With ``augmented`` each pair is augmented as :func:`pipeline.augment.training_pair` describes.
@@ -160,7 +161,7 @@ def training_batch(batch: dict[str, np.ndarray], spec: UNetSpec, normalization: 
             normalised, mask = DECODED.get(batch["image"][index], batch["mask"][index], spec, normalization,
                                            int(cache_mb * 2**20))
             pair = augment.training_pair(normalised, mask, tile, rng if augmented else None, warp, crop, flips,
-                                         label_offset)
+                                         label_offset, quarter_turns)
             pixels[index], labels[index] = augment.random_patch(*pair, shape, rng) if patch else pair
             weights[index] = 1.0
         except preprocess.SampleError as exc:
@@ -460,7 +461,8 @@ def training_dataset(url: str, cfg: TrainConfig, spec: UNetSpec, augmented: bool
         training_batch,
         fn_kwargs={"spec": spec, "normalization": {"mode": cfg.normalization}, "augmented": augmented, "warp": cfg.warp,
                    "crop": cfg.crop, "flips": cfg.flips, "patch": patch, "cache_mb": cfg.decoded_cache_mb,
-                   "label_offset": (cfg.label_offset_rows, cfg.label_offset_cols)},
+                   "label_offset": (cfg.label_offset_rows, cfg.label_offset_cols),
+                   "quarter_turns": cfg.quarter_turns},
         batch_size=cfg.batch_size, num_cpus=cfg.stage_cpus,
     )
 

@@ -39,6 +39,7 @@ def test_train_options_switch_the_augmentation_parts() -> None:
     assert default.augment and default.flips and not default.warp and not default.crop
     no_flips = train_config("--no-flips")
     assert no_flips.augment and not no_flips.flips
+    assert default.quarter_turns and not train_config("--no-quarter-turns").quarter_turns
     assert not train_config("--no-augment").augment
     assert train_config("--warp", "--crop").warp and train_config("--crop").crop
     offset = train_config("--label-offset-rows", "-0.5", "--label-offset-cols", "-0.25")

@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from pipeline.config import ConfigError, SampleDataConfig, SegmentConfig
+from pipeline.inference import run_segmentation
 from pipeline.model import ModelInfo, UNetSpec, build_unet, load_artifact, save_artifact
-from pipeline.predictor import SegmentationPredictor
+from pipeline.predictor import SegmentationPredictor, dihedral_mean, moved, tta_symmetries
+from pipeline.sample_data import write_sample_data
 
 SQUARE_SYMMETRIES = [
     (lambda a: a, lambda a: a),
@@ -65,3 +69,51 @@ def test_batch_call_with_tta_quantises_and_zeroes_error_rows(tiny_model: str) ->
     assert not out["scores"][1].any()
     expected = scores(SegmentationPredictor(tiny_model, tta=True), pixels[:1])[0]
     assert np.abs(out["scores"][0].astype(float) - expected * 255).max() <= 1.0
+
+
+def trained_info(spec: UNetSpec, **augmentation: object) -> ModelInfo:
+    """Return model info recording a training run with the given augmentation settings."""
+    return ModelInfo(unet=spec, class_names=("background", "object"),
+                     training={"trained": True, "config": {"flips": True, **augmentation}})
+
+
+def test_tta_uses_the_symmetries_the_model_was_trained_on() -> None:
+    square = UNetSpec(input_size=(32, 32), channels=1, num_classes=2, depth=2, base_filters=4)
+    assert len(tta_symmetries(trained_info(square), "m")) == 8
+    no_turns = tta_symmetries(trained_info(square, quarter_turns=False, label_offset_rows=-0.5,
+                                           label_offset_cols=-0.25), "m")
+    # half a pixel up and a quarter left: upside down (a flip and a half turn, or a half turn) the
+    # labels come back up a row; a quarter pixel is nearest to no move
+    assert sorted(no_turns) == [(False, 0, (0, 0)), (False, 2, (-1, 0)), (True, 0, (0, 0)), (True, 2, (-1, 0))]
+    with pytest.raises(ConfigError, match="model m was trained without flips.*without --tta"):
+        tta_symmetries(trained_info(square, flips=False), "m")
+    assert len(tta_symmetries(trained_info(square, flips=False, warp=True), "m")) == 8  # the warp flips
+
+
+def test_tta_takes_back_the_labels_offset_the_model_learnt() -> None:
+    import tensorflow as tf
+
+    pixels = tf.constant(np.random.default_rng(4).random((2, 24, 24, 1), dtype=np.float32))
+    spec = UNetSpec(input_size=(24, 24), channels=1, num_classes=2, depth=2, base_filters=4)
+
+    def offset_model(x: tf.Tensor) -> tf.Tensor:  # draws its labels one row above what it sees, in any image
+        return moved(x, -1, 0)
+
+    inner = (slice(None), slice(3, -3), slice(3, -3))  # away from the repeated edges
+    expected = moved(pixels, -1, 0).numpy()[inner]
+    kept = dihedral_mean(offset_model, pixels, tta_symmetries(trained_info(spec, label_offset_rows=-1.0), "m"))
+    np.testing.assert_allclose(kept.numpy()[inner], expected, atol=1e-6)
+    ignored = dihedral_mean(offset_model, pixels, tta_symmetries(trained_info(spec), "m"))
+    assert np.abs(ignored.numpy()[inner] - expected).max() > 0.1  # without the moves the average blurs the offset
+
+
+def test_segmenting_a_model_trained_without_flips_with_tta_stops_before_work(tmp_path: Path) -> None:
+    spec = UNetSpec(input_size=(32, 32), channels=1, num_classes=2, depth=2, base_filters=4)
+    model = tmp_path / "model"
+    save_artifact(build_unet(spec), trained_info(spec, flips=False), str(model))
+    data, output = tmp_path / "data", tmp_path / "out"
+    write_sample_data(SampleDataConfig(output=str(data), num_images=2, num_shards=1, num_classes=2,
+                                       min_size=32, max_size=48))
+    with pytest.raises(ConfigError, match="trained without flips"):
+        run_segmentation(SegmentConfig(input=str(data), model=str(model), output=str(output), tta=True))
+    assert not output.exists()

@@ -46,13 +46,18 @@ def test_flips_and_turns_move_image_and_mask_together() -> None:
     assert all(augment.flip_and_rotate(wide[:, :, np.newaxis], wide, rng)[1].shape == (16, 24) for _ in range(10))
 
 
-def test_flips_and_turns_keep_the_labels_offset() -> None:
-    rng = np.random.default_rng(7)
+def labelled_cross() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return ``(feature, mask, image)``: an off-centre cross (every flip and turn gives another
+    picture), its labels drawn a row above it, and the image showing it."""
     feature = np.zeros((32, 32), np.uint8)
     feature[8:20, 12:14] = 1
-    feature[15, 5:25] = 1  # an off-centre cross: every flip and turn gives another picture
-    mask = augment.move(feature, -1, 0)  # the labels drawn a row above what they mark
-    image = feature[:, :, np.newaxis].astype(np.float32)
+    feature[15, 5:25] = 1
+    return feature, augment.move(feature, -1, 0), feature[:, :, np.newaxis].astype(np.float32)
+
+
+def test_flips_and_turns_keep_the_labels_offset() -> None:
+    rng = np.random.default_rng(7)
+    _, mask, image = labelled_cross()
     seen = set()
     for _ in range(60):
         tile_image, tile_mask = augment.flip_and_rotate(image, mask, rng, label_offset=(-1.0, 0.0))
@@ -63,6 +68,21 @@ def test_flips_and_turns_keep_the_labels_offset() -> None:
     # (a left-right flip and a half turn), is half a pixel down, one row from where it was drawn
     assert augment.offset_correction((-0.5, -0.25), True, 2) == (-1, 0)
     assert augment.offset_correction((-0.5, -0.25), True, 0) == (0, 0)  # a quarter pixel is nearest to no move
+
+
+def test_flips_without_quarter_turns_keep_rows_rows_and_the_labels_offset() -> None:
+    rng = np.random.default_rng(3)
+    feature, mask, image = labelled_cross()
+    symmetries = {np.rot90(flipped, turns).tobytes() for flipped in (feature, feature[:, ::-1]) for turns in (0, 2)}
+    seen = set()
+    for _ in range(40):
+        tile_image, tile_mask = augment.training_pair(image, mask, (32, 32), rng, label_offset=(-1.0, 0.0),
+                                                      quarter_turns=False)
+        feature_seen = np.rint(tile_image[:, :, 0] > 0.5).astype(np.uint8)  # the jitter keeps 0 and 1 apart
+        assert feature_seen.tobytes() in symmetries  # no quarter turn: the long arm stays upright
+        assert np.array_equal(tile_mask, augment.move(feature_seen, -1, 0))  # the labels still a row above
+        seen.add(tile_mask.tobytes())
+    assert len(seen) == 4  # identity, left-right flip, up-down flip, half turn
 
 
 def test_warp_moves_image_and_mask_together() -> None:
