@@ -7,8 +7,11 @@ Data: ``../shared/datasets/isbi2012-membrane`` beside the checkout (or ``--datas
 512x512 8-bit EM with masks (255 = cell interior, 0 = membrane). Slices 0-24 train, 25-29 validate
 (the challenge's test labels were never released). The U-Net paper reports pixel error 0.0611 on
 the hidden test set; the target here is <= 0.07 on slices 25-29 within 60 minutes of CPU training.
-It trains without flips or 90-degree turns (``--flips`` adds them): the labels sit a fraction of a
-pixel off the membranes' centre in a fixed direction, which flips would teach the model to ignore.
+The labels sit a fraction of a pixel off the membranes' centre in a fixed direction (half a pixel
+up, a quarter left), which plain flips would teach the model to ignore. It trains with up-down and
+left-right flips that keep that offset (``label_offset_rows/cols``; each flipped mask is moved by
+the whole pixels that bring its labels nearest to the offset again) and without 90-degree turns
+(``--quarter-turns`` adds them; ``--no-flips`` drops the flips).
 
 Also measures training throughput (images/s) with 1 worker and with 2 workers in the same run,
 each for ``--throughput-epochs`` epochs, before the main training, which then runs with the faster
@@ -72,17 +75,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--loss", choices=("ce", "dice", "ce+dice"), default="ce+dice")
     parser.add_argument("--warp", action="store_true", help="augment with random warps instead of flips and turns")
     parser.add_argument("--crop", action="store_true", help="augment with random crops resized to the tile as well")
-    parser.add_argument("--flips", action="store_true",
-                        help="augment with flips and 90-degree turns as well (off: the labels sit off the membranes' "
-                        "centre in a fixed direction, which flips would teach the model to ignore)")
-    parser.add_argument("--no-quarter-turns", dest="quarter_turns", action="store_false",
-                        help="with --flips: flips and half turns only, no 90-degree turns (rows stay rows, so a "
-                        "label offset that differs between rows and columns is kept)")
-    parser.add_argument("--label-offset-rows", type=float, default=0.0,
-                        help="with --flips: the labels' offset from the membranes, pixels down, that flips and turns "
-                        "keep (measured on the training slices with a flip-trained model: -0.5)")
-    parser.add_argument("--label-offset-cols", type=float, default=0.0,
-                        help="the same, pixels right (measured: -0.25)")
+    parser.add_argument("--no-flips", dest="flips", action="store_false",
+                        help="no flips or turns (the labels sit off the membranes' centre in a fixed direction; "
+                        "without flips the model learns that offset, but overfits)")
+    parser.add_argument("--quarter-turns", action="store_true",
+                        help="90-degree turns as well as the flips and half turns (a turn makes rows columns, so the "
+                        "labels' offset, which differs between rows and columns, comes back only to the nearest pixel)")
+    parser.add_argument("--label-offset-rows", type=float, default=-0.5,
+                        help="the labels' offset from the membranes, pixels down, that flips keep (default -0.5, "
+                        "measured on the training slices with a model trained with flips and turns)")
+    parser.add_argument("--label-offset-cols", type=float, default=-0.25,
+                        help="the same, pixels right (default -0.25)")
     parser.add_argument("--patch-size", type=int, default=128,
                         help="train on random windows of this size cut from the slices (0: whole slices)")
     parser.add_argument("--ema", type=float, default=0.0,
