@@ -87,7 +87,10 @@ def test_tta_uses_the_symmetries_the_model_was_trained_on() -> None:
     assert sorted(no_turns) == [(False, 0, (0, 0)), (False, 2, (-1, 0)), (True, 0, (0, 0)), (True, 2, (-1, 0))]
     with pytest.raises(ConfigError, match="model m was trained without flips.*without --tta"):
         tta_symmetries(trained_info(square, flips=False), "m")
-    assert len(tta_symmetries(trained_info(square, flips=False, warp=True), "m")) == 8  # the warp flips
+    # the warp flips and turns by any angle, and keeps no label offset
+    warped = tta_symmetries(trained_info(square, flips=False, warp=True, quarter_turns=False,
+                                         label_offset_rows=-1.0), "m")
+    assert len(warped) == 8 and all(move == (0, 0) for _, _, move in warped)
 
 
 def test_tta_takes_back_the_labels_offset_the_model_learnt() -> None:
