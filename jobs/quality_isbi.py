@@ -285,7 +285,7 @@ def print_error_analysis(result: dict[str, Any]) -> None:
 
 def print_evaluation(result: dict[str, Any]) -> None:
     """Print one evaluation's figures."""
-    how = f"with TTA (mean over {result.get('tta_variants', 8)} flips/turns)" if result["tta"] else "plain"
+    how = f"with TTA (mean over {result['tta_variants']} flips/turns)" if result["tta"] else "plain"
     print(f"  segpipe segment on the validation slices, {how}: pixel error {result['pixel_error']:.4f}; "
           + "; ".join(f"{name} Dice {result['dice'][name]:.4f} IoU {result['iou'][name]:.4f}" for name in result["dice"]))
 

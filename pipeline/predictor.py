@@ -56,17 +56,16 @@ def tta_symmetries(info: ModelInfo, model_url: str) -> list[Symmetry]:
     takes back. A model trained without flips learnt an asymmetry that flips would undo: ConfigError.
     """
     trained = info.training.get("config", {})
-    if not trained.get("flips", True) and not trained.get("warp", False):  # the warp flips and turns
+    warp = bool(trained.get("warp", False))  # flips and turns by any angle, keeping no label offset
+    if not trained.get("flips", True) and not warp:
         raise ConfigError(f"model {model_url} was trained without flips (flips: false), so its predictions are not "
                           "symmetric under them and test-time augmentation would undo what it learnt: segment "
                           "without --tta (tta: false)")
-    warp = bool(trained.get("warp", False))  # any angle, no label offset kept
     square = info.unet.input_size[0] == info.unet.input_size[1]
     turns = (0, 1, 2, 3) if square and (warp or trained.get("quarter_turns", True)) else (0, 2)
     offset = (0.0, 0.0) if warp else (float(trained.get("label_offset_rows", 0.0)),
                                       float(trained.get("label_offset_cols", 0.0)))
-    return [(flip, k, offset_correction(offset, flip, k) if any(offset) else (0, 0))
-            for k in turns for flip in (False, True)]
+    return [(flip, k, offset_correction(offset, flip, k)) for k in turns for flip in (False, True)]
 
 
 def moved(scores: Any, rows: int, cols: int) -> Any:
