@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pipeline.cluster import shutdown_local_ray
 from pipeline.config import ConfigError, ReportConfig, SampleDataConfig, SegmentConfig, TrainConfig, load_config
 
 log = logging.getLogger("segpipe")
@@ -30,6 +32,7 @@ SEGMENT_OPTIONS = {
     "batch_size": "batch_size", "min_actors": "actors.min", "max_actors": "actors.max",
     "cpus_per_actor": "actors.cpus", "gpus_per_actor": "actors.gpus", "endpoint_url": "storage.endpoint_url",
     "run_id": "run_id", "report": "report", "overwrite": "overwrite", "tta": "tta",
+    "max_image_pixels": "max_image_pixels",
 }
 REPORT_OPTIONS = {
     "run": "run", "baseline": "baseline", "output": "output", "worst": "worst", "partial": "partial",
@@ -92,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--overwrite", action="store_true", default=None,
                          help="replace what --output holds from another run (by default a re-run continues the same "
                          "run, skipping committed shards, and refuses an output of another input or model)")
+    segment.add_argument("--max-image-pixels", type=int,
+                         help="largest image (width x height, read from its header before decoding) to segment; "
+                         "larger ones become image_too_large error rows (default 268435456 = 16384 x 16384)")
     segment.add_argument("--tta", action="store_true", default=None,
                          help="test-time augmentation: average each image's scores over the flips and 90-degree "
                          "rotations the model was trained on (8 passes for square tiles, 4 for other tiles or a model "
@@ -289,6 +295,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except user_errors() as exc:
         print(f"segpipe {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        resume = "; re-run the same command to resume" if args.command in ("segment", "train") else ""
+        print(f"segpipe {args.command}: interrupted{resume}", file=sys.stderr)
+        return 130
+    finally:
+        shutdown_local_ray()
 
 
 if __name__ == "__main__":

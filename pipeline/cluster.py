@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 LOCAL_OBJECT_STORE_BYTES = 2 * 1024**3
+
+_started_local = False  # connect_ray started the local Ray this process is connected to
 
 
 def connect_ray(address: str | None) -> None:
     """Connect to Ray: the running session, ``address`` / ``RAY_ADDRESS``, or a new local instance."""
+    global _started_local
     import ray
 
     if ray.is_initialized():
@@ -19,6 +23,19 @@ def connect_ray(address: str | None) -> None:
     else:
         ray.init(address="local", object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False,
                  logging_level=logging.WARNING)
+        _started_local = True
+
+
+def shutdown_local_ray() -> None:
+    """Stop the local Ray that :func:`connect_ray` started, with all its processes; a session or
+    cluster this process found already connected is left as it is."""
+    global _started_local
+    if not _started_local or "ray" not in sys.modules:
+        return
+    import ray
+
+    ray.shutdown()
+    _started_local = False
 
 
 def largest_node_cpus() -> float:

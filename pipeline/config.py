@@ -19,6 +19,11 @@ from typing import Any, TypeVar
 
 import yaml
 
+# The checks before a run (input listing, model, output probe) make few, short attempts, so an
+# unreachable or stalled endpoint stops the run within seconds (StorageConfig.for_checks).
+CHECK_RETRIES = 2
+CHECK_CONNECT_TIMEOUT = 3.0
+CHECK_READ_TIMEOUT = 5.0
 MAX_LABEL_OFFSET = 4.0  # pixels; a larger label_offset_rows/cols is a unit mistake, not an annotation habit
 
 
@@ -42,6 +47,25 @@ class StorageConfig:
     region: str | None = None
     anon: bool = False
     retries: int = 10
+    connect_timeout: float = 10.0  # seconds to open a connection before botocore retries it
+    read_timeout: float = 60.0  # seconds a response may stall
+
+    def __post_init__(self) -> None:
+        if self.retries < 1:
+            raise ConfigError(f"storage.retries={self.retries}: attempts per request, at least 1")
+        for name in ("connect_timeout", "read_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"storage.{name}={getattr(self, name)}: seconds, must be positive")
+
+    def for_checks(self) -> StorageConfig:
+        """Return this config with the few, short attempts the checks before a run use.
+
+        An unreachable endpoint then fails the run in seconds, not after the minutes that
+        ``retries`` attempts with backoff take; the run itself keeps ``retries``.
+        """
+        return dataclasses.replace(self, retries=min(self.retries, CHECK_RETRIES),
+                                   connect_timeout=min(self.connect_timeout, CHECK_CONNECT_TIMEOUT),
+                                   read_timeout=min(self.read_timeout, CHECK_READ_TIMEOUT))
 
     def fsspec_options(self, protocol: str) -> dict[str, Any]:
         """Return keyword arguments for ``fsspec.filesystem(protocol, ...)``; empty for local files."""
@@ -62,7 +86,8 @@ class StorageConfig:
         if self.anon:
             options["anon"] = True
         # transient failures (5xx, throttling, dropped connections) are retried with backoff by botocore
-        options["config_kwargs"] = {"retries": {"max_attempts": self.retries, "mode": "standard"}}
+        options["config_kwargs"] = {"retries": {"max_attempts": self.retries, "mode": "standard"},
+                                    "connect_timeout": self.connect_timeout, "read_timeout": self.read_timeout}
         return options
 
     def redacted(self) -> dict[str, Any]:
@@ -120,6 +145,7 @@ class SegmentConfig:
     overwrite: bool = False
     progress_seconds: float = 30.0
     tta: bool = False  # test-time augmentation: average the scores over the flips and turns the model was trained on
+    max_image_pixels: int = 16384 * 16384  # larger images (by their header) become image_too_large error rows
     actors: ActorConfig = dataclasses.field(default_factory=ActorConfig)
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
 
@@ -135,6 +161,9 @@ class SegmentConfig:
             raise ConfigError(f"stage_cpus={self.stage_cpus}: must be a positive CPU share such as 0.25")
         if self.progress_seconds <= 0:
             raise ConfigError(f"progress_seconds={self.progress_seconds}: must be positive (seconds between progress lines)")
+        if self.max_image_pixels < 1:
+            raise ConfigError(f"max_image_pixels={self.max_image_pixels}: the most pixels (width x height) an image "
+                              "may have, e.g. 268435456 (16384 x 16384)")
 
     def to_public_dict(self) -> dict[str, Any]:
         """Return the config as plain data with credentials redacted (for run.json and logs)."""

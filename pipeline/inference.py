@@ -36,7 +36,7 @@ from pipeline.config import ConfigError, SegmentConfig, StorageConfig
 from pipeline.model import LoadedModel, ModelInfo, load_artifact
 from pipeline.predictor import SegmentationPredictor, tta_symmetries
 from pipeline.resume import prepare_output
-from pipeline.sources import Shard, discover_shards, shard_dataset
+from pipeline.sources import Shard, discover_shards, keys_taken_earlier, shard_dataset
 from pipeline.stages import MaskWriter, read_and_prepare
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class RunPlan:
     run_id: str
     shards: list[Shard]
     model: LoadedModel
+    taken: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # see keys_taken_earlier
     actor_cpus: float = 1.0
     actor_gpus: float = 0.0
     actor_threads: int = 1
@@ -91,15 +92,18 @@ def run_segmentation(cfg: SegmentConfig) -> RunSummary:
 
     Raises ConfigError, InputError, ModelArtifactError or StorageError before any work starts when
     the run as a whole cannot proceed. Bad single images never raise: they become error rows.
+    An interrupted run (KeyboardInterrupt) records ``status: interrupted`` in run.json and re-raises.
     """
     started_at = now_iso()
     plan = plan_run(cfg)
-    prior = prepare_output(cfg, plan.model.sha256, cfg.overwrite)
+    with storage.reaching(cfg.output, cfg.storage):
+        prior = prepare_output(dataclasses.replace(cfg, storage=cfg.storage.for_checks()), plan.model.sha256,
+                               cfg.overwrite)
     plan = dataclasses.replace(plan, run_id=prior.run_id or plan.run_id)
     todo = [shard for shard in plan.shards if shard.name not in prior.committed]
     if todo:
         connect_ray(cfg.address)
-        plan = dataclasses.replace(plan, **actor_resources(cfg))
+        plan = dataclasses.replace(plan, taken=keys_taken_earlier(plan.shards, cfg.storage), **actor_resources(cfg))
     else:
         log.info("every shard of %s is already committed under %s; nothing to do", cfg.input, cfg.output)
     write_run_json(cfg, plan, {"status": "running", "started": started_at})
@@ -112,7 +116,8 @@ def run_segmentation(cfg: SegmentConfig) -> RunSummary:
                 writer.add(table)
         writer.finish()
     except BaseException as exc:
-        failure = {"status": "failed", "started": started_at, "ended": now_iso(),
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        failure = {"status": status, "started": started_at, "ended": now_iso(),
                    "error": f"{type(exc).__name__}: {exc}", "progress": progress.counts(writer)}
         write_run_json(cfg, plan, failure)
         raise
@@ -123,12 +128,24 @@ def run_segmentation(cfg: SegmentConfig) -> RunSummary:
 
 
 def plan_run(cfg: SegmentConfig) -> RunPlan:
-    """Return the run's plan after checking input, model and output; raise a clear error otherwise."""
-    shards = discover_shards(cfg.input, cfg.storage, cfg.folder_shard_size)
-    model = load_artifact(cfg.model, cfg.storage)
+    """Return the run's plan after checking input, model and output; raise a clear error otherwise.
+
+    Nothing is written before the output is known to lie apart from the input and the model. The
+    checks make few, short attempts (:meth:`StorageConfig.for_checks`), so an unreachable
+    endpoint or missing credentials stop the run within seconds with a StorageError.
+    """
+    storage.check_apart(cfg.output, {"input": cfg.input, "model artifact": cfg.model})
+    checks = cfg.storage.for_checks()
+    for url in (cfg.input, cfg.model, cfg.output):
+        storage.probe(url, checks)
+    with storage.reaching(cfg.input, cfg.storage):
+        shards = discover_shards(cfg.input, checks, cfg.folder_shard_size)
+    with storage.reaching(cfg.model, cfg.storage):
+        model = load_artifact(cfg.model, checks)
     if cfg.tta:
         tta_symmetries(model.info, cfg.model)  # a model trained without flips cannot take TTA: stop before work
-    storage.check_writable(cfg.output, cfg.storage)
+    with storage.reaching(cfg.output, cfg.storage):
+        storage.check_writable(cfg.output, checks)
     run_id = cfg.run_id or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     log.info("input %s: %d shard(s); model %s", cfg.input, len(shards), model.model_id)
     return RunPlan(run_id=run_id, shards=shards, model=model)
@@ -224,7 +241,8 @@ def build_dataset(cfg: SegmentConfig, plan: RunPlan, shards: list[Shard]) -> Any
     with data_context(**settings):
         dataset = shard_dataset(shards)
     dataset = dataset.map_batches(
-        read_and_prepare, fn_kwargs={"info": info, "storage_config": storage_config, "batch_size": cfg.batch_size},
+        read_and_prepare, fn_kwargs={"info": info, "storage_config": storage_config, "batch_size": cfg.batch_size,
+                                     "taken": plan.taken, "max_image_pixels": cfg.max_image_pixels},
         batch_size=1, num_cpus=cfg.stage_cpus,
     )
     dataset = dataset.map_batches(
@@ -266,13 +284,11 @@ class ShardWriter:
         self.progress = progress
         self.pending: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.committed: dict[str, dict[str, int]] = {
-            name: {k: int(marker.get(k, 0)) for k in ("rows", "ok", "errors")}
+            name: {k: int(marker.get(k, 0)) for k in ("rows", "ok", "errors", "duplicate_keys")}
             for name, marker in (committed or {}).items() if name in self.shards
         }
         self.resumed = frozenset(self.committed)
         self.received = 0
-        self.key_shards: dict[str, str] = {}
-        self.duplicate_keys = 0
         self.first_batch: tuple[float, int] | None = None  # (perf_counter time, rows) of the first batch
 
     def add(self, table: pa.Table) -> None:
@@ -283,20 +299,11 @@ class ShardWriter:
         for row in table.to_pylist():
             name = row.pop("shard")
             expected = row.pop("shard_rows")
-            self.note_key(row["key"], name)
             self.pending[name].append(row)
             if len(self.pending[name]) == expected:
                 self.commit(name, self.pending.pop(name))
         if self.progress:
             self.progress.update(self)
-
-    def note_key(self, key: str, shard: str) -> None:
-        """Warn when a key already came from another shard: both write ``masks/<key>.png``."""
-        first = self.key_shards.setdefault(key, shard)
-        if first != shard:
-            self.duplicate_keys += 1
-            log.warning("key %r appears in shards %s and %s; masks/%s.png holds only one of them "
-                        "(keys must be unique across the input)", key, first, shard, key)
 
     def commit(self, name: str, rows: list[dict[str, Any]]) -> None:
         """Write ``metrics/<name>.parquet`` (rows sorted by key), then the marker ``_done/<name>.json``."""
@@ -306,6 +313,7 @@ class ShardWriter:
         storage.write_bytes(storage.join_url(self.output, "metrics", f"{name}.parquet"), buffer.getvalue(), self.storage_config)
         counts = {"rows": len(rows), "ok": sum(r["status"] == schema.STATUS_OK for r in rows)}
         counts["errors"] = counts["rows"] - counts["ok"]
+        counts["duplicate_keys"] = sum(r.get("error_kind") == "duplicate_key" for r in rows)
         marker = {"shard": name, "source": self.shards[name].url, **counts, "run_id": self.run_id,
                   "model_id": self.model_id, "committed": now_iso()}
         storage.write_bytes(storage.join_url(self.output, "_done", f"{name}.json"), json.dumps(marker).encode(), self.storage_config)
@@ -323,6 +331,11 @@ class ShardWriter:
             self.commit(name, [])
         if self.progress:
             self.progress.update(self, force=True)
+
+    @property
+    def duplicate_keys(self) -> int:
+        """Return the rows of committed shards whose key an earlier image already had."""
+        return sum(counts["duplicate_keys"] for counts in self.committed.values())
 
     @property
     def empty_shards(self) -> tuple[str, ...]:

@@ -19,16 +19,37 @@ from __future__ import annotations
 import numpy as np
 
 
+COUNT_CHUNK = 1 << 22  # pixels per bincount: its int64 copy of the chunk stays at 32 MB for any image size
+
+
+def class_counts(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """Return the pixels of each class ``0..num_classes-1`` in a class-index mask, int64 ``(num_classes,)``.
+
+    Counted in chunks of :data:`COUNT_CHUNK` pixels, as ``np.bincount`` would count the whole mask.
+    """
+    flat = mask.reshape(-1)
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for start in range(0, flat.size, COUNT_CHUNK):
+        counts += np.bincount(flat[start:start + COUNT_CHUNK], minlength=num_classes)[:num_classes]
+    return counts
+
+
 def confusion_counts(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return ``(tp, fp, fn)``, each int64 of shape ``(num_classes,)``, for two class-index masks.
 
     ``prediction`` and ``truth`` are integer arrays of the same shape with values in
-    ``0..num_classes-1``.
+    ``0..num_classes-1``. The pairs are counted in chunks, so the memory used does not grow
+    with the image.
     """
     if prediction.shape != truth.shape:
         raise ValueError(f"prediction shape {prediction.shape} differs from truth shape {truth.shape}")
-    pairs = truth.astype(np.int64).ravel() * num_classes + prediction.astype(np.int64).ravel()
-    matrix = np.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    truth_flat, prediction_flat = truth.reshape(-1), prediction.reshape(-1)
+    matrix = np.zeros(num_classes * num_classes, dtype=np.int64)
+    for start in range(0, truth_flat.size, COUNT_CHUNK):
+        stop = start + COUNT_CHUNK
+        pairs = truth_flat[start:stop].astype(np.int64) * num_classes + prediction_flat[start:stop]
+        matrix += np.bincount(pairs, minlength=num_classes * num_classes)
+    matrix = matrix.reshape(num_classes, num_classes)
     tp = np.diag(matrix).copy()
     fp = matrix.sum(axis=0) - tp  # predicted c, truth other
     fn = matrix.sum(axis=1) - tp  # truth c, predicted other

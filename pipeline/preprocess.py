@@ -17,58 +17,137 @@ from PIL import Image
 
 EIGHT_BIT_MODES = {"1": "L", "L": "L", "LA": "L", "P": "RGB", "PA": "RGB", "RGB": "RGB", "RGBA": "RGB"}
 SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+DEFAULT_MAX_IMAGE_PIXELS = 16384 * 16384  # 256 megapixels: a 16k x 16k slide or scene; max_image_pixels raises it
+
+# segpipe checks every image's declared size against max_image_pixels from its header before it
+# decodes a pixel (open_header); Pillow's own check (a warning from 89 megapixels, an error from
+# 179) would refuse images the user allowed and word it as a decompression bomb.
+Image.MAX_IMAGE_PIXELS = None
 
 
 class SampleError(ValueError):
-    """One image or mask cannot be used; the message says what is wrong (the caller adds the key)."""
+    """One image or mask cannot be used; the message says what is wrong (the caller adds the key).
+
+    ``kind`` is its :data:`pipeline.schema.ERROR_KINDS` name, written beside the message.
+    """
+
+    def __init__(self, message: str, kind: str = "corrupt_image") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
-def open_image(data: bytes, what: str = "image") -> Image.Image:
-    """Return the fully decoded first frame of an encoded image; raise SampleError if corrupt."""
+def open_header(data: bytes, what: str = "image", max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Return the encoded image opened but not decoded (Pillow reads only its header).
+
+    Raises SampleError if the file is empty or not an image, or (kind ``image_too_large``) if its
+    header declares more than ``max_pixels`` pixels (None: no limit).
+    """
+    bad = "corrupt_image" if what == "image" else "bad_mask"
     if not data:
-        raise SampleError(f"{what} file is empty")
+        raise SampleError(f"{what} file is empty", bad)
     try:
         picture = Image.open(io.BytesIO(data))
-        picture.load()
     except Image.UnidentifiedImageError as exc:
         raise SampleError(
-            f"{what} cannot be decoded: not a recognised image format (PNG, JPEG, TIFF, BMP, WebP) or corrupt"
+            f"{what} cannot be decoded: not a recognised image format (PNG, JPEG, TIFF, BMP, WebP) or corrupt", bad
         ) from exc
-    except Exception as exc:  # PIL raises several types for corrupt and truncated files
-        raise SampleError(f"{what} cannot be decoded ({type(exc).__name__}: {exc}); the file is corrupt or truncated") from exc
+    except Exception as exc:  # PIL raises several types for corrupt headers
+        raise SampleError(f"{what} cannot be decoded ({type(exc).__name__}: {exc}); the header is corrupt",
+                          bad) from exc
+    width, height = picture.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise SampleError(
+            f"{what} is {width}x{height} = {width * height / 1e6:.0f} megapixels, more than max_image_pixels="
+            f"{max_pixels} ({max_pixels / 1e6:.0f} megapixels); to segment it, raise the limit "
+            f"(segpipe segment --max-image-pixels N, or max_image_pixels: N in the config)", "image_too_large")
     return picture
 
 
-def decode_image(data: bytes) -> np.ndarray:
+def load_picture(picture: Image.Image, what: str = "image") -> Image.Image:
+    """Return ``picture`` with its pixels decoded; raise SampleError if the data is corrupt or truncated."""
+    try:
+        picture.load()
+    except Exception as exc:  # PIL raises several types for corrupt and truncated files
+        raise SampleError(f"{what} cannot be decoded ({type(exc).__name__}: {exc}); the file is corrupt or truncated",
+                          "corrupt_image" if what == "image" else "bad_mask") from exc
+    return picture
+
+
+def open_image(data: bytes, what: str = "image", max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Return the fully decoded first frame of an encoded image; raise SampleError if unusable."""
+    return load_picture(open_header(data, what, max_pixels), what)
+
+
+def usable_picture(picture: Image.Image) -> Image.Image:
+    """Return a decoded picture in a mode segpipe reads: ``L`` or ``RGB`` (8-bit), ``I;16`` or ``I`` (16-bit).
+
+    Alpha is dropped and palettes expanded. Other modes (CMYK, float, YCbCr, ...) and 32-bit
+    values outside 0..65535 raise SampleError (kind ``unsupported_image``) saying how to convert them.
+    """
+    mode = picture.mode
+    if mode in EIGHT_BIT_MODES:
+        return picture if mode == EIGHT_BIT_MODES[mode] else picture.convert(EIGHT_BIT_MODES[mode])
+    if mode in SIXTEEN_BIT_MODES:
+        if mode == "I":
+            low, high = picture.getextrema()
+            if low < 0 or high > 65535:
+                raise SampleError(f"image mode {mode} holds values outside 0..65535; save it as 8- or 16-bit",
+                                  "unsupported_image")
+        return picture if mode in ("I;16", "I") else picture.convert("I")  # Pillow resizes only I;16 and I
+    raise SampleError(f"unsupported image mode {mode!r}; convert it to 8- or 16-bit grayscale or RGB (e.g. PNG)",
+                      "unsupported_image")
+
+
+def picture_array(picture: Image.Image) -> np.ndarray:
+    """Return a :func:`usable_picture` as ``(H, W, C)``, C in {1, 3}, uint8 (8-bit) or uint16 (16-bit)."""
+    array = np.asarray(picture)
+    if array.dtype not in (np.uint8, np.uint16):
+        array = array.astype(np.uint16)  # mode I, checked to lie in 0..65535
+    return array[:, :, np.newaxis] if array.ndim == 2 else array
+
+
+def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Return the image as ``(H, W, C)``, C in {1, 3}, uint8 (8-bit input) or uint16 (16-bit input).
 
     Accepts 1-bit, 8-bit and 16-bit grayscale, palette, RGB and RGBA (alpha dropped). Other modes
-    (CMYK, float, YCbCr, ...) raise SampleError saying how to convert them.
+    (CMYK, float, YCbCr, ...) raise SampleError saying how to convert them; so does an image of
+    more than ``max_pixels`` pixels, before it is decoded.
     """
-    picture = open_image(data)
-    mode = picture.mode
-    if mode in EIGHT_BIT_MODES:
-        array = np.asarray(picture.convert(EIGHT_BIT_MODES[mode]), dtype=np.uint8)
-    elif mode in SIXTEEN_BIT_MODES:
-        array = np.asarray(picture)
-        if array.dtype != np.uint16:
-            if array.size and (array.min() < 0 or array.max() > 65535):
-                raise SampleError(f"image mode {mode} holds values outside 0..65535; save it as 8- or 16-bit")
-            array = array.astype(np.uint16)
-    else:
-        raise SampleError(
-            f"unsupported image mode {mode!r}; convert it to 8- or 16-bit grayscale or RGB (e.g. PNG)"
-        )
-    if array.ndim == 2:
-        array = array[:, :, np.newaxis]
-    return array
+    return picture_array(usable_picture(open_image(data, "image", max_pixels)))
 
 
-def normalise(image: np.ndarray, normalization: Mapping[str, Any]) -> np.ndarray:
+def read_model_input(data: bytes, tile: tuple[int, int], channels: int, normalization: Mapping[str, Any],
+                     max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
+    """Return ``(model input, (height, width))``: the float32 ``(tile_h, tile_w, channels)`` input of an
+    encoded image and the image's own size.
+
+    Memory stays near one copy of the decoded image at its own dtype: the image is resized to the
+    tile in Pillow, in its own mode (8-bit stays 8-bit, 16-bit stays integer), before any float32
+    array exists, and a JPEG larger than the tile is decoded at the smallest of 1/2, 1/4 or 1/8 of
+    its size that still covers the tile. The ``minmax`` normalisation uses the decoded image's
+    own extremes, taken before the resize.
+    """
+    picture = open_header(data, "image", max_pixels)
+    size = (picture.height, picture.width)
+    target = (tile[1], tile[0])  # Pillow sizes are (width, height)
+    if picture.size != target:
+        picture.draft(picture.mode, target)  # JPEG only: a DCT-domain reduction, never below the target
+    picture = usable_picture(load_picture(picture))
+    value_range = picture.getextrema() if normalization.get("mode") == "minmax" else None
+    if picture.size != target:
+        picture = picture.resize(target, Image.Resampling.BILINEAR)
+    pixels = normalise(match_channels(picture_array(picture), channels), normalization, value_range)
+    return pixels, size
+
+
+def normalise(image: np.ndarray, normalization: Mapping[str, Any],
+              value_range: tuple[Any, Any] | None = None) -> np.ndarray:
     """Return ``image`` as float32 scaled per ``normalization``.
 
     ``{"mode": "scale"}`` divides by the type's maximum (255 or 65535) to [0, 1];
-    ``{"mode": "minmax"}`` maps each image's own minimum..maximum to [0, 1] (a constant image to 0).
+    ``{"mode": "minmax"}`` maps each image's own minimum..maximum to [0, 1] (a constant image to 0);
+    ``value_range`` gives them where the image was measured before a resize (Pillow's
+    ``getextrema()``: one pair, or one pair per channel, of which the overall extremes are used).
     Optional ``mean`` and ``std`` (scalars or per channel) are applied afterwards.
     """
     mode = normalization.get("mode", "scale")
@@ -76,7 +155,11 @@ def normalise(image: np.ndarray, normalization: Mapping[str, Any]) -> np.ndarray
     if mode == "scale":
         pixels /= float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else 1.0
     elif mode == "minmax":
-        low, high = float(pixels.min()), float(pixels.max())
+        if value_range is None:
+            low, high = float(pixels.min()), float(pixels.max())
+        else:
+            flat = np.asarray(value_range, dtype=np.float64).reshape(-1, 2)
+            low, high = float(flat[:, 0].min()), float(flat[:, 1].max())
         pixels = (pixels - low) / (high - low) if high > low else np.zeros_like(pixels)
     else:
         raise ValueError(f"unknown normalization mode {mode!r}; expected 'scale' or 'minmax'")
@@ -98,7 +181,14 @@ def match_channels(image: np.ndarray, channels: int) -> np.ndarray:
     if have == 3 and channels == 1:
         weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
         return (image.astype(np.float32) @ weights)[:, :, np.newaxis].astype(image.dtype)
-    raise SampleError(f"image has {have} channels; the model takes {channels}")
+    raise SampleError(f"image has {have} channels; the model takes {channels}", "unsupported_image")
+
+
+def resize_plane(plane: np.ndarray, height: int, width: int, resample: Image.Resampling) -> np.ndarray:
+    """Return a ``(height, width)`` resize of a 2-D array: uint8 stays uint8, anything else becomes float32."""
+    if plane.dtype == np.uint8:
+        return np.asarray(Image.fromarray(plane, mode="L").resize((width, height), resample))
+    return np.asarray(Image.fromarray(plane.astype(np.float32, copy=False), mode="F").resize((width, height), resample))
 
 
 def resize_channels(array: np.ndarray, height: int, width: int, resample: Image.Resampling) -> np.ndarray:
@@ -106,48 +196,48 @@ def resize_channels(array: np.ndarray, height: int, width: int, resample: Image.
 
     uint8 stays uint8 (same value scale); anything else becomes float32.
     """
-    as_bytes = array.dtype == np.uint8
     if array.shape[:2] == (height, width):
-        return array if as_bytes else array.astype(np.float32, copy=False)
-    planes = [
-        np.asarray(Image.fromarray(plane if as_bytes else plane.astype(np.float32), mode="L" if as_bytes else "F")
-                   .resize((width, height), resample))
-        for plane in (array[:, :, k] for k in range(array.shape[2]))
-    ]
-    return np.stack(planes, axis=-1)
+        return array if array.dtype == np.uint8 else array.astype(np.float32, copy=False)
+    return np.stack([resize_plane(array[:, :, k], height, width, resample) for k in range(array.shape[2])], axis=-1)
 
 
 def model_input(image: np.ndarray, tile: tuple[int, int], channels: int, normalization: Mapping[str, Any]) -> np.ndarray:
-    """Return the model's float32 ``(tile_h, tile_w, channels)`` input for a decoded image."""
+    """Return the model's float32 ``(tile_h, tile_w, channels)`` input for a decoded image array."""
     pixels = normalise(match_channels(image, channels), normalization)
     return resize_channels(pixels, tile[0], tile[1], Image.Resampling.BILINEAR)
+
+
+MASK_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B")
 
 
 def decode_mask(data: bytes, num_classes: int, image_shape: tuple[int, int]) -> np.ndarray:
     """Return a ground-truth mask as uint8 ``(H, W)`` class indices.
 
-    The file must be a single-channel image of the image's size. A binary mask holding only 0 and
-    255 is read as classes {0, 1}. Values outside ``0..num_classes-1`` raise SampleError.
+    The file must be a single-channel image of the image's size (checked from its header, before
+    decoding). A binary mask holding only 0 and 255 is read as classes {0, 1}. Values outside
+    ``0..num_classes-1`` raise SampleError.
     """
-    picture = open_image(data, "mask")
-    if picture.mode not in ("1", "L", "P", "I", "I;16", "I;16L", "I;16B"):
-        raise SampleError(f"mask has mode {picture.mode!r}; save masks as single-channel class-index PNGs")
+    picture = open_header(data, "mask", max_pixels=None)  # its size must equal the image's, checked next
+    if picture.size != (image_shape[1], image_shape[0]):
+        raise SampleError(
+            f"mask size {picture.width}x{picture.height} differs from image size "
+            f"{image_shape[1]}x{image_shape[0]}; masks must match their images pixel for pixel", "mask_size_mismatch")
+    if picture.mode not in MASK_MODES:
+        raise SampleError(f"mask has mode {picture.mode!r}; save masks as single-channel class-index PNGs", "bad_mask")
+    load_picture(picture, "mask")
+    if picture.mode == "I" and picture.width and picture.height:
+        low, high = picture.getextrema()
+        if low < 0 or high > 65535:
+            raise SampleError("mask holds values outside 0..65535; save masks as 8-bit class-index PNGs", "bad_mask")
     mask = np.asarray(picture.convert("L") if picture.mode == "1" else picture)
-    if mask.shape != tuple(image_shape):
-        raise SampleError(
-            f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image size "
-            f"{image_shape[1]}x{image_shape[0]}; masks must match their images pixel for pixel"
-        )
-    if mask.dtype != np.uint8 and mask.size and (mask.min() < 0 or mask.max() > 65535):
-        raise SampleError("mask holds values outside 0..65535; save masks as 8-bit class-index PNGs")
-    present = np.flatnonzero(np.bincount(mask.ravel().astype(np.int64, copy=False), minlength=1))
-    if present.size and present[-1] == 255 and set(present.tolist()) <= {0, 255}:
+    highest = int(mask.max()) if mask.size else 0
+    if highest == 255 and np.count_nonzero(mask) == np.count_nonzero(mask == 255):
         return (mask == 255).astype(np.uint8)
-    if present.size and present[-1] >= num_classes:
-        bad = [int(v) for v in present if v >= num_classes]
+    if highest >= num_classes:
+        bad = np.unique(mask[mask >= num_classes])[:5].tolist()
         raise SampleError(
-            f"mask holds class values {bad[:5]} but the model has {num_classes} classes (0..{num_classes - 1})"
-        )
+            f"mask holds class values {bad} but the model has {num_classes} classes (0..{num_classes - 1})",
+            "mask_classes")
     return mask.astype(np.uint8, copy=False)
 
 
@@ -171,10 +261,24 @@ def mask_from_scores(scores: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def mask_at_size(scores: np.ndarray, height: int, width: int, threshold: float) -> np.ndarray:
-    """Return the class-index mask at ``(height, width)``: scores are resized bilinearly, then decided."""
-    if scores.shape[:2] != (height, width):
-        scores = resize_channels(scores, height, width, Image.Resampling.BILINEAR)
-    return mask_from_scores(scores, threshold)
+    """Return the class-index mask at ``(height, width)``: scores are resized bilinearly, then decided.
+
+    One class plane is resized at a time and the argmax kept as it goes (ties to the lower class,
+    as ``np.argmax``), so a large image costs a few bytes per pixel, not ``K`` float planes.
+    """
+    if scores.shape[:2] == (height, width):
+        return mask_from_scores(scores, threshold)
+    bilinear = Image.Resampling.BILINEAR
+    if scores.shape[-1] == 1:
+        return mask_from_scores(resize_plane(scores[:, :, 0], height, width, bilinear)[:, :, np.newaxis], threshold)
+    best = resize_plane(scores[:, :, 0], height, width, bilinear).copy()
+    labels = np.zeros((height, width), dtype=np.uint8)
+    for k in range(1, scores.shape[-1]):
+        plane = resize_plane(scores[:, :, k], height, width, bilinear)
+        higher = plane > best
+        labels[higher] = k
+        np.maximum(best, plane, out=best)
+    return labels
 
 
 def encode_png(array: np.ndarray, compress_level: int = 6) -> bytes:

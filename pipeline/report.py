@@ -27,7 +27,6 @@ import heapq
 import json
 import logging
 import math
-import re
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -50,7 +49,7 @@ KEPT_ERRORS = 200
 EXACT_BOOTSTRAP_LIMIT = 10_000  # above this many values the bootstrap resamples a fine histogram
 BOOTSTRAP_BINS = 1 << 14
 HISTOGRAM_BINS = 20
-READ_COLUMNS = ("key", "source", "status", "error", "height", "width", "mask_uri", "class_pixels",
+READ_COLUMNS = ("key", "source", "status", "error", "error_kind", "height", "width", "mask_uri", "class_pixels",
                 "tp", "fp", "fn", "dice", "iou", "mean_dice", "mean_iou", "model_id", "run_id", "seconds")
 
 DEFINITIONS = {
@@ -115,32 +114,8 @@ SUMMARY_SCHEMA: dict[str, Any] = {  # the documented keys of summary.json (READM
     },
 }
 
-ERROR_KINDS = (  # (kind, pattern in the message); the first match wins
-    ("unsafe_key", "is not a safe relative name"),
-    ("unreadable_shard", r"^shard .* cannot be read"),
-    ("missing_image", "has a mask but no image"),
-    ("duplicate_key", "images; keep one per key"),
-    ("missing_key", "has no key"),
-    ("mask_size_mismatch", "differs from image size"),
-    ("mask_classes", "mask holds class values"),
-    ("bad_mask", r"mask (has mode|cannot be decoded|file is empty|holds values)"),
-    ("corrupt_image", r"image (cannot be decoded|file is empty)|cannot read "),
-    ("unsupported_image", r"unsupported image mode|image mode .* holds values|channels; the model takes"),
-    ("write_failed", "while writing the mask"),
-    ("internal", "unexpected "),
-)
-
-
 class ReportError(RuntimeError):
     """The run's outputs cannot be reported on; the message names the URL and the fix."""
-
-
-def error_kind(message: str | None) -> str:
-    """Return the kind of an error row's message (``corrupt_image``, ``mask_size_mismatch``, ...; else ``other``)."""
-    for kind, pattern in ERROR_KINDS:
-        if re.search(pattern, message or ""):
-            return kind
-    return "other"
 
 
 # ----------------------------------------------------------------------------------- reading the run
@@ -321,9 +296,10 @@ class Aggregator:
             self.collect_worst(batch.filter(truth), self.chunks["mean_dice"][-1])
 
     def collect_errors(self, failed: pa.RecordBatch) -> None:
-        """Count error rows by kind and keep the first :data:`KEPT_ERRORS` of them."""
-        for key, source, message in zip(*(failed.column(c).to_pylist() for c in ("key", "source", "error"))):
-            kind = error_kind(message)
+        """Count error rows by their ``error_kind`` and keep the first :data:`KEPT_ERRORS` of them."""
+        for key, source, message, kind in zip(*(failed.column(c).to_pylist()
+                                                for c in ("key", "source", "error", "error_kind"))):
+            kind = kind or "other"
             self.error_kinds[kind] += 1
             if len(self.errors) < KEPT_ERRORS:
                 self.errors.append({"key": key, "source": source, "kind": kind, "error": message})

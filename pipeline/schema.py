@@ -4,6 +4,10 @@ One row per input image, success or failure. Per-class columns are lists indexed
 (``dice[1]`` is class 1), so the schema is the same for every model; they are null when the image
 has no ground truth (``tp``, ``fp``, ``fn``, ``dice``, ``iou``) or failed (all of them).
 ``class_pixels`` counts predicted pixels per class, with or without ground truth.
+
+An error row carries ``error`` (the human message, naming the key and the fix) and ``error_kind``
+(one of :data:`ERROR_KINDS`, set where the error is raised), so reports count kinds from the
+column, never from the wording.
 """
 
 from __future__ import annotations
@@ -16,12 +20,31 @@ import pyarrow as pa
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 
+ERROR_KINDS = {  # error_kind -> what it means; README "Bad input" lists the same
+    "unreadable_shard": "the shard file cannot be read or parsed at all (or its end is cut off)",
+    "unsafe_key": "the key would name a file outside the output (absolute, '..', '.' or empty parts, "
+                  "backslash, control characters, '::' or '://')",
+    "missing_key": "a Parquet row has no key",
+    "missing_image": "a mask without an image of the same key",
+    "duplicate_key": "the key was already taken by an earlier image (sorted shard order, then member order)",
+    "unsupported_member": "a tar member named like an image is a symlink, device, FIFO or directory (never followed)",
+    "corrupt_image": "the image file is empty, truncated, corrupt or cannot be read",
+    "unsupported_image": "the image decodes but its mode or channels cannot be used (CMYK, float, ...)",
+    "image_too_large": "the image header declares more pixels than max_image_pixels",
+    "bad_mask": "the mask file is empty, corrupt, or not a single-channel image",
+    "mask_size_mismatch": "the mask's size differs from its image's",
+    "mask_classes": "the mask holds class values the model does not have",
+    "write_failed": "the predicted mask could not be written",
+    "internal": "an unexpected failure while preparing the image (a bug: please report it)",
+}
+
 METRICS_SCHEMA = pa.schema(
     [
         pa.field("key", pa.string(), nullable=False),
         pa.field("source", pa.string(), nullable=False),
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
+        pa.field("error_kind", pa.string()),
         pa.field("height", pa.int32()),
         pa.field("width", pa.int32()),
         pa.field("mask_uri", pa.string()),

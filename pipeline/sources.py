@@ -12,13 +12,14 @@ with ``error`` set, and the whole shard becomes one error row if it cannot be re
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import io
 import json
 import logging
 import posixpath
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -76,7 +77,7 @@ def discover_shards(url: str, storage_config: StorageConfig | None = None, folde
     if tars:
         return [Shard(shard_name(p), "tar", storage.join_url(url, p)) for p in tars]
     if images:
-        masks = {p for p in relative if p.startswith("masks/")}
+        masks = [p for p in relative if p.startswith("masks/") and p.lower().endswith(".png")]
         return folder_shards(url, images, masks, folder_shard_size)
     if parquets:
         return [Shard(shard_name(p), "parquet", storage.join_url(url, p)) for p in parquets]
@@ -102,33 +103,71 @@ def shard_name(relative_path: str) -> str:
     return stem.replace("/", "__")
 
 
-def folder_shards(url: str, images: list[str], masks: set[str], size: int) -> list[Shard]:
-    """Return image-folder shards of ``size`` images each, named ``images-00000``, ``images-00001``, ..."""
-    members = []
-    for relative in images:
-        key = relative[len("images/"):].rsplit(".", 1)[0]
-        mask = f"masks/{key}.png"
-        members.append((key, storage.join_url(url, relative), storage.join_url(url, mask) if mask in masks else None))
+def folder_shards(url: str, images: list[str], masks: list[str], size: int) -> list[Shard]:
+    """Return image-folder shards of ``size`` members each, named ``images-00000``, ``images-00001``, ...
+
+    Members are ``(key, image URL, mask URL)`` in key order (images of one key in file-name
+    order); a mask with no image of its key is a member with no image URL, so it gets its row.
+    """
+    by_key: dict[str, list[str]] = {}
+    for relative in images:  # sorted, so images of one key keep their file-name order
+        by_key.setdefault(relative[len("images/"):].rsplit(".", 1)[0], []).append(relative)
+    mask_of = {relative[len("masks/"):-len(".png")]: storage.join_url(url, relative) for relative in masks}
+    members: list[tuple[str, str | None, str | None]] = []
+    for key in sorted(set(by_key) | set(mask_of)):
+        images_of_key = [storage.join_url(url, relative) for relative in by_key.get(key, [])]
+        members.extend((key, image, mask_of.get(key)) for image in images_of_key or [None])
     return [
         Shard(f"images-{index:05d}", "folder", url, tuple(members[start:start + size]))
         for index, start in enumerate(range(0, len(members), size))
     ]
 
 
-def sample_row(shard: Shard, key: str, image: bytes = b"", mask: bytes | None = None, error: str = "") -> dict[str, Any]:
+def sample_row(shard: Shard, key: str, image: bytes = b"", mask: bytes | None = None, error: str = "",
+               kind: str = "") -> dict[str, Any]:
     """Return one input row. Empty ``mask`` means no ground truth; a non-empty ``error`` means the
-    sample is unusable and says why. (Empty values, not None, keep the columns' types stable.)"""
-    return {"key": key, "source": shard.url, "shard": shard.name, "image": image, "mask": mask or b"", "error": error}
+    sample is unusable and says why, and ``kind`` names it (:data:`pipeline.schema.ERROR_KINDS`).
+    (Empty values, not None, keep the columns' types stable.)"""
+    return {"key": key, "source": shard.url, "shard": shard.name, "image": image, "mask": mask or b"",
+            "error": error, "error_kind": kind if error else ""}
 
 
-def read_shard(shard: Shard, storage_config: StorageConfig | None = None) -> list[dict[str, Any]]:
-    """Return the shard's rows (one per sample), each tagged with ``shard_rows`` = the shard's row count."""
-    readers = {"tar": tar_rows, "parquet": parquet_rows, "folder": folder_rows}
+@dataclasses.dataclass(frozen=True)
+class Occurrence:
+    """One image (or mask) of a key in a shard, in the shard's order.
+
+    ``member`` names it (tar member, file URL or Parquet row); ``error``/``kind`` say why it cannot
+    be read. ``claims``: whether it takes its key, so that a later image of the same key is a
+    duplicate; every occurrence does except those refused before reading (an unsafe key, a link
+    or special file, a row without a key), exactly as :func:`shard_keys` decides from headers.
+    """
+
+    key: str
+    member: str
+    content: bytes = b""
+    error: str = ""
+    kind: str = ""
+    claims: bool = True
+
+
+def read_shard(shard: Shard, storage_config: StorageConfig | None = None,
+               taken: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Return the shard's rows (one per image, and one per mask without an image), each tagged with
+    ``shard_rows`` = the shard's row count.
+
+    ``taken`` maps keys an earlier shard already holds to that shard's URL (see
+    :func:`keys_taken_earlier`); their images here become ``duplicate_key`` error rows.
+    """
+    readers = {"tar": tar_contents, "parquet": parquet_contents, "folder": folder_contents}
     try:
-        rows = list(readers[shard.kind](shard, storage_config))
+        occurrences, masks, cut = readers[shard.kind](shard, storage_config)
+        rows = list(paired_rows(shard, occurrences, masks, taken or {}))
+        if cut:
+            rows.append(sample_row(shard, shard.name, error=cut, kind="unreadable_shard"))
     except Exception as exc:  # the whole shard is unreadable: keep a trace of it as one error row
         log.warning("shard %s cannot be read: %s", shard.url, exc)
-        rows = [sample_row(shard, shard.name, error=f"shard {shard.url} cannot be read ({type(exc).__name__}: {exc})")]
+        rows = [sample_row(shard, shard.name, error=f"shard {shard.url} cannot be read ({type(exc).__name__}: {exc})",
+                           kind="unreadable_shard")]
     for row in rows:
         row["shard_rows"] = len(rows)
     if not rows:
@@ -136,120 +175,295 @@ def read_shard(shard: Shard, storage_config: StorageConfig | None = None) -> lis
     return rows
 
 
+Contents = tuple[list[Occurrence], dict[str, Occurrence], str]  # images, masks by key, cut-off message
+
+
 def split_member_name(name: str) -> tuple[str, str]:
-    """Return ``(key, extension)`` for a WebDataset member: the key ends at the first dot of the basename."""
+    """Return ``(key, extension)`` for a WebDataset member: the key ends at the first dot of the basename.
+
+    A leading ``./`` (``tar -cf x.tar .``) is not part of the key.
+    """
+    while name.startswith("./"):
+        name = name[2:]
     folder, slash, base = name.rpartition("/")
     stem, _, extension = base.partition(".")
     return f"{folder}{slash}{stem}", extension.lower()
 
 
-def tar_rows(shard: Shard, storage_config: StorageConfig | None) -> Iterator[dict[str, Any]]:
-    """Yield the rows of a tar shard: images paired with their ``.mask.png`` members by key."""
-    data = storage.read_bytes(shard.url, storage_config)
-    images: dict[str, list[bytes]] = {}
-    masks: dict[str, bytes] = {}
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
-        for member in archive:
-            if not member.isfile():
-                continue
-            key, extension = split_member_name(member.name)
-            if extension == "mask.png" or ("." + extension) in IMAGE_EXTENSIONS:
-                try:
-                    content = archive.extractfile(member).read()  # type: ignore[union-attr]
-                except (tarfile.TarError, OSError) as exc:
-                    content = b""
-                    log.warning("member %s of %s cannot be read: %s", member.name, shard.url, exc)
-                if extension == "mask.png":
-                    masks[key] = content
-                else:
-                    images.setdefault(key, []).append(content)
-    yield from paired_rows(shard, images, masks)
+def member_role(name: str) -> str | None:
+    """Return what a tar member named like an image is: ``"image"``, ``"mask"``, ``"misnamed"`` (an
+    image extension after another component, e.g. ``a.b.png`` or ``a.mask.jpg``), else None (ignored)."""
+    _, extension = split_member_name(name)
+    if extension == MASK_SUFFIX[1:]:
+        return "mask"
+    if "." + extension in IMAGE_EXTENSIONS:
+        return "image"
+    return "misnamed" if extension.endswith(IMAGE_EXTENSIONS) else None
 
 
-def paired_rows(shard: Shard, images: dict[str, list[bytes]], masks: dict[str, bytes]) -> Iterator[dict[str, Any]]:
-    """Yield one row per key, with an error for unsafe keys, duplicate images and masks without image."""
-    for key in sorted(set(images) | set(masks)):
-        found = images.get(key, [])
-        if not storage.is_safe_key(key):
-            yield sample_row(shard, key, error=f"key {key!r} in {shard.url} is not a safe relative name "
-                             "(absolute, '..' or empty parts); rename the member")
-        elif not found:
-            yield sample_row(shard, key, error=f"key {key!r} in {shard.url} has a mask but no image")
-        elif len(found) > 1:
-            yield sample_row(shard, key, error=f"key {key!r} in {shard.url} has {len(found)} images; keep one per key")
-        else:
-            yield sample_row(shard, key, image=found[0], mask=masks.get(key))
+def member_problem(member: tarfile.TarInfo, regular: Mapping[str, tarfile.TarInfo]) -> str | None:
+    """Return why a tar member named like an image cannot be read as one, else None.
+
+    Regular files are read; a hard link to a regular member earlier in the same tar (how GNU tar
+    stores a second copy) is read as that member. Symbolic links are never followed; devices,
+    FIFOs and directories hold no image.
+    """
+    if member.isreg():
+        return None
+    if member.islnk():
+        if member.linkname in regular:
+            return None
+        return f"is a hard link to {member.linkname!r}, which is not a regular file earlier in this tar"
+    if member.issym():
+        return f"is a symbolic link to {member.linkname!r}; links are never followed: store the file itself"
+    kind = ("a directory" if member.isdir() else "a FIFO" if member.isfifo() else
+            "a device" if member.ischr() or member.isblk() else f"of tar type {member.type!r}")
+    return f"is {kind}, not a file"
 
 
-def parquet_rows(shard: Shard, storage_config: StorageConfig | None) -> Iterator[dict[str, Any]]:
-    """Yield the rows of a Parquet shard with columns ``key``, ``image`` and optional ``mask``."""
+def tar_contents(shard: Shard, storage_config: StorageConfig | None, with_content: bool = True,
+                 wanted: Collection[str] | None = None) -> Contents:
+    """Return a tar shard's image occurrences (member order), masks and cut-off message (empty if whole).
+
+    Without ``with_content`` only the headers are read (for :func:`shard_keys`): occurrences carry
+    no bytes but the same keys and ``claims``. With ``wanted`` only those keys' bytes are read,
+    seeking past the rest; otherwise the shard is fetched in one read.
+    """
     fs, path = storage.filesystem_for(shard.url, storage_config)
     with fs.open(path, "rb") as handle:
-        table = pq.read_table(handle)
-    missing = {"key", "image"} - set(table.column_names)
-    if missing:
-        raise InputError(f"Parquet shard {shard.url} lacks column(s) {sorted(missing)}; it needs key, image[, mask]")
-    keys = table.column("key").to_pylist()
-    images = table.column("image").to_pylist()
-    masks = table.column("mask").to_pylist() if "mask" in table.column_names else [None] * len(keys)
-    grouped: dict[str, list[bytes]] = {}
-    grouped_masks: dict[str, bytes] = {}
-    for index, (key, image, mask) in enumerate(zip(keys, images, masks)):
-        if key is None:
-            yield sample_row(shard, f"{shard.name}#row{index}", error=f"row {index} of {shard.url} has no key")
-            continue
-        grouped.setdefault(str(key), []).append(image or b"")
-        if mask is not None:
-            grouped_masks[str(key)] = mask
-    yield from paired_rows(shard, grouped, grouped_masks)
+        whole = io.BytesIO(handle.read()) if with_content and wanted is None else None
+        with tarfile.open(fileobj=whole or handle, mode="r:") as archive:
+            occurrences, masks, cut = tar_members(shard, archive, with_content, wanted)
+            if whole is not None and not cut and whole.getbuffer().nbytes - archive.offset < tarfile.BLOCKSIZE:
+                cut = (f"shard {shard.url} ends without tar's end-of-archive blocks after member "
+                       f"{archive.members[-1].name if archive.members else '(none)'}, so it was probably cut off; "
+                       "the members read are kept: copy the shard again to read the rest")
+    return occurrences, masks, cut
 
 
-def folder_rows(shard: Shard, storage_config: StorageConfig | None) -> Iterator[dict[str, Any]]:
-    """Yield the rows of an image-folder shard, reading each image and its mask if present."""
-    for key, image_url, mask_url in shard.members:
+def tar_members(shard: Shard, archive: tarfile.TarFile, with_content: bool,
+                wanted: Collection[str] | None = None) -> Contents:
+    """Return :func:`tar_contents` for an open archive."""
+    occurrences: list[Occurrence] = []
+    masks: dict[str, Occurrence] = {}
+    regular: dict[str, tarfile.TarInfo] = {}
+    last, cut = "", ""
+    while True:
         try:
-            image = storage.read_bytes(image_url, storage_config)
-            mask = storage.read_bytes(mask_url, storage_config) if mask_url else None
-        except OSError as exc:
-            yield sample_row(shard, key, error=f"cannot read {image_url} ({type(exc).__name__}: {exc})")
+            member = archive.next()
+        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+            cut = (f"shard {shard.url} is cut off or damaged after member {last or '(none)'} "
+                   f"({type(exc).__name__}: {exc}); the members after it cannot be read: copy the shard again")
+            break
+        if member is None:
+            break
+        last = member.name
+        if member.isreg():
+            regular[member.name] = member
+        role = member_role(member.name)
+        if role is not None:
+            item = tar_occurrence(shard, archive, member, role, regular,
+                                  with_content and (wanted is None or split_member_name(member.name)[0] in wanted))
+            if role == "mask":
+                masks.setdefault(item.key, item)
+            else:
+                occurrences.append(item)
+    return occurrences, masks, cut
+
+
+def tar_occurrence(shard: Shard, archive: tarfile.TarFile, member: tarfile.TarInfo, role: str,
+                   regular: Mapping[str, tarfile.TarInfo], with_content: bool) -> Occurrence:
+    """Return the occurrence of one image-named tar member, its bytes read if ``with_content``."""
+    key, extension = split_member_name(member.name)
+    name = f"member {member.name!r} of {shard.url}"
+    if role == "misnamed":
+        return Occurrence(key, member.name, error=f"{name} is named like an image, but a key ends at the first dot "
+                          f"of the name, leaving the component {extension!r}, which segpipe does not read; name images "
+                          "<key>.<png|jpg|tif|bmp|webp> and masks <key>.mask.png", kind="unsupported_member",
+                          claims=False)
+    problem = member_problem(member, regular)
+    if problem:
+        return Occurrence(key, member.name, error=f"{name} {problem}", kind="unsupported_member", claims=False)
+    if not with_content:
+        return Occurrence(key, member.name)
+    content, error = read_member(archive, regular[member.linkname] if member.islnk() else member)
+    bad = "corrupt_image" if role == "image" else "bad_mask"
+    return Occurrence(key, member.name, content, f"{name} {error}" if error else "", bad if error else "")
+
+
+def read_member(archive: tarfile.TarFile, member: tarfile.TarInfo) -> tuple[bytes, str]:
+    """Return ``(content, "")`` of a regular tar member, or ``(b"", why)`` if its data cannot be read."""
+    try:
+        handle = archive.extractfile(member)
+        content = handle.read() if handle else b""
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        return b"", f"cannot be read ({type(exc).__name__}: {exc}); the shard is cut off or damaged: copy it again"
+    if len(content) != member.size:
+        return b"", f"is cut off ({len(content)} of {member.size} bytes); the shard is truncated"
+    return content, ""
+
+
+def paired_rows(shard: Shard, occurrences: list[Occurrence], masks: Mapping[str, Occurrence],
+                taken: Mapping[str, str]) -> Iterator[dict[str, Any]]:
+    """Yield one row per image occurrence (with its key's mask), then one per mask without an image.
+
+    The first occurrence of a key that claims it is segmented; a later one, in this shard or after
+    an earlier shard (``taken``), is a ``duplicate_key`` error row naming where the key was first.
+    """
+    first: dict[str, str] = {}
+    for item in occurrences:
+        problem = storage.key_problem(item.key)
+        if problem:
+            yield sample_row(shard, item.key, error=f"key {item.key!r} ({item.member}) in {shard.url} cannot name an "
+                             f"output file: {problem}; rename it", kind="unsafe_key")
             continue
-        yield sample_row(shard, key, image=image, mask=mask)
+        if item.claims and item.key in taken:
+            yield sample_row(shard, item.key, error=f"key {item.key!r} ({item.member}) in {shard.url} was already "
+                             f"taken by the earlier shard {taken[item.key]}; keys must be unique across the input: "
+                             "rename one of them", kind="duplicate_key")
+            continue
+        if item.claims and item.key in first:
+            yield sample_row(shard, item.key, error=f"key {item.key!r} ({item.member}) in {shard.url} repeats "
+                             f"{first[item.key]} of the same shard; keep one image per key", kind="duplicate_key")
+            continue
+        if item.claims:
+            first[item.key] = item.member
+        mask = masks.get(item.key)
+        failed = item if item.error else mask if mask is not None and mask.error else None
+        if failed is not None:
+            yield sample_row(shard, item.key, error=failed.error, kind=failed.kind)
+        else:
+            yield sample_row(shard, item.key, image=item.content, mask=mask.content if mask else None)
+    with_image = {item.key for item in occurrences}
+    for key in sorted(set(masks) - with_image):
+        problem = storage.key_problem(key)
+        if problem:
+            yield sample_row(shard, key, error=f"key {key!r} (a mask) in {shard.url} cannot name an output file: "
+                             f"{problem}; rename it", kind="unsafe_key")
+        else:
+            yield sample_row(shard, key, error=f"key {key!r} in {shard.url} has a mask but no image",
+                             kind="missing_image")
+
+
+def parquet_contents(shard: Shard, storage_config: StorageConfig | None, with_content: bool = True) -> Contents:
+    """Return a Parquet shard's image occurrences (row order) and masks; columns ``key``, ``image``, optional ``mask``.
+
+    Without ``with_content`` only the ``key`` column is read (for :func:`shard_keys`).
+    """
+    fs, path = storage.filesystem_for(shard.url, storage_config)
+    with fs.open(path, "rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        names = parquet.schema_arrow.names
+        missing = {"key", "image"} - set(names)
+        if missing:
+            raise InputError(f"Parquet shard {shard.url} lacks column(s) {sorted(missing)}; "
+                             "it needs key, image[, mask]")
+        columns = ["key", "image", *(["mask"] if "mask" in names else [])] if with_content else ["key"]
+        table = parquet.read(columns=columns)
+    keys = table.column("key").to_pylist()
+    images = table.column("image").to_pylist() if with_content else [b""] * len(keys)
+    masks_column = table.column("mask").to_pylist() if "mask" in table.column_names else [None] * len(keys)
+    occurrences: list[Occurrence] = []
+    masks: dict[str, Occurrence] = {}
+    for index, (key, image, mask) in enumerate(zip(keys, images, masks_column)):
+        if key is None:
+            occurrences.append(Occurrence(f"{shard.name}#row{index}", f"row {index}", error=f"row {index} of "
+                                          f"{shard.url} has no key", kind="missing_key", claims=False))
+            continue
+        occurrences.append(Occurrence(str(key), f"row {index}", image or b""))
+        if mask is not None:
+            masks.setdefault(str(key), Occurrence(str(key), f"row {index}", mask))
+    return occurrences, masks, ""
+
+
+def folder_contents(shard: Shard, storage_config: StorageConfig | None, with_content: bool = True) -> Contents:
+    """Return an image-folder shard's image occurrences and masks, reading each file (unless not ``with_content``)."""
+    occurrences: list[Occurrence] = []
+    masks: dict[str, Occurrence] = {}
+    for key, image_url, mask_url in shard.members:
+        if image_url is not None:
+            occurrences.append(file_occurrence(key, image_url, storage_config, with_content, "corrupt_image"))
+        if mask_url is not None and key not in masks:
+            masks[key] = file_occurrence(key, mask_url, storage_config, with_content, "bad_mask")
+    return occurrences, masks, ""
+
+
+def file_occurrence(key: str, url: str, storage_config: StorageConfig | None, with_content: bool,
+                    kind: str) -> Occurrence:
+    """Return the occurrence of one input file, read if ``with_content``; a read failure is an error of ``kind``."""
+    if not with_content:
+        return Occurrence(key, url)
+    try:
+        return Occurrence(key, url, storage.read_bytes(url, storage_config))
+    except OSError as exc:
+        return Occurrence(key, url, error=f"cannot read {url} ({type(exc).__name__}: {exc})", kind=kind)
+
+
+def shard_keys(shard: Shard, storage_config: StorageConfig | None = None) -> list[str]:
+    """Return the keys the shard's images claim, in its order, reading no image data (tar headers,
+    the Parquet ``key`` column, the folder listing); an unreadable shard claims none."""
+    readers = {"tar": tar_contents, "parquet": parquet_contents, "folder": folder_contents}
+    try:
+        occurrences, _, _ = readers[shard.kind](shard, storage_config, with_content=False)
+    except Exception as exc:  # read_shard will turn the shard into its error row
+        log.debug("shard %s cannot be indexed: %s", shard.url, exc)
+        return []
+    return [item.key for item in occurrences if item.claims and storage.is_safe_key(item.key)]
+
+
+INDEX_THREADS = 16
+
+
+def keys_taken_earlier(shards: list[Shard], storage_config: StorageConfig | None = None) -> dict[str, dict[str, str]]:
+    """Return ``{shard name: {key: URL of the earlier shard holding it}}`` for keys that repeat across shards.
+
+    Shards are taken in the given (sorted) order, so the first shard holding a key keeps it on
+    every run and resume. Only shards with repeated keys appear. The shards' keys are read with
+    :data:`INDEX_THREADS` threads (tar headers and Parquet key columns; folder shards need no reading).
+    """
+    if len(shards) < 2:
+        return {}
+    with concurrent.futures.ThreadPoolExecutor(INDEX_THREADS) as pool:
+        key_lists = list(pool.map(lambda shard: shard_keys(shard, storage_config), shards))
+    owner: dict[str, int] = {}
+    taken: dict[str, dict[str, str]] = {}
+    for index, (shard, keys) in enumerate(zip(shards, key_lists)):
+        for key in keys:
+            first = owner.setdefault(key, index)
+            if first != index:
+                taken.setdefault(shard.name, {})[key] = shards[first].url
+    if taken:
+        log.warning("%d key(s) repeat across shards; each later image becomes a duplicate_key error row",
+                    sum(len(keys) for keys in taken.values()))
+    return taken
 
 
 def read_samples(source: str, keys: set[str], storage_config: StorageConfig | None = None) -> dict[str, tuple[bytes, bytes | None]]:
     """Return ``{key: (image, mask or None)}`` for the ``keys`` found in one input shard.
 
-    ``source`` is a metrics row's ``source``: a tar shard (streamed until every key is found),
-    a Parquet shard (only the matching rows are read) or an image folder. Only the asked-for
-    samples are read into memory; keys not found are absent from the result.
+    ``source`` is a metrics row's ``source``: a tar shard, a Parquet shard (only the matching rows
+    are read) or an image folder. Each key's first image is read, as a segmentation run reads it;
+    keys not found are absent from the result.
     """
     fs, path = storage.filesystem_for(source, storage_config)
     found: dict[str, tuple[bytes, bytes | None]] = {}
     if source.lower().endswith(".tar"):
-        images: dict[str, bytes] = {}
-        masks: dict[str, bytes] = {}
-        with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|") as archive:
-            for member in archive:
-                key, extension = split_member_name(member.name)
-                if key not in keys or not member.isfile():
-                    continue
-                content = archive.extractfile(member).read()  # type: ignore[union-attr]
-                if extension == "mask.png":
-                    masks[key] = content
-                elif ("." + extension) in IMAGE_EXTENSIONS:
-                    images[key] = content
-                if len(images) == len(keys) and len(masks) == len(keys):
-                    break
-        return {key: (image, masks.get(key)) for key, image in images.items()}
+        shard = Shard(shard_name(posixpath.basename(path)), "tar", source)
+        occurrences, masks, _ = tar_contents(shard, storage_config, wanted=keys)
+        for item in occurrences:
+            if item.key in keys and item.key not in found and item.claims:
+                mask = masks.get(item.key)
+                found[item.key] = (item.content, mask.content if mask and mask.content else None)
+        return found
     if source.lower().endswith(".parquet"):
         with fs.open(path, "rb") as handle:
             table = pq.read_table(handle, filters=[("key", "in", sorted(keys))])
         has_mask = "mask" in table.column_names
         for row in table.to_pylist():
-            found[str(row["key"])] = (row["image"] or b"", row.get("mask") if has_mask else None)
+            found.setdefault(str(row["key"]), (row["image"] or b"", row.get("mask") if has_mask else None))
         return found
     for key in keys:
-        candidates = fs.glob(posixpath.join(path, "images", glob_escape(key)) + ".*")
+        candidates = sorted(fs.glob(posixpath.join(path, "images", glob_escape(key)) + ".*"))
         candidates = [c for c in candidates if c.lower().endswith(IMAGE_EXTENSIONS)]
         if not candidates:
             continue

@@ -4,7 +4,7 @@ Both are plain functions of a Ray Data batch (``dict[str, np.ndarray]``) so they
 tasks apart from the actor pool: the actors only run the model. A sample that fails in either
 stage keeps its row, with ``error`` saying what went wrong with which key.
 
-Internal columns between stages: ``key, source, shard, shard_rows, error`` (``""`` = none),
+Internal columns between stages: ``key, source, shard, shard_rows, error, error_kind`` (``""`` = none),
 ``mask`` (encoded ground truth, ``b""`` = none), ``height, width`` (original size), ``seconds``
 (compute time spent on the row so far), ``pixels`` (model input) then ``scores`` (model output).
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -26,10 +26,12 @@ from pipeline.model import ModelInfo
 log = logging.getLogger(__name__)
 
 
-def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo) -> dict[str, np.ndarray]:
+def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo,
+                  max_image_pixels: int | None = preprocess.DEFAULT_MAX_IMAGE_PIXELS) -> dict[str, np.ndarray]:
     """Return the batch with images decoded, masks checked, and ``pixels`` (float32 model input) added.
 
-    The encoded ``image`` column is dropped; rows that fail get a zero tile and an error.
+    The encoded ``image`` column is dropped; rows that fail get a zero tile, an error and its kind.
+    Each image is reduced to the tile before a float32 copy exists (:func:`preprocess.read_model_input`).
     """
     spec = info.unet
     count = len(batch["key"])
@@ -37,6 +39,7 @@ def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo) -> dict[str, np
     heights = np.zeros(count, dtype=np.int32)
     widths = np.zeros(count, dtype=np.int32)
     errors = np.array(batch["error"], dtype=object)
+    kinds = np.array(batch["error_kind"], dtype=object)
     seconds = np.zeros(count, dtype=np.float64)
     for index in range(count):
         if errors[index]:
@@ -44,36 +47,43 @@ def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo) -> dict[str, np
         started = time.perf_counter()
         key = batch["key"][index]
         try:
-            image = preprocess.decode_image(batch["image"][index])
-            heights[index], widths[index] = image.shape[:2]
+            pixels[index], size = preprocess.read_model_input(batch["image"][index], spec.input_size, spec.channels,
+                                                              info.normalization, max_image_pixels)
+            heights[index], widths[index] = size
             if len(batch["mask"][index]):
-                preprocess.decode_mask(batch["mask"][index], spec.num_classes, image.shape[:2])
-            pixels[index] = preprocess.model_input(image, spec.input_size, spec.channels, info.normalization)
+                preprocess.decode_mask(batch["mask"][index], spec.num_classes, size)
         except preprocess.SampleError as exc:
-            errors[index] = f"{key}: {exc}"
+            errors[index], kinds[index] = f"{key}: {exc}", exc.kind
         except Exception as exc:  # an unexpected failure must still cost only this image
             errors[index] = f"{key}: unexpected {type(exc).__name__} while preparing the image: {exc}"
+            kinds[index] = "internal"
             log.exception("preparing %s failed", key)
         seconds[index] = time.perf_counter() - started
     out = {name: batch[name] for name in ("key", "source", "shard", "shard_rows", "mask")}
-    out.update(pixels=pixels, height=heights, width=widths, error=errors, seconds=seconds)
+    out.update(pixels=pixels, height=heights, width=widths, error=errors, error_kind=kinds, seconds=seconds)
     return out
 
 
-ROW_COLUMNS = ("key", "source", "shard", "image", "mask", "error")
+ROW_COLUMNS = ("key", "source", "shard", "image", "mask", "error", "error_kind")
 
 
 def read_and_prepare(batch: dict[str, np.ndarray], info: ModelInfo, storage_config: StorageConfig | None,
-                     batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+                     batch_size: int, taken: Mapping[str, Mapping[str, str]] | None = None,
+                     max_image_pixels: int | None = preprocess.DEFAULT_MAX_IMAGE_PIXELS,
+                     ) -> Iterator[dict[str, np.ndarray]]:
     """Read each shard named in ``batch["shard"]`` and yield its rows prepared (:func:`prepare_batch`),
     ``batch_size`` rows at a time.
+
+    ``taken`` maps a shard name to the keys earlier shards hold (:func:`sources.keys_taken_earlier`):
+    those images become ``duplicate_key`` rows.
 
     Reading and decoding in one CPU task spares a stage boundary: the encoded images never become
     Arrow rows in the object store only to be turned back into arrays by the next task (that round
     trip cost about a sixth of the CPU the model itself used per image on a 2-core node).
     """
     for text in batch["shard"]:
-        rows = sources.read_shard(sources.Shard.from_json(str(text)), storage_config)
+        shard = sources.Shard.from_json(str(text))
+        rows = sources.read_shard(shard, storage_config, (taken or {}).get(shard.name))
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
             columns = {name: np.empty(len(chunk), dtype=object) for name in ROW_COLUMNS}
@@ -81,7 +91,7 @@ def read_and_prepare(batch: dict[str, np.ndarray], info: ModelInfo, storage_conf
                 for name in ROW_COLUMNS:
                     columns[name][index] = row[name]
             columns["shard_rows"] = np.array([row["shard_rows"] for row in chunk], dtype=np.int64)
-            yield prepare_batch(columns, info)
+            yield prepare_batch(columns, info, max_image_pixels)
 
 
 def finish_batch(
@@ -120,14 +130,15 @@ def finish_row(item: dict[str, Any], info: ModelInfo, output: str, storage_confi
     key = str(item["key"])
     base = {"key": key, "source": str(item["source"])}
     if item["error"]:
-        return {**base, "status": schema.STATUS_ERROR, "error": str(item["error"])}
+        return {**base, "status": schema.STATUS_ERROR, "error": str(item["error"]),
+                "error_kind": str(item["error_kind"])}
     height, width = int(item["height"]), int(item["width"])
     try:
         predicted = preprocess.mask_at_size(item["scores"], height, width, info.threshold)
         mask_uri = storage.join_url(output, "masks", f"{key}.png")
         storage.write_bytes(mask_uri, preprocess.encode_png(predicted, compress_level=1), storage_config)
         record: dict[str, Any] = {
-            "class_pixels": np.bincount(predicted.ravel(), minlength=info.unet.num_classes).tolist(),
+            "class_pixels": metrics.class_counts(predicted, info.unet.num_classes).tolist(),
         }
         if len(item["mask"]):
             truth = preprocess.decode_mask(item["mask"], info.unet.num_classes, (height, width))
@@ -135,7 +146,7 @@ def finish_row(item: dict[str, Any], info: ModelInfo, output: str, storage_confi
     except Exception as exc:
         log.exception("finishing %s failed", key)
         return {**base, "status": schema.STATUS_ERROR, "error": f"{key}: {type(exc).__name__} while writing the mask: {exc}",
-                "height": height, "width": width}
+                "error_kind": "write_failed", "height": height, "width": width}
     return {**base, **record, "status": schema.STATUS_OK, "height": height, "width": width, "mask_uri": mask_uri}
 
 

@@ -475,6 +475,8 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
     """
     started = time.perf_counter()
     spec = unet_spec(cfg.unet)
+    inputs = {"training data": cfg.data, **({"validation data": cfg.val_data} if cfg.val_data else {})}
+    storage.check_apart(cfg.output, inputs)
     train_data = training_dataset(cfg.data, cfg, spec, cfg.augment, cfg.passes_per_epoch, cfg.patch_size)
     val_data = training_dataset(cfg.val_data, cfg, spec, False) if cfg.val_data else None
     storage.check_writable(cfg.output, cfg.storage)

@@ -114,6 +114,107 @@ def test_missing_s3_bucket_is_an_unwritable_output(s3_endpoint: str, sample_tars
     assert status == 2 and "s3://no-such-bucket-here/out is not writable" in text
 
 
+def folder_input(root: Path) -> Path:
+    """Write an image folder with ground-truth masks, as a user keeps one."""
+    from pipeline.preprocess import encode_png
+    import numpy as np
+
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for key in ("a", "b"):
+        (root / "images" / f"{key}.png").write_bytes(encode_png(np.full((8, 8, 3), 90, np.uint8)))
+        (root / "masks" / f"{key}.png").write_bytes(encode_png(np.ones((8, 8), np.uint8)))
+    return root
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("relation", ["same", "output inside", "input inside", "model inside", "overwrite"])
+def test_an_output_overlapping_the_input_or_model_is_refused_before_work(
+        tmp_path: Path, tiny_model: str, capsys: pytest.CaptureFixture[str], relation: str) -> None:
+    data = folder_input(tmp_path / "data")
+    model = tmp_path / "model"
+    for path in Path(tiny_model).iterdir():
+        (model / path.name).parent.mkdir(exist_ok=True)
+        (model / path.name).write_bytes(path.read_bytes())
+    before = snapshot(tmp_path)
+    inputs, output = {"same": (data, data), "output inside": (data, data / "run"), "input inside": (data, tmp_path),
+                      "model inside": (data, model / "out"), "overwrite": (data, data)}[relation]
+    extra = ["--overwrite"] if relation == "overwrite" else []
+    status, text = run_cli(capsys, "segment", "--input", f"file://{inputs}" if relation == "same" else str(inputs),
+                           "--model", str(model), "--output", str(output), *extra)
+    what = "model artifact" if relation == "model inside" else "input"
+    assert status == 2 and f"the {what}" in text and "never writes into" in text, text
+    assert "Traceback" not in text
+    assert snapshot(tmp_path) == before  # not even a write probe
+
+
+def test_a_symlinked_output_into_the_input_is_refused(tmp_path: Path, tiny_model: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    data = folder_input(tmp_path / "data")
+    (tmp_path / "alias").symlink_to(data)
+    status, text = run_cli(capsys, "segment", "--input", str(data), "--model", tiny_model,
+                           "--output", str(tmp_path / "alias" / "out"))
+    assert status == 2 and "lies inside the input" in text
+
+
+def test_an_s3_output_inside_an_s3_input_is_refused(s3_bucket: str, tiny_model: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.sample_data import write_sample_data
+    from pipeline.config import SampleDataConfig
+
+    write_sample_data(SampleDataConfig(output=f"{s3_bucket}/in", num_images=2, num_shards=1, layout="parquet"))
+    status, text = run_cli(capsys, "segment", "--input", f"{s3_bucket}/in", "--model", tiny_model,
+                           "--output", f"{s3_bucket}/in/out")
+    assert status == 2 and f"output {s3_bucket}/in/out lies inside the input" in text
+    status, text = run_cli(capsys, "segment", "--input", f"{s3_bucket}/in/", "--model", tiny_model,
+                           "--output", f"s3a://{s3_bucket[len('s3://'):]}")
+    assert status == 2 and "contains the input" in text
+
+
+def without_aws_credentials(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    """Remove every source of AWS credentials a test machine could have."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(home))  # no ~/.aws
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance metadata service
+
+
+def test_s3_input_without_credentials_stops_with_one_message(tmp_path: Path, tiny_model: str,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    without_aws_credentials(monkeypatch, tmp_path)
+    status, text = run_cli(capsys, "segment", "--input", "s3://bucket-that-does-not-exist/x/", "--model", tiny_model,
+                           "--output", str(tmp_path / "out"))
+    assert status == 2 and "Traceback" not in text, text
+    assert "s3://bucket-that-does-not-exist/x/ cannot be reached: no object-storage credentials" in text
+    assert "AWS_ACCESS_KEY_ID" in text and "storage.anon=true" in text
+
+
+def test_an_unreachable_endpoint_stops_within_seconds(tmp_path: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+    import time
+
+    without_aws_credentials(monkeypatch, tmp_path)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    started = time.monotonic()
+    status, text = run_cli(capsys, "segment", "--input", "s3://bucket/x/", "--model", tiny_model,
+                           "--output", str(tmp_path / "out"), "--endpoint-url", endpoint)
+    assert time.monotonic() - started < 15
+    assert status == 2 and "Traceback" not in text, text
+    assert f"the object-storage endpoint {endpoint} does not answer" in text and "AWS_ENDPOINT_URL" in text
+
+
 def test_bad_override_stops_before_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     status, text = run_cli(capsys, "segment", "--input", "x", "--model", "y", "--output", "z", "actors.gpu=1")
     assert status == 2 and "unknown config key 'actors.gpu'" in text

@@ -184,3 +184,36 @@ def test_killing_actors_mid_run_loses_nothing(tmp_path: Path, tiny_model: str) -
     summary = outcome["summary"]
     assert summary.images == 40 and summary.errors == 0
     assert_exactly_once(output, sample_keys(40))
+
+
+def test_ctrl_c_stops_with_one_line_records_interrupted_and_leaves_no_ray_behind(tmp_path: Path) -> None:
+    import psutil
+
+    data, output, model = tmp_path / "data", tmp_path / "out", str(tmp_path / "model")
+    write_sample_data(SampleDataConfig(output=str(data), num_images=40, num_shards=8, min_size=32, max_size=48))
+    spec = replace(TINY_UNET, input_size=(256, 256), depth=3, base_filters=16)  # slow enough to interrupt mid-run
+    save_artifact(build_unet(spec), ModelInfo(unet=spec, class_names=TINY_CLASSES), model)
+    env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}  # its own local Ray
+    process = subprocess.Popen([sys.executable, "-m", "jobs.cli", "segment", "--input", str(data), "--model", model,
+                                "--output", str(output), "--batch-size", "4", "stage_cpus=0.2"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None and committed(output) < 1:
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before Ctrl-C"
+    ray_processes = psutil.Process(process.pid).children(recursive=True)
+    assert ray_processes  # the local Ray it started: GCS, raylet, workers
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole foreground group
+    _, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "segpipe segment: interrupted; re-run the same command to resume"
+    assert "Traceback" not in stderr
+    assert run_record(output)["status"] == "interrupted"
+    gone, alive = psutil.wait_procs(ray_processes, timeout=10)
+    assert not alive, [p.info for p in alive] if alive else None
+
+    resumed = run_segmentation(SegmentConfig(input=str(data), model=model, output=str(output), batch_size=4))
+    assert resumed.resumed_shards >= 1
+    assert_exactly_once(output, sample_keys(40))

@@ -80,3 +80,16 @@ def test_foreground_mean_skips_nan_and_background() -> None:
 def test_shape_mismatch_is_refused() -> None:
     with pytest.raises(ValueError, match="shape"):
         confusion_counts(np.zeros((2, 2)), np.zeros((2, 3)), 2)
+
+
+def test_counts_over_many_chunks_match_a_plain_bincount(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import metrics
+
+    monkeypatch.setattr(metrics, "COUNT_CHUNK", 7)  # many chunks, the last one short
+    rng = np.random.default_rng(1)
+    prediction, truth = rng.integers(0, 3, (9, 11), dtype=np.uint8), rng.integers(0, 3, (9, 11), dtype=np.uint8)
+    tp, fp, fn = metrics.confusion_counts(prediction, truth, 3)
+    assert tp.tolist() == [int(((prediction == c) & (truth == c)).sum()) for c in range(3)]
+    assert fp.tolist() == [int(((prediction == c) & (truth != c)).sum()) for c in range(3)]
+    assert fn.tolist() == [int(((prediction != c) & (truth == c)).sum()) for c in range(3)]
+    assert metrics.class_counts(prediction, 3).tolist() == np.bincount(prediction.ravel(), minlength=3).tolist()

@@ -131,3 +131,75 @@ def test_quantised_scores_resize_like_float_scores() -> None:
 def test_encode_png_round_trips() -> None:
     mask = np.array([[0, 1, 2]], dtype=np.uint8)
     assert np.asarray(Image.open(io.BytesIO(preprocess.encode_png(mask)))).tolist() == [[0, 1, 2]]
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header() -> None:
+    from tests.hostile_input import png_header_only
+
+    huge = png_header_only(40000, 40000)  # 1.6 gigapixels declared in 57 bytes
+    too_large = r"40000x40000 = 1600 megapixels, more than max_image_pixels=268435456"
+    with pytest.raises(SampleError, match=too_large) as info:
+        preprocess.read_model_input(huge, (8, 8), 3, {"mode": "scale"})
+    assert info.value.kind == "image_too_large" and "--max-image-pixels" in str(info.value)
+    small = encoded(np.zeros((10, 11), np.uint8))
+    assert preprocess.read_model_input(small, (8, 8), 1, {"mode": "scale"}, max_pixels=110)[1] == (10, 11)
+    with pytest.raises(SampleError, match="more than max_image_pixels=109"):
+        preprocess.read_model_input(small, (8, 8), 1, {"mode": "scale"}, max_pixels=109)
+
+
+def test_errors_carry_their_kind() -> None:
+    cases = [(b"", "corrupt_image"), (encoded(Image.new("CMYK", (4, 4)), "JPEG"), "unsupported_image")]
+    for data, kind in cases:
+        with pytest.raises(SampleError) as info:
+            preprocess.read_model_input(data, (4, 4), 3, {"mode": "scale"})
+        assert info.value.kind == kind
+    mask_cases = [(encoded(np.zeros((3, 2), np.uint8)), "mask_size_mismatch"),
+                  (encoded(np.full((2, 2), 9, np.uint8)), "mask_classes"), (b"nope", "bad_mask"),
+                  (encoded(np.zeros((2, 2, 3), np.uint8)), "bad_mask")]
+    for data, kind in mask_cases:
+        with pytest.raises(SampleError) as info:
+            preprocess.decode_mask(data, 3, (2, 2))
+        assert info.value.kind == kind, (kind, info.value)
+
+
+def test_model_input_from_bytes_matches_the_array_path() -> None:
+    rng = np.random.default_rng(3)
+    same = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    pixels, size = preprocess.read_model_input(encoded(same), (16, 16), 3, {"mode": "scale"})
+    assert size == (16, 16) and np.array_equal(pixels, preprocess.model_input(same, (16, 16), 3, {"mode": "scale"}))
+    large = rng.integers(0, 255, (90, 70), dtype=np.uint16) * 200  # 16-bit, resized in its own type
+    pixels, size = preprocess.read_model_input(encoded(large), (16, 16), 3, {"mode": "minmax"})
+    reference = preprocess.model_input(large[:, :, None], (16, 16), 3, {"mode": "minmax"})
+    assert size == (90, 70) and pixels.shape == (16, 16, 3) and np.abs(pixels - reference).max() < 0.02
+
+
+def test_a_large_jpeg_is_decoded_reduced_and_no_full_float_copy_is_made() -> None:
+    import tracemalloc
+
+    height, width = 3000, 4000  # 12 megapixels: one float32 RGB copy would take 144 MB
+    gradient = np.linspace(0, 255, width, dtype=np.float32)[None, :, None] * np.ones((height, 1, 3), np.float32)
+    jpeg = encoded(gradient.astype(np.uint8), "JPEG", quality=90)
+    png = encoded(gradient.astype(np.uint8)[:, :, 0])
+    del gradient
+    for data, limit in ((jpeg, 4 * 2**20), (png, 4 * 2**20)):
+        tracemalloc.start()
+        pixels, size = preprocess.read_model_input(data, (64, 64), 3, {"mode": "scale"})
+        _, peak = tracemalloc.get_traced_memory()  # NumPy's allocations; Pillow's own buffer is not traced
+        tracemalloc.stop()
+        assert size == (height, width) and pixels.shape == (64, 64, 3)
+        assert peak < limit, f"{peak / 2**20:.1f} MB of arrays for a 64x64 input"
+        assert pixels[:, 0].mean() < 0.05 and pixels[:, -1].mean() > 0.95  # the gradient survived the reduction
+
+
+def test_scores_back_to_a_large_size_cost_a_few_bytes_per_pixel() -> None:
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    scores = preprocess.quantise_scores(rng.dirichlet(np.ones(4), size=(32, 32)).astype(np.float32))
+    expected = np.argmax(preprocess.resize_channels(scores, 1500, 2000, Image.Resampling.BILINEAR), axis=-1)
+    tracemalloc.start()
+    mask = preprocess.mask_at_size(scores, 1500, 2000, 0.5)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert np.array_equal(mask, expected)  # the same argmax, ties to the lower class
+    assert peak < 8 * 1500 * 2000, f"{peak / (1500 * 2000):.1f} bytes per pixel"  # all planes, then argmax: 12

@@ -119,9 +119,14 @@ def mixed_tar(path: Path) -> dict[str, str]:
         "cmyk": "unsupported image mode 'CMYK'",
         "wrongsize": "mask size 10x10 differs from image size 50x40",
         "badclass": "class values [7]",
-        "../escape": "not a safe relative name",
-        "/absolute": "not a safe relative name",
+        "../escape": "cannot name an output file",
+        "/absolute": "cannot name an output file: it is absolute",
     }
+
+
+MIXED_KINDS = {"corrupt": "corrupt_image", "truncated": "corrupt_image", "cmyk": "unsupported_image",
+               "wrongsize": "mask_size_mismatch", "badclass": "mask_classes", "../escape": "unsafe_key",
+               "/absolute": "unsafe_key"}
 
 
 def test_bad_samples_become_error_rows_and_the_run_continues(tmp_path: Path, tiny_model: str) -> None:
@@ -140,6 +145,7 @@ def test_bad_samples_become_error_rows_and_the_run_continues(tmp_path: Path, tin
         row = rows[key]
         if fragment:
             assert row["status"] == "error" and fragment in row["error"], (key, row["error"])
+            assert row["error_kind"] == MIXED_KINDS[key], (key, row["error_kind"])
             assert row["mask_uri"] is None
         else:
             assert row["status"] == "ok" and row["error"] is None
@@ -175,9 +181,16 @@ def test_asking_for_gpus_the_cluster_lacks_stops_before_work(tmp_path: Path, tin
     assert not (tmp_path / "out" / "run.json").exists()
 
 
-def test_keys_repeated_across_shards_are_counted(tmp_path: Path, tiny_model: str) -> None:
+def test_keys_repeated_across_shards_are_segmented_once(tmp_path: Path, tiny_model: str) -> None:
     data = tmp_path / "data"
     write_sample_data(SampleDataConfig(output=str(data), num_images=3, num_shards=1))
     (data / "shard-copy.tar").write_bytes((data / "shard-00000.tar").read_bytes())
     summary = run_segmentation(SegmentConfig(input=str(data), model=tiny_model, output=str(tmp_path / "out")))
+    rows = read_metrics(str(tmp_path / "out"))
     assert summary.images == 6 and summary.duplicate_keys == 3
+    ok = {row["key"]: row["source"] for row in rows if row["status"] == "ok"}
+    # "shard-00000" sorts before "shard-copy", so it keeps the keys
+    assert len(ok) == 3 and set(ok.values()) == {str(data / "shard-00000.tar")}
+    duplicates = [row for row in rows if row["status"] == "error"]
+    assert {row["error_kind"] for row in duplicates} == {"duplicate_key"} and len(duplicates) == 3
+    assert all(str(data / "shard-00000.tar") in row["error"] for row in duplicates)

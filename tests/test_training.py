@@ -15,6 +15,7 @@ from pipeline.model import UNetSpec, load_artifact
 from pipeline.preprocess import SampleError, encode_png, model_input
 from pipeline.sample_data import write_sample_data
 from pipeline.sources import InputError
+from pipeline.storage import StorageError
 from pipeline.training import DecodedSamples, per_example_loss, run_training, training_batch
 
 TINY = UNetConfig(input_size=32, num_classes=3, depth=2, base_filters=4)
@@ -385,6 +386,8 @@ def test_bad_training_setups_stop_before_training(labelled: dict[str, str], tmp_
         run_training(tiny_train_config(labelled, tmp_path / "b", num_workers=8, batch_size=8))
     with pytest.raises(ConfigError, match="needs 2 GPUs"):
         run_training(tiny_train_config(labelled, tmp_path / "c", use_gpu=True))
+    with pytest.raises(StorageError, match="lies inside the training data"):
+        run_training(tiny_train_config(labelled, Path(labelled["train"]) / "model"))
 
 
 @pytest.mark.slow
