@@ -97,8 +97,7 @@ def run_segmentation(cfg: SegmentConfig) -> RunSummary:
     started_at = now_iso()
     plan = plan_run(cfg)
     with storage.reaching(cfg.output, cfg.storage):
-        prior = prepare_output(dataclasses.replace(cfg, storage=cfg.storage.for_checks()), plan.model.sha256,
-                               cfg.overwrite)
+        prior = prepare_output(cfg, plan.model.sha256, cfg.overwrite)
     plan = dataclasses.replace(plan, run_id=prior.run_id or plan.run_id)
     todo = [shard for shard in plan.shards if shard.name not in prior.committed]
     if todo:

@@ -22,6 +22,7 @@ import tarfile
 from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import raypatch, storage
@@ -229,16 +230,18 @@ def tar_contents(shard: Shard, storage_config: StorageConfig | None, with_conten
     no bytes but the same keys and ``claims``. With ``wanted`` only those keys' bytes are read,
     seeking past the rest; otherwise the shard is fetched in one read.
     """
-    fs, path = storage.filesystem_for(shard.url, storage_config)
-    with fs.open(path, "rb") as handle:
-        whole = io.BytesIO(handle.read()) if with_content and wanted is None else None
-        with tarfile.open(fileobj=whole or handle, mode="r:") as archive:
+    if with_content and wanted is None:
+        whole = io.BytesIO(storage.read_bytes(shard.url, storage_config))  # one request for the whole shard
+        with tarfile.open(fileobj=whole, mode="r:") as archive:
             occurrences, masks, cut = tar_members(shard, archive, with_content, wanted)
-            if whole is not None and not cut and whole.getbuffer().nbytes - archive.offset < tarfile.BLOCKSIZE:
+            if not cut and whole.getbuffer().nbytes - archive.offset < tarfile.BLOCKSIZE:
                 cut = (f"shard {shard.url} ends without tar's end-of-archive blocks after member "
                        f"{archive.members[-1].name if archive.members else '(none)'}, so it was probably cut off; "
                        "the members read are kept: copy the shard again to read the rest")
-    return occurrences, masks, cut
+        return occurrences, masks, cut
+    fs, path = storage.filesystem_for(shard.url, storage_config)
+    with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as archive:
+        return tar_members(shard, archive, with_content, wanted)
 
 
 def tar_members(shard: Shard, archive: tarfile.TarFile, with_content: bool,
@@ -251,7 +254,7 @@ def tar_members(shard: Shard, archive: tarfile.TarFile, with_content: bool,
     while True:
         try:
             member = archive.next()
-        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+        except (tarfile.TarError, EOFError, UnicodeDecodeError) as exc:  # a storage failure is not a cut: it raises
             cut = (f"shard {shard.url} is cut off or damaged after member {last or '(none)'} "
                    f"({type(exc).__name__}: {exc}); the members after it cannot be read: copy the shard again")
             break
@@ -399,15 +402,26 @@ def file_occurrence(key: str, url: str, storage_config: StorageConfig | None, wi
         return Occurrence(key, url, error=f"cannot read {url} ({type(exc).__name__}: {exc})", kind=kind)
 
 
+UNPARSABLE = (tarfile.TarError, EOFError, UnicodeDecodeError, InputError, pa.ArrowInvalid)  # not a tar / Parquet
+
+
 def shard_keys(shard: Shard, storage_config: StorageConfig | None = None) -> list[str]:
     """Return the keys the shard's images claim, in its order, reading no image data (tar headers,
-    the Parquet ``key`` column, the folder listing); an unreadable shard claims none."""
+    the Parquet ``key`` column, the folder listing).
+
+    A shard that cannot be parsed claims none (reading it gives only its error row). A storage
+    failure raises StorageError: without the shard's keys, duplicates could not be told apart.
+    """
     readers = {"tar": tar_contents, "parquet": parquet_contents, "folder": folder_contents}
     try:
         occurrences, _, _ = readers[shard.kind](shard, storage_config, with_content=False)
-    except Exception as exc:  # read_shard will turn the shard into its error row
-        log.debug("shard %s cannot be indexed: %s", shard.url, exc)
+    except UNPARSABLE as exc:
+        log.debug("shard %s cannot be parsed: %s", shard.url, exc)
         return []
+    except Exception as exc:
+        raise storage.StorageError(f"the keys of shard {shard.url} cannot be read ({type(exc).__name__}: {exc}); "
+                                   "they are needed to find keys repeated across shards: re-run the same command "
+                                   "(it resumes) once the storage answers") from exc
     return [item.key for item in occurrences if item.claims and storage.is_safe_key(item.key)]
 
 

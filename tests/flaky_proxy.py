@@ -68,7 +68,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
         for name, value in response.getheaders():
             if name.lower() not in ("transfer-encoding", "connection", "content-length"):
                 self.send_header(name, value)
-        self.send_header("Content-Length", str(len(payload)))
+        # a HEAD answer has no body but the length of the object it describes
+        length = response.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(payload))
+        self.send_header("Content-Length", length)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)

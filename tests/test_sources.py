@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.preprocess import encode_png
+from pipeline.storage import StorageError
 from pipeline.sources import (InputError, Shard, discover_shards, keys_taken_earlier, read_shard, shard_keys,
                               split_member_name)
 
@@ -210,3 +211,12 @@ def test_missing_and_imageless_inputs_are_refused(tmp_path: Path) -> None:
     (tmp_path / "readme.txt").write_text("x")
     with pytest.raises(InputError, match="holds no images"):
         discover_shards(str(tmp_path))
+
+
+def test_keys_of_a_shard_that_cannot_be_parsed_are_none_but_a_storage_failure_stops_the_run(tmp_path: Path) -> None:
+    (tmp_path / "broken.tar").write_bytes(b"\x01" * 700)
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet")
+    assert shard_keys(Shard("broken", "tar", str(tmp_path / "broken.tar"))) == []
+    assert shard_keys(Shard("broken", "parquet", str(tmp_path / "broken.parquet"))) == []
+    with pytest.raises(StorageError, match="the keys of shard .*gone.tar cannot be read"):
+        shard_keys(Shard("gone", "tar", str(tmp_path / "gone.tar")))
