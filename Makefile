@@ -25,7 +25,7 @@ test-fast: setup
 	$(BIN)/pytest -m 'not slow'
 
 bench: setup
-	$(BIN)/python jobs/benchmark.py --workdir bench-output
+	$(BIN)/python jobs/benchmarks/benchmark.py --workdir bench-output
 
 clean:
 	rm -rf demo-output bench-output .pytest_cache

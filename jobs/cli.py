@@ -220,7 +220,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def run_segment_command(args: argparse.Namespace) -> int:
     """Run ``segpipe segment``; return the exit status."""
-    from pipeline.inference import run_segmentation
+    from pipeline.segment.run import run_segmentation
 
     cfg = config_from_args(args)
     summary = run_segmentation(cfg)
@@ -228,7 +228,7 @@ def run_segment_command(args: argparse.Namespace) -> int:
         print("note: the model artifact is untrained (model.json training.trained is false); masks are not meaningful")
     print(summary.line())
     if cfg.report:
-        from pipeline.report import build_report
+        from pipeline.report.build import build_report
 
         print(build_report(ReportConfig(run=cfg.output, storage=cfg.storage)).line())
     return 0
@@ -236,7 +236,7 @@ def run_segment_command(args: argparse.Namespace) -> int:
 
 def run_report_command(args: argparse.Namespace) -> int:
     """Run ``segpipe report``; return the exit status."""
-    from pipeline.report import build_report
+    from pipeline.report.build import build_report
 
     print(build_report(config_from_args(args)).line())
     return 0
@@ -244,7 +244,7 @@ def run_report_command(args: argparse.Namespace) -> int:
 
 def run_train_command(args: argparse.Namespace) -> int:
     """Run ``segpipe train``; return the exit status."""
-    from pipeline.training import run_training
+    from pipeline.train.run import run_training
 
     summary = run_training(config_from_args(args))
     print(summary.line())
@@ -273,10 +273,10 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Return the exception types that mean "the run cannot start": shown as one message, exit 2."""
+    from pipeline.io.shards import InputError
+    from pipeline.io.storage import StorageError
     from pipeline.model import ModelArtifactError
-    from pipeline.report import ReportError
-    from pipeline.sources import InputError
-    from pipeline.storage import StorageError
+    from pipeline.report.reading import ReportError
 
     return ConfigError, InputError, ModelArtifactError, StorageError, ReportError
 

@@ -13,13 +13,14 @@ import dataclasses
 import logging
 import os
 
-from pipeline import storage
 from pipeline.config import ReportConfig, SampleDataConfig, SegmentConfig, TrainConfig, UNetConfig
-from pipeline.inference import RunSummary, run_segmentation
+from pipeline.io import layout
 from pipeline.model import ModelInfo, UNetSpec, build_unet, save_artifact
-from pipeline.report import ReportResult, build_report
+from pipeline.report.build import ReportResult, build_report
 from pipeline.sample_data import write_sample_data
-from pipeline.training import TrainSummary, run_training, unet_spec
+from pipeline.segment.record import RunSummary
+from pipeline.segment.run import run_segmentation
+from pipeline.train.run import TrainSummary, run_training, unet_spec
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,9 @@ class DemoResult:
             f"segmentation:  {self.trained.line()}",
             f"validation mean Dice (foreground classes, mean over images): trained {self.trained_dice:.3f}, "
             f"untrained {self.untrained_dice:.3f}",
-            f"masks:         {storage.join_url(run, 'masks')}/",
-            f"metrics:       {storage.join_url(run, 'metrics')}/*.parquet",
-            f"run record:    {storage.join_url(run, 'run.json')}",
+            f"masks:         {layout.folder_url(run, layout.MASKS)}/",
+            f"metrics:       {layout.folder_url(run, layout.METRICS)}/*.parquet",
+            f"run record:    {layout.run_record_url(run)}",
             f"report:        {self.report.html_url} (open it in a browser; summary.json beside it)",
         ]
 

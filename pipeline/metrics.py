@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 COUNT_CHUNK = 1 << 22  # pixels per bincount: its int64 copy of the chunk stays at 32 MB for any image size
 
 

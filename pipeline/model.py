@@ -19,8 +19,8 @@ import os
 import tempfile
 from typing import Any
 
-from pipeline import storage
 from pipeline.config import StorageConfig
+from pipeline.io import storage
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,25 @@ class LoadedModel:
     def model_id(self) -> str:
         """Return ``<name>-<first 12 hex digits of the sha256 of model.keras>``."""
         return f"{self.info.name}-{self.sha256[:12]}"
+
+
+def configure_tensorflow(threads: int) -> None:
+    """Limit TensorFlow to ``threads`` intra-op threads (1 inter-op) and turn on GPU memory growth.
+
+    Takes effect only before TensorFlow executes anything in the process. On a GPU node Ray has already set
+    ``CUDA_VISIBLE_DEVICES`` to the GPU(s) it assigned this actor, so TensorFlow sees only those;
+    memory growth stops it from reserving a whole GPU at start-up.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:  # TensorFlow already ran in this process (an in-process caller): keep its settings
+        log.debug("TensorFlow is already initialised; thread and memory settings left as they are")
 
 
 def build_unet(spec: UNetSpec) -> Any:

@@ -47,8 +47,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import SampleDataConfig
+from pipeline.io.storage import join_url, write_bytes
 from pipeline.preprocess import encode_png
-from pipeline.storage import join_url, write_bytes
 
 logger = logging.getLogger(__name__)
 

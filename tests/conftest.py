@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipeline.local_s3 import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, create_bucket, local_s3_server
+from pipeline.io.local_s3 import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, create_bucket, local_s3_server
 from pipeline.model import ModelInfo, UNetSpec, build_unet, save_artifact
 
 TINY_CLASSES = ("background", "disc", "stripes")

@@ -116,8 +116,9 @@ def test_missing_s3_bucket_is_an_unwritable_output(s3_endpoint: str, sample_tars
 
 def folder_input(root: Path) -> Path:
     """Write an image folder with ground-truth masks, as a user keeps one."""
-    from pipeline.preprocess import encode_png
     import numpy as np
+
+    from pipeline.preprocess import encode_png
 
     for sub in ("images", "masks"):
         (root / sub).mkdir(parents=True)
@@ -162,8 +163,8 @@ def test_a_symlinked_output_into_the_input_is_refused(tmp_path: Path, tiny_model
 
 def test_an_s3_output_inside_an_s3_input_is_refused(s3_bucket: str, tiny_model: str,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    from pipeline.sample_data import write_sample_data
     from pipeline.config import SampleDataConfig
+    from pipeline.sample_data import write_sample_data
 
     write_sample_data(SampleDataConfig(output=f"{s3_bucket}/in", num_images=2, num_shards=1, layout="parquet"))
     status, text = run_cli(capsys, "segment", "--input", f"{s3_bucket}/in", "--model", tiny_model,

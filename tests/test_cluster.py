@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import SampleDataConfig
-from pipeline.local_s3 import free_port
+from pipeline.io.local_s3 import free_port
 from pipeline.sample_data import write_sample_data
 
 pytestmark = pytest.mark.slow

@@ -134,7 +134,7 @@ def test_encode_png_round_trips() -> None:
 
 
 def test_an_image_over_the_pixel_limit_is_refused_from_its_header() -> None:
-    from tests.hostile_input import png_header_only
+    from tests.segment.hostile_input import png_header_only
 
     huge = png_header_only(40000, 40000)  # 1.6 gigapixels declared in 57 bytes
     too_large = r"40000x40000 = 1600 megapixels, more than max_image_pixels=268435456"

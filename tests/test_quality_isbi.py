@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jobs.quality_isbi import offset_errors, shifted
+from jobs.benchmarks.quality_isbi import offset_errors, shifted
 
 
 def test_offset_errors_find_a_score_drawn_off_its_labels() -> None:

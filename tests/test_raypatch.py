@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -40,12 +43,33 @@ def test_install_patches_the_executor_once() -> None:
     assert streaming_executor.process_completed_tasks is patched  # not wrapped twice
 
 
-def test_importing_the_sources_module_installs_it() -> None:
-    """Any process that unpickles a stream built by pipeline.sources (Ray Train's SplitCoordinator
-    among them) imports that module, which installs the pause: checked in a fresh interpreter."""
-    probe = ("from ray.data._internal.execution import streaming_executor as s; "
-             "assert not hasattr(s.process_completed_tasks, 'segpipe_pausing'); "
-             "import pipeline.sources; print(s.process_completed_tasks.segpipe_pausing)")
+def test_an_untested_ray_version_is_warned_about(monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    import ray
+    from ray.data._internal.execution import streaming_executor
+
+    monkeypatch.setattr(ray, "__version__", "9.1.0")
+    monkeypatch.setattr(streaming_executor, "process_completed_tasks", lambda topology: None)
+    with caplog.at_level(logging.WARNING, logger="pipeline.raypatch"):
+        assert raypatch.install()
+    assert "Ray 9.1.0" in caplog.text and "written for Ray 2.60" in caplog.text
+    monkeypatch.delattr(streaming_executor, "process_completed_tasks")
+    with caplog.at_level(logging.WARNING, logger="pipeline.raypatch"):
+        assert not raypatch.install()
+    assert "is not applied" in caplog.text
+
+
+def test_importing_the_library_patches_nothing_and_the_training_stream_installs_it(tmp_path: Path) -> None:
+    """Any process that unpickles the training stream's data function (Ray Train's SplitCoordinator
+    among them) installs the pause; importing the library does not: checked in a fresh interpreter."""
+    from pipeline.train.data import TrainingBatches
+
+    (tmp_path / "batches.pickle").write_bytes(pickle.dumps(TrainingBatches(patch=0)))
+    probe = ("import pickle, pipeline.io.readers, pipeline.segment.run, pipeline.train.data; "
+             "from ray.data._internal.execution import streaming_executor as s; "
+             "assert not hasattr(s.process_completed_tasks, 'segpipe_pausing'), 'patched on import'; "
+             f"pickle.loads(open({str(tmp_path / 'batches.pickle')!r}, 'rb').read()); "
+             "print(s.process_completed_tasks.segpipe_pausing)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "True"

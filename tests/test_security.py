@@ -9,10 +9,10 @@ import pytest
 import s3fs
 
 from pipeline.config import ReportConfig, SampleDataConfig, SegmentConfig, StorageConfig
-from pipeline.inference import run_segmentation
-from pipeline.report import build_report
+from pipeline.report.build import build_report
 from pipeline.sample_data import write_sample_data
-from tests.test_segment_e2e import copy_tree
+from pipeline.segment.run import run_segmentation
+from tests.segment.test_run import copy_tree
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 

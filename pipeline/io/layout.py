@@ -1,0 +1,66 @@
+"""Where a segmentation run's outputs lie under its output URL: the one place that names them.
+
+::
+
+    <output>/masks/<key>.png          the predicted class-index mask of each ok image
+    <output>/metrics/<shard>.parquet  one row per input image of the shard
+    <output>/_done/<shard>.json       the shard's commit marker, written after the two above
+    <output>/run.json                 the run record: config, model, versions, times, counts
+    <output>/report/                  summary.json and report.html (``segpipe report``)
+
+A key becomes a path by appending ``.png`` under ``masks/`` (keys are checked first:
+:func:`pipeline.io.storage.key_problem`); a shard's name is derived from the input, so every
+re-run writes the same names.
+"""
+
+from __future__ import annotations
+
+from pipeline.config import StorageConfig
+from pipeline.io.storage import join_url, list_files
+
+MASKS = "masks"
+METRICS = "metrics"
+MARKERS = "_done"
+RUN_RECORD = "run.json"
+REPORT = "report"
+PARTS = (METRICS, MARKERS, MASKS, REPORT, RUN_RECORD)  # all a run writes: what --overwrite removes
+
+
+def mask_url(output: str, key: str) -> str:
+    """Return the URL of the predicted mask of ``key``."""
+    return join_url(output, MASKS, f"{key}.png")
+
+
+def metrics_url(output: str, shard: str) -> str:
+    """Return the URL of a shard's metrics file."""
+    return join_url(output, METRICS, f"{shard}.parquet")
+
+
+def marker_url(output: str, shard: str) -> str:
+    """Return the URL of a shard's commit marker."""
+    return join_url(output, MARKERS, f"{shard}.json")
+
+
+def folder_url(output: str, part: str) -> str:
+    """Return the URL of one of the :data:`PARTS` under ``output``."""
+    return join_url(output, part)
+
+
+def run_record_url(output: str) -> str:
+    """Return the URL of the run record."""
+    return join_url(output, RUN_RECORD)
+
+
+def report_url(output: str) -> str:
+    """Return the URL of the default report folder."""
+    return join_url(output, REPORT)
+
+
+def shard_of(url: str) -> str:
+    """Return the shard name of a metrics file or commit marker URL (``.../_done/<name>.json`` → ``<name>``)."""
+    return url.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+
+
+def marker_urls(output: str, storage_config: StorageConfig | None = None) -> list[str]:
+    """Return the URLs of the commit markers under ``output``, sorted."""
+    return list_files(folder_url(output, MARKERS), (".json",), storage_config)

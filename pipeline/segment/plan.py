@@ -1,0 +1,96 @@
+"""Check a segmentation run before any work starts, and size its actors for the cluster.
+
+:func:`plan_run` stops a run that cannot succeed as a whole (an output touching its inputs, an
+input, model or output that cannot be used, storage that does not answer) with one error;
+:func:`actor_resources` fits the actor pool to the connected cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import math
+from typing import Any
+
+from pipeline.cluster import largest_node_cpus
+from pipeline.config import ConfigError, SegmentConfig
+from pipeline.io import storage
+from pipeline.io.shards import Shard, discover_shards
+from pipeline.model import LoadedModel, load_artifact
+from pipeline.segment.predictor import tta_symmetries
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """What a checked run will do: its shards, its model, and its actor resources."""
+
+    run_id: str
+    shards: list[Shard]
+    model: LoadedModel
+    taken: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # see keys_taken_earlier
+    actor_cpus: float = 1.0
+    actor_gpus: float = 0.0
+    actor_threads: int = 1
+
+
+def plan_run(cfg: SegmentConfig) -> RunPlan:
+    """Return the run's plan after checking input, model and output; raise a clear error otherwise.
+
+    Nothing is written before the output is known to lie apart from the input and the model. The
+    checks make few, short attempts (:meth:`StorageConfig.for_checks`), so an unreachable
+    endpoint or missing credentials stop the run within seconds with a StorageError.
+    """
+    storage.check_apart(cfg.output, {"input": cfg.input, "model artifact": cfg.model})
+    checks = cfg.storage.for_checks()
+    for url in (cfg.input, cfg.model, cfg.output):
+        storage.probe(url, checks)
+    with storage.reaching(cfg.input, cfg.storage):
+        shards = discover_shards(cfg.input, checks, cfg.folder_shard_size)
+    with storage.reaching(cfg.model, cfg.storage):
+        model = load_artifact(cfg.model, checks)
+    if cfg.tta:
+        tta_symmetries(model.info, cfg.model)  # a model trained without flips cannot take TTA: stop before work
+    with storage.reaching(cfg.output, cfg.storage):
+        storage.check_writable(cfg.output, checks)
+    run_id = cfg.run_id or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    log.info("input %s: %d shard(s); model %s", cfg.input, len(shards), model.model_id)
+    return RunPlan(run_id=run_id, shards=shards, model=model)
+
+
+def actor_resources(cfg: SegmentConfig) -> dict[str, Any]:
+    """Return ``actor_cpus``, ``actor_gpus`` and ``actor_threads`` for the connected cluster.
+
+    Automatic CPUs: one per GPU actor; otherwise the largest node's CPUs shared among the actors
+    that fit on it, less one ``stage_cpus`` share for each CPU stage (read + prepare, finish), so
+    that every stage can always run a task beside the actors. TensorFlow gets
+    ``ceil(actor_cpus)`` threads: the stage share left beside a fractional actor is mostly I/O wait.
+    """
+    import ray
+
+    node_cpus = largest_node_cpus()
+    total_gpus = ray.cluster_resources().get("GPU", 0.0)
+    wanted = cfg.actors
+    if wanted.gpus > 0 and total_gpus < wanted.gpus:
+        raise ConfigError(
+            f"actors.gpus={wanted.gpus:g} but the cluster has {total_gpus:g} GPUs; "
+            "set actors.gpus=0 to run on CPUs or connect to a cluster with GPUs"
+        )
+    reserve = CPU_STAGES * cfg.stage_cpus
+    if wanted.cpus is not None:
+        cpus = wanted.cpus
+    elif wanted.gpus > 0:
+        cpus = 1.0
+    else:
+        cpus = max(0.5, (node_cpus - reserve) / min(wanted.max, max(1, int(node_cpus)))) if node_cpus else 1.0
+    if cpus + cfg.stage_cpus > node_cpus:
+        raise ConfigError(
+            f"an actor asks for {cpus:g} CPUs plus {cfg.stage_cpus:g} for the other stages, but the largest node "
+            f"has {node_cpus:g}; lower actors.cpus (or leave it unset for automatic)"
+        )
+    return {"actor_cpus": round(cpus, 3), "actor_gpus": wanted.gpus, "actor_threads": max(1, math.ceil(cpus))}
+
+
+CPU_STAGES = 2  # read + prepare, finish: the operators around the actor pool

@@ -1,0 +1,174 @@
+"""What a segmentation run reports about itself: progress in the log, ``run.json``, the summary."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import math
+import platform
+import time
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+from pipeline.config import SegmentConfig
+from pipeline.io import layout, storage
+from pipeline.segment.plan import RunPlan
+
+if TYPE_CHECKING:
+    from pipeline.segment.write import ShardWriter
+
+log = logging.getLogger(__name__)
+
+
+VERSIONED_PACKAGES = ("segpipe", "ray", "tensorflow-cpu", "tensorflow", "keras", "numpy", "pyarrow", "pillow", "fsspec", "s3fs")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """Counts and throughput of a finished run."""
+
+    run_id: str
+    output: str
+    model_id: str
+    model_trained: bool
+    shards: int
+    images: int
+    ok: int
+    errors: int
+    empty_shards: tuple[str, ...]
+    duplicate_keys: int
+    resumed_shards: int
+    wall_seconds: float
+    startup_seconds: float
+    images_per_second: float
+    steady_images_per_second: float
+
+    def line(self) -> str:
+        """Return the one-line summary shown at the end of a run."""
+        resumed = f" ({self.resumed_shards} committed by an earlier attempt)" if self.resumed_shards else ""
+        return (
+            f"{self.images} images ({self.ok} ok, {self.errors} errors) from {self.shards} shards{resumed} in "
+            f"{self.wall_seconds:.1f} s, {self.images_per_second:.1f} images/s "
+            f"({self.steady_images_per_second:.1f} after {self.startup_seconds:.1f} s start-up); outputs in {self.output}"
+        )
+
+
+class Progress:
+    """Logs progress at a steady interval and keeps run.json's counts current as shards commit.
+
+    A line every ``cfg.progress_seconds``: shards committed of all, images done (this attempt's
+    rate), errors so far, and an ETA from the mean rows per committed shard. run.json is rewritten
+    with the counts when a shard commits, at most every ``RUN_JSON_SECONDS``.
+    """
+
+    RUN_JSON_SECONDS = 5.0
+
+    def __init__(self, cfg: SegmentConfig, plan: RunPlan, started_at: str) -> None:
+        self.cfg = cfg
+        self.plan = plan
+        self.started_at = started_at
+        self.clock = time.perf_counter()
+        self.last_line = self.clock
+        self.last_json = -math.inf  # the first commit always updates run.json
+
+    def counts(self, writer: ShardWriter) -> dict[str, Any]:
+        """Return the progress counts: shards, images, errors, rate and ETA."""
+        elapsed = max(1e-9, time.perf_counter() - self.clock)
+        images = sum(c["rows"] for c in writer.committed.values())
+        errors = sum(c["errors"] for c in writer.committed.values())
+        fresh = [c["rows"] for name, c in writer.committed.items() if name not in writer.resumed]
+        remaining = len(self.plan.shards) - len(writer.committed)
+        rate = writer.received / elapsed
+        eta = None
+        if fresh and rate > 0:
+            left = remaining * (sum(fresh) / len(fresh)) - sum(len(rows) for rows in writer.pending.values())
+            eta = max(0.0, left) / rate
+        return {"shards": len(self.plan.shards), "committed_shards": len(writer.committed), "images": images,
+                "errors": errors, "images_this_attempt": writer.received, "images_per_second": round(rate, 3),
+                "eta_seconds": None if eta is None else round(eta, 1), "updated": now_iso()}
+
+    def update(self, writer: ShardWriter, force: bool = False) -> None:
+        """Log a progress line if the interval has passed (or ``force``)."""
+        now = time.perf_counter()
+        if not force and now - self.last_line < self.cfg.progress_seconds:
+            return
+        self.last_line = now
+        c = self.counts(writer)
+        eta = "unknown" if c["eta_seconds"] is None else str(dt.timedelta(seconds=round(c["eta_seconds"])))
+        log.info("progress: %d/%d shards committed, %d images done (%d this attempt, %.2f images/s), %d errors, ETA %s",
+                 c["committed_shards"], c["shards"], c["images"], c["images_this_attempt"], c["images_per_second"],
+                 c["errors"], eta)
+
+    def committed(self, writer: ShardWriter) -> None:
+        """Rewrite run.json with the counts after a commit (throttled)."""
+        now = time.perf_counter()
+        if now - self.last_json < self.RUN_JSON_SECONDS:
+            return
+        self.last_json = now
+        write_run_json(self.cfg, self.plan, {"status": "running", "started": self.started_at, "progress": self.counts(writer)})
+
+
+def summarise(cfg: SegmentConfig, plan: RunPlan, writer: ShardWriter, started: float) -> RunSummary:
+    """Return the run's summary from the committed shard counts and the timings.
+
+    Start-up is the time until the first results reach the driver (actor start, model load, the
+    first batch through every stage); the steady rate counts the images after that batch.
+    """
+    wall = time.perf_counter() - started
+    first_at, first_rows = writer.first_batch or (time.perf_counter(), 0)
+    startup = first_at - started
+    images = sum(c["rows"] for c in writer.committed.values())
+    ok = sum(c["ok"] for c in writer.committed.values())
+    done_now = sum(c["rows"] for name, c in writer.committed.items() if name not in writer.resumed)
+    steady_time = wall - startup
+    return RunSummary(
+        run_id=plan.run_id,
+        output=cfg.output,
+        model_id=plan.model.model_id,
+        model_trained=bool(plan.model.info.training.get("trained")),
+        shards=len(plan.shards),
+        images=images,
+        ok=ok,
+        errors=images - ok,
+        empty_shards=writer.empty_shards,
+        duplicate_keys=writer.duplicate_keys,
+        resumed_shards=len(writer.resumed),
+        wall_seconds=round(wall, 3),
+        startup_seconds=round(startup, 3),
+        images_per_second=round(done_now / wall, 3) if wall > 0 else 0.0,
+        steady_images_per_second=(round((done_now - first_rows) / steady_time, 3)
+                                  if steady_time > 0 and done_now > first_rows else 0.0),
+    )
+
+
+def write_run_json(cfg: SegmentConfig, plan: RunPlan, state: dict[str, Any]) -> None:
+    """Write ``<output>/run.json``: config (credentials redacted), model, versions, actors and ``state``."""
+    record = {
+        "run_id": plan.run_id,
+        **state,
+        "config": cfg.to_public_dict(),
+        "model": {"url": cfg.model, "id": plan.model.model_id, "sha256": plan.model.sha256, "info": plan.model.info.to_json()},
+        "actors": {"cpus": plan.actor_cpus, "gpus": plan.actor_gpus, "threads": plan.actor_threads,
+                   "min": cfg.actors.min, "max": cfg.actors.max},
+        "shards": len(plan.shards),
+        "versions": package_versions(),
+    }
+    storage.write_bytes(layout.run_record_url(cfg.output), json.dumps(record, indent=2).encode(), cfg.storage)
+
+
+def package_versions() -> dict[str, str]:
+    """Return the versions of Python and the packages a run depends on (those installed)."""
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def now_iso() -> str:
+    """Return the current UTC time as ISO 8601 with seconds."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

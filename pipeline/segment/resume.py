@@ -1,0 +1,104 @@
+"""Exactly-once output across re-runs: what an output already holds, and whether a run may continue it.
+
+A shard's outputs are complete when its commit marker ``_done/<shard>.json`` exists: the driver
+writes the marker only after the shard's masks and ``metrics/<shard>.parquet`` are written. A
+re-run of the same command on the same output therefore skips committed shards and redoes the
+rest; a shard that was half-written (masks or Parquet without a marker) is redone and its files
+are overwritten under the same deterministic names, so no row is duplicated.
+
+An output is continued only by the same run: same input URL, same model (sha256 of the
+artifact), same folder shard size (it decides shard names). Anything else is refused before work
+starts unless ``overwrite`` is set, which first removes the previous outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from typing import Any
+
+from pipeline.config import ConfigError, SegmentConfig
+from pipeline.io import layout, storage
+
+log = logging.getLogger(__name__)
+
+@dataclasses.dataclass(frozen=True)
+class PriorOutput:
+    """What an output URL already holds: the previous run's id and its committed shards' markers."""
+
+    run_id: str | None
+    committed: dict[str, dict[str, Any]]
+
+
+def read_markers(cfg: SegmentConfig) -> dict[str, dict[str, Any]]:
+    """Return ``{shard name: marker}`` for every commit marker under the output."""
+    markers = {}
+    for url in layout.marker_urls(cfg.output, cfg.storage):
+        name = layout.shard_of(url)
+        try:
+            markers[name] = json.loads(storage.read_bytes(url, cfg.storage))
+        except (OSError, ValueError) as exc:  # a torn marker is no commit: the shard is redone
+            log.warning("commit marker %s is unreadable (%s); its shard will be redone", url, exc)
+    return markers
+
+
+def identity(cfg: SegmentConfig, model_sha256: str) -> dict[str, Any]:
+    """Return what must match for a run to continue an output."""
+    return {"input": cfg.input.rstrip("/"), "model_sha256": model_sha256, "folder_shard_size": cfg.folder_shard_size,
+            "tta": cfg.tta}
+
+
+def prior_identity(run_json: dict[str, Any]) -> dict[str, Any]:
+    """Return :func:`identity` as recorded in a previous run.json."""
+    config = run_json.get("config") or {}
+    return {"input": str(config.get("input", "")).rstrip("/"), "model_sha256": (run_json.get("model") or {}).get("sha256"),
+            "folder_shard_size": config.get("folder_shard_size"), "tta": bool(config.get("tta", False))}
+
+
+def clear_output(cfg: SegmentConfig) -> None:
+    """Remove a previous run's outputs (masks, metrics, markers, report, run.json) under the output URL."""
+    fs, root = storage.filesystem_for(cfg.output, cfg.storage)
+    for part in layout.PARTS:
+        path = f"{root.rstrip('/')}/{part}"
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    fs.invalidate_cache()
+    log.info("overwrite: removed the previous outputs under %s", cfg.output)
+
+
+def prepare_output(cfg: SegmentConfig, model_sha256: str, overwrite: bool) -> PriorOutput:
+    """Return what the output already holds for this run; raise ConfigError if it belongs to another run.
+
+    With ``overwrite`` the previous outputs are removed first and nothing is resumed.
+    """
+    run_url = layout.run_record_url(cfg.output)
+    try:
+        run_json = json.loads(storage.read_bytes(run_url, cfg.storage))
+    except FileNotFoundError:
+        run_json = None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{run_url} exists but cannot be read ({exc}); pass --overwrite to start the output afresh") from exc
+    markers = read_markers(cfg)
+    if run_json is None and not markers:
+        return PriorOutput(None, {})
+    if overwrite:
+        clear_output(cfg)
+        return PriorOutput(None, {})
+    if run_json is None:
+        raise ConfigError(f"output {cfg.output} holds commit markers but no run.json; it was not written by "
+                          "'segpipe segment' or is damaged: choose another output or pass --overwrite")
+    wanted, found = identity(cfg, model_sha256), prior_identity(run_json)
+    different = [f"{key}: {found[key]!r} there, {wanted[key]!r} now" for key in wanted if found[key] != wanted[key]]
+    if different:
+        raise ConfigError(
+            f"output {cfg.output} holds run {run_json.get('run_id')} with another {', '.join(different)}; "
+            "re-running continues an output only with the same input, model, shard size and tta: choose another "
+            "output, or pass --overwrite to replace it"
+        )
+    if cfg.run_id and run_json.get("run_id") and cfg.run_id != run_json["run_id"]:
+        raise ConfigError(f"output {cfg.output} holds run {run_json['run_id']}, not run_id={cfg.run_id}; "
+                          "leave run_id unset to continue it, or pass --overwrite")
+    if markers:
+        log.info("output %s: continuing run %s, %d shard(s) already committed", cfg.output, run_json.get("run_id"), len(markers))
+    return PriorOutput(run_json.get("run_id"), markers)

@@ -1,0 +1,156 @@
+"""Build and run the batch segmentation job.
+
+``run_segmentation(cfg)`` checks everything that can make the whole run fail (input, model,
+output, cluster resources) before any work starts (:mod:`pipeline.segment.plan`), then streams
+shards through Ray Data:
+
+    read + prepare (CPU task) → predict (actor pool) → finish (actor pool) → driver
+
+The driver receives only small metric rows and commits each shard once all its rows are in
+(:mod:`pipeline.segment.write`); names derive from the input shard, so a re-run writes the same
+names and resumes (:mod:`pipeline.segment.resume`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from pipeline import raypatch
+from pipeline.cluster import connect_ray
+from pipeline.config import SegmentConfig
+from pipeline.io import storage
+from pipeline.io.keys import keys_taken_earlier
+from pipeline.io.shards import Shard, shard_dataset
+from pipeline.model import ModelInfo
+from pipeline.segment.plan import CPU_STAGES, RunPlan, actor_resources, plan_run
+from pipeline.segment.predictor import SegmentationPredictor
+from pipeline.segment.prepare import read_and_prepare
+from pipeline.segment.record import Progress, RunSummary, now_iso, summarise, write_run_json
+from pipeline.segment.resume import prepare_output
+from pipeline.segment.write import MaskWriter, ShardWriter
+
+log = logging.getLogger(__name__)
+
+
+def run_segmentation(cfg: SegmentConfig) -> RunSummary:
+    """Segment every image of ``cfg.input`` with ``cfg.model`` into ``cfg.output``; return the summary.
+
+    Raises ConfigError, InputError, ModelArtifactError or StorageError before any work starts when
+    the run as a whole cannot proceed. Bad single images never raise: they become error rows.
+    An interrupted run (KeyboardInterrupt) records ``status: interrupted`` in run.json and re-raises.
+    """
+    started_at = now_iso()
+    plan = plan_run(cfg)
+    with storage.reaching(cfg.output, cfg.storage):
+        prior = prepare_output(cfg, plan.model.sha256, cfg.overwrite)
+    plan = dataclasses.replace(plan, run_id=prior.run_id or plan.run_id)
+    todo = [shard for shard in plan.shards if shard.name not in prior.committed]
+    if todo:
+        connect_ray(cfg.address)
+        raypatch.install()  # this driver drives the stream: its idle scheduling loop must not spin
+        plan = dataclasses.replace(plan, taken=keys_taken_earlier(plan.shards, cfg.storage), **actor_resources(cfg))
+    else:
+        log.info("every shard of %s is already committed under %s; nothing to do", cfg.input, cfg.output)
+    write_run_json(cfg, plan, {"status": "running", "started": started_at})
+    clock = time.perf_counter()
+    progress = Progress(cfg, plan, started_at)
+    writer = ShardWriter(cfg.output, cfg.storage, plan.shards, prior.committed, plan.run_id, plan.model.model_id, progress)
+    try:
+        if todo:
+            for table in build_dataset(cfg, plan, todo).iter_batches(batch_format="pyarrow", batch_size=None):
+                writer.add(table)
+        writer.finish()
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        failure = {"status": status, "started": started_at, "ended": now_iso(),
+                   "error": f"{type(exc).__name__}: {exc}", "progress": progress.counts(writer)}
+        write_run_json(cfg, plan, failure)
+        raise
+    summary = summarise(cfg, plan, writer, clock)
+    write_run_json(cfg, plan, {"status": "finished", "started": started_at, "ended": now_iso(), "summary": dataclasses.asdict(summary)})
+    log.info("%s", summary.line())
+    return summary
+
+
+def batch_block_bytes(batch_size: int, info: ModelInfo) -> int:
+    """Return the size of one batch of model input tiles (float32), at least 1 MiB.
+
+    Used as Ray Data's target block size: without it a block holds a whole shard, and the first
+    results surface only after an entire shard has passed every stage.
+    """
+    tile = info.unet.input_size[0] * info.unet.input_size[1] * info.unet.channels * 4
+    return max(1024**2, batch_size * tile)
+
+
+def reservation_ratio(stage_cpus: float) -> float:
+    """Return the Ray Data reservation ratio that reserves exactly one stage task per CPU stage.
+
+    Ray Data reserves ``max(ratio * cluster CPUs / operators, one task)`` per operator, upstream
+    first. With the default ratio (0.5) on a small node the actor's reservation leaves nothing for
+    the last stage, which then waits until every image is prepared: results stop streaming and
+    the object store fills. Together with :func:`actor_resources` leaving ``CPU_STAGES`` stage
+    shares free, this ratio lets every operator hold one task at all times.
+    """
+    import ray
+
+    cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
+    return min(0.5, (CPU_STAGES + 1) * stage_cpus / cluster_cpus)
+
+
+@contextlib.contextmanager
+def data_context(**settings: Any) -> Iterator[None]:
+    """Apply Ray Data context ``settings`` to datasets created inside the block (they keep them)."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    saved = {name: getattr(context, name) for name in settings}
+    for name, value in settings.items():
+        setattr(context, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(context, name, value)
+
+
+def build_dataset(cfg: SegmentConfig, plan: RunPlan, shards: list[Shard]) -> Any:
+    """Return the lazy Ray Dataset of metric rows (plus ``shard``, ``shard_rows``) for ``shards`` of the plan."""
+    from ray.data import ActorPoolStrategy
+
+    info = plan.model.info
+    storage_config = cfg.storage
+    settings = {
+        "target_max_block_size": batch_block_bytes(cfg.batch_size, info),
+        "op_resource_reservation_ratio": reservation_ratio(cfg.stage_cpus),
+    }
+    with data_context(**settings):
+        dataset = shard_dataset(shards)
+    dataset = dataset.map_batches(
+        read_and_prepare, fn_kwargs={"info": info, "storage_config": storage_config, "batch_size": cfg.batch_size,
+                                     "taken": plan.taken, "max_image_pixels": cfg.max_image_pixels},
+        batch_size=1, num_cpus=cfg.stage_cpus,
+    )
+    dataset = dataset.map_batches(
+        SegmentationPredictor,
+        fn_constructor_kwargs={"model_url": cfg.model, "storage_config": storage_config, "threads": plan.actor_threads,
+                               "tta": cfg.tta},
+        compute=ActorPoolStrategy(min_size=cfg.actors.min, max_size=cfg.actors.max),
+        batch_size=cfg.batch_size,
+        num_cpus=plan.actor_cpus,
+        num_gpus=plan.actor_gpus or None,
+        memory=int(cfg.actors.memory_gb * 1024**3) if cfg.actors.memory_gb else None,
+    )
+    return dataset.map_batches(
+        MaskWriter,
+        fn_constructor_kwargs={"info": info, "output": cfg.output, "model_id": plan.model.model_id,
+                               "run_id": plan.run_id, "storage_config": storage_config},
+        compute=ActorPoolStrategy(min_size=1, max_size=cfg.actors.max),
+        batch_size=cfg.batch_size,
+        num_cpus=cfg.stage_cpus,
+        batch_format="numpy",
+    )

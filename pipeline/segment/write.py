@@ -1,0 +1,181 @@
+"""Finish and commit: masks and metric rows from the model's scores, then each shard committed once.
+
+The finish stage runs on a small actor pool (:class:`MaskWriter`) after the model's: it brings
+each image's scores back to its size, writes ``masks/<key>.png`` and computes the image's
+metrics. The driver's :class:`ShardWriter` collects the small metric rows and, once a shard's
+rows are all in, writes ``metrics/<shard>.parquet`` and then its commit marker (see
+:mod:`pipeline.io.layout`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import metrics, preprocess, schema
+from pipeline.config import StorageConfig
+from pipeline.io import layout, storage
+from pipeline.io.shards import Shard
+from pipeline.model import ModelInfo
+from pipeline.segment.record import Progress, now_iso
+
+log = logging.getLogger(__name__)
+
+
+def finish_batch(
+    batch: dict[str, np.ndarray],
+    info: ModelInfo,
+    output: str,
+    model_id: str,
+    run_id: str,
+    storage_config: StorageConfig | None = None,
+) -> pa.Table:
+    """Return the batch's metrics rows (``schema.METRICS_SCHEMA`` plus ``shard, shard_rows``).
+
+    For each usable row: bring the scores back to the image's size, write ``masks/<key>.png``
+    under ``output``, count predicted pixels per class, and with ground truth compute TP/FP/FN,
+    Dice and IoU (see :mod:`pipeline.metrics`).
+    """
+    rows = []
+    for index in range(len(batch["key"])):
+        started = time.perf_counter()
+        row = finish_row({name: batch[name][index] for name in batch}, info, output, storage_config)
+        row.update(
+            shard=batch["shard"][index],
+            shard_rows=int(batch["shard_rows"][index]),
+            model_id=model_id,
+            run_id=run_id,
+            seconds=float(batch["seconds"][index]) + time.perf_counter() - started,
+        )
+        rows.append(row)
+    table = schema.metrics_table(rows)
+    extra = [pa.array([r["shard"] for r in rows], pa.string()), pa.array([r["shard_rows"] for r in rows], pa.int64())]
+    return table.append_column("shard", extra[0]).append_column("shard_rows", extra[1])
+
+
+def finish_row(item: dict[str, Any], info: ModelInfo, output: str, storage_config: StorageConfig | None) -> dict[str, Any]:
+    """Return the metrics fields of one row; failures become ``status="error"`` with the reason."""
+    key = str(item["key"])
+    base = {"key": key, "source": str(item["source"])}
+    if item["error"]:
+        return {**base, "status": schema.STATUS_ERROR, "error": str(item["error"]),
+                "error_kind": str(item["error_kind"])}
+    height, width = int(item["height"]), int(item["width"])
+    try:
+        predicted = preprocess.mask_at_size(item["scores"], height, width, info.threshold)
+        mask_uri = layout.mask_url(output, key)
+        storage.write_bytes(mask_uri, preprocess.encode_png(predicted, compress_level=1), storage_config)
+        record: dict[str, Any] = {
+            "class_pixels": metrics.class_counts(predicted, info.unet.num_classes).tolist(),
+        }
+        if len(item["mask"]):
+            truth = preprocess.decode_mask(item["mask"], info.unet.num_classes, (height, width))
+            record.update({k: np.asarray(v).tolist() for k, v in metrics.image_metrics(predicted, truth, info.unet.num_classes).items()})
+    except Exception as exc:
+        log.exception("finishing %s failed", key)
+        return {**base, "status": schema.STATUS_ERROR, "error": f"{key}: {type(exc).__name__} while writing the mask: {exc}",
+                "error_kind": "write_failed", "height": height, "width": width}
+    return {**base, **record, "status": schema.STATUS_OK, "height": height, "width": width, "mask_uri": mask_uri}
+
+
+class MaskWriter:
+    """Callable actor around :func:`finish_batch` with the run's fixed arguments.
+
+    The finish stage runs on a small pool of these rather than as tasks: an actor holds its CPU
+    share for the whole run, so Ray Data can never starve the last stage of CPU budget while the
+    upstream stages run ahead, and each writer keeps its object-storage client warm.
+    """
+
+    def __init__(self, info: ModelInfo, output: str, model_id: str, run_id: str,
+                 storage_config: StorageConfig | None = None) -> None:
+        self.arguments = {"info": info, "output": output, "model_id": model_id, "run_id": run_id,
+                          "storage_config": storage_config}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        """Return :func:`finish_batch` of the batch."""
+        return finish_batch(batch, **self.arguments)
+
+
+class ShardWriter:
+    """Collects metric rows on the driver and commits each shard once all its rows have arrived.
+
+    ``committed`` holds the markers of shards an earlier attempt already committed (they are
+    counted, not redone).
+    """
+
+    def __init__(self, output: str, storage_config: StorageConfig, shards: list[Shard],
+                 committed: dict[str, dict[str, Any]] | None = None, run_id: str = "", model_id: str = "",
+                 progress: Progress | None = None) -> None:
+        self.output = output
+        self.storage_config = storage_config
+        self.shards = {shard.name: shard for shard in shards}
+        self.run_id = run_id
+        self.model_id = model_id
+        self.progress = progress
+        self.pending: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.committed: dict[str, dict[str, int]] = {
+            name: {k: int(marker.get(k, 0)) for k in ("rows", "ok", "errors", "duplicate_keys")}
+            for name, marker in (committed or {}).items() if name in self.shards
+        }
+        self.resumed = frozenset(self.committed)
+        self.received = 0
+        self.first_batch: tuple[float, int] | None = None  # (perf_counter time, rows) of the first batch
+
+    def add(self, table: pa.Table) -> None:
+        """Take a batch of rows; commit every shard it completes."""
+        if self.first_batch is None:
+            self.first_batch = (time.perf_counter(), table.num_rows)
+        self.received += table.num_rows
+        for row in table.to_pylist():
+            name = row.pop("shard")
+            expected = row.pop("shard_rows")
+            self.pending[name].append(row)
+            if len(self.pending[name]) == expected:
+                self.commit(name, self.pending.pop(name))
+        if self.progress:
+            self.progress.update(self)
+
+    def commit(self, name: str, rows: list[dict[str, Any]]) -> None:
+        """Write ``metrics/<name>.parquet`` (rows sorted by key), then the marker ``_done/<name>.json``."""
+        rows.sort(key=lambda r: r["key"])
+        buffer = io.BytesIO()
+        pq.write_table(schema.metrics_table(rows), buffer)
+        storage.write_bytes(layout.metrics_url(self.output, name), buffer.getvalue(), self.storage_config)
+        counts = {"rows": len(rows), "ok": sum(r["status"] == schema.STATUS_OK for r in rows)}
+        counts["errors"] = counts["rows"] - counts["ok"]
+        counts["duplicate_keys"] = sum(r.get("error_kind") == "duplicate_key" for r in rows)
+        marker = {"shard": name, "source": self.shards[name].url, **counts, "run_id": self.run_id,
+                  "model_id": self.model_id, "committed": now_iso()}
+        storage.write_bytes(layout.marker_url(self.output, name), json.dumps(marker).encode(), self.storage_config)
+        self.committed[name] = counts
+        if self.progress:
+            self.progress.committed(self)
+
+    def finish(self) -> None:
+        """Commit the shards that produced no rows (empty inputs); fail if any shard is incomplete."""
+        if self.pending:
+            partial = {name: len(rows) for name, rows in self.pending.items()}
+            raise RuntimeError(f"shards ended with rows missing (rows received: {partial}); re-run the same command")
+        for name in sorted(set(self.shards) - set(self.committed)):
+            log.warning("shard %s holds no images; committing it empty", self.shards[name].url)
+            self.commit(name, [])
+        if self.progress:
+            self.progress.update(self, force=True)
+
+    @property
+    def duplicate_keys(self) -> int:
+        """Return the rows of committed shards whose key an earlier image already had."""
+        return sum(counts["duplicate_keys"] for counts in self.committed.values())
+
+    @property
+    def empty_shards(self) -> tuple[str, ...]:
+        """Return the names of committed shards that held no rows."""
+        return tuple(sorted(name for name, counts in self.committed.items() if counts["rows"] == 0))

@@ -1,0 +1,155 @@
+"""The training data stage: labelled shards to augmented tiles (or windows of them), streamed.
+
+It reads the same shards as segmentation (:mod:`pipeline.io.readers`), decodes each pair once
+per data-stage process (:class:`DecodedSamples`) and cuts and augments it anew for every pass
+(:mod:`pipeline.train.augment`). Where the stream is driven, Ray Data's idle scheduling loop is
+made to pause (:mod:`pipeline.raypatch`).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+from typing import Any
+
+import numpy as np
+
+from pipeline import preprocess, raypatch
+from pipeline.config import TrainConfig
+from pipeline.io.readers import read_dataset
+from pipeline.io.shards import discover_shards
+from pipeline.model import UNetSpec
+from pipeline.train import augment
+
+log = logging.getLogger(__name__)
+
+
+class DecodedSamples:
+    """The decoded, normalised image and mask of recent samples, least recently used dropped first.
+
+    Kept per data-stage process, keyed by a hash of the encoded bytes (not the sample key, which
+    another data set may reuse) and the settings that shape the arrays. Every epoch, and every
+    pass of an epoch, reads the same samples again; on a small data set with many passes the PNG
+    decode of a 512x512 slice (about 10 ms of the 12 a 128x128 window costs) would otherwise be
+    repeated for every window cut from it. The arrays are read-only: augmentation makes new ones.
+    """
+
+    def __init__(self) -> None:
+        self.entries: collections.OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = collections.OrderedDict()
+        self.bytes = 0
+
+    def get(self, image: bytes, mask: bytes, spec: UNetSpec, normalization: dict[str, Any],
+            budget_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(normalised float32 image, uint8 mask)``; raise preprocess.SampleError if unusable.
+
+        With ``budget_bytes`` 0 nothing is looked up or kept: every call decodes.
+        """
+        if budget_bytes <= 0:
+            return self.decode(image, mask, spec, normalization)
+        digest = hashlib.blake2b(image, digest_size=16)
+        digest.update(mask)
+        # len(image) marks where the image's bytes end and the mask's begin in the one digest
+        key = (digest.digest(), len(image), spec.channels, spec.num_classes, json.dumps(normalization, sort_keys=True))
+        found = self.entries.get(key)
+        if found is not None:
+            self.entries.move_to_end(key)
+            return found
+        pair = self.decode(image, mask, spec, normalization)
+        size = pair[0].nbytes + pair[1].nbytes
+        if size <= budget_bytes:
+            for array in pair:
+                array.flags.writeable = False
+            self.entries[key] = pair
+            self.bytes += size
+            while self.bytes > budget_bytes:
+                _, (old_image, old_mask) = self.entries.popitem(last=False)
+                self.bytes -= old_image.nbytes + old_mask.nbytes
+        return pair
+
+    @staticmethod
+    def decode(image: bytes, mask: bytes, spec: UNetSpec, normalization: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Return the normalised image and its mask decoded from their bytes."""
+        decoded = preprocess.decode_image(image)
+        labels = preprocess.decode_mask(mask, spec.num_classes, decoded.shape[:2])
+        return preprocess.normalise(preprocess.match_channels(decoded, spec.channels), normalization), labels
+
+
+DECODED = DecodedSamples()
+
+
+def training_batch(batch: dict[str, np.ndarray], spec: UNetSpec, normalization: dict[str, Any], augmented: bool,
+                   warp: bool = False, crop: bool = False, patch: int = 0,
+                   cache_mb: float = 0, flips: bool = True,
+                   label_offset: tuple[float, float] = (0.0, 0.0),
+                   quarter_turns: bool = True) -> dict[str, np.ndarray]:
+    """Return ``pixels`` (float32 tiles), ``labels`` (uint8 class tiles) and ``weights`` for a batch of input rows.
+
+    With ``augmented`` each pair is augmented as :func:`pipeline.augment.training_pair` describes.
+    With ``patch`` each tile is then cut to a random ``patch`` x ``patch`` window at the tile's scale.
+    With ``cache_mb`` this process keeps up to that many MB of decoded samples (:class:`DecodedSamples`).
+
+    A sample that cannot be used (unreadable, no mask, mask of another size or with unknown
+    classes) keeps its place with weight 0: it adds nothing to the loss and is counted as skipped,
+    and every worker still gets the same number of rows, which the synchronous strategy needs.
+    """
+    count = len(batch["key"])
+    tile = spec.input_size
+    shape = (patch, patch) if patch else tile
+    pixels = np.zeros((count, *shape, spec.channels), dtype=np.float32)
+    labels = np.zeros((count, *shape), dtype=np.uint8)
+    weights = np.zeros(count, dtype=np.float32)
+    rng = np.random.default_rng() if augmented or patch else None
+    for index in range(count):
+        if batch["error"][index] or not len(batch["mask"][index]):
+            continue
+        try:
+            normalised, mask = DECODED.get(batch["image"][index], batch["mask"][index], spec, normalization,
+                                           int(cache_mb * 2**20))
+            pair = augment.training_pair(normalised, mask, tile, rng if augmented else None, warp, crop, flips,
+                                         label_offset, quarter_turns)
+            pixels[index], labels[index] = augment.random_patch(*pair, shape, rng) if patch else pair
+            weights[index] = 1.0
+        except preprocess.SampleError as exc:
+            log.warning("skipping training sample %s: %s", batch["key"][index], exc)
+    return {"pixels": pixels, "labels": labels, "weights": weights}
+
+
+def training_dataset(url: str, cfg: TrainConfig, spec: UNetSpec, augmented: bool, passes: int = 1,
+                     patch: int = 0) -> Any:
+    """Return the lazy Ray Dataset of training tiles (or ``patch``-sized windows of them) for the shards
+    at ``url``, each shard read ``passes`` times.
+
+    Repeated reads of a shard are augmented independently. Several passes per epoch suit small
+    data sets, where one pass takes seconds and the per-epoch work (starting the data stream,
+    validation, checkpoint) would otherwise cost as much as the training itself.
+    """
+    shards = discover_shards(url, cfg.storage, cfg.folder_shard_size)
+    dataset = read_dataset(shards * passes, cfg.storage, cfg.stage_cpus)
+    batches = TrainingBatches(spec=spec, normalization={"mode": cfg.normalization}, augmented=augmented,
+                              warp=cfg.warp, crop=cfg.crop, flips=cfg.flips, patch=patch, cache_mb=cfg.decoded_cache_mb,
+                              label_offset=(cfg.label_offset_rows, cfg.label_offset_cols),
+                              quarter_turns=cfg.quarter_turns)
+    return dataset.map_batches(batches, batch_size=cfg.batch_size, num_cpus=cfg.stage_cpus)
+
+
+class TrainingBatches:
+    """The data stage's function: :func:`training_batch` with the run's settings.
+
+    Every process that unpickles it installs the pause for Ray Data's idle scheduling loop
+    (:func:`pipeline.raypatch.install`): Ray Train's SplitCoordinator, which drives the training
+    stream and receives it with the dataset's plan, among them.
+    """
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = settings
+        raypatch.install()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        raypatch.install()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Return :func:`training_batch` of the batch."""
+        return training_batch(batch, **self.settings)

@@ -1,0 +1,178 @@
+"""Multi-worker U-Net training on Ray Train, from the same shards and readers as inference.
+
+``run_training(cfg)`` checks the data, output and cluster, then runs a ``TensorflowTrainer`` whose
+workers train one model under ``tf.distribute.MultiWorkerMirroredStrategy``. The training data
+is a Ray Dataset split equally across workers (``get_dataset_shard``), streamed, never loaded
+whole. Each epoch ends with validation (Dice and IoU from :mod:`pipeline.metrics`, the same
+conventions as inference) and a checkpoint through ``ray.train.report``; re-running the same
+command on the same output continues from the latest checkpoint. At the end the best epoch's
+model is written as a model artifact (``model.keras`` + ``model.json``) under the output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from typing import Any
+
+from pipeline.cluster import connect_ray, largest_node_cpus
+from pipeline.config import ConfigError, TrainConfig, UNetConfig
+from pipeline.io import storage
+from pipeline.model import MODEL_FILE, ModelInfo, UNetSpec, save_artifact
+from pipeline.train.data import training_dataset
+from pipeline.train.step import BEST_MODEL_FILE, STATE_FILE, train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+
+CHECKPOINT_RUN_NAME = "checkpoints"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSummary:
+    """What a training run produced."""
+
+    artifact: str
+    epochs: int
+    best_epoch: int
+    best_metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    seconds: float
+
+    def line(self) -> str:
+        """Return the one-line summary shown at the end of training."""
+        best = self.best_metrics
+        return (
+            f"trained {self.epochs} epochs in {self.seconds:.0f} s; best epoch {self.best_epoch}: "
+            f"val mean Dice {best.get('val_mean_dice', float('nan')):.3f}, "
+            f"pixel error {best.get('val_pixel_error', float('nan')):.4f}; model artifact in {self.artifact}"
+        )
+
+
+def unet_spec(unet: UNetConfig) -> UNetSpec:
+    """Return the U-Net architecture the config asks for."""
+    return UNetSpec(
+        input_size=(unet.input_size, unet.input_size), channels=unet.channels, num_classes=unet.num_classes,
+        depth=unet.depth, base_filters=unet.base_filters, batch_norm=unet.batch_norm, dropout=unet.dropout,
+        output_activation=unet.output_activation,
+    )
+
+
+def worker_resources(cfg: TrainConfig) -> tuple[float, int]:
+    """Return ``(cpus_per_worker, tensorflow_threads)``; raise ConfigError if the workers cannot be placed.
+
+    Automatic: the largest node's CPUs, less a share for the data stage, divided among the
+    workers (at most 4 per worker), since local runs put every worker on one node.
+    """
+    import ray
+
+    total_cpus = ray.cluster_resources().get("CPU", 0.0)
+    total_gpus = ray.cluster_resources().get("GPU", 0.0)
+    if cfg.use_gpu and total_gpus < cfg.num_workers:
+        raise ConfigError(
+            f"use_gpu with num_workers={cfg.num_workers} needs {cfg.num_workers} GPUs; the cluster has {total_gpus:g}"
+        )
+    cpus = cfg.cpus_per_worker
+    if cpus is None:
+        cpus = min(4.0, max(0.25, (largest_node_cpus() - 2 * cfg.stage_cpus) / cfg.num_workers))
+    if cfg.num_workers * cpus + cfg.stage_cpus > total_cpus:
+        raise ConfigError(
+            f"num_workers={cfg.num_workers} x {cpus:g} CPUs plus {cfg.stage_cpus:g} for reading does not fit the "
+            f"cluster's {total_cpus:g} CPUs; lower num_workers or cpus_per_worker"
+        )
+    return cpus, max(1, math.ceil(cpus))
+
+
+def run_config(cfg: TrainConfig) -> Any:
+    """Return the Ray Train RunConfig that keeps checkpoints under ``<output>/checkpoints``."""
+    import pyarrow.fs
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+
+    fs, path = storage.filesystem_for(cfg.output, cfg.storage)
+    checkpoints = CheckpointConfig(num_to_keep=2)
+    failures = FailureConfig(max_failures=0)
+    if storage.is_local(fs):
+        return RunConfig(name=CHECKPOINT_RUN_NAME, storage_path=os.path.abspath(path), checkpoint_config=checkpoints,
+                         failure_config=failures)
+    handler = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+    return RunConfig(name=CHECKPOINT_RUN_NAME, storage_path=path, storage_filesystem=handler,
+                     checkpoint_config=checkpoints, failure_config=failures)
+
+
+def run_training(cfg: TrainConfig) -> TrainSummary:
+    """Train a U-Net as configured and write its artifact under ``cfg.output``; return the summary.
+
+    Raises InputError, StorageError or ConfigError before training starts when the data, the
+    output or the cluster cannot serve the run.
+    """
+    started = time.perf_counter()
+    spec = unet_spec(cfg.unet)
+    inputs = {"training data": cfg.data, **({"validation data": cfg.val_data} if cfg.val_data else {})}
+    storage.check_apart(cfg.output, inputs)
+    train_data = training_dataset(cfg.data, cfg, spec, cfg.augment, cfg.passes_per_epoch, cfg.patch_size)
+    val_data = training_dataset(cfg.val_data, cfg, spec, False) if cfg.val_data else None
+    storage.check_writable(cfg.output, cfg.storage)
+    if not cfg.resume and storage.exists(storage.join_url(cfg.output, CHECKPOINT_RUN_NAME), cfg.storage):
+        raise ConfigError(
+            f"{cfg.output} already holds checkpoints of a training run; set resume=true to continue it "
+            "or choose another output"
+        )
+    connect_ray(cfg.address)
+    cpus, threads = worker_resources(cfg)
+    from ray.train import DataConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    datasets = {"train": train_data, **({"val": val_data} if val_data is not None else {})}
+    trainer = TensorflowTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "spec": dataclasses.asdict(spec), "threads": threads, "seed": cfg.seed, "epochs": cfg.epochs,
+            "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate, "loss": cfg.loss,
+            "lr_schedule": cfg.lr_schedule,
+            "has_val": val_data is not None, "threshold": 0.5, "xla": cfg.xla, "patch": cfg.patch_size, "ema": cfg.ema,
+        },
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cpus}),
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        datasets=datasets,
+        run_config=run_config(cfg),
+    )
+    log.info("training %d worker(s) x %g CPUs (%d TensorFlow threads) for %d epochs", cfg.num_workers, cpus, threads, cfg.epochs)
+    result = trainer.fit()
+    return write_final_artifact(cfg, spec, result, time.perf_counter() - started)
+
+
+def write_final_artifact(cfg: TrainConfig, spec: UNetSpec, result: Any, seconds: float) -> TrainSummary:
+    """Write the best epoch's model from the last checkpoint as the run's artifact; return the summary."""
+    import keras
+
+    if result.checkpoint is None:
+        raise RuntimeError(f"training under {cfg.output} ended without a checkpoint; see the log above")
+    with result.checkpoint.as_directory() as folder:
+        with open(os.path.join(folder, STATE_FILE)) as handle:
+            state = json.load(handle)
+        with tempfile.TemporaryDirectory() as tmp:
+            best_path = os.path.join(tmp, MODEL_FILE)
+            with open(os.path.join(folder, BEST_MODEL_FILE), "rb") as source, open(best_path, "wb") as target:
+                target.write(source.read())
+            model = keras.saving.load_model(best_path, compile=False, safe_mode=True)
+    best = state["best"]
+    info = ModelInfo(
+        unet=spec, class_names=cfg.unet.names(), normalization={"mode": cfg.normalization}, threshold=0.5,
+        training={
+            "trained": True, "data_url": cfg.data, "val_data_url": cfg.val_data, "epochs": state["epoch"],
+            "best_epoch": best.get("epoch"), "best_metrics": best, "history": state["history"],
+            "config": cfg.to_public_dict(), "seconds": round(seconds, 1),
+        },
+    )
+    save_artifact(model, info, cfg.output, cfg.storage)
+    summary = TrainSummary(
+        artifact=cfg.output, epochs=state["epoch"], best_epoch=int(best.get("epoch", -1)), best_metrics=best,
+        history=state["history"], seconds=seconds,
+    )
+    log.info("%s", summary.line())
+    return summary

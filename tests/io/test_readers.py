@@ -1,0 +1,223 @@
+"""Input discovery and shard reading: the three input shapes and the bad-member cases."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.io.keys import keys_taken_earlier, shard_keys
+from pipeline.io.readers import read_shard, split_member_name
+from pipeline.io.shards import InputError, Shard, discover_shards
+from pipeline.io.storage import StorageError
+from pipeline.preprocess import encode_png
+
+PNG = encode_png(np.zeros((4, 4), dtype=np.uint8))
+
+
+def write_tar(path: Path, members: dict[str, bytes]) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    path.write_bytes(buffer.getvalue())
+
+
+def rows_by_key(shard: Shard) -> dict[str, dict]:
+    return {row["key"]: row for row in read_shard(shard)}
+
+
+def test_member_names_split_at_the_first_dot_of_the_basename() -> None:
+    assert split_member_name("a/b/img-1.mask.png") == ("a/b/img-1", "mask.png")
+    assert split_member_name("img.PNG") == ("img", "png")
+    assert split_member_name("./img.png") == ("img", "png")
+
+
+def test_tar_shards_pair_images_with_masks(tmp_path: Path) -> None:
+    write_tar(tmp_path / "s0.tar", {"a.png": PNG, "a.mask.png": PNG, "b.jpg": PNG, "notes.txt": b"x"})
+    (tmp_path / "sub").mkdir()
+    write_tar(tmp_path / "sub" / "s1.tar", {"c.png": PNG})
+    shards = discover_shards(str(tmp_path))
+    assert [(s.name, s.kind) for s in shards] == [("s0", "tar"), ("sub__s1", "tar")]
+    rows = rows_by_key(shards[0])
+    assert sorted(rows) == ["a", "b"]
+    assert rows["a"]["mask"] == PNG and rows["b"]["mask"] == b""
+    assert all(row["shard_rows"] == 2 and not row["error"] for row in rows.values())
+
+
+def test_unsafe_duplicate_and_orphan_members_become_error_rows(tmp_path: Path) -> None:
+    write_tar(tmp_path / "bad.tar", {
+        "../escape.png": PNG, "/abs/path.png": PNG, "dup.png": PNG, "dup.jpg": PNG, "orphan.mask.png": PNG,
+        "good.png": PNG, "a::b.png": PNG,
+    })
+    rows = read_shard(discover_shards(str(tmp_path))[0])
+    by_kind = {(row["key"], row["error_kind"]): row for row in rows}
+    assert "'..', '.' or empty path part" in by_kind[("../escape", "unsafe_key")]["error"]
+    assert "absolute" in by_kind[("/abs/path", "unsafe_key")]["error"]
+    assert "'::' or '://'" in by_kind[("a::b", "unsafe_key")]["error"]
+    # the first image of a key is segmented, the later one is an error row naming the first
+    assert by_kind[("dup", "")]["image"] == PNG
+    assert "'dup.jpg'" not in by_kind[("dup", "")]["error"]
+    assert "repeats dup.png of the same shard" in by_kind[("dup", "duplicate_key")]["error"]
+    assert "has a mask but no image" in by_kind[("orphan", "missing_image")]["error"]
+    assert by_kind[("good", "")]["error"] == "" and by_kind[("good", "")]["image"] == PNG
+    assert len(rows) == 7 and {row["shard_rows"] for row in rows} == {7}
+
+
+def test_keys_with_colons_and_spaces_are_kept_and_a_leading_dot_slash_is_not_part_of_the_key(tmp_path: Path) -> None:
+    write_tar(tmp_path / "s.tar", {"time 12:00:00.png": PNG, "./sub/x.png": PNG})
+    rows = {row["key"]: row for row in read_shard(discover_shards(str(tmp_path))[0])}
+    assert set(rows) == {"time 12:00:00", "sub/x"} and all(not row["error"] for row in rows.values())
+
+
+def special_members_tar(path: Path) -> None:
+    """Write a tar holding, named like images: a file, a hard link to it, a symlink, a directory, a FIFO,
+    a character device, a hard link to nothing, and a misnamed image (a.b.png)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        def add(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", link: str = "") -> None:
+            info = tarfile.TarInfo(name)
+            info.type, info.size, info.linkname = kind, len(data), link
+            archive.addfile(info, io.BytesIO(data) if data else None)
+
+        add("real.png", data=PNG)
+        add("copy.png", tarfile.LNKTYPE, link="real.png")
+        add("link.png", tarfile.SYMTYPE, link="/etc/passwd")
+        add("folder.png", tarfile.DIRTYPE)
+        add("pipe.png", tarfile.FIFOTYPE)
+        add("device.png", tarfile.CHRTYPE)
+        add("dangling.png", tarfile.LNKTYPE, link="absent.png")
+        add("a.b.png", data=PNG)
+    path.write_bytes(buffer.getvalue())
+
+
+def test_links_devices_fifos_and_folders_named_like_images_get_error_rows(tmp_path: Path) -> None:
+    special_members_tar(tmp_path / "special.tar")
+    shard = discover_shards(str(tmp_path))[0]
+    rows = {row["key"]: row for row in read_shard(shard)}
+    assert set(rows) == {"real", "copy", "link", "folder", "pipe", "device", "dangling", "a"}
+    assert rows["real"]["image"] == PNG and rows["copy"]["image"] == PNG and not rows["copy"]["error"]
+    expected = {"link": "symbolic link to '/etc/passwd'; links are never followed", "folder": "is a directory",
+                "pipe": "is a FIFO", "device": "is a device", "dangling": "hard link to 'absent.png'",
+                "a": "component 'b.png'"}
+    for key, fragment in expected.items():
+        assert rows[key]["error_kind"] == "unsupported_member" and fragment in rows[key]["error"], rows[key]["error"]
+        assert f"member '{key}" in rows[key]["error"] and rows[key]["image"] == b""
+    assert shard_keys(shard) == ["real", "copy"]  # what the headers alone say claims a key
+
+
+def test_a_truncated_tar_keeps_the_rows_of_the_members_before_the_cut(tmp_path: Path) -> None:
+    write_tar(tmp_path / "whole.tar", {"a.png": PNG, "b.png": PNG * 20, "c.png": PNG})
+    whole = (tmp_path / "whole.tar").read_bytes()
+    (tmp_path / "whole.tar").unlink()
+    (tmp_path / "cut.tar").write_bytes(whole[:512 + 512 + 512 + 300])  # a, then b's header and part of its data
+    rows = {row["key"]: row for row in read_shard(discover_shards(str(tmp_path))[0])}
+    assert set(rows) == {"a", "b", "cut"}  # c's header lies past the cut: the shard's own row stands for it
+    assert rows["a"]["image"] == PNG and not rows["a"]["error"]
+    assert rows["b"]["error_kind"] == "corrupt_image" and "cut off" in rows["b"]["error"]
+    assert rows["cut"]["error_kind"] == "unreadable_shard" and "cut off" in rows["cut"]["error"]
+    write_tar(tmp_path / "cut.tar", {"a.png": PNG})
+    (tmp_path / "cut.tar").write_bytes((tmp_path / "cut.tar").read_bytes()[:1024])  # no end blocks at all
+    rows = {row["key"]: row for row in read_shard(discover_shards(str(tmp_path))[0])}
+    assert not rows["a"]["error"] and "probably cut off" in rows["cut"]["error"]
+
+
+def test_keys_repeated_across_shards_are_taken_by_the_first_shard_in_sorted_order(tmp_path: Path) -> None:
+    write_tar(tmp_path / "b.tar", {"x.png": PNG, "y.png": PNG})
+    write_tar(tmp_path / "a.tar", {"x.png": PNG})
+    (tmp_path / "c").mkdir()
+    write_tar(tmp_path / "c" / "d.tar", {"y.png": PNG, "x.png": PNG, "z.png": PNG})
+    shards = discover_shards(str(tmp_path))
+    taken = keys_taken_earlier(shards)
+    assert taken == {"b": {"x": shards[0].url}, "c__d": {"x": shards[0].url, "y": shards[1].url}}
+    assert taken == keys_taken_earlier(shards)  # the same on every run
+    rows = {row["key"]: row for row in read_shard(shards[2], taken=taken["c__d"])}
+    assert rows["z"]["error"] == ""
+    for key, first in (("x", shards[0].url), ("y", shards[1].url)):
+        assert rows[key]["error_kind"] == "duplicate_key"
+        assert f"already taken by the earlier shard {first}" in rows[key]["error"]
+        assert shards[2].url in rows[key]["error"]
+
+
+def test_folder_duplicates_and_masks_without_images_get_error_rows(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for name in ("ok.bmp", "ok.webp", "solo.png"):
+        (tmp_path / "images" / name).write_bytes(PNG)
+    (tmp_path / "masks" / "orphan.png").write_bytes(PNG)
+    (tmp_path / "masks" / "ok.png").write_bytes(PNG)
+    shards = discover_shards(str(tmp_path), folder_shard_size=2)
+    rows = [row for shard in shards for row in read_shard(shard, taken=keys_taken_earlier(shards).get(shard.name))]
+    kinds = sorted((row["key"], row["error_kind"]) for row in rows)
+    assert kinds == [("ok", ""), ("ok", "duplicate_key"), ("orphan", "missing_image"), ("solo", "")]
+    first = next(row for row in rows if row["key"] == "ok" and not row["error"])
+    assert first["mask"] == PNG
+    duplicate = next(row for row in rows if row["error_kind"] == "duplicate_key")
+    assert "ok.webp" in duplicate["error"] and "ok.bmp" in duplicate["error"]
+
+
+def test_unreadable_tar_becomes_one_error_row(tmp_path: Path) -> None:
+    (tmp_path / "broken.tar").write_bytes(b"\x01" * 700)
+    rows = read_shard(discover_shards(str(tmp_path))[0])
+    assert len(rows) == 1 and "cannot be read" in rows[0]["error"] and rows[0]["key"] == "broken"
+
+
+def test_empty_tar_gives_no_rows(tmp_path: Path) -> None:
+    write_tar(tmp_path / "empty.tar", {})
+    assert read_shard(discover_shards(str(tmp_path))[0]) == []
+
+
+def test_image_folder_is_sliced_into_named_shards(tmp_path: Path) -> None:
+    (tmp_path / "images" / "sub").mkdir(parents=True)
+    (tmp_path / "masks").mkdir()
+    for key in ("a", "b", "c", "sub/d", "e"):
+        (tmp_path / "images" / f"{key}.png").write_bytes(PNG)
+    (tmp_path / "masks" / "a.png").write_bytes(PNG)
+    shards = discover_shards(str(tmp_path), folder_shard_size=2)
+    assert [s.name for s in shards] == ["images-00000", "images-00001", "images-00002"]
+    keys = [key for shard in shards for key, _, _ in shard.members]
+    assert keys == ["a", "b", "c", "e", "sub/d"]
+    rows = rows_by_key(shards[0])
+    assert rows["a"]["mask"] == PNG and rows["b"]["mask"] == b""
+    assert Shard.from_json(shards[0].to_json()) == shards[0]
+
+
+def test_parquet_input_with_and_without_masks(tmp_path: Path) -> None:
+    table = pa.table({"key": ["x", "y", None], "image": [PNG, PNG, PNG], "mask": [PNG, None, None]})
+    pq.write_table(table, tmp_path / "part-0.parquet")
+    pq.write_table(pa.table({"image": [PNG]}), tmp_path / "part-1.parquet")
+    shards = discover_shards(str(tmp_path))
+    rows = rows_by_key(shards[0])
+    assert rows["x"]["mask"] == PNG and rows["y"]["mask"] == b""
+    assert "has no key" in rows["part-0#row2"]["error"]
+    broken = read_shard(shards[1])
+    assert len(broken) == 1 and "lacks column(s) ['key']" in broken[0]["error"]
+
+
+def test_single_file_input(tmp_path: Path) -> None:
+    write_tar(tmp_path / "one.tar", {"a.png": PNG})
+    assert [s.name for s in discover_shards(str(tmp_path / "one.tar"))] == ["one"]
+
+
+def test_missing_and_imageless_inputs_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        discover_shards(str(tmp_path / "nope"))
+    (tmp_path / "readme.txt").write_text("x")
+    with pytest.raises(InputError, match="holds no images"):
+        discover_shards(str(tmp_path))
+
+
+def test_keys_of_a_shard_that_cannot_be_parsed_are_none_but_a_storage_failure_stops_the_run(tmp_path: Path) -> None:
+    (tmp_path / "broken.tar").write_bytes(b"\x01" * 700)
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet")
+    assert shard_keys(Shard("broken", "tar", str(tmp_path / "broken.tar"))) == []
+    assert shard_keys(Shard("broken", "parquet", str(tmp_path / "broken.parquet"))) == []
+    with pytest.raises(StorageError, match="the keys of shard .*gone.tar cannot be read"):
+        shard_keys(Shard("gone", "tar", str(tmp_path / "gone.tar")))

@@ -1,0 +1,122 @@
+"""The prediction actor's model call, with and without test-time augmentation (run in-process)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.config import ConfigError, SampleDataConfig, SegmentConfig
+from pipeline.model import ModelInfo, UNetSpec, build_unet, load_artifact, save_artifact
+from pipeline.sample_data import write_sample_data
+from pipeline.segment.predictor import SegmentationPredictor, dihedral_mean, moved, tta_symmetries
+from pipeline.segment.run import run_segmentation
+
+SQUARE_SYMMETRIES = [
+    (lambda a: a, lambda a: a),
+    (lambda a: a[:, :, ::-1], lambda a: a[:, :, ::-1]),
+    (lambda a: a[:, ::-1], lambda a: a[:, ::-1]),
+    (lambda a: np.rot90(a, 1, axes=(1, 2)), lambda a: np.rot90(a, -1, axes=(1, 2))),
+    (lambda a: np.rot90(a, 2, axes=(1, 2)), lambda a: np.rot90(a, -2, axes=(1, 2))),
+    (lambda a: np.rot90(a, 3, axes=(1, 2)), lambda a: np.rot90(a, -3, axes=(1, 2))),
+    (lambda a: np.rot90(a, 1, axes=(1, 2))[:, :, ::-1], lambda a: np.rot90(a[:, :, ::-1], -1, axes=(1, 2))),
+    (lambda a: np.rot90(a, 3, axes=(1, 2))[:, :, ::-1], lambda a: np.rot90(a[:, :, ::-1], -3, axes=(1, 2))),
+]
+
+
+def scores(predictor: SegmentationPredictor, pixels: np.ndarray) -> np.ndarray:
+    """Return the predictor's float scores for ``pixels``."""
+    return predictor.forward(np.ascontiguousarray(pixels, dtype=np.float32)).numpy()
+
+
+def test_tta_is_the_mean_over_the_eight_symmetries(tiny_model: str) -> None:
+    pixels = np.random.default_rng(0).random((3, 32, 32, 3), dtype=np.float32)
+    model = load_artifact(tiny_model).model
+    expected = np.mean([undo(model(np.ascontiguousarray(do(pixels)), training=False).numpy())
+                        for do, undo in SQUARE_SYMMETRIES], axis=0)
+    got = scores(SegmentationPredictor(tiny_model, tta=True), pixels)
+    assert got.shape == (3, 32, 32, 3)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_tta_makes_predictions_follow_flips_and_rotations(tiny_model: str) -> None:
+    pixels = np.random.default_rng(1).random((2, 32, 32, 3), dtype=np.float32)
+    plain, tta = SegmentationPredictor(tiny_model), SegmentationPredictor(tiny_model, tta=True)
+    for do, _ in SQUARE_SYMMETRIES[1:]:
+        # the untrained network is not symmetric by itself (zero padding, random kernels) ...
+        assert np.abs(scores(plain, do(pixels)) - do(scores(plain, pixels))).max() > 1e-3
+        # ... but its TTA average is, up to float rounding
+        np.testing.assert_allclose(scores(tta, do(pixels)), do(scores(tta, pixels)), atol=1e-5)
+
+
+def test_tta_on_non_square_tiles_uses_the_shape_keeping_symmetries(tmp_path: Path) -> None:
+    spec = UNetSpec(input_size=(32, 64), channels=1, num_classes=2, depth=2, base_filters=4)
+    save_artifact(build_unet(spec), ModelInfo(unet=spec, class_names=("background", "object")), str(tmp_path))
+    pixels = np.random.default_rng(2).random((2, 32, 64, 1), dtype=np.float32)
+    tta = SegmentationPredictor(str(tmp_path), tta=True)
+    result = scores(tta, pixels)
+    assert result.shape == (2, 32, 64, 2)
+    for flip in (lambda a: a[:, ::-1], lambda a: a[:, :, ::-1], lambda a: a[:, ::-1, ::-1]):
+        np.testing.assert_allclose(scores(tta, flip(pixels)), flip(result), atol=1e-5)
+
+
+def test_batch_call_with_tta_quantises_and_zeroes_error_rows(tiny_model: str) -> None:
+    pixels = np.random.default_rng(3).random((2, 32, 32, 3), dtype=np.float32)
+    batch = {"pixels": pixels.copy(), "error": np.array(["", "bad image"], dtype=object), "seconds": np.zeros(2)}
+    out = SegmentationPredictor(tiny_model, tta=True)(batch)
+    assert out["scores"].dtype == np.uint8 and out["scores"].shape == (2, 32, 32, 3)
+    assert not out["scores"][1].any()
+    expected = scores(SegmentationPredictor(tiny_model, tta=True), pixels[:1])[0]
+    assert np.abs(out["scores"][0].astype(float) - expected * 255).max() <= 1.0
+
+
+def trained_info(spec: UNetSpec, **augmentation: object) -> ModelInfo:
+    """Return model info recording a training run with the given augmentation settings."""
+    return ModelInfo(unet=spec, class_names=("background", "object"),
+                     training={"trained": True, "config": {"flips": True, **augmentation}})
+
+
+def test_tta_uses_the_symmetries_the_model_was_trained_on() -> None:
+    square = UNetSpec(input_size=(32, 32), channels=1, num_classes=2, depth=2, base_filters=4)
+    assert len(tta_symmetries(trained_info(square), "m")) == 8
+    no_turns = tta_symmetries(trained_info(square, quarter_turns=False, label_offset_rows=-0.5,
+                                           label_offset_cols=-0.25), "m")
+    # half a pixel up and a quarter left: upside down (a flip and a half turn, or a half turn) the
+    # labels come back up a row; a quarter pixel is nearest to no move
+    assert sorted(no_turns) == [(False, 0, (0, 0)), (False, 2, (-1, 0)), (True, 0, (0, 0)), (True, 2, (-1, 0))]
+    with pytest.raises(ConfigError, match="model m was trained without flips.*without --tta"):
+        tta_symmetries(trained_info(square, flips=False), "m")
+    # the warp flips and turns by any angle, and keeps no label offset
+    warped = tta_symmetries(trained_info(square, flips=False, warp=True, quarter_turns=False,
+                                         label_offset_rows=-1.0), "m")
+    assert len(warped) == 8 and all(move == (0, 0) for _, _, move in warped)
+
+
+def test_tta_takes_back_the_labels_offset_the_model_learnt() -> None:
+    import tensorflow as tf
+
+    pixels = tf.constant(np.random.default_rng(4).random((2, 24, 24, 1), dtype=np.float32))
+    spec = UNetSpec(input_size=(24, 24), channels=1, num_classes=2, depth=2, base_filters=4)
+
+    def offset_model(x: tf.Tensor) -> tf.Tensor:  # draws its labels one row above what it sees, in any image
+        return moved(x, -1, 0)
+
+    inner = (slice(None), slice(3, -3), slice(3, -3))  # away from the repeated edges
+    expected = moved(pixels, -1, 0).numpy()[inner]
+    kept = dihedral_mean(offset_model, pixels, tta_symmetries(trained_info(spec, label_offset_rows=-1.0), "m"))
+    np.testing.assert_allclose(kept.numpy()[inner], expected, atol=1e-6)
+    ignored = dihedral_mean(offset_model, pixels, tta_symmetries(trained_info(spec), "m"))
+    assert np.abs(ignored.numpy()[inner] - expected).max() > 0.1  # without the moves the average blurs the offset
+
+
+def test_segmenting_a_model_trained_without_flips_with_tta_stops_before_work(tmp_path: Path) -> None:
+    spec = UNetSpec(input_size=(32, 32), channels=1, num_classes=2, depth=2, base_filters=4)
+    model = tmp_path / "model"
+    save_artifact(build_unet(spec), trained_info(spec, flips=False), str(model))
+    data, output = tmp_path / "data", tmp_path / "out"
+    write_sample_data(SampleDataConfig(output=str(data), num_images=2, num_shards=1, num_classes=2,
+                                       min_size=32, max_size=48))
+    with pytest.raises(ConfigError, match="trained without flips"):
+        run_segmentation(SegmentConfig(input=str(data), model=str(model), output=str(output), tta=True))
+    assert not output.exists()

@@ -1,0 +1,219 @@
+"""Exactly once through crashes: re-runs skip committed shards and redo half-written ones, killed actors
+and drivers lose nothing, and outputs of another run are refused."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pytest
+from PIL import Image
+
+from pipeline.config import ConfigError, SampleDataConfig, SegmentConfig
+from pipeline.model import ModelInfo, build_unet, save_artifact
+from pipeline.sample_data import write_sample_data
+from pipeline.segment.run import run_segmentation
+from tests.conftest import TINY_CLASSES, TINY_UNET
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
+
+
+def metrics_rows(output: Path) -> list[dict]:
+    """Return the rows of the committed shards (those with a marker), as a report reads them."""
+    committed = {p.stem for p in (output / "_done").glob("*.json")}
+    files = [str(p) for p in sorted((output / "metrics").glob("*.parquet")) if p.stem in committed]
+    return pads.dataset(files, format="parquet").to_table().to_pylist() if files else []
+
+
+def assert_exactly_once(output: Path, keys: set[str]) -> None:
+    """Every input key appears once in the committed metrics, and every ok row's mask decodes at its size."""
+    rows = metrics_rows(output)
+    seen = [row["key"] for row in rows]
+    assert sorted(seen) == sorted(keys), "keys missing or repeated"
+    for row in rows:
+        assert row["status"] == "ok"
+        assert Image.open(row["mask_uri"]).size == (row["width"], row["height"])
+
+
+def committed(output: Path) -> int:
+    """Return how many shards have a commit marker."""
+    return len(list((output / "_done").glob("*.json")))
+
+
+def run_record(output: Path) -> dict:
+    """Return run.json (empty while it is not there or half-written)."""
+    try:
+        return json.loads((output / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def sample_keys(count: int) -> set[str]:
+    return {f"sample-{i:06d}" for i in range(count)}
+
+
+def test_rerun_skips_committed_shards_and_redoes_a_half_written_one(tmp_path: Path, tiny_model: str,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    data, output = tmp_path / "data", tmp_path / "out"
+    write_sample_data(SampleDataConfig(output=str(data), num_images=16, num_shards=4, min_size=32, max_size=48))
+    cfg = SegmentConfig(input=str(data), model=tiny_model, output=str(output), batch_size=4, progress_seconds=0.01)
+    with caplog.at_level(logging.INFO, logger="pipeline.segment.record"):
+        first = run_segmentation(cfg)
+    assert first.resumed_shards == 0 and first.images == 16
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress:")]
+    assert progress and "4/4 shards committed, 16 images done" in progress[-1] and "ETA" in progress[-1]
+    # a crash after shard 2's Parquet was written but before its marker: torn file, no marker
+    (output / "_done" / "shard-00002.json").unlink()
+    parquet = output / "metrics" / "shard-00002.parquet"
+    parquet.write_bytes(parquet.read_bytes()[:100])
+    markers_before = {p.name: p.read_text() for p in (output / "_done").glob("*.json")}
+
+    second = run_segmentation(cfg)
+
+    assert second.resumed_shards == 3 and second.images == 16 and second.run_id == first.run_id
+    assert {p.name: p.read_text() for p in (output / "_done").glob("*.json") if p.name in markers_before} == markers_before
+    assert_exactly_once(output, sample_keys(16))
+    third = run_segmentation(cfg)  # everything committed: nothing to do, same counts
+    assert third.resumed_shards == 4 and third.images == 16
+    run = json.loads((output / "run.json").read_text())
+    assert run["status"] == "finished" and run["summary"]["resumed_shards"] == 4
+
+
+def test_another_model_or_input_is_refused_unless_overwrite(tmp_path: Path, tiny_model: str) -> None:
+    data, output = tmp_path / "data", tmp_path / "out"
+    write_sample_data(SampleDataConfig(output=str(data), num_images=4, num_shards=1, min_size=32, max_size=48))
+    run_segmentation(SegmentConfig(input=str(data), model=tiny_model, output=str(output)))
+    import keras
+
+    keras.utils.set_random_seed(7)
+    other_model = str(tmp_path / "other-model")
+    save_artifact(build_unet(TINY_UNET), ModelInfo(unet=TINY_UNET, class_names=TINY_CLASSES), other_model)
+
+    with pytest.raises(ConfigError, match=r"another model_sha256.*--overwrite"):
+        run_segmentation(SegmentConfig(input=str(data), model=other_model, output=str(output)))
+    other_data = tmp_path / "data2"
+    write_sample_data(SampleDataConfig(output=str(other_data), num_images=2, num_shards=1, seed=5, min_size=32, max_size=48))
+    with pytest.raises(ConfigError, match=r"another input"):
+        run_segmentation(SegmentConfig(input=str(other_data), model=tiny_model, output=str(output)))
+
+    with pytest.raises(ConfigError, match=r"another tta"):  # TTA changes every score: not the same run
+        run_segmentation(SegmentConfig(input=str(data), model=tiny_model, output=str(output), tta=True))
+
+    replaced = run_segmentation(SegmentConfig(input=str(other_data), model=other_model, output=str(output), overwrite=True))
+    assert replaced.images == 2 and replaced.resumed_shards == 0
+    assert_exactly_once(output, sample_keys(2))
+    assert len(list((output / "masks").glob("*.png"))) == 2  # the old run's masks are gone
+
+
+def test_killing_the_driver_then_rerunning_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    data, output, model = tmp_path / "data", tmp_path / "out", str(tmp_path / "model")
+    write_sample_data(SampleDataConfig(output=str(data), num_images=40, num_shards=8, min_size=32, max_size=48))
+    # With the tiny model all shards commit within a few tenths of a second of the first, too close
+    # for the kill to land between them; at 256x256 and 16 filters they come ~0.4 s apart.
+    spec = replace(TINY_UNET, input_size=(256, 256), depth=3, base_filters=16)
+    save_artifact(build_unet(spec), ModelInfo(unet=spec, class_names=TINY_CLASSES), model)
+    command = [sys.executable, "-m", "jobs.cli", "segment", "--input", str(data), "--model", model,
+               "--output", str(output), "--batch-size", "4", "stage_cpus=0.2"]
+    env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}  # its own local Ray
+    kills = 0
+    for commits_before_kill in (1, 4):  # kill early, then again after more shards committed
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None and (
+                committed(output) < commits_before_kill or "progress" not in run_record(output)):
+            time.sleep(0.02)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)  # the driver and the local Ray it started, mid-run
+            kills += 1
+        process.wait(timeout=60)
+        record = run_record(output)
+        if kills == 1:  # run.json keeps the counts of the committed shards when the driver dies
+            assert record["status"] == "running" and record["progress"]["committed_shards"] >= 1
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert kills >= 1
+    assert_exactly_once(output, sample_keys(40))
+    assert json.loads((output / "run.json").read_text())["status"] == "finished"
+
+
+def alive_actor_pids(name_part: str) -> list[int]:
+    """Return the PIDs of the session's live actors whose class name contains ``name_part`` (from the GCS)."""
+    from ray._private.state import actors
+
+    return [info["Pid"] for info in actors(actor_state_name="ALIVE").values()
+            if name_part in info["ActorClassName"] and info["Pid"]]
+
+
+def test_killing_actors_mid_run_loses_nothing(tmp_path: Path, tiny_model: str) -> None:
+    data, output = tmp_path / "data", tmp_path / "out"
+    write_sample_data(SampleDataConfig(output=str(data), num_images=40, num_shards=10, min_size=32, max_size=48))
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["summary"] = run_segmentation(SegmentConfig(input=str(data), model=tiny_model, output=str(output),
+                                                                batch_size=2))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    kills = []
+    targets = ["SegmentationPredictor", "MaskWriter"]  # the model actor first, then a mask writer
+    deadline = time.monotonic() + 300
+    while thread.is_alive() and targets and time.monotonic() < deadline:
+        if committed(output) >= 1 + 3 * len(kills):
+            pids = alive_actor_pids(targets[0])
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                kills.append(targets.pop(0))
+        time.sleep(0.1)
+    thread.join(timeout=600)
+    assert "error" not in outcome, outcome.get("error")
+    assert kills, "no actor was killed mid-run"
+    summary = outcome["summary"]
+    assert summary.images == 40 and summary.errors == 0
+    assert_exactly_once(output, sample_keys(40))
+
+
+def test_ctrl_c_stops_with_one_line_records_interrupted_and_leaves_no_ray_behind(tmp_path: Path) -> None:
+    import psutil
+
+    data, output, model = tmp_path / "data", tmp_path / "out", str(tmp_path / "model")
+    write_sample_data(SampleDataConfig(output=str(data), num_images=40, num_shards=8, min_size=32, max_size=48))
+    spec = replace(TINY_UNET, input_size=(256, 256), depth=3, base_filters=16)  # slow enough to interrupt mid-run
+    save_artifact(build_unet(spec), ModelInfo(unet=spec, class_names=TINY_CLASSES), model)
+    env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}  # its own local Ray
+    process = subprocess.Popen([sys.executable, "-m", "jobs.cli", "segment", "--input", str(data), "--model", model,
+                                "--output", str(output), "--batch-size", "4", "stage_cpus=0.2"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None and committed(output) < 1:
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before Ctrl-C"
+    ray_processes = psutil.Process(process.pid).children(recursive=True)
+    assert ray_processes  # the local Ray it started: GCS, raylet, workers
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole foreground group
+    _, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "segpipe segment: interrupted; re-run the same command to resume"
+    assert "Traceback" not in stderr
+    assert run_record(output)["status"] == "interrupted"
+    gone, alive = psutil.wait_procs(ray_processes, timeout=10)
+    assert not alive, [p.info for p in alive] if alive else None
+
+    resumed = run_segmentation(SegmentConfig(input=str(data), model=model, output=str(output), batch_size=4))
+    assert resumed.resumed_shards >= 1
+    assert_exactly_once(output, sample_keys(40))

@@ -1,0 +1,424 @@
+"""Training: augmentation, the loss, the data stage, and Ray Train runs on the session's local Ray."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.config import ConfigError, SampleDataConfig, SegmentConfig, TrainConfig, UNetConfig, load_config
+from pipeline.io.shards import InputError
+from pipeline.io.storage import StorageError
+from pipeline.model import UNetSpec, load_artifact
+from pipeline.preprocess import SampleError, encode_png, model_input
+from pipeline.sample_data import write_sample_data
+from pipeline.train import augment
+from pipeline.train.data import DecodedSamples, training_batch
+from pipeline.train.run import run_training
+from pipeline.train.step import per_example_loss
+
+TINY = UNetConfig(input_size=32, num_classes=3, depth=2, base_filters=4)
+
+
+def coordinate_ramps(height: int, width: int) -> np.ndarray:
+    """Return a float32 (h, w, 2) image whose channels are each pixel's row and column."""
+    rows, cols = np.meshgrid(np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32), indexing="ij")
+    return np.stack([rows, cols], axis=-1)
+
+
+def test_mirror_folds_coordinates_back_into_the_image() -> None:
+    # size 4: ... 2 1 | 0 1 2 3 | 2 1 0 ...
+    folded = augment.mirror(np.array([-2.0, -1.0, 0.0, 3.0, 4.0, 5.0, 7.0, 2.5]), 4)
+    assert folded.tolist() == [2.0, 1.0, 0.0, 3.0, 2.0, 1.0, 1.0, 2.5]
+
+
+def test_flips_and_turns_move_image_and_mask_together() -> None:
+    rng = np.random.default_rng(0)
+    mask = rng.integers(0, 3, (32, 32), dtype=np.uint8)
+    image = np.repeat(mask[:, :, np.newaxis].astype(np.float32) / 10, 3, axis=2)  # the image encodes its mask
+    seen = set()
+    for _ in range(60):
+        tile_image, tile_mask = augment.flip_and_rotate(image, mask, rng)
+        assert np.array_equal(np.rint(tile_image[:, :, 0] * 10).astype(np.uint8), tile_mask)
+        seen.add(tile_mask.tobytes())
+    assert len(seen) == 8  # the 8 symmetries of a square, nothing resampled
+    wide = rng.integers(0, 3, (16, 24), dtype=np.uint8)
+    assert all(augment.flip_and_rotate(wide[:, :, np.newaxis], wide, rng)[1].shape == (16, 24) for _ in range(10))
+
+
+def labelled_cross() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return ``(feature, mask, image)``: an off-centre cross (every flip and turn gives another
+    picture), its labels drawn a row above it, and the image showing it."""
+    feature = np.zeros((32, 32), np.uint8)
+    feature[8:20, 12:14] = 1
+    feature[15, 5:25] = 1
+    return feature, augment.move(feature, -1, 0), feature[:, :, np.newaxis].astype(np.float32)
+
+
+def test_flips_and_turns_keep_the_labels_offset() -> None:
+    rng = np.random.default_rng(7)
+    _, mask, image = labelled_cross()
+    seen = set()
+    for _ in range(60):
+        tile_image, tile_mask = augment.flip_and_rotate(image, mask, rng, label_offset=(-1.0, 0.0))
+        assert np.array_equal(tile_mask, augment.move(tile_image[:, :, 0].astype(np.uint8), -1, 0))  # still a row above
+        seen.add(tile_mask.tobytes())
+    assert len(seen) == 8
+    # a fractional offset comes back to the nearest whole pixel: half a pixel up, flipped upside down
+    # (a left-right flip and a half turn), is half a pixel down, one row from where it was drawn
+    assert augment.offset_correction((-0.5, -0.25), True, 2) == (-1, 0)
+    assert augment.offset_correction((-0.5, -0.25), True, 0) == (0, 0)  # a quarter pixel is nearest to no move
+
+
+def test_flips_without_quarter_turns_keep_rows_rows_and_the_labels_offset() -> None:
+    rng = np.random.default_rng(3)
+    feature, mask, image = labelled_cross()
+    symmetries = {np.rot90(flipped, turns).tobytes() for flipped in (feature, feature[:, ::-1]) for turns in (0, 2)}
+    seen = set()
+    for _ in range(40):
+        tile_image, tile_mask = augment.training_pair(image, mask, (32, 32), rng, label_offset=(-1.0, 0.0),
+                                                      quarter_turns=False)
+        feature_seen = np.rint(tile_image[:, :, 0] > 0.5).astype(np.uint8)  # the jitter keeps 0 and 1 apart
+        assert feature_seen.tobytes() in symmetries  # no quarter turn: the long arm stays upright
+        assert np.array_equal(tile_mask, augment.move(feature_seen, -1, 0))  # the labels still a row above
+        seen.add(tile_mask.tobytes())
+    assert len(seen) == 4  # identity, left-right flip, up-down flip, half turn
+
+
+def test_warp_moves_image_and_mask_together() -> None:
+    rng = np.random.default_rng(0)
+    mask = rng.integers(0, 3, (48, 40), dtype=np.uint8)
+    image = coordinate_ramps(48, 40)  # bilinear sampling of a ramp is exact: the image says where each pixel came from
+    seen = set()
+    for _ in range(20):
+        warped_image, warped_mask = augment.random_warp(image, mask, rng)
+        assert warped_image.shape == (48, 40, 2) and warped_mask.shape == (48, 40) and warped_mask.dtype == np.uint8
+        source_rows, source_cols = (np.rint(warped_image[:, :, k]).astype(int) for k in (0, 1))
+        clear = np.abs(np.mod(warped_image, 1.0) - 0.5).min(axis=-1) > 0.01  # not a rounding tie in float32
+        assert clear.mean() > 0.9
+        assert np.array_equal(warped_mask[clear], mask[source_rows, source_cols][clear])
+        seen.add(warped_mask.tobytes())
+    assert len(seen) == 20  # every warp differs
+
+
+def test_warp_keeps_about_the_inference_scale() -> None:
+    rng = np.random.default_rng(1)
+    image = coordinate_ramps(128, 128)
+    for _ in range(10):
+        warped, _ = augment.random_warp(image, np.zeros((128, 128), np.uint8), rng)
+        # local scale: how far the source moves per output pixel, along rows (mirror folds give a few outliers)
+        step = np.hypot(*np.diff(warped, axis=0).transpose(2, 0, 1))
+        assert 0.8 < float(np.median(step)) < 1.25
+
+
+def test_crop_cuts_image_and_mask_to_the_same_window() -> None:
+    rng = np.random.default_rng(4)
+    image = coordinate_ramps(100, 80)
+    mask = (np.arange(80)[np.newaxis, :] >= np.arange(100)[:, np.newaxis] * 0.8).astype(np.uint8)  # 1 right of the diagonal
+    windows = set()
+    for _ in range(20):
+        tile_image, tile_mask = augment.random_crop(image, mask, (40, 40), rng)
+        assert tile_image.shape == (40, 40, 2) and tile_mask.shape == (40, 40)
+        top, left = tile_image[0, 0]
+        bottom, right = tile_image[-1, -1]
+        height, width = bottom - top, right - left  # the window's extent, from the resized ramps
+        assert 0.8 * 100 - 4 <= height <= 100 and 0.8 * 80 - 4 <= width <= 80
+        windows.add((round(float(top)), round(float(left)), round(float(height)), round(float(width))))
+        # the mask is the source mask at the source pixel each tile pixel came from (away from the diagonal)
+        rows, cols = tile_image[..., 0], tile_image[..., 1]
+        expected = (cols >= rows * 0.8).astype(np.uint8)
+        clear = np.abs(cols - rows * 0.8) > 2.0
+        assert np.array_equal(tile_mask[clear], expected[clear])
+    assert len(windows) > 15  # windows differ in place and size
+
+
+def test_patch_cuts_image_and_mask_to_the_same_window_at_their_scale() -> None:
+    rng = np.random.default_rng(5)
+    image = coordinate_ramps(64, 48)
+    mask = (np.arange(48)[np.newaxis, :] >= np.arange(64)[:, np.newaxis] * 0.75).astype(np.uint8)
+    corners = set()
+    for _ in range(20):
+        patch_image, patch_mask = augment.random_patch(image, mask, (16, 24), rng)
+        assert patch_image.shape == (16, 24, 2) and patch_mask.shape == (16, 24)
+        top, left = (int(v) for v in patch_image[0, 0])
+        assert np.array_equal(patch_image, image[top:top + 16, left:left + 24])  # no resampling
+        assert np.array_equal(patch_mask, mask[top:top + 16, left:left + 24])
+        corners.add((top, left))
+    assert len(corners) > 15
+    with pytest.raises(ValueError, match="larger than the 64x48 tile"):
+        augment.random_patch(image, mask, (16, 64), rng)
+
+
+def test_training_pair_without_augmentation_is_the_inference_resize() -> None:
+    image = np.random.default_rng(2).random((60, 80, 1), dtype=np.float32)
+    mask = np.zeros((60, 80), np.uint8)
+    mask[:, 40:] = 1
+    tile_image, tile_mask = augment.training_pair(image, mask, (32, 32), None)
+    assert np.allclose(tile_image, model_input(image, (32, 32), 1, {"mode": "scale"}))  # already float: scaled by 1
+    assert tile_mask[:, :15].max() == 0 and tile_mask[:, 17:].min() == 1
+    warped_image, warped_mask = augment.training_pair(image, mask, (32, 32), np.random.default_rng(3))
+    assert warped_image.shape == (32, 32, 1) and set(np.unique(warped_mask).tolist()) <= {0, 1}
+    warped_image, warped_mask = augment.training_pair(image, mask, (32, 32), np.random.default_rng(3), warp=True)
+    assert warped_image.shape == (32, 32, 1) and set(np.unique(warped_mask).tolist()) == {0, 1}
+    for warp in (False, True):
+        cropped_image, cropped_mask = augment.training_pair(image, mask, (32, 32), np.random.default_rng(3), warp, crop=True)
+        assert cropped_image.shape == (32, 32, 1) and cropped_mask.shape == (32, 32)
+
+
+def test_training_pair_without_flips_keeps_the_geometry_and_jitters_the_intensity() -> None:
+    rng = np.random.default_rng(6)
+    mask = rng.integers(0, 2, (32, 32), dtype=np.uint8)  # no symmetry: any flip or turn would change it
+    image = mask[:, :, np.newaxis].astype(np.float32) * 0.5 + 0.25
+    jittered = set()
+    for _ in range(10):
+        tile_image, tile_mask = augment.training_pair(image, mask, (32, 32), rng, flips=False)
+        assert np.array_equal(tile_mask, mask)
+        assert (tile_image[mask == 1].min() > tile_image[mask == 0].max())  # still the same image, pixel for pixel
+        jittered.add(round(float(tile_image.mean()), 4))
+    assert len(jittered) == 10
+    flipped = {augment.training_pair(image, mask, (32, 32), rng)[1].tobytes() for _ in range(20)}
+    assert len(flipped) > 1  # the default still flips and turns
+
+
+def test_intensity_jitter_leaves_the_mask_alone_and_stays_bounded() -> None:
+    rng = np.random.default_rng(2)
+    image = np.full((8, 8, 3), 0.5, np.float32)
+    jittered = augment.jitter_intensity(image, rng)
+    assert abs(float(jittered.mean()) - 0.5) <= augment.BRIGHTNESS + 1e-6
+
+
+def test_loss_is_low_for_right_and_high_for_wrong_predictions() -> None:
+    spec = UNetSpec(input_size=(4, 4), num_classes=2, depth=1, base_filters=2)
+    labels = np.zeros((1, 4, 4), np.uint8)
+    labels[0, :2] = 1
+    right = np.stack([1.0 - labels, labels], axis=-1).astype(np.float32)
+    wrong = right[..., ::-1].copy()
+    for kind in ("ce", "dice", "ce+dice"):
+        low = float(per_example_loss(labels, right, spec, kind)[0])
+        high = float(per_example_loss(labels, wrong, spec, kind)[0])
+        assert low < 0.05 < 0.5 < high, (kind, low, high)
+
+
+def test_bad_samples_get_weight_zero() -> None:
+    spec = UNetSpec(input_size=(16, 16), num_classes=2, depth=1, base_filters=2)
+    image = encode_png(np.zeros((20, 20, 3), np.uint8))
+    good_mask = encode_png(np.zeros((20, 20), np.uint8))
+    batch = {
+        "key": np.array(["good", "no-mask", "bad-class", "broken", "read-error"], dtype=object),
+        "image": np.array([image, image, image, b"junk", b""], dtype=object),
+        "mask": np.array([good_mask, b"", encode_png(np.full((20, 20), 4, np.uint8)), good_mask, b""], dtype=object),
+        "error": np.array(["", "", "", "", "shard unreadable"], dtype=object),
+    }
+    out = training_batch(batch, spec, {"mode": "scale"}, augmented=True)
+    assert out["weights"].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
+    assert out["pixels"].shape == (5, 16, 16, 3) and out["labels"].shape == (5, 16, 16)
+    patches = training_batch(batch, spec, {"mode": "scale"}, augmented=False, patch=8)
+    assert patches["weights"].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
+    assert patches["pixels"].shape == (5, 8, 8, 3) and patches["labels"].shape == (5, 8, 8)
+
+
+def test_decoded_samples_are_kept_by_content_within_their_budget() -> None:
+    spec = UNetSpec(input_size=(16, 16), num_classes=2, depth=1, base_filters=2)
+    rng = np.random.default_rng(3)
+    pixels = [rng.integers(0, 256, (20, 20, 3), dtype=np.uint8) for _ in range(3)]
+    images = [encode_png(p) for p in pixels]
+    mask = encode_png((pixels[0][:, :, 0] > 127).astype(np.uint8))
+    pair_bytes = 20 * 20 * 3 * 4 + 20 * 20  # float32 image + uint8 mask
+    cache = DecodedSamples()
+    first = cache.get(images[0], mask, spec, {"mode": "scale"}, budget_bytes=2 * pair_bytes)
+    np.testing.assert_array_equal(first[0], pixels[0].astype(np.float32) / 255.0)
+    assert not first[0].flags.writeable and not first[1].flags.writeable
+    assert cache.get(images[0], mask, spec, {"mode": "scale"}, 2 * pair_bytes)[0] is first[0]  # kept
+    assert cache.get(images[0], mask, spec, {"mode": "minmax"}, 2 * pair_bytes)[0] is not first[0]  # other settings
+    cache.get(images[1], mask, spec, {"mode": "scale"}, 2 * pair_bytes)
+    cache.get(images[2], mask, spec, {"mode": "scale"}, 2 * pair_bytes)  # over the budget: the oldest go
+    assert cache.bytes <= 2 * pair_bytes and len(cache.entries) == 2
+    assert cache.get(images[0], mask, spec, {"mode": "scale"}, 2 * pair_bytes)[0] is not first[0]
+    kept = cache.get(images[0], mask, spec, {"mode": "scale"}, 2 * pair_bytes)
+    assert cache.get(images[0], mask, spec, {"mode": "scale"}, budget_bytes=0)[0] is not kept[0]  # 0: always decode
+    none_kept = DecodedSamples()
+    none_kept.get(images[0], mask, spec, {"mode": "scale"}, budget_bytes=0)
+    assert not none_kept.entries and none_kept.bytes == 0
+    with pytest.raises(SampleError):  # an unusable sample is refused every time, never kept
+        cache.get(images[0], encode_png(np.full((20, 20), 4, np.uint8)), spec, {"mode": "scale"}, 2 * pair_bytes)
+
+
+def test_the_data_stage_gives_the_same_batch_with_and_without_kept_samples() -> None:
+    spec = UNetSpec(input_size=(16, 16), num_classes=2, depth=1, base_filters=2)
+    rng = np.random.default_rng(4)
+    pixels = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(2)]
+    batch = {
+        "key": np.array(["a", "b", "a-again"], dtype=object),
+        "image": np.array([encode_png(pixels[0]), encode_png(pixels[1]), encode_png(pixels[0])], dtype=object),
+        "mask": np.array([encode_png((p[:, :, 1] > 100).astype(np.uint8)) for p in (*pixels, pixels[0])], dtype=object),
+        "error": np.array(["", "", ""], dtype=object),
+    }
+    plain = training_batch(batch, spec, {"mode": "scale"}, augmented=False)
+    for _ in range(2):  # the second time every sample comes from the cache
+        kept = training_batch(batch, spec, {"mode": "scale"}, augmented=False, cache_mb=1)
+        for name in ("pixels", "labels", "weights"):
+            np.testing.assert_array_equal(kept[name], plain[name])
+    augmented = training_batch(batch, spec, {"mode": "scale"}, augmented=True, cache_mb=1)
+    assert augmented["weights"].tolist() == [1.0, 1.0, 1.0]  # augmentation works on copies of kept arrays
+
+
+def test_config_checks() -> None:
+    with pytest.raises(ConfigError, match="multiple of num_workers"):
+        TrainConfig(data="d", output="o", num_workers=2, batch_size=3)
+    with pytest.raises(ConfigError, match="multiple of 2\\*\\*unet.depth"):
+        UNetConfig(input_size=30, depth=2)
+    for patch in (10, 64):
+        with pytest.raises(ConfigError, match=f"patch_size={patch}: a multiple of 2\\*\\*depth = 4 up to input_size=32"):
+            TrainConfig(data="d", output="o", patch_size=patch, unet=TINY)
+    for momentum in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match=f"ema={momentum}: a momentum in \\[0, 1\\)"):
+            TrainConfig(data="d", output="o", ema=momentum)
+    with pytest.raises(ConfigError, match="decoded_cache_mb=-1: MB of decoded samples"):
+        TrainConfig(data="d", output="o", decoded_cache_mb=-1)
+    cfg = load_config(TrainConfig, None, ["data=d", "output=o", "unet.num_classes=2", "unet.class_names=bg, cell"])
+    assert cfg.unet.names() == ("bg", "cell")
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("labelled")
+    common = {"num_classes": 3, "min_size": 32, "max_size": 48}
+    train = write_sample_data(SampleDataConfig(output=str(root / "train"), num_images=24, num_shards=2, seed=1, **common))
+    val = write_sample_data(SampleDataConfig(output=str(root / "val"), num_images=8, num_shards=1, seed=2, **common))
+    assert train and val
+    return {"train": str(root / "train"), "val": str(root / "val")}
+
+
+def tiny_train_config(labelled: dict[str, str], output: Path, **overrides: object) -> TrainConfig:
+    values = {"data": labelled["train"], "val_data": labelled["val"], "output": str(output), "num_workers": 2,
+              "cpus_per_worker": 0.5, "epochs": 1, "batch_size": 8, "unet": TINY}
+    values.update(overrides)
+    return TrainConfig(**values)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_two_workers_train_checkpoint_resume_and_segment(labelled: dict[str, str], tmp_path: Path) -> None:
+    output = tmp_path / "model"
+    first = run_training(tiny_train_config(labelled, output))
+    assert first.epochs == 1 and [h["epoch"] for h in first.history] == [0]
+    assert first.history[0]["images"] == 24 and first.history[0]["steps"] == 3  # 12 rows per worker, batch 4 each
+    assert list((output / "checkpoints").glob("checkpoint_*"))
+
+    resumed = run_training(tiny_train_config(labelled, output, epochs=2))
+    assert [h["epoch"] for h in resumed.history] == [0, 1]  # epoch 0 came from the checkpoint, not re-run
+    assert resumed.history[0] == first.history[0]
+
+    info = json.loads((output / "model.json").read_text())
+    assert info["training"]["trained"] is True and info["training"]["epochs"] == 2
+    assert info["training"]["data_url"] == labelled["train"]
+    assert "val_mean_dice" in info["training"]["best_metrics"]
+    assert load_artifact(str(output)).info.unet.input_size == (32, 32)
+
+    from pipeline.segment.run import run_segmentation
+
+    summary = run_segmentation(SegmentConfig(input=labelled["val"], model=str(output), output=str(tmp_path / "seg")))
+    assert summary.images == 8 and summary.errors == 0 and summary.model_trained
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_loss_goes_down_on_a_learnable_set(labelled: dict[str, str], tmp_path: Path) -> None:
+    cfg = tiny_train_config(labelled, tmp_path / "m", num_workers=1, cpus_per_worker=1.0, epochs=3, passes_per_epoch=2,
+                            batch_size=4, learning_rate=0.01, augment=False, val_data=None)
+    history = run_training(cfg).history
+    assert [h["images"] for h in history] == [48, 48, 48]  # two passes over the 24 images per epoch
+    assert history[-1]["loss"] < 0.8 * history[0]["loss"], [h["loss"] for h in history]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_training_on_patches_validates_and_saves_the_whole_tile_model(labelled: dict[str, str], tmp_path: Path) -> None:
+    output = tmp_path / "m"
+    cfg = tiny_train_config(labelled, output, num_workers=1, cpus_per_worker=1.0, epochs=3, passes_per_epoch=2,
+                            batch_size=4, learning_rate=0.01, augment=False, patch_size=16)
+    history = run_training(cfg).history
+    assert [h["images"] for h in history] == [48, 48, 48]
+    assert history[-1]["loss"] < 0.8 * history[0]["loss"], [h["loss"] for h in history]
+    assert all(h["val_images"] == 8 for h in history)  # validated at the 32 px tile, not on patches
+    dice = [h["val_mean_dice"] for h in history]
+    # at lr 0.01 on 24 images one epoch's validation can swing back; the run as a whole must improve on epoch 0
+    assert max(dice[1:]) > dice[0] + 0.05, dice
+    info = json.loads((output / "model.json").read_text())
+    assert info["training"]["best_metrics"]["val_mean_dice"] == pytest.approx(max(dice))  # the best epoch is saved
+    assert load_artifact(str(output)).info.unet.input_size == (32, 32)
+    resumed = run_training(dataclasses.replace(cfg, epochs=4)).history
+    assert [h["epoch"] for h in resumed] == [0, 1, 2, 3] and resumed[2] == history[2]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_weight_average_is_validated_and_saved_while_training_goes_on_from_the_weights(
+        labelled: dict[str, str], tmp_path: Path) -> None:
+    import keras
+
+    from pipeline.train.data import training_dataset
+    from pipeline.train.run import unet_spec
+    from pipeline.train.step import validation_metrics
+
+    output = tmp_path / "m"
+    cfg = tiny_train_config(labelled, output, epochs=2, learning_rate=0.01, augment=False, ema=0.9)  # 2 workers
+    history = run_training(cfg).history
+    artifact = load_artifact(str(output))
+    best = max(history, key=lambda h: h["val_mean_dice"])
+    checkpoints = {json.loads((f / "state.json").read_text())["epoch"] - 1: f
+                   for f in (output / "checkpoints").glob("checkpoint_*") if f.is_dir()}
+    trained = keras.saving.load_model(str(checkpoints[best["epoch"]] / "model.keras"), compile=False)
+    averaged = artifact.model.get_weights()  # the same epoch's average lags its weights
+    assert any(not np.allclose(a, t) for a, t in zip(averaged, trained.get_weights()))
+    val = training_dataset(labelled["val"], cfg, unet_spec(cfg.unet), augmented=False)
+    again = validation_metrics(artifact.model, val, unet_spec(cfg.unet), 0.5)
+    assert again["val_mean_dice"] == pytest.approx(best["val_mean_dice"], abs=1e-6)  # the validated weights were saved
+    assert again["val_pixel_error"] == pytest.approx(best["val_pixel_error"], abs=1e-6)
+    resumed = run_training(dataclasses.replace(cfg, epochs=3)).history
+    assert [h["epoch"] for h in resumed] == [0, 1, 2] and resumed[1] == history[1]
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_bad_training_setups_stop_before_training(labelled: dict[str, str], tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        run_training(tiny_train_config(labelled, tmp_path / "a", data=str(tmp_path / "missing")))
+    with pytest.raises(ConfigError, match="does not fit the cluster"):
+        run_training(tiny_train_config(labelled, tmp_path / "b", num_workers=8, batch_size=8))
+    with pytest.raises(ConfigError, match="needs 2 GPUs"):
+        run_training(tiny_train_config(labelled, tmp_path / "c", use_gpu=True))
+    with pytest.raises(StorageError, match="lies inside the training data"):
+        run_training(tiny_train_config(labelled, Path(labelled["train"]) / "model"))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_train_from_and_to_s3_then_segment(s3_bucket: str) -> None:
+    import s3fs
+
+    data, output = f"{s3_bucket}/labelled", f"{s3_bucket}/models/tiny"
+    write_sample_data(SampleDataConfig(output=data, num_images=8, num_shards=2, num_classes=3, min_size=32, max_size=40))
+    cfg = TrainConfig(data=data, val_data=data, output=output, num_workers=1, cpus_per_worker=1.0, epochs=1,
+                      batch_size=4, unet=TINY)
+    summary = run_training(cfg)
+    fs = s3fs.S3FileSystem()
+    assert summary.epochs == 1 and fs.exists(f"{output}/model.keras") and fs.exists(f"{output}/model.json")
+    assert fs.find(f"{output}/checkpoints")  # checkpoints went to object storage too
+
+    from pipeline.segment.run import run_segmentation
+
+    result = run_segmentation(SegmentConfig(input=data, model=output, output=f"{s3_bucket}/seg"))
+    assert result.images == 8 and result.errors == 0
+
+
+def test_cosine_schedule_decays_from_the_set_rate_towards_zero() -> None:
+    from pipeline.train.step import epoch_learning_rate
+
+    config = {"learning_rate": 0.01, "epochs": 10, "lr_schedule": "cosine"}
+    rates = [epoch_learning_rate(config, epoch) for epoch in range(10)]
+    assert rates[0] == pytest.approx(0.01) and rates[5] == pytest.approx(0.005)
+    assert all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] > 0
+    assert epoch_learning_rate({**config, "lr_schedule": "constant"}, 7) == 0.01
