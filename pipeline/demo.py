@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import os
 
-from pipeline.config import ReportConfig, SampleDataConfig, SegmentConfig, TrainConfig, UNetConfig
+from pipeline.config import OptimConfig, ReportConfig, SampleDataConfig, SegmentConfig, TrainConfig, UNetConfig
 from pipeline.io import layout
 from pipeline.model import ModelInfo, UNetSpec, build_unet, save_artifact
 from pipeline.report.build import ReportResult, build_report
@@ -75,7 +75,7 @@ def run_demo(workdir: str = "demo-output", epochs: int = 12) -> DemoResult:
     write_sample_data(SampleDataConfig(output=f"{data}/val", num_images=32, num_shards=1, seed=1, **common))
     training = run_training(TrainConfig(
         data=f"{data}/train", val_data=f"{data}/val", output=os.path.join(workdir, "model"), num_workers=1,
-        epochs=epochs, batch_size=8, learning_rate=3e-3, unet=DEMO_UNET,
+        epochs=epochs, optim=OptimConfig(batch_size=8, learning_rate=3e-3), unet=DEMO_UNET,
     ))
     untrained_model = build_untrained_artifact(os.path.join(workdir, "model-untrained"), unet_spec(DEMO_UNET),
                                                DEMO_UNET.names())

@@ -20,6 +20,7 @@ import tempfile
 from typing import Any
 
 from pipeline.config import StorageConfig
+from pipeline.config.training import unet_problem
 from pipeline.io import storage
 
 log = logging.getLogger(__name__)
@@ -53,17 +54,9 @@ class UNetSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
-        step = 2**self.depth
-        if any(v % step for v in self.input_size):
-            raise ValueError(f"input_size {self.input_size} must be divisible by 2**depth = {step}")
-        if self.channels not in (1, 3):
-            raise ValueError(f"channels={self.channels}: 1 (gray) or 3 (RGB)")
-        if self.num_classes < 2:
-            raise ValueError(f"num_classes={self.num_classes}: need background plus at least one class")
-        if self.output_activation not in ("softmax", "sigmoid"):
-            raise ValueError(f"output_activation={self.output_activation!r}: softmax or sigmoid")
-        if self.output_activation == "sigmoid" and self.num_classes != 2:
-            raise ValueError("sigmoid output needs num_classes=2; use softmax for more classes")
+        problem = unet_problem(self.input_size, self.channels, self.num_classes, self.depth, self.output_activation)
+        if problem:
+            raise ValueError(problem)
 
     @property
     def output_channels(self) -> int:

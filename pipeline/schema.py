@@ -69,8 +69,6 @@ METRICS_SCHEMA = pa.schema(
     },
 )
 
-METRIC_COLUMNS = ("class_pixels", "tp", "fp", "fn", "dice", "iou", "mean_dice", "mean_iou")
-
 
 def metrics_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     """Return the rows as a table with :data:`METRICS_SCHEMA` (missing columns become null)."""

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.cli import build_parser, config_from_args, main
-from pipeline.config import ConfigError, ReportConfig, SegmentConfig, TrainConfig, load_config
+from jobs.cli import build_parser, config_from_args, configuration_reference, main
+from pipeline.config import ConfigError, ReportConfig, SegmentConfig, TrainConfig, load_config, option_fields
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -35,17 +35,47 @@ def test_train_options_switch_the_augmentation_parts() -> None:
     def train_config(*options: str) -> TrainConfig:
         return config_from_args(build_parser().parse_args(["train", "--data", "/d", "--output", "/o", *options]))
 
-    default = train_config()
-    assert default.augment and default.flips and not default.warp and not default.crop
-    no_flips = train_config("--no-flips")
-    assert no_flips.augment and not no_flips.flips
-    assert default.quarter_turns and not train_config("--no-quarter-turns").quarter_turns
-    assert not train_config("--no-augment").augment
-    assert train_config("--warp", "--crop").warp and train_config("--crop").crop
-    offset = train_config("--label-offset-rows", "-0.5", "--label-offset-cols", "-0.25")
+    default = train_config().augment
+    assert default.enabled and default.flips and not default.warp and not default.crop
+    no_flips = train_config("--no-flips").augment
+    assert no_flips.enabled and not no_flips.flips
+    assert default.quarter_turns and not train_config("--no-quarter-turns").augment.quarter_turns
+    assert not train_config("--no-augment").augment.enabled
+    assert train_config("--warp", "--crop").augment.warp and train_config("--crop").augment.crop
+    offset = train_config("--label-offset-rows", "-0.5", "--label-offset-cols", "-0.25").augment
     assert (offset.label_offset_rows, offset.label_offset_cols) == (-0.5, -0.25) and offset.flips
     with pytest.raises(ConfigError, match="label_offset_rows=12.0: the labels' offset"):
         train_config("--label-offset-rows", "12")
+
+
+def test_every_option_sets_its_grouped_key_and_the_old_flat_keys_still_work(tmp_path: Path) -> None:
+    def train_config(*argv: str, config: Path | None = None) -> TrainConfig:
+        extra = ["--config", str(config)] if config else []
+        return config_from_args(build_parser().parse_args(["train", "--data", "/d", "--output", "/o", *extra, *argv]))
+
+    flags = train_config("--batch-size", "16", "--lr-schedule", "cosine", "--patch-size", "32", "--no-xla",
+                         "--passes-per-epoch", "3", "--input-size", "64", "--ema", "0.9")
+    assert (flags.optim.batch_size, flags.optim.lr_schedule, flags.optim.xla, flags.optim.ema) == (16, "cosine", False, 0.9)
+    assert (flags.loader.patch_size, flags.loader.passes_per_epoch, flags.unet.input_size) == (32, 3, 64)
+    grouped = train_config("optim.learning_rate=0.01", "augment.flips=false", "loader.decoded_cache_mb=0")
+    assert grouped.optim.learning_rate == 0.01 and not grouped.augment.flips and grouped.loader.decoded_cache_mb == 0
+    old = tmp_path / "old.yaml"
+    old.write_text("batch_size: 4\nflips: false\naugment: false\nlearning_rate: 0.002\nnormalization: minmax\n")
+    legacy = train_config("patch_size=0", "ema=0.5", config=old)
+    assert (legacy.optim.batch_size, legacy.optim.learning_rate, legacy.optim.ema) == (4, 0.002, 0.5)
+    assert not legacy.augment.enabled and not legacy.augment.flips and legacy.loader.normalization == "minmax"
+    assert train_config("--batch-size", "6", config=old).optim.batch_size == 6  # an option beats the file
+
+
+def test_the_configuration_reference_lists_every_key() -> None:
+    reference = Path("docs/configuration.md").read_text()
+    assert reference == configuration_reference(), (
+        "docs/configuration.md is out of date: write it again with "
+        "python -c 'from jobs.cli import configuration_reference; print(configuration_reference(), end=\"\")' "
+        "> docs/configuration.md")
+    for config_class in (SegmentConfig, TrainConfig, ReportConfig):
+        for item in option_fields(config_class):
+            assert f"| `{item.key}` |" in reference and item.help, item.key
 
 
 def test_top_level_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:

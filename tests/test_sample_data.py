@@ -14,12 +14,8 @@ from PIL import Image
 
 from pipeline.config import SampleDataConfig
 from pipeline.preprocess import encode_png
-from pipeline.sample_data import (
-    sample_for_index,
-    shard_ranges,
-    synthetic_sample,
-    write_sample_data,
-)
+from pipeline.sample_data import sample_for_index, shard_ranges, write_sample_data
+from pipeline.synthetic import synthetic_sample
 
 
 def decode_png(data: bytes) -> np.ndarray:

@@ -28,6 +28,7 @@ import numpy as np
 
 from jobs.benchmarks.quality_isbi import DEFAULT_DATASET, TRAIN_SLICES, VAL_SLICES, read_slice
 from pipeline import metrics, preprocess
+from pipeline.config import AugmentConfig
 from pipeline.model import UNetSpec, build_unet, configure_tensorflow
 from pipeline.train import augment
 from pipeline.train.step import adam, make_train_step, patch_twin
@@ -88,13 +89,12 @@ def training_batch(pairs: list[tuple[np.ndarray, np.ndarray]], args: argparse.Na
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return ``(pixels, labels, weights)`` of ``--batch-size`` random slices (or ``--patch`` windows), augmented as asked."""
     chosen = [pairs[i] for i in rng.integers(0, len(pairs), args.batch_size)]
-    tiles = [augment.training_pair(image, mask, mask.shape, None if args.augment == "none" else rng,
-                                   warp=args.augment == "warp", crop=args.augment == "crop",
-                                   flips=args.augment in ("flips", "crop"),
-                                   label_offset=(args.label_offset_rows, args.label_offset_cols),
-                                   quarter_turns=args.quarter_turns)
+    settings = AugmentConfig(warp=args.augment == "warp", crop=args.augment == "crop",
+                             flips=args.augment in ("flips", "crop"), label_offset_rows=args.label_offset_rows,
+                             label_offset_cols=args.label_offset_cols, quarter_turns=args.quarter_turns)
+    tiles = [augment.training_pair(image, mask, mask.shape, None if args.augment == "none" else rng, settings)
              for image, mask in chosen]
-    if args.patch:  # as pipeline.training.training_batch cuts them
+    if args.patch:  # as pipeline.train.data.training_batch cuts them
         tiles = [augment.random_patch(image, mask, (args.patch, args.patch), rng) for image, mask in tiles]
     return (np.stack([t[0] for t in tiles]), np.stack([t[1] for t in tiles]),
             np.ones(args.batch_size, dtype=np.float32))

@@ -31,7 +31,7 @@ import tarfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 
@@ -148,7 +148,7 @@ class TreeMonitor:
             totals[role] = totals.get(role, 0.0) + value - start
         return {role: round(seconds, 1) for role, seconds in sorted(totals.items(), key=lambda kv: -kv[1])}
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> TreeMonitor:
         self.started = time.perf_counter()
         self.thread.start()
         return self

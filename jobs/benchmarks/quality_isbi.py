@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import preprocess
-from pipeline.config import ConfigError, ReportConfig, SegmentConfig, TrainConfig, UNetConfig
+from pipeline.config import ConfigError, ReportConfig, SegmentConfig, TrainConfig, UNetConfig, load_config
 from pipeline.model import load_artifact, read_info
 from pipeline.report.build import build_report
 from pipeline.segment.predictor import tta_symmetries
@@ -126,7 +126,7 @@ def train_config(args: argparse.Namespace, train: str, val: str | None, output: 
                            base_filters=args.base_filters, class_names="membrane,cell"),
     }
     values.update(overrides)
-    return TrainConfig(**values)
+    return load_config(TrainConfig, options=values)  # the flat keys are TrainConfig.ALIASES
 
 
 def augmentation_name(args: argparse.Namespace) -> str:
@@ -297,16 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     train, val = split_dataset(args.dataset, args.workdir)
     if args.evaluate_only:
-        evaluations = evaluate_both(args.workdir / "model", val, args.workdir)
-        analysis = error_analysis(args.workdir / "model", args.dataset)
-        results = args.workdir / "quality_isbi.json"
-        figures = json.loads(results.read_text()) if results.exists() else {}
-        figures["segment"], figures["errors"] = evaluations, analysis
-        results.write_text(json.dumps(figures, indent=2))
-        for result in evaluations:
-            print_evaluation(result)
-        print_error_analysis(analysis)
-        return 0
+        return evaluate_again(args, val)
     rates = {w: throughput(args, train, w) for w in (1, 2)} if args.throughput_epochs else {}
     workers = args.num_workers or (max(rates, key=rates.get) if rates else 1)
     epochs = args.epochs or (fitted_epochs(args, rates[workers]) if rates else 20)
@@ -334,6 +325,27 @@ def main(argv: list[str] | None = None) -> int:
                     for h in summary.history],
     }
     (args.workdir / "quality_isbi.json").write_text(json.dumps(figures, indent=2))
+    print_figures(args, summary, figures, minutes, workers, rates)
+    return 0
+
+
+def evaluate_again(args: argparse.Namespace, val: str) -> int:
+    """Evaluate the artifact of a finished run again (``--evaluate-only``); return the exit status."""
+    evaluations = evaluate_both(args.workdir / "model", val, args.workdir)
+    analysis = error_analysis(args.workdir / "model", args.dataset)
+    results = args.workdir / "quality_isbi.json"
+    figures = json.loads(results.read_text()) if results.exists() else {}
+    figures["segment"], figures["errors"] = evaluations, analysis
+    results.write_text(json.dumps(figures, indent=2))
+    for result in evaluations:
+        print_evaluation(result)
+    print_error_analysis(analysis)
+    return 0
+
+
+def print_figures(args: argparse.Namespace, summary: Any, figures: dict[str, Any], minutes: float, workers: int,
+                  rates: dict[int, float]) -> None:
+    """Print what the run measured."""
     print(f"\nISBI 2012 membranes, train slices 0-24, validate 25-29, {args.input_size}px tiles, "
           f"U-Net depth {args.depth} / {args.base_filters} filters")
     print(f"  command: {figures['command']}")
@@ -353,12 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     if early:
         print(f"  within the first 60 minutes: {early['epochs']} epochs; best of those (by validation cell Dice) "
               f"epoch {early['best_epoch']}, pixel error {early['val_pixel_error']:.4f}")
-    for result in evaluations:
+    for result in figures["segment"]:
         print_evaluation(result)
-    print_error_analysis(analysis)
-    for workers, rate in rates.items():
-        print(f"  training throughput, {workers} worker(s): {rate:.2f} {samples}/s")
-    return 0
+    print_error_analysis(figures["errors"])
+    for count, rate in rates.items():
+        print(f"  training throughput, {count} worker(s): {rate:.2f} {samples}/s")
 
 
 if __name__ == "__main__":

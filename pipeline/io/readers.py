@@ -41,7 +41,7 @@ class Occurrence:
     ``member`` names it (tar member, file URL or Parquet row); ``error``/``kind`` say why it cannot
     be read. ``claims``: whether it takes its key, so that a later image of the same key is a
     duplicate; every occurrence does except those refused before reading (an unsafe key, a link
-    or special file, a row without a key), exactly as :func:`shard_keys` decides from headers.
+    or special file, a row without a key), exactly as :func:`pipeline.io.keys.shard_keys` decides from headers.
     """
 
     key: str
@@ -127,7 +127,7 @@ def tar_contents(shard: Shard, storage_config: StorageConfig | None, with_conten
                  wanted: Collection[str] | None = None) -> Contents:
     """Return a tar shard's image occurrences (member order), masks and cut-off message (empty if whole).
 
-    Without ``with_content`` only the headers are read (for :func:`shard_keys`): occurrences carry
+    Without ``with_content`` only the headers are read (for :func:`pipeline.io.keys.shard_keys`): occurrences carry
     no bytes but the same keys and ``claims``. With ``wanted`` only those keys' bytes are read,
     seeking past the rest; otherwise the shard is fetched in one read.
     """
@@ -249,10 +249,12 @@ def paired_rows(shard: Shard, occurrences: list[Occurrence], masks: Mapping[str,
                              kind="missing_image")
 
 
-def parquet_contents(shard: Shard, storage_config: StorageConfig | None, with_content: bool = True) -> Contents:
+def parquet_contents(shard: Shard, storage_config: StorageConfig | None, with_content: bool = True,
+                     wanted: Collection[str] | None = None) -> Contents:
     """Return a Parquet shard's image occurrences (row order) and masks; columns ``key``, ``image``, optional ``mask``.
 
-    Without ``with_content`` only the ``key`` column is read (for :func:`shard_keys`).
+    Without ``with_content`` only the ``key`` column is read (for :func:`pipeline.io.keys.shard_keys`);
+    with ``wanted`` only the rows of those keys.
     """
     fs, path = storage.filesystem_for(shard.url, storage_config)
     with fs.open(path, "rb") as handle:
@@ -263,7 +265,10 @@ def parquet_contents(shard: Shard, storage_config: StorageConfig | None, with_co
             raise InputError(f"Parquet shard {shard.url} lacks column(s) {sorted(missing)}; "
                              "it needs key, image[, mask]")
         columns = ["key", "image", *(["mask"] if "mask" in names else [])] if with_content else ["key"]
-        table = parquet.read(columns=columns)
+        if wanted is None:
+            table = parquet.read(columns=columns)
+        else:  # batch by batch, keeping only the wanted rows
+            table = pq.read_table(handle, columns=columns, filters=[("key", "in", sorted(wanted))])
     keys = table.column("key").to_pylist()
     images = table.column("image").to_pylist() if with_content else [b""] * len(keys)
     masks_column = table.column("mask").to_pylist() if "mask" in table.column_names else [None] * len(keys)
@@ -306,35 +311,38 @@ def file_occurrence(key: str, url: str, storage_config: StorageConfig | None, wi
 def read_samples(source: str, keys: set[str], storage_config: StorageConfig | None = None) -> dict[str, tuple[bytes, bytes | None]]:
     """Return ``{key: (image, mask or None)}`` for the ``keys`` found in one input shard.
 
-    ``source`` is a metrics row's ``source``: a tar shard, a Parquet shard (only the matching rows
-    are read) or an image folder. Each key's first image is read, as a segmentation run reads it;
-    keys not found are absent from the result.
+    ``source`` is a metrics row's ``source``: a tar shard, a Parquet shard or an image folder,
+    read by the same readers as a run but for those keys only (a tar's other members are skipped,
+    a Parquet file is filtered on ``key``, a folder globbed per key). Each key's first image is
+    read, as a segmentation run reads it; keys not found are absent from the result.
     """
-    fs, path = storage.filesystem_for(source, storage_config)
-    found: dict[str, tuple[bytes, bytes | None]] = {}
+    name = shard_name(posixpath.basename(source.rstrip("/")))
     if source.lower().endswith(".tar"):
-        shard = Shard(shard_name(posixpath.basename(path)), "tar", source)
-        occurrences, masks, _ = tar_contents(shard, storage_config, wanted=keys)
-        for item in occurrences:
-            if item.key in keys and item.key not in found and item.claims:
-                mask = masks.get(item.key)
-                found[item.key] = (item.content, mask.content if mask and mask.content else None)
-        return found
-    if source.lower().endswith(".parquet"):
-        with fs.open(path, "rb") as handle:
-            table = pq.read_table(handle, filters=[("key", "in", sorted(keys))])
-        has_mask = "mask" in table.column_names
-        for row in table.to_pylist():
-            found.setdefault(str(row["key"]), (row["image"] or b"", row.get("mask") if has_mask else None))
-        return found
-    for key in keys:
-        candidates = sorted(fs.glob(posixpath.join(path, "images", glob_escape(key)) + ".*"))
-        candidates = [c for c in candidates if c.lower().endswith(IMAGE_EXTENSIONS)]
-        if not candidates:
-            continue
-        mask_path = posixpath.join(path, "masks", f"{key}.png")
-        found[key] = (fs.cat_file(candidates[0]), fs.cat_file(mask_path) if fs.exists(mask_path) else None)
+        occurrences, masks, _ = tar_contents(Shard(name, "tar", source), storage_config, wanted=keys)
+    elif source.lower().endswith(".parquet"):
+        occurrences, masks, _ = parquet_contents(Shard(name, "parquet", source), storage_config, wanted=keys)
+    else:
+        occurrences, masks, _ = folder_contents(folder_shard_of(source, keys, storage_config), storage_config)
+    found: dict[str, tuple[bytes, bytes | None]] = {}
+    for item in occurrences:
+        if item.key in keys and item.key not in found and item.claims and not item.error:
+            mask = masks.get(item.key)
+            found[item.key] = (item.content, mask.content if mask and mask.content else None)
     return found
+
+
+def folder_shard_of(url: str, keys: set[str], storage_config: StorageConfig | None) -> Shard:
+    """Return a folder shard holding just ``keys`` of the image folder at ``url`` (found by globbing)."""
+    fs, path = storage.filesystem_for(url, storage_config)
+    members = []
+    for key in sorted(keys):
+        candidates = sorted(c for c in fs.glob(posixpath.join(path, "images", glob_escape(key)) + ".*")
+                            if c.lower().endswith(IMAGE_EXTENSIONS))
+        mask = posixpath.join(path, "masks", f"{key}.png")
+        if candidates:
+            members.append((key, storage.url_with_protocol(fs, candidates[0]),
+                            storage.url_with_protocol(fs, mask) if fs.exists(mask) else None))
+    return Shard("samples", "folder", url, tuple(members))
 
 
 def glob_escape(text: str) -> str:

@@ -22,10 +22,18 @@ from pipeline.config import StorageConfig
 # Their DEBUG records carry signed request headers (the access key id) and credential details;
 # a run's logs must never hold credentials, so they stay at INFO even when segpipe logs DEBUG.
 CREDENTIAL_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3fs", "urllib3", "s3transfer")
-for _name in CREDENTIAL_LOGGERS:
-    _logger = logging.getLogger(_name)
-    if _logger.level < logging.INFO:
-        _logger.setLevel(logging.INFO)
+
+
+def quiet_credential_loggers() -> None:
+    """Keep the object-storage clients' loggers (:data:`CREDENTIAL_LOGGERS`) at INFO or above.
+
+    Called wherever a filesystem is made (:func:`filesystem_for`), so it holds in every process
+    that touches storage, whatever level the process logs at.
+    """
+    for name in CREDENTIAL_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level < logging.INFO:
+            logger.setLevel(logging.INFO)
 
 
 class StorageError(RuntimeError):
@@ -34,6 +42,7 @@ class StorageError(RuntimeError):
 
 def filesystem_for(url: str, storage: StorageConfig | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """Return the fsspec filesystem for ``url`` and the path inside it (no scheme)."""
+    quiet_credential_loggers()
     protocol, _ = split_protocol(url)
     protocol = protocol or "file"
     options = (storage or StorageConfig()).fsspec_options(protocol)

@@ -109,8 +109,8 @@ SUMMARY_SCHEMA: dict[str, Any] = {  # the documented keys of summary.json (READM
 }
 
 
-def summarise(agg: Aggregator, run: RunFiles, cfg: ReportConfig, class_names: list[str]) -> dict[str, Any]:
-    """Return the summary document (see the module docstring and README for its keys)."""
+def summary_document(agg: Aggregator, run: RunFiles, cfg: ReportConfig, class_names: list[str]) -> dict[str, Any]:
+    """Return the summary document (see the module docstring and docs/report.md for its keys)."""
     rng = np.random.default_rng(cfg.seed)
     width = int(agg.num_classes or 0)
     names = class_names if len(class_names) == width else [f"class_{i}" for i in range(width)]
@@ -118,42 +118,11 @@ def summarise(agg: Aggregator, run: RunFiles, cfg: ReportConfig, class_names: li
     with_truth = int(agg.values("mean_dice").size)
     micro_dice = dice_from_counts(sums["tp"], sums["fp"], sums["fn"])
     micro_iou = iou_from_counts(sums["tp"], sums["fp"], sums["fn"])
-    dice, iou = agg.values("dice"), agg.values("iou")
-    ok_pixels = int(sums["class_pixels"].sum())
-    classes = []
-    for index, name in enumerate(names):
-        entry: dict[str, Any] = {"index": index, "name": name}
-        if with_truth:
-            entry["dice"] = value_stats(dice[:, index], micro_dice[index], cfg.bootstrap_resamples, rng)
-            entry["iou"] = value_stats(iou[:, index], micro_iou[index], cfg.bootstrap_resamples, rng)
-            entry["true_fraction"] = finite_or_none((sums["tp"][index] + sums["fn"][index]) / agg.all_pixels
-                                                    if agg.all_pixels else None)
-        entry["predicted_fraction"] = finite_or_none(sums["class_pixels"][index] / ok_pixels if ok_pixels else None)
-        entry["mean_image_fraction"] = finite_or_none(agg.fraction_sum[index] / agg.ok
-                                                      if agg.ok and agg.fraction_sum is not None else None)
-        entry["images_present"] = int(agg.present[index]) if agg.present is not None else 0
-        classes.append(entry)
-    seconds = agg.values("seconds")
-    seconds = seconds[~np.isnan(seconds)]
-    run_json = run.run_json
-    run_summary = run_json.get("summary") or {}
-    model = run_json.get("model") or {}
+    classes = class_entries(agg, names, sums, (micro_dice, micro_iou), cfg.bootstrap_resamples, rng)
     document: dict[str, Any] = {
         "format": REPORT_FORMAT,
         "definitions": DEFINITIONS,
-        "run": {
-            "url": run.url, "run_id": run_json.get("run_id"), "status": run_json.get("status", "unknown"),
-            "partial": run.partial, "started": run_json.get("started"), "ended": run_json.get("ended"),
-            "model_id": model.get("id"), "model_url": model.get("url"),
-            "model_ids_in_rows": dict(agg.model_ids), "run_ids_in_rows": dict(agg.run_ids),
-            "wall_seconds": run_summary.get("wall_seconds"), "startup_seconds": run_summary.get("startup_seconds"),
-            "images_per_second": run_summary.get("images_per_second"),
-            "steady_images_per_second": run_summary.get("steady_images_per_second"),
-            "image_seconds": {"mean": finite_or_none(seconds.mean()) if seconds.size else None,
-                              "median": finite_or_none(np.median(seconds)) if seconds.size else None,
-                              "p95": finite_or_none(np.percentile(seconds, 95)) if seconds.size else None},
-            "config": run_json.get("config"), "versions": run_json.get("versions"),
-        },
+        "run": run_section(agg, run),
         "counts": {
             "images": agg.rows, "ok": agg.ok, "errors": agg.rows - agg.ok,
             "errors_by_kind": dict(sorted(agg.error_kinds.items())),
@@ -177,6 +146,50 @@ def summarise(agg: Aggregator, run: RunFiles, cfg: ReportConfig, class_names: li
     return document
 
 
+def class_entries(agg: Aggregator, names: list[str], sums: dict[str, np.ndarray], micro: tuple[np.ndarray, np.ndarray],
+                  resamples: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Return the summary's ``classes``: per class its Dice and IoU statistics (with ground truth) and pixel shares."""
+    with_truth = agg.values("mean_dice").size
+    dice, iou = agg.values("dice"), agg.values("iou")
+    ok_pixels = int(sums["class_pixels"].sum())
+    classes = []
+    for index, name in enumerate(names):
+        entry: dict[str, Any] = {"index": index, "name": name}
+        if with_truth:
+            entry["dice"] = value_stats(dice[:, index], micro[0][index], resamples, rng)
+            entry["iou"] = value_stats(iou[:, index], micro[1][index], resamples, rng)
+            entry["true_fraction"] = finite_or_none((sums["tp"][index] + sums["fn"][index]) / agg.all_pixels
+                                                    if agg.all_pixels else None)
+        entry["predicted_fraction"] = finite_or_none(sums["class_pixels"][index] / ok_pixels if ok_pixels else None)
+        entry["mean_image_fraction"] = finite_or_none(agg.fraction_sum[index] / agg.ok
+                                                      if agg.ok and agg.fraction_sum is not None else None)
+        entry["images_present"] = int(agg.present[index]) if agg.present is not None else 0
+        classes.append(entry)
+    return classes
+
+
+def run_section(agg: Aggregator, run: RunFiles) -> dict[str, Any]:
+    """Return the summary's ``run``: what run.json records, and the per-image seconds."""
+    seconds = agg.values("seconds")
+    seconds = seconds[~np.isnan(seconds)]
+    run_json = run.run_json
+    recorded = run_json.get("summary") or {}
+    model = run_json.get("model") or {}
+    return {
+        "url": run.url, "run_id": run_json.get("run_id"), "status": run_json.get("status", "unknown"),
+        "partial": run.partial, "started": run_json.get("started"), "ended": run_json.get("ended"),
+        "model_id": model.get("id"), "model_url": model.get("url"),
+        "model_ids_in_rows": dict(agg.model_ids), "run_ids_in_rows": dict(agg.run_ids),
+        "wall_seconds": recorded.get("wall_seconds"), "startup_seconds": recorded.get("startup_seconds"),
+        "images_per_second": recorded.get("images_per_second"),
+        "steady_images_per_second": recorded.get("steady_images_per_second"),
+        "image_seconds": {"mean": finite_or_none(seconds.mean()) if seconds.size else None,
+                          "median": finite_or_none(np.median(seconds)) if seconds.size else None,
+                          "p95": finite_or_none(np.percentile(seconds, 95)) if seconds.size else None},
+        "config": run_json.get("config"), "versions": run_json.get("versions"),
+    }
+
+
 def class_names_of(run_json: dict[str, Any]) -> list[str]:
     """Return the model's class names recorded in run.json (empty if absent)."""
     info = (run_json.get("model") or {}).get("info") or {}
@@ -186,9 +199,8 @@ def class_names_of(run_json: dict[str, Any]) -> list[str]:
 def num_classes_of(run_json: dict[str, Any]) -> int | None:
     """Return the model's class count recorded in run.json, or None."""
     info = (run_json.get("model") or {}).get("info") or {}
-    names = info.get("class_names")
-    unet = info.get("unet") or {}
-    return int(unet.get("num_classes") or len(names)) if (unet.get("num_classes") or names) else None
+    count = info.get("num_classes") or len(info.get("class_names") or [])
+    return int(count) if count else None
 
 
 def aggregate_run(cfg: ReportConfig, url: str, worst: int) -> tuple[dict[str, Any], RunFiles]:
@@ -199,7 +211,7 @@ def aggregate_run(cfg: ReportConfig, url: str, worst: int) -> tuple[dict[str, An
         agg.add(batch)
     if agg.rows == 0:
         raise ReportError(f"run {run.url} has metrics files but no rows (every shard was empty); nothing to report")
-    return summarise(agg, run, cfg, class_names_of(run.run_json)), run
+    return summary_document(agg, run, cfg, class_names_of(run.run_json)), run
 
 
 def compare(summary: dict[str, Any], base: dict[str, Any], run: RunFiles, base_run: RunFiles,

@@ -35,10 +35,12 @@ def tta_symmetries(info: ModelInfo, model_url: str) -> list[Symmetry]:
     (:func:`pipeline.train.augment.flip_and_rotate`); each variant records that move, which the average
     takes back. A model trained without flips learnt an asymmetry that flips would undo: ConfigError.
     """
-    trained = info.training.get("config", {})
+    config = info.training.get("config", {})
+    # the augmentation section of the training config; artifacts of earlier versions kept its keys flat
+    trained = config["augment"] if isinstance(config.get("augment"), dict) else config
     warp = bool(trained.get("warp", False))  # flips and turns by any angle, keeping no label offset
     if not trained.get("flips", True) and not warp:
-        raise ConfigError(f"model {model_url} was trained without flips (flips: false), so its predictions are not "
+        raise ConfigError(f"model {model_url} was trained without flips (augment.flips: false), so its predictions are not "
                           "symmetric under them and test-time augmentation would undo what it learnt: segment "
                           "without --tta (tta: false)")
     square = info.unet.input_size[0] == info.unet.input_size[1]

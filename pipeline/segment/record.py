@@ -101,7 +101,7 @@ class Progress:
                  c["committed_shards"], c["shards"], c["images"], c["images_this_attempt"], c["images_per_second"],
                  c["errors"], eta)
 
-    def committed(self, writer: ShardWriter) -> None:
+    def after_commit(self, writer: ShardWriter) -> None:
         """Rewrite run.json with the counts after a commit (throttled)."""
         now = time.perf_counter()
         if now - self.last_json < self.RUN_JSON_SECONDS:
@@ -110,7 +110,7 @@ class Progress:
         write_run_json(self.cfg, self.plan, {"status": "running", "started": self.started_at, "progress": self.counts(writer)})
 
 
-def summarise(cfg: SegmentConfig, plan: RunPlan, writer: ShardWriter, started: float) -> RunSummary:
+def run_summary(cfg: SegmentConfig, plan: RunPlan, writer: ShardWriter, started: float) -> RunSummary:
     """Return the run's summary from the committed shard counts and the timings.
 
     Start-up is the time until the first results reach the driver (actor start, model load, the

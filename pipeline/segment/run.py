@@ -30,7 +30,7 @@ from pipeline.model import ModelInfo
 from pipeline.segment.plan import CPU_STAGES, RunPlan, actor_resources, plan_run
 from pipeline.segment.predictor import SegmentationPredictor
 from pipeline.segment.prepare import read_and_prepare
-from pipeline.segment.record import Progress, RunSummary, now_iso, summarise, write_run_json
+from pipeline.segment.record import Progress, RunSummary, now_iso, run_summary, write_run_json
 from pipeline.segment.resume import prepare_output
 from pipeline.segment.write import MaskWriter, ShardWriter
 
@@ -71,7 +71,7 @@ def run_segmentation(cfg: SegmentConfig) -> RunSummary:
                    "error": f"{type(exc).__name__}: {exc}", "progress": progress.counts(writer)}
         write_run_json(cfg, plan, failure)
         raise
-    summary = summarise(cfg, plan, writer, clock)
+    summary = run_summary(cfg, plan, writer, clock)
     write_run_json(cfg, plan, {"status": "finished", "started": started_at, "ended": now_iso(), "summary": dataclasses.asdict(summary)})
     log.info("%s", summary.line())
     return summary

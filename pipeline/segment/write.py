@@ -157,7 +157,7 @@ class ShardWriter:
         storage.write_bytes(layout.marker_url(self.output, name), json.dumps(marker).encode(), self.storage_config)
         self.committed[name] = counts
         if self.progress:
-            self.progress.committed(self)
+            self.progress.after_commit(self)
 
     def finish(self) -> None:
         """Commit the shards that produced no rows (empty inputs); fail if any shard is incomplete."""

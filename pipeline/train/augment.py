@@ -25,6 +25,7 @@ import math
 import numpy as np
 from PIL import Image
 
+from pipeline.config import AugmentConfig
 from pipeline.preprocess import resize_channels
 from pipeline.symmetry import move, offset_correction
 
@@ -160,24 +161,22 @@ def jitter_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return ((image - mean) * contrast + mean + brightness).astype(np.float32)
 
 
-def training_pair(
-    image: np.ndarray, mask: np.ndarray, tile: tuple[int, int], rng: np.random.Generator | None,
-    warp: bool = False, crop: bool = False, flips: bool = True, label_offset: tuple[float, float] = (0.0, 0.0),
-    quarter_turns: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
+def training_pair(image: np.ndarray, mask: np.ndarray, tile: tuple[int, int], rng: np.random.Generator | None,
+                  settings: AugmentConfig = AugmentConfig()) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(image, mask)`` at ``tile`` size: float32 ``(h, w, C)`` and uint8 ``(h, w)``.
 
     ``image`` is already normalised float32. Both are resized to the tile as inference does; with
-    ``rng`` the pair is then augmented: flips and 90° turns (or, with ``warp``, a random warp;
-    neither with ``flips=False`` and no ``warp``; only half turns without ``quarter_turns``; the
-    flips and turns keep ``label_offset``, see :func:`flip_and_rotate`), then intensity jitter; with
-    ``crop`` as well, a random window is resized to the tile instead of the whole pair.
+    ``rng`` the pair is then augmented as ``settings`` say: flips and 90° turns (or, with ``warp``,
+    a random warp; neither with ``flips`` off and no ``warp``; only half turns without
+    ``quarter_turns``; the flips and turns keep the label offset, see :func:`flip_and_rotate`),
+    then intensity jitter; with ``crop`` as well, a random window is resized to the tile instead
+    of the whole pair.
     """
     if rng is None:
         return resize_pair(image, mask, *tile)
-    image, mask = random_crop(image, mask, tile, rng) if crop else resize_pair(image, mask, *tile)
-    if warp:
+    image, mask = random_crop(image, mask, tile, rng) if settings.crop else resize_pair(image, mask, *tile)
+    if settings.warp:
         image, mask = random_warp(image, mask, rng)
-    elif flips:
-        image, mask = flip_and_rotate(image, mask, rng, label_offset, quarter_turns)
+    elif settings.flips:
+        image, mask = flip_and_rotate(image, mask, rng, settings.label_offset, settings.quarter_turns)
     return jitter_intensity(image, rng), mask

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import preprocess, raypatch
-from pipeline.config import TrainConfig
+from pipeline.config import AugmentConfig, TrainConfig
 from pipeline.io.readers import read_dataset
 from pipeline.io.shards import discover_shards
 from pipeline.model import UNetSpec
@@ -79,14 +79,11 @@ class DecodedSamples:
 DECODED = DecodedSamples()
 
 
-def training_batch(batch: dict[str, np.ndarray], spec: UNetSpec, normalization: dict[str, Any], augmented: bool,
-                   warp: bool = False, crop: bool = False, patch: int = 0,
-                   cache_mb: float = 0, flips: bool = True,
-                   label_offset: tuple[float, float] = (0.0, 0.0),
-                   quarter_turns: bool = True) -> dict[str, np.ndarray]:
+def training_batch(batch: dict[str, np.ndarray], spec: UNetSpec, normalization: dict[str, Any],
+                   augmentation: AugmentConfig | None, patch: int = 0, cache_mb: float = 0) -> dict[str, np.ndarray]:
     """Return ``pixels`` (float32 tiles), ``labels`` (uint8 class tiles) and ``weights`` for a batch of input rows.
 
-    With ``augmented`` each pair is augmented as :func:`pipeline.augment.training_pair` describes.
+    With ``augmentation`` each pair is augmented as :func:`pipeline.train.augment.training_pair` describes.
     With ``patch`` each tile is then cut to a random ``patch`` x ``patch`` window at the tile's scale.
     With ``cache_mb`` this process keeps up to that many MB of decoded samples (:class:`DecodedSamples`).
 
@@ -100,15 +97,15 @@ def training_batch(batch: dict[str, np.ndarray], spec: UNetSpec, normalization: 
     pixels = np.zeros((count, *shape, spec.channels), dtype=np.float32)
     labels = np.zeros((count, *shape), dtype=np.uint8)
     weights = np.zeros(count, dtype=np.float32)
-    rng = np.random.default_rng() if augmented or patch else None
+    rng = np.random.default_rng() if augmentation or patch else None
     for index in range(count):
         if batch["error"][index] or not len(batch["mask"][index]):
             continue
         try:
             normalised, mask = DECODED.get(batch["image"][index], batch["mask"][index], spec, normalization,
                                            int(cache_mb * 2**20))
-            pair = augment.training_pair(normalised, mask, tile, rng if augmented else None, warp, crop, flips,
-                                         label_offset, quarter_turns)
+            pair = augment.training_pair(normalised, mask, tile, rng if augmentation else None,
+                                         augmentation or AugmentConfig())
             pixels[index], labels[index] = augment.random_patch(*pair, shape, rng) if patch else pair
             weights[index] = 1.0
         except preprocess.SampleError as exc:
@@ -125,13 +122,13 @@ def training_dataset(url: str, cfg: TrainConfig, spec: UNetSpec, augmented: bool
     data sets, where one pass takes seconds and the per-epoch work (starting the data stream,
     validation, checkpoint) would otherwise cost as much as the training itself.
     """
-    shards = discover_shards(url, cfg.storage, cfg.folder_shard_size)
-    dataset = read_dataset(shards * passes, cfg.storage, cfg.stage_cpus)
-    batches = TrainingBatches(spec=spec, normalization={"mode": cfg.normalization}, augmented=augmented,
-                              warp=cfg.warp, crop=cfg.crop, flips=cfg.flips, patch=patch, cache_mb=cfg.decoded_cache_mb,
-                              label_offset=(cfg.label_offset_rows, cfg.label_offset_cols),
-                              quarter_turns=cfg.quarter_turns)
-    return dataset.map_batches(batches, batch_size=cfg.batch_size, num_cpus=cfg.stage_cpus)
+    loader = cfg.loader
+    shards = discover_shards(url, cfg.storage, loader.folder_shard_size)
+    dataset = read_dataset(shards * passes, cfg.storage, loader.stage_cpus)
+    batches = TrainingBatches(spec=spec, normalization={"mode": loader.normalization},
+                              augmentation=cfg.augment if augmented else None, patch=patch,
+                              cache_mb=loader.decoded_cache_mb)
+    return dataset.map_batches(batches, batch_size=cfg.optim.batch_size, num_cpus=loader.stage_cpus)
 
 
 class TrainingBatches:

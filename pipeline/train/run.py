@@ -79,10 +79,10 @@ def worker_resources(cfg: TrainConfig) -> tuple[float, int]:
         )
     cpus = cfg.cpus_per_worker
     if cpus is None:
-        cpus = min(4.0, max(0.25, (largest_node_cpus() - 2 * cfg.stage_cpus) / cfg.num_workers))
-    if cfg.num_workers * cpus + cfg.stage_cpus > total_cpus:
+        cpus = min(4.0, max(0.25, (largest_node_cpus() - 2 * cfg.loader.stage_cpus) / cfg.num_workers))
+    if cfg.num_workers * cpus + cfg.loader.stage_cpus > total_cpus:
         raise ConfigError(
-            f"num_workers={cfg.num_workers} x {cpus:g} CPUs plus {cfg.stage_cpus:g} for reading does not fit the "
+            f"num_workers={cfg.num_workers} x {cpus:g} CPUs plus {cfg.loader.stage_cpus:g} for reading does not fit the "
             f"cluster's {total_cpus:g} CPUs; lower num_workers or cpus_per_worker"
         )
     return cpus, max(1, math.ceil(cpus))
@@ -114,7 +114,8 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
     spec = unet_spec(cfg.unet)
     inputs = {"training data": cfg.data, **({"validation data": cfg.val_data} if cfg.val_data else {})}
     storage.check_apart(cfg.output, inputs)
-    train_data = training_dataset(cfg.data, cfg, spec, cfg.augment, cfg.passes_per_epoch, cfg.patch_size)
+    train_data = training_dataset(cfg.data, cfg, spec, cfg.augment.enabled, cfg.loader.passes_per_epoch,
+                                  cfg.loader.patch_size)
     val_data = training_dataset(cfg.val_data, cfg, spec, False) if cfg.val_data else None
     storage.check_writable(cfg.output, cfg.storage)
     if not cfg.resume and storage.exists(storage.join_url(cfg.output, CHECKPOINT_RUN_NAME), cfg.storage):
@@ -128,13 +129,14 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
     from ray.train.tensorflow import TensorflowTrainer
 
     datasets = {"train": train_data, **({"val": val_data} if val_data is not None else {})}
+    optim = cfg.optim
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config={
             "spec": dataclasses.asdict(spec), "threads": threads, "seed": cfg.seed, "epochs": cfg.epochs,
-            "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate, "loss": cfg.loss,
-            "lr_schedule": cfg.lr_schedule,
-            "has_val": val_data is not None, "threshold": 0.5, "xla": cfg.xla, "patch": cfg.patch_size, "ema": cfg.ema,
+            "batch_size": optim.batch_size, "learning_rate": optim.learning_rate, "loss": optim.loss,
+            "lr_schedule": optim.lr_schedule, "has_val": val_data is not None, "threshold": 0.5, "xla": optim.xla,
+            "patch": cfg.loader.patch_size, "ema": optim.ema,
         },
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cpus}),
         dataset_config=DataConfig(datasets_to_split=["train"]),
@@ -162,7 +164,7 @@ def write_final_artifact(cfg: TrainConfig, spec: UNetSpec, result: Any, seconds:
             model = keras.saving.load_model(best_path, compile=False, safe_mode=True)
     best = state["best"]
     info = ModelInfo(
-        unet=spec, class_names=cfg.unet.names(), normalization={"mode": cfg.normalization}, threshold=0.5,
+        unet=spec, class_names=cfg.unet.names(), normalization={"mode": cfg.loader.normalization}, threshold=0.5,
         training={
             "trained": True, "data_url": cfg.data, "val_data_url": cfg.val_data, "epochs": state["epoch"],
             "best_epoch": best.get("epoch"), "best_metrics": best, "history": state["history"],

@@ -221,3 +221,20 @@ def test_keys_of_a_shard_that_cannot_be_parsed_are_none_but_a_storage_failure_st
     assert shard_keys(Shard("broken", "parquet", str(tmp_path / "broken.parquet"))) == []
     with pytest.raises(StorageError, match="the keys of shard .*gone.tar cannot be read"):
         shard_keys(Shard("gone", "tar", str(tmp_path / "gone.tar")))
+
+
+@pytest.mark.parametrize("layout", ["tar", "folder", "parquet"])
+def test_samples_are_read_for_the_asked_keys_only_as_a_run_reads_them(tmp_path: Path, layout: str) -> None:
+    from pipeline.config import SampleDataConfig
+    from pipeline.io.readers import read_samples
+    from pipeline.sample_data import write_sample_data
+
+    write_sample_data(SampleDataConfig(output=str(tmp_path), num_images=6, num_shards=1, layout=layout,
+                                       min_size=32, max_size=40))
+    shard = discover_shards(str(tmp_path))[0]
+    rows = {row["key"]: row for row in read_shard(shard)}
+    wanted = {"sample-000001", "sample-000004", "not-there"}
+    found = read_samples(rows["sample-000001"]["source"], wanted)
+    assert set(found) == {"sample-000001", "sample-000004"}
+    for key, (image, mask) in found.items():
+        assert image == rows[key]["image"] and mask == rows[key]["mask"]

@@ -55,7 +55,7 @@ def write_run(folder: Path, shards: dict[str, list[dict[str, Any]]], status: str
             (folder / "_done" / f"{name}.json").write_text(json.dumps({"shard": name, "rows": len(rows)}))
     run_json = {"run_id": run_id, "status": status, "started": "2026-11-22T22:00:00Z", "ended": "2026-11-23T04:00:00Z",
                 "shards": len(shards), "model": {"id": "unet-test", "url": "s3://models/unet",
-                                                  "info": {"class_names": CLASSES, "unet": {"num_classes": 2}}},
+                                                  "info": {"class_names": CLASSES, "num_classes": 2}},
                 "summary": {"images_per_second": 12.5, "wall_seconds": 21600.0}, "config": {"batch_size": 16}}
     (folder / "run.json").write_text(json.dumps(run_json))
     return str(folder)

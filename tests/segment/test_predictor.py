@@ -91,6 +91,11 @@ def test_tta_uses_the_symmetries_the_model_was_trained_on() -> None:
     warped = tta_symmetries(trained_info(square, flips=False, warp=True, quarter_turns=False,
                                          label_offset_rows=-1.0), "m")
     assert len(warped) == 8 and all(move == (0, 0) for _, _, move in warped)
+    # artifacts of this version record the augmentation as a section of the training config
+    grouped = ModelInfo(unet=square, class_names=("background", "object"), training={"trained": True, "config": {
+        "augment": {"enabled": True, "flips": True, "quarter_turns": False, "label_offset_rows": -0.5,
+                    "label_offset_cols": -0.25, "warp": False}}})
+    assert sorted(tta_symmetries(grouped, "m")) == sorted(no_turns)
 
 
 def test_tta_takes_back_the_labels_offset_the_model_learnt() -> None:

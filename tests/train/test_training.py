@@ -9,7 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import ConfigError, SampleDataConfig, SegmentConfig, TrainConfig, UNetConfig, load_config
+from pipeline import symmetry
+from pipeline.config import (
+    AugmentConfig,
+    ConfigError,
+    LoaderConfig,
+    OptimConfig,
+    SampleDataConfig,
+    SegmentConfig,
+    TrainConfig,
+    UNetConfig,
+    load_config,
+)
 from pipeline.io.shards import InputError
 from pipeline.io.storage import StorageError
 from pipeline.model import UNetSpec, load_artifact
@@ -55,7 +66,7 @@ def labelled_cross() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     feature = np.zeros((32, 32), np.uint8)
     feature[8:20, 12:14] = 1
     feature[15, 5:25] = 1
-    return feature, augment.move(feature, -1, 0), feature[:, :, np.newaxis].astype(np.float32)
+    return feature, symmetry.move(feature, -1, 0), feature[:, :, np.newaxis].astype(np.float32)
 
 
 def test_flips_and_turns_keep_the_labels_offset() -> None:
@@ -64,13 +75,13 @@ def test_flips_and_turns_keep_the_labels_offset() -> None:
     seen = set()
     for _ in range(60):
         tile_image, tile_mask = augment.flip_and_rotate(image, mask, rng, label_offset=(-1.0, 0.0))
-        assert np.array_equal(tile_mask, augment.move(tile_image[:, :, 0].astype(np.uint8), -1, 0))  # still a row above
+        assert np.array_equal(tile_mask, symmetry.move(tile_image[:, :, 0].astype(np.uint8), -1, 0))  # still a row above
         seen.add(tile_mask.tobytes())
     assert len(seen) == 8
     # a fractional offset comes back to the nearest whole pixel: half a pixel up, flipped upside down
     # (a left-right flip and a half turn), is half a pixel down, one row from where it was drawn
-    assert augment.offset_correction((-0.5, -0.25), True, 2) == (-1, 0)
-    assert augment.offset_correction((-0.5, -0.25), True, 0) == (0, 0)  # a quarter pixel is nearest to no move
+    assert symmetry.offset_correction((-0.5, -0.25), True, 2) == (-1, 0)
+    assert symmetry.offset_correction((-0.5, -0.25), True, 0) == (0, 0)  # a quarter pixel is nearest to no move
 
 
 def test_flips_without_quarter_turns_keep_rows_rows_and_the_labels_offset() -> None:
@@ -79,11 +90,11 @@ def test_flips_without_quarter_turns_keep_rows_rows_and_the_labels_offset() -> N
     symmetries = {np.rot90(flipped, turns).tobytes() for flipped in (feature, feature[:, ::-1]) for turns in (0, 2)}
     seen = set()
     for _ in range(40):
-        tile_image, tile_mask = augment.training_pair(image, mask, (32, 32), rng, label_offset=(-1.0, 0.0),
-                                                      quarter_turns=False)
+        tile_image, tile_mask = augment.training_pair(image, mask, (32, 32), rng,
+                                                      AugmentConfig(label_offset_rows=-1.0, quarter_turns=False))
         feature_seen = np.rint(tile_image[:, :, 0] > 0.5).astype(np.uint8)  # the jitter keeps 0 and 1 apart
         assert feature_seen.tobytes() in symmetries  # no quarter turn: the long arm stays upright
-        assert np.array_equal(tile_mask, augment.move(feature_seen, -1, 0))  # the labels still a row above
+        assert np.array_equal(tile_mask, symmetry.move(feature_seen, -1, 0))  # the labels still a row above
         seen.add(tile_mask.tobytes())
     assert len(seen) == 4  # identity, left-right flip, up-down flip, half turn
 
@@ -161,10 +172,11 @@ def test_training_pair_without_augmentation_is_the_inference_resize() -> None:
     assert tile_mask[:, :15].max() == 0 and tile_mask[:, 17:].min() == 1
     warped_image, warped_mask = augment.training_pair(image, mask, (32, 32), np.random.default_rng(3))
     assert warped_image.shape == (32, 32, 1) and set(np.unique(warped_mask).tolist()) <= {0, 1}
-    warped_image, warped_mask = augment.training_pair(image, mask, (32, 32), np.random.default_rng(3), warp=True)
+    warped_image, warped_mask = augment.training_pair(image, mask, (32, 32), np.random.default_rng(3), AugmentConfig(warp=True))
     assert warped_image.shape == (32, 32, 1) and set(np.unique(warped_mask).tolist()) == {0, 1}
     for warp in (False, True):
-        cropped_image, cropped_mask = augment.training_pair(image, mask, (32, 32), np.random.default_rng(3), warp, crop=True)
+        cropped_image, cropped_mask = augment.training_pair(image, mask, (32, 32), np.random.default_rng(3),
+                                                            AugmentConfig(warp=warp, crop=True))
         assert cropped_image.shape == (32, 32, 1) and cropped_mask.shape == (32, 32)
 
 
@@ -174,7 +186,7 @@ def test_training_pair_without_flips_keeps_the_geometry_and_jitters_the_intensit
     image = mask[:, :, np.newaxis].astype(np.float32) * 0.5 + 0.25
     jittered = set()
     for _ in range(10):
-        tile_image, tile_mask = augment.training_pair(image, mask, (32, 32), rng, flips=False)
+        tile_image, tile_mask = augment.training_pair(image, mask, (32, 32), rng, AugmentConfig(flips=False))
         assert np.array_equal(tile_mask, mask)
         assert (tile_image[mask == 1].min() > tile_image[mask == 0].max())  # still the same image, pixel for pixel
         jittered.add(round(float(tile_image.mean()), 4))
@@ -212,10 +224,10 @@ def test_bad_samples_get_weight_zero() -> None:
         "mask": np.array([good_mask, b"", encode_png(np.full((20, 20), 4, np.uint8)), good_mask, b""], dtype=object),
         "error": np.array(["", "", "", "", "shard unreadable"], dtype=object),
     }
-    out = training_batch(batch, spec, {"mode": "scale"}, augmented=True)
+    out = training_batch(batch, spec, {"mode": "scale"}, AugmentConfig())
     assert out["weights"].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
     assert out["pixels"].shape == (5, 16, 16, 3) and out["labels"].shape == (5, 16, 16)
-    patches = training_batch(batch, spec, {"mode": "scale"}, augmented=False, patch=8)
+    patches = training_batch(batch, spec, {"mode": "scale"}, None, patch=8)
     assert patches["weights"].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
     assert patches["pixels"].shape == (5, 8, 8, 3) and patches["labels"].shape == (5, 8, 8)
 
@@ -256,28 +268,28 @@ def test_the_data_stage_gives_the_same_batch_with_and_without_kept_samples() -> 
         "mask": np.array([encode_png((p[:, :, 1] > 100).astype(np.uint8)) for p in (*pixels, pixels[0])], dtype=object),
         "error": np.array(["", "", ""], dtype=object),
     }
-    plain = training_batch(batch, spec, {"mode": "scale"}, augmented=False)
+    plain = training_batch(batch, spec, {"mode": "scale"}, None)
     for _ in range(2):  # the second time every sample comes from the cache
-        kept = training_batch(batch, spec, {"mode": "scale"}, augmented=False, cache_mb=1)
+        kept = training_batch(batch, spec, {"mode": "scale"}, None, cache_mb=1)
         for name in ("pixels", "labels", "weights"):
             np.testing.assert_array_equal(kept[name], plain[name])
-    augmented = training_batch(batch, spec, {"mode": "scale"}, augmented=True, cache_mb=1)
+    augmented = training_batch(batch, spec, {"mode": "scale"}, AugmentConfig(), cache_mb=1)
     assert augmented["weights"].tolist() == [1.0, 1.0, 1.0]  # augmentation works on copies of kept arrays
 
 
 def test_config_checks() -> None:
     with pytest.raises(ConfigError, match="multiple of num_workers"):
-        TrainConfig(data="d", output="o", num_workers=2, batch_size=3)
+        TrainConfig(data="d", output="o", num_workers=2, optim=OptimConfig(batch_size=3))
     with pytest.raises(ConfigError, match="multiple of 2\\*\\*unet.depth"):
         UNetConfig(input_size=30, depth=2)
     for patch in (10, 64):
         with pytest.raises(ConfigError, match=f"patch_size={patch}: a multiple of 2\\*\\*depth = 4 up to input_size=32"):
-            TrainConfig(data="d", output="o", patch_size=patch, unet=TINY)
+            TrainConfig(data="d", output="o", loader=LoaderConfig(patch_size=patch), unet=TINY)
     for momentum in (-0.1, 1.0):
         with pytest.raises(ConfigError, match=f"ema={momentum}: a momentum in \\[0, 1\\)"):
-            TrainConfig(data="d", output="o", ema=momentum)
+            OptimConfig(ema=momentum)
     with pytest.raises(ConfigError, match="decoded_cache_mb=-1: MB of decoded samples"):
-        TrainConfig(data="d", output="o", decoded_cache_mb=-1)
+        LoaderConfig(decoded_cache_mb=-1)
     cfg = load_config(TrainConfig, None, ["data=d", "output=o", "unet.num_classes=2", "unet.class_names=bg, cell"])
     assert cfg.unet.names() == ("bg", "cell")
 
@@ -296,7 +308,7 @@ def tiny_train_config(labelled: dict[str, str], output: Path, **overrides: objec
     values = {"data": labelled["train"], "val_data": labelled["val"], "output": str(output), "num_workers": 2,
               "cpus_per_worker": 0.5, "epochs": 1, "batch_size": 8, "unet": TINY}
     values.update(overrides)
-    return TrainConfig(**values)  # type: ignore[arg-type]
+    return load_config(TrainConfig, options=values)  # flat keys such as batch_size are TrainConfig.ALIASES
 
 
 @pytest.mark.slow
@@ -402,7 +414,7 @@ def test_train_from_and_to_s3_then_segment(s3_bucket: str) -> None:
     data, output = f"{s3_bucket}/labelled", f"{s3_bucket}/models/tiny"
     write_sample_data(SampleDataConfig(output=data, num_images=8, num_shards=2, num_classes=3, min_size=32, max_size=40))
     cfg = TrainConfig(data=data, val_data=data, output=output, num_workers=1, cpus_per_worker=1.0, epochs=1,
-                      batch_size=4, unet=TINY)
+                      optim=OptimConfig(batch_size=4), unet=TINY)
     summary = run_training(cfg)
     fs = s3fs.S3FileSystem()
     assert summary.epochs == 1 and fs.exists(f"{output}/model.keras") and fs.exists(f"{output}/model.json")

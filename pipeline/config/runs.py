@@ -1,0 +1,222 @@
+"""The configurations of segmentation, report and sample-data runs, and of object storage."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from pipeline.config.loading import ConfigError, option, public_dict
+
+# The checks before a run (input listing, model, output probe) make few, short attempts, so an
+# unreachable or stalled endpoint stops the run within seconds (StorageConfig.for_checks).
+CHECK_RETRIES = 2
+CHECK_CONNECT_TIMEOUT = 3.0
+CHECK_READ_TIMEOUT = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class StorageConfig:
+    """How to reach object storage.
+
+    Every field left unset falls back to the standard AWS environment (``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``), which s3fs and botocore
+    read themselves. ``key`` and ``secret`` are never logged or written to outputs (see
+    :meth:`redacted`).
+    """
+
+    endpoint_url: str | None = option(None, flag="--endpoint-url", default_text="$AWS_ENDPOINT_URL",
+                                      help="S3 endpoint URL, for S3-compatible stores")
+    key: str | None = option(None, default_text="$AWS_ACCESS_KEY_ID", help="access key id (never logged or saved)")
+    secret: str | None = option(None, default_text="$AWS_SECRET_ACCESS_KEY", help="secret key (never logged or saved)")
+    region: str | None = option(None, default_text="$AWS_DEFAULT_REGION", help="region of the bucket")
+    anon: bool = option(False, help="read a public bucket without credentials")
+    retries: int = option(10, help="attempts per object-storage request; transient errors (5xx, throttling) "
+                                   "back off and retry")
+    connect_timeout: float = option(10.0, help="seconds to open a connection, per attempt")
+    read_timeout: float = option(60.0, help="seconds a response may stall, per attempt")
+
+    def __post_init__(self) -> None:
+        if self.retries < 1:
+            raise ConfigError(f"storage.retries={self.retries}: attempts per request, at least 1")
+        for name in ("connect_timeout", "read_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"storage.{name}={getattr(self, name)}: seconds, must be positive")
+
+    def for_checks(self) -> StorageConfig:
+        """Return this config with the few, short attempts the checks before a run use.
+
+        An unreachable endpoint then fails the run in seconds, not after the minutes that
+        ``retries`` attempts with backoff take; the run itself keeps ``retries``.
+        """
+        return dataclasses.replace(self, retries=min(self.retries, CHECK_RETRIES),
+                                   connect_timeout=min(self.connect_timeout, CHECK_CONNECT_TIMEOUT),
+                                   read_timeout=min(self.read_timeout, CHECK_READ_TIMEOUT))
+
+    def fsspec_options(self, protocol: str) -> dict[str, Any]:
+        """Return keyword arguments for ``fsspec.filesystem(protocol, ...)``; empty for local files."""
+        if protocol not in ("s3", "s3a"):
+            return {}
+        options: dict[str, Any] = {}
+        endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
+            "AWS_ENDPOINT_URL"
+        )
+        if endpoint:
+            options["endpoint_url"] = endpoint
+        if self.key:
+            options["key"] = self.key
+        if self.secret:
+            options["secret"] = self.secret
+        if self.region:
+            options["client_kwargs"] = {"region_name": self.region}
+        if self.anon:
+            options["anon"] = True
+        # transient failures (5xx, throttling, dropped connections) are retried with backoff by botocore
+        options["config_kwargs"] = {"retries": {"max_attempts": self.retries, "mode": "standard"},
+                                    "connect_timeout": self.connect_timeout, "read_timeout": self.read_timeout}
+        return options
+
+    def redacted(self) -> dict[str, Any]:
+        """Return the fields as a dict with credentials replaced by ``"***"`` (safe to log and save)."""
+        values = dataclasses.asdict(self)
+        for name in ("key", "secret"):
+            if values[name]:
+                values[name] = "***"
+        return values
+
+    def __repr__(self) -> str:  # never print credentials, even by accident
+        return f"StorageConfig({self.redacted()})"
+
+
+@dataclasses.dataclass(frozen=True)
+class ActorConfig:
+    """The prediction actor pool: each actor holds one model replica."""
+
+    min: int = option(1, flag="--min-actors", help="smallest actor pool")
+    max: int = option(1, flag="--max-actors", help="largest actor pool")
+    cpus: float | None = option(None, flag="--cpus-per-actor", default_text="automatic",
+                                help="CPUs per actor (TensorFlow gets ceil of it as threads); automatic: one per GPU "
+                                     "actor, else the node's CPUs shared among the actors less a share for the stages "
+                                     "around them")
+    gpus: float = option(0.0, flag="--gpus-per-actor", help="GPUs per actor; each actor sees only the GPU Ray gives it, "
+                                                           "with memory growth on")
+    memory_gb: float | None = option(None, help="memory Ray reserves per actor, GB")
+
+    def __post_init__(self) -> None:
+        if self.min < 1:
+            raise ConfigError(f"actors.min={self.min}: the pool needs at least one actor; set actors.min=1 or more")
+        if self.max < self.min:
+            raise ConfigError(
+                f"actors.max={self.max} is below actors.min={self.min}; set actors.max >= actors.min"
+            )
+        if self.cpus is not None and self.cpus <= 0:
+            raise ConfigError(f"actors.cpus={self.cpus}: must be positive, or null for automatic")
+        if self.gpus < 0:
+            raise ConfigError(f"actors.gpus={self.gpus}: must be 0 (CPU) or positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentConfig:
+    """Everything a segmentation run needs; saved (credentials redacted) in ``<output>/run.json``."""
+
+    input: str = option("", flag="--input", default_text="required",
+                        help="URL of tar shards, an images/ folder or Parquet files")
+    model: str = option("", flag="--model", default_text="required",
+                        help="URL of a model artifact (folder with model.keras + model.json)")
+    output: str = option("", flag="--output", default_text="required",
+                         help="URL to write masks/, metrics/, _done/ and run.json under; never inside the input")
+    address: str | None = option(None, flag="--address", default_text="$RAY_ADDRESS, else a local Ray",
+                                 help="Ray cluster to run on")
+    batch_size: int = option(16, flag="--batch-size", help="images per model batch")
+    folder_shard_size: int = option(256, help="images per shard when the input is a folder")
+    stage_cpus: float = option(0.25, help="CPU share of each read-and-prepare task and mask writer")
+    run_id: str | None = option(None, flag="--run-id", default_text="the UTC start time",
+                                help="run id recorded in every row")
+    report: bool = option(False, flag="--report", help="write the dataset-level report (<output>/report/) when the "
+                                                       "run ends")
+    overwrite: bool = option(False, flag="--overwrite",
+                             help="replace what the output holds from another run (by default a re-run continues the "
+                                  "same run, skipping committed shards, and refuses an output of another input or model)")
+    progress_seconds: float = option(30.0, help="seconds between progress lines in the log")
+    tta: bool = option(False, flag="--tta",
+                       help="test-time augmentation: average each image's scores over the flips and 90-degree turns "
+                            "the model was trained on (8 passes for square tiles, 4 for other tiles or a model trained "
+                            "with --no-quarter-turns; that many times the model's work), each moved back by the "
+                            "model's label offset; refused for a model trained with --no-flips")
+    max_image_pixels: int = option(16384 * 16384, flag="--max-image-pixels",
+                                   help="largest image (width x height, read from its header before decoding) to "
+                                        "segment; larger ones become image_too_large error rows")
+    actors: ActorConfig = option(default_factory=ActorConfig, help="the predictor actor pool")
+    storage: StorageConfig = option(default_factory=StorageConfig, help="object storage access")
+
+    def __post_init__(self) -> None:
+        for name in ("input", "model", "output"):
+            if not getattr(self, name):
+                raise ConfigError(f"'{name}' is not set; give --{name} URL or '{name}: URL' in the config file")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size={self.batch_size}: must be at least 1")
+        if self.folder_shard_size < 1:
+            raise ConfigError(f"folder_shard_size={self.folder_shard_size}: must be at least 1")
+        if not 0 < self.stage_cpus <= 64:
+            raise ConfigError(f"stage_cpus={self.stage_cpus}: must be a positive CPU share such as 0.25")
+        if self.progress_seconds <= 0:
+            raise ConfigError(f"progress_seconds={self.progress_seconds}: must be positive (seconds between progress lines)")
+        if self.max_image_pixels < 1:
+            raise ConfigError(f"max_image_pixels={self.max_image_pixels}: the most pixels (width x height) an image "
+                              "may have, e.g. 268435456 (16384 x 16384)")
+
+    def to_public_dict(self) -> dict[str, Any]:
+        """Return the config as plain data with credentials redacted (for run.json and logs)."""
+        return public_dict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleDataConfig:
+    """Synthetic labelled shards for the demo, tests and benchmarks."""
+
+    output: str = option("", flag="--output", default_text="required", help="URL to write the shards under")
+    num_images: int = option(64, flag="--num-images", help="images to write")
+    num_shards: int = option(4, flag="--num-shards", help="shards to split them into")
+    num_classes: int = option(3, flag="--num-classes", help="classes including background (2..8)")
+    min_size: int = option(48, flag="--min-size", help="smallest image side")
+    max_size: int = option(96, flag="--max-size", help="largest image side")
+    seed: int = option(0, flag="--seed", help="random seed")
+    layout: str = option("tar", flag="--layout", choices=("tar", "folder", "parquet"), help="input shape to write")
+    storage: StorageConfig = option(default_factory=StorageConfig, help="object storage access")
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("tar", "folder", "parquet"):
+            raise ConfigError(f"layout={self.layout!r}: choose tar, folder or parquet")
+        if not self.output:
+            raise ConfigError("'output' is not set; give --output URL")
+        if self.num_images < 1 or self.num_shards < 1:
+            raise ConfigError("num_images and num_shards must be at least 1")
+        if not 2 <= self.num_classes <= 8:
+            raise ConfigError(f"num_classes={self.num_classes}: sample data supports 2..8 classes")
+        if not 16 <= self.min_size <= self.max_size:
+            raise ConfigError(f"min_size={self.min_size}, max_size={self.max_size}: need 16 <= min_size <= max_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportConfig:
+    """A report over one segmentation run's outputs, optionally compared with a baseline run."""
+
+    run: str = option("", positional=True, default_text="required",
+                      help="URL of a segmentation run's output (what segment --output wrote)")
+    baseline: str | None = option(None, flag="--baseline", help="URL of an earlier run to compare with")
+    output: str | None = option(None, flag="--output", default_text="<run>/report",
+                                help="URL to write summary.json and report.html under")
+    worst: int = option(12, flag="--worst", help="how many worst images to show as overlays (0..200)")
+    partial: bool = option(False, flag="--partial",
+                           help="report on the committed shards of an unfinished run instead of refusing")
+    bootstrap_resamples: int = option(1000, help="bootstrap resamples for the 95% intervals (at least 100)")
+    seed: int = option(0, help="seed of the bootstrap")
+    storage: StorageConfig = option(default_factory=StorageConfig, help="object storage access")
+
+    def __post_init__(self) -> None:
+        if not self.run:
+            raise ConfigError("'run' is not set; give the URL of a segmentation run's output")
+        if not 0 <= self.worst <= 200:
+            raise ConfigError(f"worst={self.worst}: show 0..200 worst images")
+        if self.bootstrap_resamples < 100:
+            raise ConfigError(f"bootstrap_resamples={self.bootstrap_resamples}: at least 100")

@@ -1,0 +1,225 @@
+"""The configuration of a training run, grouped as its YAML reads: the model, its augmentation,
+the optimisation and the data stage.
+
+::
+
+    data: s3://labelled/shards/
+    epochs: 50
+    unet: {input_size: 256, depth: 4, base_filters: 32}
+    augment: {flips: true, quarter_turns: false, label_offset_rows: -0.5}
+    optim: {batch_size: 64, learning_rate: 0.001, lr_schedule: cosine}
+    loader: {patch_size: 128, passes_per_epoch: 4}
+
+The flat keys of earlier versions (``batch_size``, ``flips``, ``augment: false``, ...) still work:
+:data:`TrainConfig.ALIASES` reads each as its grouped key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from pipeline.config.loading import ConfigError, option, public_dict
+from pipeline.config.runs import StorageConfig
+
+MAX_LABEL_OFFSET = 4.0  # pixels; a larger label offset is a unit mistake, not an annotation habit
+
+
+def unet_problem(input_size: tuple[int, int], channels: int, num_classes: int, depth: int,
+                 output_activation: str) -> str | None:
+    """Return what is wrong with a U-Net's shape (naming its ``unet.*`` keys), or None.
+
+    The one check of a U-Net's fields, for the training config and for a model artifact's spec.
+    """
+    step = 2**depth
+    if any(side < step or side % step for side in input_size):
+        return (f"unet.input_size={input_size[0] if input_size[0] == input_size[1] else input_size} is not divisible "
+                f"by 2**unet.depth = {step}: it must be a multiple of 2**unet.depth")
+    if output_activation not in ("softmax", "sigmoid"):
+        return f"unet.output_activation={output_activation!r}: choose softmax or sigmoid"
+    if num_classes < 2:
+        return f"unet.num_classes={num_classes}: background plus at least one class"
+    if output_activation == "sigmoid" and num_classes != 2:
+        return "unet.output_activation=sigmoid output needs num_classes=2; use softmax for more classes"
+    if channels not in (1, 3):
+        return f"unet.channels={channels}: 1 (gray) or 3 (RGB)"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+    """U-Net architecture for training: square tiles of ``input_size`` pixels."""
+
+    input_size: int = option(64, flag="--input-size", help="square tile size in pixels, a multiple of 2**depth")
+    channels: int = option(3, flag="--channels", choices=(1, 3), help="image channels the model takes")
+    num_classes: int = option(3, flag="--num-classes", help="classes including background")
+    depth: int = option(3, flag="--depth", help="U-Net levels")
+    base_filters: int = option(16, flag="--base-filters", help="filters of the first level (doubled at each level)")
+    batch_norm: bool = option(True, help="batch normalisation after each convolution")
+    dropout: float = option(0.0, help="dropout rate at the bottom of the U")
+    output_activation: str = option("softmax", choices=("softmax", "sigmoid"),
+                                    help="softmax, or sigmoid for two classes (one output channel)")
+    class_names: str = option("", default_text="background, class_1, ...", help="comma-separated class names")
+
+    def __post_init__(self) -> None:
+        problem = unet_problem((self.input_size, self.input_size), self.channels, self.num_classes, self.depth,
+                               self.output_activation)
+        if problem:
+            raise ConfigError(problem)
+        names = self.names()
+        if len(names) != self.num_classes:
+            raise ConfigError(f"unet.class_names gives {len(names)} names for unet.num_classes={self.num_classes}")
+
+    def names(self) -> tuple[str, ...]:
+        """Return the class names: ``class_names`` split at commas, or background, class_1, ..."""
+        if self.class_names:
+            return tuple(name.strip() for name in self.class_names.split(","))
+        return ("background", *(f"class_{index}" for index in range(1, self.num_classes)))
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """How each training pair is augmented (docs/training.md explains when each helps)."""
+
+    enabled: bool = option(True, flag="--no-augment", help="augment at all (flips, turns, crops, warps, jitter)")
+    flips: bool = option(True, flag="--no-flips",
+                         help="flips and 90-degree turns; off for labels that sit off the objects' centre in a fixed "
+                              "direction, which flips would teach the model to ignore (the rest of the augmentation stays)")
+    quarter_turns: bool = option(True, flag="--no-quarter-turns",
+                                 help="with flips, 90-degree turns too; off: flips (left-right, up-down) and half turns "
+                                      "only, so rows stay rows (for labels whose offset differs between the axes)")
+    label_offset_rows: float = option(0.0, flag="--label-offset-rows",
+                                      help="where the labels sit relative to the objects they mark, in pixels down "
+                                           "(negative: up), e.g. -0.5; flips and turns then move each mask back to it")
+    label_offset_cols: float = option(0.0, flag="--label-offset-cols", help="the same, in pixels right (negative: left)")
+    crop: bool = option(False, flag="--crop",
+                        help="random crops (80-100% of each side, the same window for image and mask) resized to the tile")
+    warp: bool = option(False, flag="--warp",
+                        help="a random warp (rotation by any angle, zoom x0.9-1.1, shift, elastic deformation; mirrored "
+                             "borders) instead of flips and 90-degree turns")
+
+    def __post_init__(self) -> None:
+        for name in ("label_offset_rows", "label_offset_cols"):
+            if not abs(getattr(self, name)) <= MAX_LABEL_OFFSET:
+                raise ConfigError(f"augment.{name}={getattr(self, name)}: the labels' offset from their objects in "
+                                  f"pixels, at most {MAX_LABEL_OFFSET:g} either way (e.g. -0.5: half a pixel up or left)")
+
+    @property
+    def label_offset(self) -> tuple[float, float]:
+        """Return ``(rows, columns)``: where the labels sit relative to their objects."""
+        return self.label_offset_rows, self.label_offset_cols
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """The optimisation: batch, loss, learning rate and its schedule, weight averaging, compilation."""
+
+    batch_size: int = option(8, flag="--batch-size", help="global batch, split across the workers")
+    loss: str = option("ce+dice", flag="--loss", choices=("ce", "dice", "ce+dice"),
+                       help="cross-entropy, soft Dice, or their sum")
+    learning_rate: float = option(1e-3, flag="--learning-rate", help="Adam's learning rate")
+    lr_schedule: str = option("constant", flag="--lr-schedule", choices=("constant", "cosine"),
+                              help="constant, or cosine decay towards 0 over the epochs (set per epoch)")
+    ema: float = option(0.0, flag="--ema",
+                        help="validate, keep and save a moving average of the weights with this momentum per step, "
+                             "e.g. 0.99 (0: the weights as trained)")
+    xla: bool = option(True, flag="--no-xla",
+                       help="compile the forward and backward pass with XLA (about 1.5x faster on CPU)")
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"optim.batch_size={self.batch_size}: at least 1")
+        if self.loss not in ("ce", "dice", "ce+dice"):
+            raise ConfigError(f"optim.loss={self.loss!r}: choose ce, dice or ce+dice")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"optim.learning_rate={self.learning_rate}: must be positive")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"optim.lr_schedule={self.lr_schedule!r}: choose constant or cosine")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"optim.ema={self.ema}: a momentum in [0, 1) such as 0.99 (0 turns the average off)")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderConfig:
+    """The data stage: what a training sample is, how often the data is passed, what it keeps."""
+
+    patch_size: int = option(0, flag="--patch-size",
+                             help="train on random windows of this many pixels square cut from the tiles at their "
+                                  "scale: more steps for the same compute on large tiles (0: whole tiles)")
+    passes_per_epoch: int = option(1, flag="--passes-per-epoch",
+                                   help="passes over the training data per epoch, i.e. between validations and "
+                                        "checkpoints (more for small data sets)")
+    normalization: str = option("scale", choices=("scale", "minmax"),
+                                help="scale: divide by the type's maximum; minmax: each image's range to [0, 1]; "
+                                     "recorded in model.json so segmentation applies the same")
+    folder_shard_size: int = option(256, help="images per shard when the data is a folder")
+    stage_cpus: float = option(0.25, help="CPU share of each data-stage task")
+    decoded_cache_mb: float = option(256.0, help="MB of decoded samples each data-stage process keeps for the next "
+                                                 "pass (0 decodes every time)")
+
+    def __post_init__(self) -> None:
+        if self.passes_per_epoch < 1:
+            raise ConfigError(f"loader.passes_per_epoch={self.passes_per_epoch}: at least 1")
+        if self.normalization not in ("scale", "minmax"):
+            raise ConfigError(f"loader.normalization={self.normalization!r}: choose scale or minmax")
+        if self.decoded_cache_mb < 0:
+            raise ConfigError(f"loader.decoded_cache_mb={self.decoded_cache_mb}: MB of decoded samples to keep per "
+                              "data-stage process, 0 or more (0 decodes every time)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; recorded (credentials redacted) in the model artifact."""
+
+    ALIASES: ClassVar[dict[str, str]] = {
+        "augment": "augment.enabled", **{k: f"augment.{k}" for k in (
+            "flips", "quarter_turns", "label_offset_rows", "label_offset_cols", "crop", "warp")},
+        **{k: f"optim.{k}" for k in ("batch_size", "loss", "learning_rate", "lr_schedule", "ema", "xla")},
+        **{k: f"loader.{k}" for k in ("patch_size", "passes_per_epoch", "normalization", "folder_shard_size",
+                                      "stage_cpus", "decoded_cache_mb")},
+    }
+
+    data: str = option("", flag="--data", default_text="required", help="URL of the labelled training shards")
+    output: str = option("", flag="--output", default_text="required",
+                         help="URL of the model artifact to write (checkpoints go under it)")
+    val_data: str | None = option(None, flag="--val-data", help="URL of labelled validation shards, validated every epoch")
+    address: str | None = option(None, flag="--address", default_text="$RAY_ADDRESS, else a local Ray",
+                                 help="Ray cluster to run on")
+    num_workers: int = option(1, flag="--num-workers", help="Ray Train workers")
+    use_gpu: bool = option(False, flag="--use-gpu", help="one GPU per worker")
+    cpus_per_worker: float | None = option(None, flag="--cpus-per-worker", default_text="automatic",
+                                           help="CPUs per worker; automatic: the largest node's CPUs less a share for "
+                                                "the data stage, divided among the workers (at most 4 each)")
+    epochs: int = option(10, flag="--epochs", help="epochs to train")
+    seed: int = option(0, help="random seed of the weights and the augmentation")
+    resume: bool = option(True, flag="--resume",
+                          help="continue from the latest checkpoint under the output (false refuses an output that "
+                               "holds one)")
+    unet: UNetConfig = option(default_factory=UNetConfig, help="the architecture")
+    augment: AugmentConfig = option(default_factory=AugmentConfig, help="the augmentation")
+    optim: OptimConfig = option(default_factory=OptimConfig, help="the optimisation")
+    loader: LoaderConfig = option(default_factory=LoaderConfig, help="the data stage")
+    storage: StorageConfig = option(default_factory=StorageConfig, help="object storage access")
+
+    def __post_init__(self) -> None:
+        for name in ("data", "output"):
+            if not getattr(self, name):
+                raise ConfigError(f"'{name}' is not set; give --{name.replace('_', '-')} URL")
+        if self.num_workers < 1:
+            raise ConfigError(f"num_workers={self.num_workers}: at least 1")
+        if self.epochs < 1:
+            raise ConfigError(f"epochs={self.epochs}: at least 1")
+        batch = self.optim.batch_size
+        if batch < self.num_workers or batch % self.num_workers:
+            raise ConfigError(f"optim.batch_size={batch} is the global batch: it must be a multiple of "
+                              f"num_workers={self.num_workers}")
+        step, patch = 2**self.unet.depth, self.loader.patch_size
+        if patch and not (0 < patch <= self.unet.input_size and patch % step == 0):
+            raise ConfigError(
+                f"loader.patch_size={patch}: a multiple of 2**depth = {step} up to input_size={self.unet.input_size}, "
+                "or 0 to train on whole tiles"
+            )
+
+    def to_public_dict(self) -> dict[str, Any]:
+        """Return the config as plain data with credentials redacted."""
+        return public_dict(self)
