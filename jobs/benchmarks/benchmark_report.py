@@ -38,11 +38,11 @@ from pipeline.preprocess import encode_png  # noqa: E402
 from pipeline.sample_data import write_sample_data  # noqa: E402
 
 CLASSES = ("background", "nucleus", "membrane")
-ERRORS = (
-    "image cannot be decoded (OSError: broken data stream); the file is corrupt or truncated",
-    "mask size 10x10 differs from image size 64x64; masks must match their images pixel for pixel",
-    "mask holds class values [7] but the model has 3 classes (0..2)",
-    "unsupported image mode 'CMYK'; convert it to 8- or 16-bit grayscale or RGB (e.g. PNG)",
+ERRORS = (  # (error_kind, message)
+    ("corrupt_image", "image cannot be decoded (OSError: broken data stream); the file is corrupt or truncated"),
+    ("mask_size_mismatch", "mask size 10x10 differs from image size 64x64; masks must match their images pixel for pixel"),
+    ("mask_classes", "mask holds class values [7] but the model has 3 classes (0..2)"),
+    ("unsupported_image", "unsupported image mode 'CMYK'; convert it to 8- or 16-bit grayscale or RGB (e.g. PNG)"),
 )
 
 
@@ -76,12 +76,14 @@ def synthetic_shard(rng: np.random.Generator, first: int, rows: int, run: Path) 
         mean_dice, mean_iou = np.nanmean(dice[:, 1:], axis=1), np.nanmean(iou[:, 1:], axis=1)
     predicted = tp + fp
     ok = ~failed
-    messages = [f"{k}: {ERRORS[i % len(ERRORS)]}" if f else None for i, (k, f) in enumerate(zip(keys, failed))]
+    messages = [f"{k}: {ERRORS[i % len(ERRORS)][1]}" if f else None for i, (k, f) in enumerate(zip(keys, failed))]
+    kinds = [ERRORS[i % len(ERRORS)][0] if f else None for i, f in enumerate(failed)]
     columns = {
         "key": pa.array(keys, pa.string()),
         "source": pa.array([str(run / "input" / f"shard-{first // rows:05d}.tar")] * rows, pa.string()),
         "status": pa.array(np.where(failed, "error", "ok"), pa.string()),
         "error": pa.array(messages, pa.string()),
+        "error_kind": pa.array(kinds, pa.string()),
         "height": pa.array(np.where(ok, side, 0), pa.int32(), mask=failed),
         "width": pa.array(np.where(ok, side, 0), pa.int32(), mask=failed),
         "mask_uri": pa.array([str(run / "masks" / f"{k}.png") if o else None for k, o in zip(keys, ok)], pa.string()),
