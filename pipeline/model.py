@@ -29,6 +29,7 @@ FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
 BATCH_NORM_MOMENTUM = 0.9
 INFO_FILE = "model.json"
+SCALES = ("resize", "native")
 
 
 class ModelArtifactError(RuntimeError):
@@ -75,6 +76,7 @@ class ModelInfo:
     training: dict[str, Any] = dataclasses.field(default_factory=lambda: {"trained": False})
     name: str = "unet"
     created: str = ""
+    scale: str = "resize"  # what the model was trained on: whole images resized to the tile, or native-scale windows
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON-ready mapping written as ``model.json``."""
@@ -90,6 +92,7 @@ class ModelInfo:
             "class_names": list(self.class_names),
             "normalization": self.normalization,
             "threshold": self.threshold,
+            "scale": self.scale,
             "training": self.training,
             "created": self.created or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
@@ -117,9 +120,12 @@ class ModelInfo:
                 training=dict(data.get("training", {})),
                 name=str(data.get("name", "unet")),
                 created=str(data.get("created", "")),
+                scale=str(data.get("scale", "resize")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelArtifactError(f"{url}/{INFO_FILE} is invalid ({type(exc).__name__}: {exc})") from exc
+        if info.scale not in SCALES:
+            raise ModelArtifactError(f"{url}/{INFO_FILE}: scale {info.scale!r} is not one of {', '.join(SCALES)}")
         if len(info.class_names) != unet.num_classes:
             raise ModelArtifactError(
                 f"{url}/{INFO_FILE}: {len(info.class_names)} class_names for num_classes={unet.num_classes}"
@@ -160,8 +166,12 @@ def configure_tensorflow(threads: int) -> None:
         log.debug("TensorFlow is already initialised; thread and memory settings left as they are")
 
 
-def build_unet(spec: UNetSpec) -> Any:
-    """Return an uncompiled Keras U-Net for ``spec`` (encoder of ``depth`` levels, doubling filters)."""
+def build_unet(spec: UNetSpec, free_size: bool = False) -> Any:
+    """Return an uncompiled Keras U-Net for ``spec`` (encoder of ``depth`` levels, doubling filters).
+
+    With ``free_size`` its input takes any height and width that are multiples of ``2**depth``
+    (the same layers and weights: a fully convolutional copy for whole-image inference).
+    """
     import keras
     from keras import layers
 
@@ -175,7 +185,7 @@ def build_unet(spec: UNetSpec) -> Any:
             x = layers.Activation("relu")(x)
         return x
 
-    inputs = keras.Input(shape=(*spec.input_size, spec.channels), name="image")
+    inputs = keras.Input(shape=(*((None, None) if free_size else spec.input_size), spec.channels), name="image")
     x = inputs
     skips = []
     for level in range(spec.depth):

@@ -140,6 +140,19 @@ def read_model_input(data: bytes, tile: tuple[int, int], channels: int, normaliz
     return pixels, size
 
 
+def read_native(data: bytes, normalization: Mapping[str, Any],
+                max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[np.ndarray, tuple[Any, Any] | None]:
+    """Return ``(image, value range)``: the decoded ``(H, W, C)`` image at its own size and type (uint8 or
+    uint16, the channels it has) and, for the ``minmax`` normalisation, its extremes (else None).
+
+    Inference in windows normalises each window from this one copy (:func:`normalise` with the
+    range), so no float32 copy of the whole image is ever made.
+    """
+    picture = usable_picture(open_image(data, "image", max_pixels))
+    value_range = picture.getextrema() if normalization.get("mode") == "minmax" else None
+    return picture_array(picture), value_range
+
+
 def normalise(image: np.ndarray, normalization: Mapping[str, Any],
               value_range: tuple[Any, Any] | None = None) -> np.ndarray:
     """Return ``image`` as float32 scaled per ``normalization``.

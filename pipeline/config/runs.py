@@ -143,6 +143,16 @@ class SegmentConfig:
                             "the model was trained on (8 passes for square tiles, 4 for other tiles or a model trained "
                             "with --no-quarter-turns; that many times the model's work), each moved back by the "
                             "model's label offset; refused for a model trained with --no-flips")
+    tiling: str = option("auto", flag="--tiling", choices=("auto", "windows", "resize", "whole"),
+                         help="how images meet the model: windows (overlapping windows of the model's tile at the "
+                              "image's own resolution, blended), resize (each image resized to the tile and the scores "
+                              "back), whole (one call on the whole image, padded; it must fit in memory); auto: windows "
+                              "for a model trained with scale: native, resize otherwise")
+    overlap: float = option(0.25, flag="--overlap", help="with windows: the least overlap of neighbouring windows, a "
+                                                         "fraction of the tile (0 to 0.9)")
+    blend: str = option("gaussian", flag="--blend", choices=("gaussian", "constant"),
+                        help="with windows: how overlapping scores are weighted (gaussian: sigma = tile/8, the "
+                             "window's centre counts most; constant: a plain mean)")
     max_image_pixels: int = option(16384 * 16384, flag="--max-image-pixels",
                                    help="largest image (width x height, read from its header before decoding) to "
                                         "segment; larger ones become image_too_large error rows")
@@ -161,6 +171,12 @@ class SegmentConfig:
             raise ConfigError(f"stage_cpus={self.stage_cpus}: must be a positive CPU share such as 0.25")
         if self.progress_seconds <= 0:
             raise ConfigError(f"progress_seconds={self.progress_seconds}: must be positive (seconds between progress lines)")
+        if self.tiling not in ("auto", "windows", "resize", "whole"):
+            raise ConfigError(f"tiling={self.tiling!r}: choose auto, windows, resize or whole")
+        if not 0 <= self.overlap <= 0.9:
+            raise ConfigError(f"overlap={self.overlap}: a fraction of the tile from 0 to 0.9, e.g. 0.25")
+        if self.blend not in ("gaussian", "constant"):
+            raise ConfigError(f"blend={self.blend!r}: choose gaussian or constant")
         if self.max_image_pixels < 1:
             raise ConfigError(f"max_image_pixels={self.max_image_pixels}: the most pixels (width x height) an image "
                               "may have, e.g. 268435456 (16384 x 16384)")

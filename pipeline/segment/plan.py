@@ -19,6 +19,7 @@ from pipeline.io import storage
 from pipeline.io.shards import Shard, discover_shards
 from pipeline.model import LoadedModel, load_artifact
 from pipeline.segment.predictor import tta_symmetries
+from pipeline.segment.tiling import Tiling, resolve_tiling
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class RunPlan:
     run_id: str
     shards: list[Shard]
     model: LoadedModel
+    tiling: Tiling
     taken: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # see keys_taken_earlier
     actor_cpus: float = 1.0
     actor_gpus: float = 0.0
@@ -56,8 +58,10 @@ def plan_run(cfg: SegmentConfig) -> RunPlan:
     with storage.reaching(cfg.output, cfg.storage):
         storage.check_writable(cfg.output, checks)
     run_id = cfg.run_id or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    log.info("input %s: %d shard(s); model %s", cfg.input, len(shards), model.model_id)
-    return RunPlan(run_id=run_id, shards=shards, model=model)
+    tiling = resolve_tiling(cfg.tiling, model.info.scale, model.info.unet.input_size, cfg.overlap, cfg.blend)
+    log.info("input %s: %d shard(s); model %s (scale %s); tiling %s", cfg.input, len(shards), model.model_id,
+             model.info.scale, tiling.mode)
+    return RunPlan(run_id=run_id, shards=shards, model=model, tiling=tiling)
 
 
 def actor_resources(cfg: SegmentConfig) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The actor that holds one U-Net replica and predicts batches.
+"""The actor that holds one U-Net replica and predicts batches: at the tile, in windows, or whole.
 
 Ray Data creates one instance per actor in the pool (``map_batches(SegmentationPredictor,
 compute=ActorPoolStrategy(...))``); ``__init__`` loads the artifact once, ``__call__`` maps a
@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import ConfigError, StorageConfig
-from pipeline.model import ModelInfo, configure_tensorflow, load_artifact
-from pipeline.preprocess import quantise_scores
+from pipeline.model import ModelInfo, build_unet, configure_tensorflow, load_artifact
+from pipeline.preprocess import mask_from_scores, match_channels, normalise, quantise_scores
+from pipeline.segment.prepare import stored_image
+from pipeline.segment.tiling import padded_to_tile, segment_in_windows
 from pipeline.symmetry import offset_correction
 
 log = logging.getLogger(__name__)
@@ -52,12 +54,12 @@ def tta_symmetries(info: ModelInfo, model_url: str) -> list[Symmetry]:
 
 def moved(scores: Any, rows: int, cols: int) -> Any:
     """Return ``scores`` ``(n, h, w, K)`` moved ``rows`` down and ``cols`` right, the edge repeated
-    (:func:`pipeline.symmetry.move` for a TensorFlow batch)."""
+    (:func:`pipeline.symmetry.move` for a TensorFlow batch, of any spatial size)."""
     import tensorflow as tf
 
-    height, width = scores.shape[1], scores.shape[2]
-    scores = tf.gather(scores, np.clip(np.arange(height) - rows, 0, height - 1), axis=1)
-    return tf.gather(scores, np.clip(np.arange(width) - cols, 0, width - 1), axis=2)
+    height, width = tf.shape(scores)[1], tf.shape(scores)[2]
+    scores = tf.gather(scores, tf.clip_by_value(tf.range(height) - rows, 0, height - 1), axis=1)
+    return tf.gather(scores, tf.clip_by_value(tf.range(width) - cols, 0, width - 1), axis=2)
 
 
 def dihedral_mean(forward: Any, pixels: Any, symmetries: list[Symmetry]) -> Any:
@@ -83,18 +85,34 @@ def dihedral_mean(forward: Any, pixels: Any, symmetries: list[Symmetry]) -> Any:
 
 
 class SegmentationPredictor:
-    """Callable actor: adds ``scores`` (uint8 probability levels ``(n, h, w, K)``) to a batch holding ``pixels``."""
+    """Callable actor that runs the model on a batch, as the run's tiling says (:mod:`pipeline.segment.tiling`).
+
+    ``resize``: adds ``scores`` (uint8 probability levels ``(n, h, w, K)`` at the tile) to a batch
+    holding ``pixels``. ``windows``: cuts every image of the batch (``image`` column) into windows of
+    the tile, runs them ``batch_size`` at a time across images, blends their scores and adds
+    ``predicted`` (each image's mask at its size). ``whole``: runs a copy of the model with free
+    spatial dimensions on each whole image, padded by reflection to a multiple of ``2**depth``.
+    """
 
     def __init__(self, model_url: str, storage_config: StorageConfig | None = None, threads: int = 1,
-                 tta: bool = False) -> None:
+                 tta: bool = False, tiling: dict[str, Any] | None = None, batch_size: int = 16) -> None:
         started = time.perf_counter()
         configure_tensorflow(threads)
         import tensorflow as tf
 
         loaded = load_artifact(model_url, storage_config)
-        self.model = loaded.model
+        self.info = loaded.info
+        self.tiling = dict(tiling or {"mode": "resize"})
+        self.batch_size = batch_size
         spec = loaded.info.unet
-        signature = tf.TensorSpec((None, *spec.input_size, spec.channels), tf.float32)
+        model = loaded.model
+        shape: tuple[Any, ...] = spec.input_size
+        if self.tiling["mode"] == "whole":
+            model = build_unet(spec, free_size=True)
+            model.set_weights(loaded.model.get_weights())
+            shape = (None, None)
+        self.model = model
+        signature = tf.TensorSpec((None, *shape, spec.channels), tf.float32)
         symmetries = tta_symmetries(loaded.info, model_url) if tta else []
 
         def call(pixels: Any) -> Any:
@@ -106,16 +124,61 @@ class SegmentationPredictor:
         self.forward = tf.function(call, input_signature=[signature])
         self.output_shape = (*spec.input_size, spec.output_channels)
         self.forward(tf.zeros((1, *spec.input_size, spec.channels)))  # trace once before the first batch
-        log.info("predictor ready with %d thread(s) in %.1f s", threads, time.perf_counter() - started)
+        self.counts = {"batches": 0, "windows": 0}
+        log.info("predictor ready (%s) with %d thread(s) in %.1f s", self.tiling["mode"], threads,
+                 time.perf_counter() - started)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        """Return the batch with ``pixels`` replaced by ``scores``; rows with an error get zeros."""
+        """Return the batch with its model input replaced by the model's output; rows with an error get zeros."""
         started = time.perf_counter()
-        pixels = batch.pop("pixels")
         usable = np.array([not e for e in batch["error"]], dtype=bool)
-        scores = np.zeros((len(usable), *self.output_shape), dtype=np.uint8)
-        if usable.any():
-            scores[usable] = quantise_scores(self.forward(pixels[usable]).numpy())
-        batch["scores"] = scores
+        mode = self.tiling["mode"]
+        if mode == "resize":
+            pixels = batch.pop("pixels")
+            scores = np.zeros((len(usable), *self.output_shape), dtype=np.uint8)
+            if usable.any():
+                scores[usable] = quantise_scores(self.forward(pixels[usable]).numpy())
+            batch["scores"] = scores
+        else:
+            stored, bits = batch.pop("image"), batch.pop("bits")
+            images = [stored_image(stored[i], bits[i]) if usable[i] else None for i in range(len(usable))]
+            ranges = [(float(low), float(high)) for low, high in zip(batch.pop("value_low"), batch.pop("value_high"))]
+            masks = self.in_windows(images, ranges) if mode == "windows" else self.whole(images, ranges)
+            predicted = np.empty(len(usable), dtype=object)
+            for index, mask in enumerate(masks):
+                predicted[index] = np.zeros((1, 1), dtype=np.uint8) if mask is None else mask
+            batch["predicted"] = predicted
         batch["seconds"] = batch["seconds"] + (time.perf_counter() - started) / max(1, len(usable))
         return batch
+
+    def model_input(self, image: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+        """Return a cut of an image (own type and channels) as float32 model input."""
+        spec = self.info.unet
+        return normalise(match_channels(image, spec.channels), self.info.normalization, value_range)
+
+    def in_windows(self, images: list[np.ndarray | None], ranges: list[tuple[float, float]]) -> list[Any]:
+        """Return each image's mask from blended windows (:func:`pipeline.segment.tiling.segment_in_windows`)."""
+        spec = self.info.unet
+        masks, counts = segment_in_windows(
+            images, lambda pixels: self.forward(pixels).numpy(),
+            lambda index, window: self.model_input(window, ranges[index]), spec.input_size, spec.output_channels,
+            self.batch_size, float(self.tiling["overlap"]), str(self.tiling["blend"]), self.info.threshold)
+        for name, value in counts.items():
+            self.counts[name] += value
+        return masks
+
+    def whole(self, images: list[np.ndarray | None], ranges: list[tuple[float, float]]) -> list[Any]:
+        """Return each image's mask from one model call on the whole image, padded to a multiple of ``2**depth``."""
+        step = 2**self.info.unet.depth
+        masks: list[Any] = []
+        for image, value_range in zip(images, ranges):
+            if image is None:
+                masks.append(None)
+                continue
+            height, width = image.shape[:2]
+            rows, cols = -height % step, -width % step
+            padded = padded_to_tile(image, (height + rows, width + cols))
+            scores = self.forward(self.model_input(padded, value_range)[np.newaxis]).numpy()[0, :height, :width]
+            masks.append(mask_from_scores(scores, self.info.threshold))
+            self.counts["batches"] += 1
+        return masks

@@ -6,15 +6,17 @@ keeps its row, with ``error`` saying what went wrong with which key and ``error_
 
 Internal columns between stages: ``key, source, shard, shard_rows, error, error_kind`` (``""`` =
 none), ``mask`` (encoded ground truth, ``b""`` = none), ``height, width`` (original size),
-``seconds`` (compute time spent on the row so far), ``pixels`` (model input) then ``scores``
-(model output).
+``seconds`` (compute time spent on the row so far), then for the resize ``pixels`` (model input)
+and ``scores`` (model output at the tile), for windows and whole images ``image`` (the decoded
+image's bytes as uint8 ``(H, W, C x bytes per value)``), ``bits`` (8 or 16), ``value_low`` /
+``value_high`` (its extremes, for ``minmax``) and ``predicted`` (the mask at the image's size).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -27,18 +29,15 @@ from pipeline.model import ModelInfo
 log = logging.getLogger(__name__)
 
 
-def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo,
-                  max_image_pixels: int | None = preprocess.DEFAULT_MAX_IMAGE_PIXELS) -> dict[str, np.ndarray]:
-    """Return the batch with images decoded, masks checked, and ``pixels`` (float32 model input) added.
+def prepare_rows(batch: dict[str, np.ndarray], columns: dict[str, np.ndarray],
+                 prepare_one: Callable[[int], tuple[int, int]]) -> dict[str, np.ndarray]:
+    """Return the batch with ``columns`` added, each usable row prepared by ``prepare_one(index)``.
 
-    The encoded ``image`` column is dropped; rows that fail get a zero tile, an error and its kind.
-    Each image is reduced to the tile before a float32 copy exists (:func:`preprocess.read_model_input`).
+    ``prepare_one`` fills row ``index`` of ``columns`` and returns the image's ``(height, width)``;
+    a row it fails on keeps its place with an error naming the key and the error's kind.
     """
-    spec = info.unet
     count = len(batch["key"])
-    pixels = np.zeros((count, *spec.input_size, spec.channels), dtype=np.float32)
-    heights = np.zeros(count, dtype=np.int32)
-    widths = np.zeros(count, dtype=np.int32)
+    heights, widths = np.zeros(count, dtype=np.int32), np.zeros(count, dtype=np.int32)
     errors = np.array(batch["error"], dtype=object)
     kinds = np.array(batch["error_kind"], dtype=object)
     seconds = np.zeros(count, dtype=np.float64)
@@ -48,11 +47,7 @@ def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo,
         started = time.perf_counter()
         key = batch["key"][index]
         try:
-            pixels[index], size = preprocess.read_model_input(batch["image"][index], spec.input_size, spec.channels,
-                                                              info.normalization, max_image_pixels)
-            heights[index], widths[index] = size
-            if len(batch["mask"][index]):
-                preprocess.decode_mask(batch["mask"][index], spec.num_classes, size)
+            heights[index], widths[index] = prepare_one(index)
         except preprocess.SampleError as exc:
             errors[index], kinds[index] = f"{key}: {exc}", exc.kind
         except Exception as exc:  # an unexpected failure must still cost only this image
@@ -61,8 +56,64 @@ def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo,
             log.exception("preparing %s failed", key)
         seconds[index] = time.perf_counter() - started
     out = {name: batch[name] for name in ("key", "source", "shard", "shard_rows", "mask")}
-    out.update(pixels=pixels, height=heights, width=widths, error=errors, error_kind=kinds, seconds=seconds)
+    out.update(columns, height=heights, width=widths, error=errors, error_kind=kinds, seconds=seconds)
     return out
+
+
+def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo,
+                  max_image_pixels: int | None = preprocess.DEFAULT_MAX_IMAGE_PIXELS) -> dict[str, np.ndarray]:
+    """Return the batch with images decoded, masks checked, and ``pixels`` (float32 model input) added.
+
+    The encoded ``image`` column is dropped; rows that fail get a zero tile, an error and its kind.
+    Each image is reduced to the tile before a float32 copy exists (:func:`preprocess.read_model_input`).
+    """
+    spec = info.unet
+    pixels = np.zeros((len(batch["key"]), *spec.input_size, spec.channels), dtype=np.float32)
+
+    def prepare_one(index: int) -> tuple[int, int]:
+        pixels[index], size = preprocess.read_model_input(batch["image"][index], spec.input_size, spec.channels,
+                                                          info.normalization, max_image_pixels)
+        if len(batch["mask"][index]):
+            preprocess.decode_mask(batch["mask"][index], spec.num_classes, size)
+        return size
+
+    return prepare_rows(batch, {"pixels": pixels}, prepare_one)
+
+
+def prepare_native_batch(batch: dict[str, np.ndarray], info: ModelInfo,
+                         max_image_pixels: int | None = preprocess.DEFAULT_MAX_IMAGE_PIXELS) -> dict[str, np.ndarray]:
+    """Return the batch with images decoded at their own size and type, for windows or whole-image inference.
+
+    ``image`` holds each decoded image as uint8 bytes ``(H, W, C x 1 or 2)`` (a 16-bit image viewed
+    as bytes, ``bits`` 16), so 8- and 16-bit images travel in one column without a float32 copy;
+    ``value_low``/``value_high`` hold its extremes for the ``minmax`` normalisation. Rows that fail
+    get a 1x1 placeholder, an error and its kind.
+    """
+    count = len(batch["key"])
+    images = np.empty(count, dtype=object)
+    for index in range(count):
+        images[index] = np.zeros((1, 1, 1), dtype=np.uint8)
+    columns = {"image": images, "bits": np.full(count, 8, dtype=np.int8),
+               "value_low": np.zeros(count, dtype=np.float64), "value_high": np.zeros(count, dtype=np.float64)}
+
+    def prepare_one(index: int) -> tuple[int, int]:
+        image, value_range = preprocess.read_native(batch["image"][index], info.normalization, max_image_pixels)
+        if len(batch["mask"][index]):
+            preprocess.decode_mask(batch["mask"][index], info.unet.num_classes, image.shape[:2])
+        if value_range is not None:
+            flat = np.asarray(value_range, dtype=np.float64).reshape(-1, 2)
+            columns["value_low"][index], columns["value_high"][index] = flat[:, 0].min(), flat[:, 1].max()
+        columns["bits"][index] = 8 * image.dtype.itemsize
+        images[index] = np.ascontiguousarray(image).view(np.uint8)
+        return image.shape[:2]
+
+    return prepare_rows(batch, columns, prepare_one)
+
+
+def stored_image(stored: np.ndarray, bits: int) -> np.ndarray:
+    """Return the ``(H, W, C)`` image a :func:`prepare_native_batch` row holds (a view, no copy)."""
+    stored = np.ascontiguousarray(stored)
+    return stored.view(np.uint16) if int(bits) == 16 else stored
 
 
 ROW_COLUMNS = ("key", "source", "shard", "image", "mask", "error", "error_kind")
@@ -71,9 +122,10 @@ ROW_COLUMNS = ("key", "source", "shard", "image", "mask", "error", "error_kind")
 def read_and_prepare(batch: dict[str, np.ndarray], info: ModelInfo, storage_config: StorageConfig | None,
                      batch_size: int, taken: Mapping[str, Mapping[str, str]] | None = None,
                      max_image_pixels: int | None = preprocess.DEFAULT_MAX_IMAGE_PIXELS,
-                     ) -> Iterator[dict[str, np.ndarray]]:
-    """Read each shard named in ``batch["shard"]`` and yield its rows prepared (:func:`prepare_batch`),
-    ``batch_size`` rows at a time.
+                     native: bool = False, block_bytes: int = 64 * 2**20) -> Iterator[dict[str, np.ndarray]]:
+    """Read each shard named in ``batch["shard"]`` and yield its rows prepared, ``batch_size`` rows at a time:
+    reduced to the tile (:func:`prepare_batch`) or, with ``native``, decoded at their own size
+    (:func:`prepare_native_batch`), then as soon as the decoded images reach ``block_bytes``.
 
     ``taken`` maps a shard name to the keys earlier shards hold (:func:`sources.keys_taken_earlier`):
     those images become ``duplicate_key`` rows.
@@ -85,11 +137,41 @@ def read_and_prepare(batch: dict[str, np.ndarray], info: ModelInfo, storage_conf
     for text in batch["shard"]:
         shard = Shard.from_json(str(text))
         rows = readers.read_shard(shard, storage_config, (taken or {}).get(shard.name))
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            columns = {name: np.empty(len(chunk), dtype=object) for name in ROW_COLUMNS}
-            for index, row in enumerate(chunk):
-                for name in ROW_COLUMNS:
-                    columns[name][index] = row[name]
-            columns["shard_rows"] = np.array([row["shard_rows"] for row in chunk], dtype=np.int64)
-            yield prepare_batch(columns, info, max_image_pixels)
+        start = 0
+        while start < len(rows):
+            chunk = rows[start:start + (1 if native else batch_size)]
+            if native:  # grow the chunk image by image, so a few huge images never sit in one task together
+                prepared = prepare_native_batch(columns_of(chunk), info, max_image_pixels)
+                while len(chunk) < batch_size and start + len(chunk) < len(rows) and sum(
+                        image.nbytes for image in prepared["image"]) < block_bytes:
+                    more = rows[start + len(chunk):start + len(chunk) + 1]
+                    prepared = concatenate(prepared, prepare_native_batch(columns_of(more), info, max_image_pixels))
+                    chunk = chunk + more
+                yield prepared
+            else:
+                yield prepare_batch(columns_of(chunk), info, max_image_pixels)
+            start += len(chunk)
+
+
+def columns_of(rows: list[dict]) -> dict[str, np.ndarray]:
+    """Return input rows as columns (object arrays; ``shard_rows`` int64)."""
+    columns = {name: np.empty(len(rows), dtype=object) for name in ROW_COLUMNS}
+    for index, row in enumerate(rows):
+        for name in ROW_COLUMNS:
+            columns[name][index] = row[name]
+    columns["shard_rows"] = np.array([row["shard_rows"] for row in rows], dtype=np.int64)
+    return columns
+
+
+def concatenate(first: dict[str, np.ndarray], second: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Return two prepared batches as one (object columns stay object arrays of their items)."""
+    joined = {}
+    for name, values in first.items():
+        if values.dtype == object:
+            column = np.empty(len(values) + len(second[name]), dtype=object)
+            for index, item in enumerate([*values, *second[name]]):
+                column[index] = item  # one by one: a list of equal arrays would become one array
+            joined[name] = column
+        else:
+            joined[name] = np.concatenate([values, second[name]])
+    return joined

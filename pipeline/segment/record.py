@@ -150,6 +150,7 @@ def write_run_json(cfg: SegmentConfig, plan: RunPlan, state: dict[str, Any]) -> 
         **state,
         "config": cfg.to_public_dict(),
         "model": {"url": cfg.model, "id": plan.model.model_id, "sha256": plan.model.sha256, "info": plan.model.info.to_json()},
+        "tiling": plan.tiling.to_json(),
         "actors": {"cpus": plan.actor_cpus, "gpus": plan.actor_gpus, "threads": plan.actor_threads,
                    "min": cfg.actors.min, "max": cfg.actors.max},
         "shards": len(plan.shards),

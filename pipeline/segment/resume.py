@@ -43,17 +43,25 @@ def read_markers(cfg: SegmentConfig) -> dict[str, dict[str, Any]]:
     return markers
 
 
-def identity(cfg: SegmentConfig, model_sha256: str) -> dict[str, Any]:
-    """Return what must match for a run to continue an output."""
+def identity(cfg: SegmentConfig, model_sha256: str, tiling: dict[str, Any]) -> dict[str, Any]:
+    """Return what must match for a run to continue an output (``tiling``: :meth:`Tiling.to_json`)."""
     return {"input": cfg.input.rstrip("/"), "model_sha256": model_sha256, "folder_shard_size": cfg.folder_shard_size,
-            "tta": cfg.tta}
+            "tta": cfg.tta, "tiling": tiling_identity(tiling)}
+
+
+def tiling_identity(tiling: dict[str, Any] | None) -> dict[str, Any]:
+    """Return the part of a tiling record that shapes the masks (not how it was asked for)."""
+    return {k: v for k, v in (tiling or {"mode": "resize"}).items() if k != "requested"}
 
 
 def prior_identity(run_json: dict[str, Any]) -> dict[str, Any]:
-    """Return :func:`identity` as recorded in a previous run.json."""
+    """Return :func:`identity` as recorded in a previous run.json (one without tiling resized)."""
     config = run_json.get("config") or {}
-    return {"input": str(config.get("input", "")).rstrip("/"), "model_sha256": (run_json.get("model") or {}).get("sha256"),
-            "folder_shard_size": config.get("folder_shard_size"), "tta": bool(config.get("tta", False))}
+    model = run_json.get("model") or {}
+    tiling = run_json.get("tiling") or {"mode": "resize", "window": (model.get("info") or {}).get("input_size")}
+    return {"input": str(config.get("input", "")).rstrip("/"), "model_sha256": model.get("sha256"),
+            "folder_shard_size": config.get("folder_shard_size"), "tta": bool(config.get("tta", False)),
+            "tiling": tiling_identity(tiling)}
 
 
 def clear_output(cfg: SegmentConfig) -> None:
@@ -67,7 +75,7 @@ def clear_output(cfg: SegmentConfig) -> None:
     log.info("overwrite: removed the previous outputs under %s", cfg.output)
 
 
-def prepare_output(cfg: SegmentConfig, model_sha256: str, overwrite: bool) -> PriorOutput:
+def prepare_output(cfg: SegmentConfig, model_sha256: str, overwrite: bool, tiling: dict[str, Any]) -> PriorOutput:
     """Return what the output already holds for this run; raise ConfigError if it belongs to another run.
 
     With ``overwrite`` the previous outputs are removed first and nothing is resumed.
@@ -88,12 +96,12 @@ def prepare_output(cfg: SegmentConfig, model_sha256: str, overwrite: bool) -> Pr
     if run_json is None:
         raise ConfigError(f"output {cfg.output} holds commit markers but no run.json; it was not written by "
                           "'segpipe segment' or is damaged: choose another output or pass --overwrite")
-    wanted, found = identity(cfg, model_sha256), prior_identity(run_json)
+    wanted, found = identity(cfg, model_sha256, tiling), prior_identity(run_json)
     different = [f"{key}: {found[key]!r} there, {wanted[key]!r} now" for key in wanted if found[key] != wanted[key]]
     if different:
         raise ConfigError(
             f"output {cfg.output} holds run {run_json.get('run_id')} with another {', '.join(different)}; "
-            "re-running continues an output only with the same input, model, shard size and tta: choose another "
+            "re-running continues an output only with the same input, model, shard size, tta and tiling: choose another "
             "output, or pass --overwrite to replace it"
         )
     if cfg.run_id and run_json.get("run_id") and cfg.run_id != run_json["run_id"]:

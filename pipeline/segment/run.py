@@ -47,7 +47,7 @@ def run_segmentation(cfg: SegmentConfig) -> RunSummary:
     started_at = now_iso()
     plan = plan_run(cfg)
     with storage.reaching(cfg.output, cfg.storage):
-        prior = prepare_output(cfg, plan.model.sha256, cfg.overwrite)
+        prior = prepare_output(cfg, plan.model.sha256, cfg.overwrite, plan.tiling.to_json())
     plan = dataclasses.replace(plan, run_id=prior.run_id or plan.run_id)
     todo = [shard for shard in plan.shards if shard.name not in prior.committed]
     if todo:
@@ -77,14 +77,19 @@ def run_segmentation(cfg: SegmentConfig) -> RunSummary:
     return summary
 
 
-def batch_block_bytes(batch_size: int, info: ModelInfo) -> int:
-    """Return the size of one batch of model input tiles (float32), at least 1 MiB.
+def batch_block_bytes(batch_size: int, info: ModelInfo, native: bool = False) -> int:
+    """Return Ray Data's target block size for the run.
 
-    Used as Ray Data's target block size: without it a block holds a whole shard, and the first
-    results surface only after an entire shard has passed every stage.
+    Resize: one batch of model input tiles (float32), at least 1 MiB; without it a block holds a
+    whole shard, and the first results surface only after an entire shard has passed every stage.
+    Windows and whole images: decoded images (uint8) of about eight batches of windows, 4 MiB to
+    256 MiB; the model's stage takes a block at a time and runs its windows ``batch_size`` at a
+    time, so a block must hold many windows, and few huge images.
     """
-    tile = info.unet.input_size[0] * info.unet.input_size[1] * info.unet.channels * 4
-    return max(1024**2, batch_size * tile)
+    tile = info.unet.input_size[0] * info.unet.input_size[1] * info.unet.channels
+    if native:
+        return min(256 * 1024**2, max(4 * 1024**2, 8 * batch_size * tile))
+    return max(1024**2, batch_size * tile * 4)
 
 
 def reservation_ratio(stage_cpus: float) -> float:
@@ -124,23 +129,29 @@ def build_dataset(cfg: SegmentConfig, plan: RunPlan, shards: list[Shard]) -> Any
 
     info = plan.model.info
     storage_config = cfg.storage
+    native = plan.tiling.mode != "resize"
+    block_bytes = batch_block_bytes(cfg.batch_size, info, native)
     settings = {
-        "target_max_block_size": batch_block_bytes(cfg.batch_size, info),
+        "target_max_block_size": block_bytes,
         "op_resource_reservation_ratio": reservation_ratio(cfg.stage_cpus),
     }
     with data_context(**settings):
         dataset = shard_dataset(shards)
     dataset = dataset.map_batches(
         read_and_prepare, fn_kwargs={"info": info, "storage_config": storage_config, "batch_size": cfg.batch_size,
-                                     "taken": plan.taken, "max_image_pixels": cfg.max_image_pixels},
+                                     "taken": plan.taken, "max_image_pixels": cfg.max_image_pixels,
+                                     "native": native, "block_bytes": block_bytes},
         batch_size=1, num_cpus=cfg.stage_cpus,
     )
+    # At the tile a model batch is batch_size images; in windows or whole, the actor takes a block
+    # of images as it comes and fills its model batches with their windows.
+    images_per_call = None if native else cfg.batch_size
     dataset = dataset.map_batches(
         SegmentationPredictor,
         fn_constructor_kwargs={"model_url": cfg.model, "storage_config": storage_config, "threads": plan.actor_threads,
-                               "tta": cfg.tta},
+                               "tta": cfg.tta, "tiling": plan.tiling.to_json(), "batch_size": cfg.batch_size},
         compute=ActorPoolStrategy(min_size=cfg.actors.min, max_size=cfg.actors.max),
-        batch_size=cfg.batch_size,
+        batch_size=images_per_call,
         num_cpus=plan.actor_cpus,
         num_gpus=plan.actor_gpus or None,
         memory=int(cfg.actors.memory_gb * 1024**3) if cfg.actors.memory_gb else None,
@@ -150,7 +161,7 @@ def build_dataset(cfg: SegmentConfig, plan: RunPlan, shards: list[Shard]) -> Any
         fn_constructor_kwargs={"info": info, "output": cfg.output, "model_id": plan.model.model_id,
                                "run_id": plan.run_id, "storage_config": storage_config},
         compute=ActorPoolStrategy(min_size=1, max_size=cfg.actors.max),
-        batch_size=cfg.batch_size,
+        batch_size=images_per_call,
         num_cpus=cfg.stage_cpus,
         batch_format="numpy",
     )

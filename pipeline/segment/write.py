@@ -70,7 +70,10 @@ def finish_row(item: dict[str, Any], info: ModelInfo, output: str, storage_confi
                 "error_kind": str(item["error_kind"])}
     height, width = int(item["height"]), int(item["width"])
     try:
-        predicted = preprocess.mask_at_size(item["scores"], height, width, info.threshold)
+        if "predicted" in item:  # windows or whole: decided at the image's size by the model's stage
+            predicted = np.asarray(item["predicted"], dtype=np.uint8)
+        else:
+            predicted = preprocess.mask_at_size(item["scores"], height, width, info.threshold)
         mask_uri = layout.mask_url(output, key)
         storage.write_bytes(mask_uri, preprocess.encode_png(predicted, compress_level=1), storage_config)
         record: dict[str, Any] = {

@@ -107,6 +107,11 @@ def test_another_model_or_input_is_refused_unless_overwrite(tmp_path: Path, tiny
 
     with pytest.raises(ConfigError, match=r"another tta"):  # TTA changes every score: not the same run
         run_segmentation(SegmentConfig(input=str(data), model=tiny_model, output=str(output), tta=True))
+    with pytest.raises(ConfigError, match=r"another tiling"):  # so does the tiling, and each of its settings
+        run_segmentation(SegmentConfig(input=str(data), model=tiny_model, output=str(output), tiling="windows"))
+    # auto resolves to the resize for this resize-scale model: the same run, continued (nothing left to do)
+    assert run_segmentation(SegmentConfig(input=str(data), model=tiny_model, output=str(output),
+                                          tiling="auto")).resumed_shards == 1
 
     replaced = run_segmentation(SegmentConfig(input=str(other_data), model=other_model, output=str(output), overwrite=True))
     assert replaced.images == 2 and replaced.resumed_shards == 0

@@ -47,12 +47,16 @@ def copy_tree(source: str, target: str) -> None:
         storage.write_bytes(storage.join_url(target, path.name), path.read_bytes())
 
 
-def test_s3_to_s3_run_is_complete_and_its_metrics_recompute(s3_bucket: str, tiny_model: str) -> None:
+@pytest.mark.parametrize("tiling", ["resize", "windows"])
+def test_s3_to_s3_run_is_complete_and_its_metrics_recompute(s3_bucket: str, tiny_model: str, tiling: str) -> None:
     data, model, output = f"{s3_bucket}/shards", f"{s3_bucket}/models/tiny", f"{s3_bucket}/runs/r1"
-    write_sample_data(SampleDataConfig(output=data, num_images=20, num_shards=3, num_classes=3, min_size=40, max_size=72))
+    # windows: images from below the 32-px tile to several windows a side
+    sizes = {"min_size": 40, "max_size": 72} if tiling == "resize" else {"min_size": 20, "max_size": 130}
+    write_sample_data(SampleDataConfig(output=data, num_images=20, num_shards=3, num_classes=3, **sizes))
     copy_tree(tiny_model, model)
 
-    summary = run_segmentation(SegmentConfig(input=data, model=model, output=output, batch_size=8, run_id="e2e"))
+    summary = run_segmentation(SegmentConfig(input=data, model=model, output=output, batch_size=8, run_id="e2e",
+                                             tiling=tiling, overlap=0.5))
 
     rows = read_metrics(output)
     assert summary.images == len(rows) == 20 and summary.errors == 0
@@ -77,6 +81,10 @@ def test_s3_to_s3_run_is_complete_and_its_metrics_recompute(s3_bucket: str, tiny
     run_text = fs.cat_file(f"{output}/run.json").decode()
     run = json.loads(run_text)
     assert run["status"] == "finished" and run["summary"]["images"] == 20 and run["model"]["id"] == summary.model_id
+    expected_tiling = {"mode": tiling, "requested": tiling, "window": [32, 32]}
+    if tiling == "windows":
+        expected_tiling.update(overlap=0.5, blend="gaussian")
+    assert run["tiling"] == expected_tiling
     assert FAKE_SECRET not in run_text and FAKE_KEY not in run_text
 
 
