@@ -36,7 +36,8 @@ def sample_for_index(cfg: SampleDataConfig, index: int) -> tuple[np.ndarray, np.
     """
     rng = np.random.default_rng([cfg.seed, index])
     height, width = rng.integers(cfg.min_size, cfg.max_size + 1, size=2)
-    return synthetic_sample(rng, int(height), int(width), cfg.num_classes)
+    object_size = cfg.object_size if cfg.scale == "native" else None
+    return synthetic_sample(rng, int(height), int(width), cfg.num_classes, object_size)
 
 
 def shard_ranges(num_images: int, num_shards: int) -> list[range]:

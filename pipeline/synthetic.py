@@ -173,20 +173,31 @@ MAX_CLASSES = len(_CLASS_STYLES) + 1
 # ---------------------------------------------------------------------------------------- drawing
 
 
+NATIVE_COVER = 0.25  # at native scale: the expected fraction of an image the objects cover, all classes together
+
+
 def synthetic_sample(
-    rng: np.random.Generator, height: int, width: int, num_classes: int
+    rng: np.random.Generator, height: int, width: int, num_classes: int, object_size: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return one synthetic ``(image, mask)`` pair drawn with ``rng``.
 
     ``image`` is uint8 RGB of shape ``(height, width, 3)``; ``mask`` is uint8 of shape
     ``(height, width)`` holding class indices ``0..num_classes-1`` (0 = background). The scene is
     described in the module docstring. The result depends only on ``rng``'s state and the arguments.
+
+    With ``object_size`` (pixels) the objects have a physical size instead, as under a microscope:
+    each spans 0.7 to 1.3 times ``object_size`` across whatever the image's size, and their number
+    grows with the image's area (together they cover about ``NATIVE_COVER`` of it), so resizing a
+    large image to a small tile shrinks them to nothing.
     """
     _check_sample_arguments(height, width, num_classes)
     canvas = _background(rng, height, width)
     mask = np.zeros((height, width), dtype=np.uint8)
-    for class_index in _painting_order(rng, num_classes):
-        _paint_object(rng, canvas, mask, class_index)
+    order = _painting_order(rng, num_classes) if object_size is None else _native_order(
+        rng, height, width, num_classes, object_size)
+    for class_index in order:
+        radius = None if object_size is None else rng.uniform(0.35, 0.65) * object_size
+        _paint_object(rng, canvas, mask, int(class_index), radius)
     canvas += _noise(rng, canvas.shape, sigma=rng.uniform(4.0, 10.0))
     canvas += np.float32(0.5)  # round to nearest on the cast below
     np.clip(canvas, 0.0, 255.0, out=canvas)
@@ -247,11 +258,22 @@ def _painting_order(rng: np.random.Generator, num_classes: int) -> Array:
     return order
 
 
-def _paint_object(rng: np.random.Generator, canvas: Array, mask: Array, class_index: int) -> None:
-    """Paint one object of ``class_index`` into ``canvas`` (RGB float) and ``mask`` in place."""
+def _native_order(rng: np.random.Generator, height: int, width: int, num_classes: int, object_size: float) -> Array:
+    """Return the class index of every object of a native-scale scene: as many per class as cover
+    ``NATIVE_COVER`` of the image together (Poisson), in random order."""
+    per_class = NATIVE_COVER * height * width / (0.6 * object_size**2 * (num_classes - 1))
+    order = np.repeat(np.arange(1, num_classes), rng.poisson(per_class, size=num_classes - 1))
+    rng.shuffle(order)
+    return order
+
+
+def _paint_object(rng: np.random.Generator, canvas: Array, mask: Array, class_index: int,
+                  radius: float | None = None) -> None:
+    """Paint one object of ``class_index`` into ``canvas`` (RGB float) and ``mask`` in place; its
+    half-size is ``radius`` pixels, or 5-20 % of the image's shorter side."""
     height, width = mask.shape
     style = _CLASS_STYLES[class_index - 1]
-    r = max(3.0, rng.uniform(0.05, 0.2) * min(height, width))
+    r = radius if radius is not None else max(3.0, rng.uniform(0.05, 0.2) * min(height, width))
     b = r * rng.uniform(0.5, 1.0)
     angle = rng.uniform(0.0, math.pi)
     centre = (rng.uniform(0.0, height), rng.uniform(0.0, width))

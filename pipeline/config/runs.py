@@ -198,9 +198,17 @@ class SampleDataConfig:
     max_size: int = option(96, flag="--max-size", help="largest image side")
     seed: int = option(0, flag="--seed", help="random seed")
     layout: str = option("tar", flag="--layout", choices=("tar", "folder", "parquet"), help="input shape to write")
+    scale: str = option("resize", flag="--scale", choices=("resize", "native"),
+                        help="resize: objects sized with the image (5-20% of its side); native: objects of a fixed "
+                             "pixel size (--object-size), as many as the image's area holds, for large images")
+    object_size: float = option(16.0, flag="--object-size", help="with --scale native: objects' typical width in pixels")
     storage: StorageConfig = option(default_factory=StorageConfig, help="object storage access")
 
     def __post_init__(self) -> None:
+        if self.scale not in ("resize", "native"):
+            raise ConfigError(f"scale={self.scale!r}: choose resize or native")
+        if not 4 <= self.object_size <= 512:
+            raise ConfigError(f"object_size={self.object_size}: objects' width in pixels, 4 to 512")
         if self.layout not in ("tar", "folder", "parquet"):
             raise ConfigError(f"layout={self.layout!r}: choose tar, folder or parquet")
         if not self.output:

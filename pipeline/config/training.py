@@ -192,6 +192,11 @@ class TrainConfig:
                                                 "the data stage, divided among the workers (at most 4 each)")
     epochs: int = option(10, flag="--epochs", help="epochs to train")
     seed: int = option(0, help="random seed of the weights and the augmentation")
+    scale: str = option("resize", flag="--scale", choices=("resize", "native"),
+                        help="resize: each image resized to the tile, as segmentation's resize then does; native: "
+                             "random windows of the tile cut from each image at its own resolution (as many per pass "
+                             "as it holds tiles of area; images smaller than the tile padded, the padding left out of "
+                             "the loss), which segmentation then runs in windows; recorded in model.json")
     resume: bool = option(True, flag="--resume",
                           help="continue from the latest checkpoint under the output (false refuses an output that "
                                "holds one)")
@@ -213,6 +218,11 @@ class TrainConfig:
         if batch < self.num_workers or batch % self.num_workers:
             raise ConfigError(f"optim.batch_size={batch} is the global batch: it must be a multiple of "
                               f"num_workers={self.num_workers}")
+        if self.scale not in ("resize", "native"):
+            raise ConfigError(f"scale={self.scale!r}: choose resize or native")
+        if self.scale == "native" and (self.loader.patch_size or self.augment.crop):
+            raise ConfigError("scale=native trains on windows of the tile at the images' own resolution: leave "
+                              "loader.patch_size at 0 and augment.crop off (the window already is the patch)")
         step, patch = 2**self.unet.depth, self.loader.patch_size
         if patch and not (0 < patch <= self.unet.input_size and patch % step == 0):
             raise ConfigError(

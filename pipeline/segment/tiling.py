@@ -18,11 +18,12 @@ floats, never a full-size float array.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+
+from pipeline.windows import padded_to_tile, window_grid, window_starts  # noqa: F401  (part of this module's API)
 
 TILINGS = ("auto", "windows", "resize", "whole")
 BLENDS = ("gaussian", "constant")
@@ -60,26 +61,6 @@ def resolve_tiling(requested: str, model_scale: str, window: tuple[int, int], ov
     return Tiling(mode=mode, window=tuple(window), overlap=overlap, blend=blend, requested=requested)
 
 
-def window_starts(length: int, tile: int, overlap: float) -> list[int]:
-    """Return the first index of each window along an axis of ``length`` pixels.
-
-    Windows of ``tile`` pixels, evenly spaced, the first at 0 and the last at ``length - tile``
-    (flush with the edge), as few as keep neighbours overlapping by at least ``overlap * tile``
-    pixels. One window at 0 if ``length <= tile`` (the image is padded to the tile).
-    """
-    if length <= tile:
-        return [0]
-    stride = max(1, math.floor(tile * (1.0 - overlap)))
-    count = math.ceil((length - tile) / stride) + 1
-    return [round(index * (length - tile) / (count - 1)) for index in range(count)]
-
-
-def window_grid(height: int, width: int, tile: tuple[int, int], overlap: float) -> list[tuple[int, int]]:
-    """Return the ``(top, left)`` of every window over a ``height`` x ``width`` image, row by row."""
-    return [(top, left) for top in window_starts(height, tile[0], overlap)
-            for left in window_starts(width, tile[1], overlap)]
-
-
 def importance_map(tile: tuple[int, int], blend: str = "gaussian") -> np.ndarray:
     """Return the float32 ``tile`` weights of a window's scores: 1 at the centre, a Gaussian of sigma
     tile / 8 per axis falling towards the edges (at least ``MIN_WEIGHT``), or 1 everywhere (``constant``)."""
@@ -93,15 +74,6 @@ def importance_map(tile: tuple[int, int], blend: str = "gaussian") -> np.ndarray
         axes.append(np.exp(-0.5 * (offsets / (side * GAUSSIAN_SIGMA)) ** 2))
     weights = np.outer(axes[0], axes[1])
     return np.maximum(weights / weights.max(), MIN_WEIGHT).astype(np.float32)
-
-
-def padded_to_tile(image: np.ndarray, tile: tuple[int, int]) -> np.ndarray:
-    """Return ``image`` ``(h, w, C)`` padded at the bottom and right by reflection to at least ``tile``."""
-    rows, cols = max(0, tile[0] - image.shape[0]), max(0, tile[1] - image.shape[1])
-    if not rows and not cols:
-        return image
-    mode = "symmetric" if min(image.shape[:2]) == 1 else "reflect"  # reflect needs two pixels to mirror at
-    return np.pad(image, ((0, rows), (0, cols), (0, 0)), mode=mode)
 
 
 class WindowBlender:

@@ -1,5 +1,10 @@
 """Training pairs: an image and its mask brought to the model's tile, with optional augmentation.
 
+At native scale (``scale: native``) the pair is not resized: windows of the tile are cut from it
+at its own resolution (:func:`native_windows`), as many per pass as the image holds tiles of
+area, and each window is augmented as below; an image smaller than the tile is padded by
+reflection and its padding labelled :data:`IGNORE`, so it counts in no loss and no metric.
+
 The pair is first resized to the tile exactly as inference resizes an image, so objects keep the
 scale the model meets at inference. Augmentation then flips both and turns them by a multiple of
 90 degrees (exact: no pixel is resampled) and jitters the image's brightness and contrast (the
@@ -28,6 +33,7 @@ from PIL import Image
 from pipeline.config import AugmentConfig
 from pipeline.preprocess import resize_channels
 from pipeline.symmetry import move, offset_correction
+from pipeline.windows import padded_to_tile, window_grid
 
 BRIGHTNESS = 0.1  # added to the normalised image, uniform in [-0.1, 0.1]
 CONTRAST = 0.2  # contrast factor uniform in [0.8, 1.2], around the image mean
@@ -36,6 +42,7 @@ MAX_SHIFT = 0.25  # the warp's centre moves up to this fraction of each side
 ELASTIC_GRID = 3  # control points per side of the elastic displacement grid
 ELASTIC_STD = 0.02  # their displacement's standard deviation, as a fraction of the tile side (10 px at 512)
 MIN_CROP = 0.8  # a random crop keeps at least this fraction of each side
+IGNORE = 255  # the label of pixels outside the image (a window's padding): no loss, no metric
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -119,6 +126,42 @@ def random_patch(image: np.ndarray, mask: np.ndarray, patch: tuple[int, int],
     top = int(rng.integers(0, height - patch[0] + 1))
     left = int(rng.integers(0, width - patch[1] + 1))
     return image[top:top + patch[0], left:left + patch[1]], mask[top:top + patch[0], left:left + patch[1]]
+
+
+def padded_pair(image: np.ndarray, mask: np.ndarray, tile: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Return both padded at the bottom and right to at least ``tile``: the image by reflection, the
+    mask with :data:`IGNORE` (the padding is no object of any class)."""
+    rows, cols = max(0, tile[0] - mask.shape[0]), max(0, tile[1] - mask.shape[1])
+    if not rows and not cols:
+        return image, mask
+    return padded_to_tile(image, tile), np.pad(mask, ((0, rows), (0, cols)), constant_values=IGNORE)
+
+
+def window_count(height: int, width: int, tile: tuple[int, int], rng: np.random.Generator) -> int:
+    """Return how many windows to cut from an image this pass: its area in tiles, rounded at random
+    (so that every pixel of a data set of mixed sizes is drawn equally often on average)."""
+    expected = height * width / (tile[0] * tile[1])
+    return int(expected) + int(rng.random() < expected - int(expected))
+
+
+def native_windows(image: np.ndarray, mask: np.ndarray, tile: tuple[int, int], rng: np.random.Generator | None,
+                   settings: AugmentConfig = AugmentConfig()) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Return the training windows of one pair at native scale, each ``tile`` sized and augmented.
+
+    With ``rng``: :func:`window_count` windows at random places, each augmented as
+    :func:`training_pair` says (the window takes the place of the resized image). Without (for
+    validation): the windows that tile the image, evenly placed and flush with its edges, as is.
+    """
+    count = None if rng is None else window_count(*mask.shape, tile, rng)  # of the image's own area
+    image, mask = padded_pair(image, mask, tile)
+    if count is None:
+        return [(image[top:top + tile[0], left:left + tile[1]], mask[top:top + tile[0], left:left + tile[1]])
+                for top, left in window_grid(*mask.shape, tile, 0.0)]
+    windows = []
+    for _ in range(count):
+        cut = random_patch(image, mask, tile, rng)
+        windows.append(training_pair(*cut, tile, rng, settings))
+    return windows
 
 
 def random_warp(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
-"""The training data stage: labelled shards to augmented tiles (or windows of them), streamed.
+"""The training data stage: labelled shards to augmented tiles (or windows of them, or, at native
+scale, windows of the images at their own resolution), streamed.
 
 It reads the same shards as segmentation (:mod:`pipeline.io.readers`), decodes each pair once
 per data-stage process (:class:`DecodedSamples`) and cuts and augments it anew for every pass
@@ -79,8 +80,36 @@ class DecodedSamples:
 DECODED = DecodedSamples()
 
 
+def native_batch(batch: dict[str, np.ndarray], spec: UNetSpec, normalization: dict[str, Any],
+                 augmentation: AugmentConfig | None, cache_mb: float = 0) -> dict[str, np.ndarray]:
+    """Return ``pixels``, ``labels`` and ``weights`` of the windows cut from a batch of input rows at native scale.
+
+    Each usable pair gives :func:`pipeline.train.augment.native_windows`: with ``augmentation``,
+    random windows in proportion to its area, augmented; without (validation), the windows that
+    tile it. The number of rows out therefore differs from the number in; unusable samples give none.
+    """
+    tile = spec.input_size
+    rng = np.random.default_rng() if augmentation else None
+    windows: list[tuple[np.ndarray, np.ndarray]] = []
+    for index in range(len(batch["key"])):
+        if batch["error"][index] or not len(batch["mask"][index]):
+            continue
+        try:
+            normalised, mask = DECODED.get(batch["image"][index], batch["mask"][index], spec, normalization,
+                                           int(cache_mb * 2**20))
+            windows.extend(augment.native_windows(normalised, mask, tile, rng, augmentation or AugmentConfig()))
+        except preprocess.SampleError as exc:
+            log.warning("skipping training sample %s: %s", batch["key"][index], exc)
+    pixels = np.zeros((len(windows), *tile, spec.channels), dtype=np.float32)
+    labels = np.zeros((len(windows), *tile), dtype=np.uint8)
+    for index, (image, mask) in enumerate(windows):
+        pixels[index], labels[index] = image, mask
+    return {"pixels": pixels, "labels": labels, "weights": np.ones(len(windows), dtype=np.float32)}
+
+
 def training_batch(batch: dict[str, np.ndarray], spec: UNetSpec, normalization: dict[str, Any],
-                   augmentation: AugmentConfig | None, patch: int = 0, cache_mb: float = 0) -> dict[str, np.ndarray]:
+                   augmentation: AugmentConfig | None, patch: int = 0, cache_mb: float = 0,
+                   native: bool = False) -> dict[str, np.ndarray]:
     """Return ``pixels`` (float32 tiles), ``labels`` (uint8 class tiles) and ``weights`` for a batch of input rows.
 
     With ``augmentation`` each pair is augmented as :func:`pipeline.train.augment.training_pair` describes.
@@ -90,7 +119,11 @@ def training_batch(batch: dict[str, np.ndarray], spec: UNetSpec, normalization: 
     A sample that cannot be used (unreadable, no mask, mask of another size or with unknown
     classes) keeps its place with weight 0: it adds nothing to the loss and is counted as skipped,
     and every worker still gets the same number of rows, which the synchronous strategy needs.
+
+    With ``native`` the pairs are cut into windows at their own scale instead (:func:`native_batch`).
     """
+    if native:
+        return native_batch(batch, spec, normalization, augmentation, cache_mb)
     count = len(batch["key"])
     tile = spec.input_size
     shape = (patch, patch) if patch else tile
@@ -127,7 +160,7 @@ def training_dataset(url: str, cfg: TrainConfig, spec: UNetSpec, augmented: bool
     dataset = read_dataset(shards * passes, cfg.storage, loader.stage_cpus)
     batches = TrainingBatches(spec=spec, normalization={"mode": loader.normalization},
                               augmentation=cfg.augment if augmented else None, patch=patch,
-                              cache_mb=loader.decoded_cache_mb)
+                              cache_mb=loader.decoded_cache_mb, native=cfg.scale == "native")
     return dataset.map_batches(batches, batch_size=cfg.optim.batch_size, num_cpus=loader.stage_cpus)
 
 

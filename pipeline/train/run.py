@@ -165,6 +165,7 @@ def write_final_artifact(cfg: TrainConfig, spec: UNetSpec, result: Any, seconds:
     best = state["best"]
     info = ModelInfo(
         unet=spec, class_names=cfg.unet.names(), normalization={"mode": cfg.loader.normalization}, threshold=0.5,
+        scale=cfg.scale,
         training={
             "trained": True, "data_url": cfg.data, "val_data_url": cfg.val_data, "epochs": state["epoch"],
             "best_epoch": best.get("epoch"), "best_metrics": best, "history": state["history"],

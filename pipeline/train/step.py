@@ -24,6 +24,7 @@ import numpy as np
 
 from pipeline import metrics, preprocess
 from pipeline.model import MODEL_FILE, UNetSpec, build_unet, configure_tensorflow
+from pipeline.train.augment import IGNORE  # noqa: F401  (named in per_example_loss's contract)
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +38,23 @@ def per_example_loss(labels: Any, probabilities: Any, spec: UNetSpec, kind: str)
     """Return the loss of each example, shape ``(n,)``: cross-entropy, soft Dice loss, or their sum.
 
     Cross-entropy is the pixel mean; soft Dice loss is ``1 - mean over classes of
-    (2 sum(p*y) + 1) / (sum(p) + sum(y) + 1)``.
+    (2 sum(p*y) + 1) / (sum(p) + sum(y) + 1)``. Pixels labelled :data:`IGNORE` (the padding of a
+    window larger than its image) count in neither.
     """
     import tensorflow as tf
 
     if spec.output_activation == "sigmoid":
         probabilities = tf.concat([1.0 - probabilities, probabilities], axis=-1)
     probabilities = tf.clip_by_value(probabilities, 1e-7, 1.0 - 1e-7)
-    onehot = tf.one_hot(tf.cast(labels, tf.int32), spec.num_classes)
+    onehot = tf.one_hot(tf.cast(labels, tf.int32), spec.num_classes)  # all zeros where a label is IGNORE
+    valid = tf.cast(labels < spec.num_classes, probabilities.dtype)
     loss = tf.zeros(tf.shape(labels)[:1])
     if "ce" in kind:
-        loss += tf.reduce_mean(-tf.reduce_sum(onehot * tf.math.log(probabilities), axis=-1), axis=[1, 2])
+        pixels = tf.maximum(tf.reduce_sum(valid, axis=[1, 2]), 1.0)
+        loss += tf.reduce_sum(-tf.reduce_sum(onehot * tf.math.log(probabilities), axis=-1), axis=[1, 2]) / pixels
     if "dice" in kind:
         overlap = tf.reduce_sum(onehot * probabilities, axis=[1, 2])
-        total = tf.reduce_sum(onehot, axis=[1, 2]) + tf.reduce_sum(probabilities, axis=[1, 2])
+        total = tf.reduce_sum(onehot, axis=[1, 2]) + tf.reduce_sum(probabilities * valid[..., tf.newaxis], axis=[1, 2])
         loss += 1.0 - tf.reduce_mean((2.0 * overlap + 1.0) / (total + 1.0), axis=-1)
     return loss
 
@@ -102,7 +106,8 @@ def make_train_step(strategy: Any, model: Any, optimizer: Any, spec: UNetSpec, k
 
 def validation_metrics(model: Any, dataset: Any, spec: UNetSpec, threshold: float) -> dict[str, Any]:
     """Return validation Dice/IoU per class (micro: summed TP/FP/FN; macro: image mean), their
-    foreground means, and the pixel error (fraction of misclassified pixels), at tile resolution."""
+    foreground means, and the pixel error (fraction of misclassified pixels), at tile resolution
+    (for a native-scale model, over windows that tile each image: macro means over windows)."""
     classes = spec.num_classes
     tp, fp, fn = (np.zeros(classes, dtype=np.int64) for _ in range(3))
     per_image_dice, per_image_iou = [], []
@@ -110,12 +115,14 @@ def validation_metrics(model: Any, dataset: Any, spec: UNetSpec, threshold: floa
     for batch in dataset.iter_batches(batch_size=16, batch_format="numpy"):
         scores = model(batch["pixels"], training=False).numpy()
         for index in np.flatnonzero(batch["weights"] > 0):
-            predicted = preprocess.mask_from_scores(scores[index], threshold)
-            result = metrics.image_metrics(predicted, batch["labels"][index], classes)
+            labels = batch["labels"][index]
+            labelled = labels < classes  # not the padding of a window larger than its image
+            predicted = preprocess.mask_from_scores(scores[index], threshold)[labelled]
+            result = metrics.image_metrics(predicted, labels[labelled], classes)
             tp, fp, fn = tp + result["tp"], fp + result["fp"], fn + result["fn"]
             per_image_dice.append(result["dice"])
             per_image_iou.append(result["iou"])
-            wrong += int((predicted != batch["labels"][index]).sum())
+            wrong += int((predicted != labels[labelled]).sum())
             total += predicted.size
     if not total:
         return {}

@@ -138,6 +138,7 @@ def test_a_translated_image_gives_the_translated_prediction_away_from_the_edges(
     kernel, bias = layer.get_weights()
     layer.set_weights([kernel * 20.0, bias])  # sharper scores: an untrained model's are near ties everywhere
     smooth = np.kron(rng.random((40, 40)).astype(np.float32), np.ones((4, 4), np.float32))[:, :, np.newaxis]
+
     def forward(batch: np.ndarray) -> np.ndarray:
         return unet(batch, training=False).numpy()
 

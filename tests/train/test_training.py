@@ -434,3 +434,77 @@ def test_cosine_schedule_decays_from_the_set_rate_towards_zero() -> None:
     assert rates[0] == pytest.approx(0.01) and rates[5] == pytest.approx(0.005)
     assert all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] > 0
     assert epoch_learning_rate({**config, "lr_schedule": "constant"}, 7) == 0.01
+
+
+def test_native_windows_come_in_proportion_to_area_at_the_images_scale() -> None:
+    rng = np.random.default_rng(0)
+    tile = (32, 32)
+    image = coordinate_ramps(96, 160)  # 15 tiles of area
+    mask = np.zeros((96, 160), np.uint8)
+    counts = [len(augment.native_windows(image, mask, tile, rng, AugmentConfig(enabled=True, flips=False)))
+              for _ in range(200)]
+    assert set(counts) == {15}
+    small = [len(augment.native_windows(image[:16, :16], mask[:16, :16], tile, rng, AugmentConfig(flips=False)))
+             for _ in range(2000)]
+    assert set(small) <= {0, 1} and 0.2 < np.mean(small) < 0.3  # a quarter of a tile's area: a window a quarter of the time
+    windows = augment.native_windows(image, mask, tile, rng, AugmentConfig(flips=False))
+    for cut, _ in windows:  # a window is a piece of the image at its own scale: the ramps step by one pixel
+        assert cut.shape == (32, 32, 2)
+        assert np.allclose(np.diff(cut[:, :, 0], axis=0), 1.0, atol=0.3)  # (intensity jitter scales by 0.8-1.2)
+
+
+def test_native_windows_of_a_small_image_pad_it_and_leave_the_padding_unlabelled() -> None:
+    image = np.random.default_rng(1).random((20, 12, 3)).astype(np.float32)
+    mask = np.ones((20, 12), np.uint8)
+    (cut, labels), = augment.native_windows(image, mask, (32, 32), None)  # validation: the windows that tile it
+    assert cut.shape == (32, 32, 3) and np.array_equal(cut[:20, :12], image)
+    assert (labels[:20, :12] == 1).all() and (labels[20:] == augment.IGNORE).all() and (labels[:, 12:] == augment.IGNORE).all()
+    tiles = augment.native_windows(coordinate_ramps(70, 40), np.zeros((70, 40), np.uint8), (32, 32), None)
+    assert [(int(c[0, 0, 0]), int(c[0, 0, 1])) for c, _ in tiles] == [(0, 0), (0, 8), (19, 0), (19, 8), (38, 0), (38, 8)]
+
+
+def test_the_loss_leaves_unlabelled_pixels_out() -> None:
+    spec = UNetSpec(input_size=(4, 4), num_classes=2, depth=1, base_filters=2)
+    labels = np.zeros((1, 4, 4), np.uint8)
+    labels[0, :2] = 1
+    right = np.stack([1.0 - labels, labels], axis=-1).astype(np.float32)
+    padded = labels.copy()
+    padded[0, :, 2:] = augment.IGNORE
+    wrong_in_padding = right.copy()
+    wrong_in_padding[0, :, 2:] = right[0, :, 2:, ::-1]
+    for kind in ("ce", "dice", "ce+dice"):
+        loss = float(per_example_loss(padded, wrong_in_padding, spec, kind)[0])
+        assert loss < 0.05, (kind, loss)
+        assert float(per_example_loss(labels, wrong_in_padding, spec, kind)[0]) > 0.3
+
+
+def test_native_scale_rejects_patches_and_crops() -> None:
+    with pytest.raises(ConfigError, match="patch_size"):
+        TrainConfig(data="d", output="o", scale="native", loader=LoaderConfig(patch_size=16), unet=TINY)
+    with pytest.raises(ConfigError, match="crop"):
+        TrainConfig(data="d", output="o", scale="native", augment=AugmentConfig(crop=True), unet=TINY)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_native_scale_trains_on_mixed_sizes_and_segments_in_windows(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_sample_data(SampleDataConfig(output=str(data), num_images=12, num_shards=2, min_size=20, max_size=100,
+                                       scale="native", object_size=10, seed=4))
+    output = tmp_path / "model"
+    cfg = load_config(TrainConfig, options={"data": str(data), "val_data": str(data), "output": str(output),
+                                            "num_workers": 1, "cpus_per_worker": 1.0, "epochs": 2, "batch_size": 4,
+                                            "unet": TINY, "scale": "native", "learning_rate": 0.01})
+    history = run_training(cfg).history
+    # windows in proportion to area: about sum(h * w) / 32**2 per pass, whole batches of 4 only
+    assert all(h["images"] > 12 and h["images"] % 4 == 0 for h in history)
+    assert all(h["val_images"] >= 12 for h in history)  # validated on the windows that tile each image
+    info = json.loads((output / "model.json").read_text())
+    assert info["scale"] == "native" and info["training"]["config"]["scale"] == "native"
+
+    from pipeline.segment.run import run_segmentation
+
+    summary = run_segmentation(SegmentConfig(input=str(data), model=str(output), output=str(tmp_path / "seg")))
+    assert summary.images == 12 and summary.errors == 0
+    run = json.loads((tmp_path / "seg" / "run.json").read_text())
+    assert run["tiling"]["mode"] == "windows" and run["tiling"]["requested"] == "auto"
