@@ -56,11 +56,15 @@ def open_header(data: bytes, what: str = "image", max_pixels: int | None = DEFAU
                           bad) from exc
     width, height = picture.size
     if max_pixels is not None and width * height > max_pixels:
-        raise SampleError(
-            f"{what} is {width}x{height} = {width * height / 1e6:.0f} megapixels, more than max_image_pixels="
-            f"{max_pixels} ({max_pixels / 1e6:.0f} megapixels); to segment it, raise the limit "
-            f"(segpipe segment --max-image-pixels N, or max_image_pixels: N in the config)", "image_too_large")
+        raise SampleError(too_large_message(what, width, height, max_pixels), "image_too_large")
     return picture
+
+
+def too_large_message(what: str, width: int, height: int, max_pixels: int) -> str:
+    """Return the message of an image larger than ``max_pixels``, naming the option that raises the limit."""
+    return (f"{what} is {width}x{height} = {width * height / 1e6:.0f} megapixels, more than max_image_pixels="
+            f"{max_pixels} ({max_pixels / 1e6:.0f} megapixels); to segment it, raise the limit "
+            f"(segpipe segment --max-image-pixels N, or max_image_pixels: N in the config)")
 
 
 def load_picture(picture: Image.Image, what: str = "image") -> Image.Image:
@@ -106,18 +110,97 @@ def picture_array(picture: Image.Image) -> np.ndarray:
     return array[:, :, np.newaxis] if array.ndim == 2 else array
 
 
-def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, either byte order
+
+
+def is_tiff(data: bytes) -> bool:
+    """Return whether ``data`` starts like a TIFF or BigTIFF file."""
+    return data[:4] in TIFF_MAGIC
+
+
+def read_tiff(data: bytes, what: str = "image", max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+              page: int | None = None) -> np.ndarray:
+    """Return one page of a TIFF (strips or tiles, classic or BigTIFF, any codec tifffile knows) as
+    ``(H, W, C)``, C in {1, 3}, uint8 or uint16.
+
+    A file of several pages needs ``page`` (0-based; ``tiff_page`` in the run's config); its size is
+    checked against ``max_pixels`` from the page's tags before any pixel is decoded. Palette pages
+    are expanded to RGB, bilevel pages read as 0/255, an alpha or extra channel dropped; other
+    sample types (float, signed, 32-bit) raise SampleError saying how to convert them.
+    """
+    import tifffile
+
+    bad = "corrupt_image" if what == "image" else "bad_mask"
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tiff:
+            pages = len(tiff.pages)
+            if page is None and pages > 1:
+                raise SampleError(f"{what} is a TIFF of {pages} pages; choose one with tiff_page: N (segpipe segment "
+                                  "--tiff-page N, 0 for the first) or save the page alone", "multi_page_image")
+            index = page or 0
+            if index >= pages:
+                raise SampleError(f"{what} is a TIFF of {pages} page(s); tiff_page={index} does not exist",
+                                  "multi_page_image")
+            chosen = tiff.pages[index]
+            height, width = int(chosen.imagelength), int(chosen.imagewidth)
+            if max_pixels is not None and height * width > max_pixels:
+                raise SampleError(too_large_message(what, width, height, max_pixels), "image_too_large")
+            array = chosen.asarray()
+            photometric, colormap, axes = int(chosen.photometric), chosen.colormap, chosen.axes
+    except SampleError:
+        raise
+    except Exception as exc:  # tifffile raises several types for corrupt and truncated files
+        raise SampleError(f"{what} cannot be decoded as TIFF ({type(exc).__name__}: {exc}); the file is corrupt, "
+                          "truncated or uses a codec that is not installed", bad) from exc
+    return tiff_planes(array, photometric, colormap, axes, what)
+
+
+def tiff_planes(array: np.ndarray, photometric: int, colormap: np.ndarray | None, axes: str,
+                what: str) -> np.ndarray:
+    """Return a decoded TIFF page as ``(H, W, C)``, C in {1, 3}, uint8 or uint16 (see :func:`read_tiff`)."""
+    if axes.startswith("S") and array.ndim == 3:  # planar: samples first
+        array = np.moveaxis(array, 0, -1)
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * np.uint8(255)
+    if array.dtype not in (np.uint8, np.uint16):
+        raise SampleError(f"{what} is a TIFF of {array.dtype} samples; save it as 8- or 16-bit unsigned integers",
+                          "unsupported_image")
+    if array.ndim == 2:
+        array = array[:, :, np.newaxis]
+    if photometric == 3 and colormap is not None and array.shape[2] == 1:  # palette: indices into the colour map
+        palette = (np.asarray(colormap).T >> 8).astype(np.uint8)  # (entries, 3), 16-bit levels to 8
+        array = palette[array[:, :, 0]]
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
+        raise SampleError(f"{what} is a TIFF of shape {array.shape}; save one 2-D page of 1 or 3 channels",
+                          "unsupported_image")
+    if array.shape[2] in (2, 4):  # an alpha (or extra) channel: dropped, as for PNG
+        array = array[:, :, :array.shape[2] - 1]
+    if photometric == 0:  # min-is-white: invert, so that bright means bright as everywhere else
+        array = np.iinfo(array.dtype).max - array
+    return np.ascontiguousarray(array)
+
+
+def tiff_picture(array: np.ndarray, channel: int | None = None) -> Image.Image:
+    """Return a TIFF's ``(H, W, C)`` array (or one channel of it) as a Pillow image in its own type."""
+    plane = array[:, :, channel] if channel is not None else (array[:, :, 0] if array.shape[2] == 1 else array)
+    return Image.fromarray(np.ascontiguousarray(plane))  # uint8: L or RGB; uint16: I;16
+
+
+def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, tiff_page: int | None = None) -> np.ndarray:
     """Return the image as ``(H, W, C)``, C in {1, 3}, uint8 (8-bit input) or uint16 (16-bit input).
 
     Accepts 1-bit, 8-bit and 16-bit grayscale, palette, RGB and RGBA (alpha dropped). Other modes
     (CMYK, float, YCbCr, ...) raise SampleError saying how to convert them; so does an image of
-    more than ``max_pixels`` pixels, before it is decoded.
+    more than ``max_pixels`` pixels, before it is decoded. TIFFs are read by :func:`read_tiff`.
     """
+    if is_tiff(data):
+        return read_tiff(data, "image", max_pixels, tiff_page)
     return picture_array(usable_picture(open_image(data, "image", max_pixels)))
 
 
 def read_model_input(data: bytes, tile: tuple[int, int], channels: int, normalization: Mapping[str, Any],
-                     max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
+                     max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+                     tiff_page: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """Return ``(model input, (height, width))``: the float32 ``(tile_h, tile_w, channels)`` input of an
     encoded image and the image's own size.
 
@@ -125,8 +208,11 @@ def read_model_input(data: bytes, tile: tuple[int, int], channels: int, normaliz
     tile in Pillow, in its own mode (8-bit stays 8-bit, 16-bit stays integer), before any float32
     array exists, and a JPEG larger than the tile is decoded at the smallest of 1/2, 1/4 or 1/8 of
     its size that still covers the tile. The ``minmax`` normalisation uses the decoded image's
-    own extremes, taken before the resize.
+    own extremes, taken before the resize. A TIFF (:func:`read_tiff`) is resized channel by channel,
+    each in its own type.
     """
+    if is_tiff(data):
+        return tiff_model_input(read_tiff(data, "image", max_pixels, tiff_page), tile, channels, normalization)
     picture = open_header(data, "image", max_pixels)
     size = (picture.height, picture.width)
     target = (tile[1], tile[0])  # Pillow sizes are (width, height)
@@ -140,14 +226,28 @@ def read_model_input(data: bytes, tile: tuple[int, int], channels: int, normaliz
     return pixels, size
 
 
-def read_native(data: bytes, normalization: Mapping[str, Any],
-                max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[np.ndarray, tuple[Any, Any] | None]:
+def tiff_model_input(array: np.ndarray, tile: tuple[int, int], channels: int,
+                     normalization: Mapping[str, Any]) -> tuple[np.ndarray, tuple[int, int]]:
+    """Return :func:`read_model_input`'s result for a decoded TIFF array ``(H, W, C)``."""
+    size = array.shape[:2]
+    value_range = (array.min(), array.max()) if normalization.get("mode") == "minmax" else None
+    if size != tile:
+        array = np.stack([np.asarray(tiff_picture(array, k).resize((tile[1], tile[0]), Image.Resampling.BILINEAR))
+                          for k in range(array.shape[2])], axis=-1).astype(array.dtype)
+    return normalise(match_channels(array, channels), normalization, value_range), size
+
+
+def read_native(data: bytes, normalization: Mapping[str, Any], max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+                tiff_page: int | None = None) -> tuple[np.ndarray, tuple[Any, Any] | None]:
     """Return ``(image, value range)``: the decoded ``(H, W, C)`` image at its own size and type (uint8 or
     uint16, the channels it has) and, for the ``minmax`` normalisation, its extremes (else None).
 
     Inference in windows normalises each window from this one copy (:func:`normalise` with the
     range), so no float32 copy of the whole image is ever made.
     """
+    if is_tiff(data):
+        array = read_tiff(data, "image", max_pixels, tiff_page)
+        return array, ((array.min(), array.max()) if normalization.get("mode") == "minmax" else None)
     picture = usable_picture(open_image(data, "image", max_pixels))
     value_range = picture.getextrema() if normalization.get("mode") == "minmax" else None
     return picture_array(picture), value_range
@@ -230,6 +330,8 @@ def decode_mask(data: bytes, num_classes: int, image_shape: tuple[int, int]) -> 
     decoding). A binary mask holding only 0 and 255 is read as classes {0, 1}. Values outside
     ``0..num_classes-1`` raise SampleError.
     """
+    if is_tiff(data):
+        return checked_classes(tiff_mask(data, image_shape), num_classes)
     picture = open_header(data, "mask", max_pixels=None)  # its size must equal the image's, checked next
     if picture.size != (image_shape[1], image_shape[0]):
         raise SampleError(
@@ -242,7 +344,25 @@ def decode_mask(data: bytes, num_classes: int, image_shape: tuple[int, int]) -> 
         low, high = picture.getextrema()
         if low < 0 or high > 65535:
             raise SampleError("mask holds values outside 0..65535; save masks as 8-bit class-index PNGs", "bad_mask")
-    mask = np.asarray(picture.convert("L") if picture.mode == "1" else picture)
+    return checked_classes(np.asarray(picture.convert("L") if picture.mode == "1" else picture), num_classes)
+
+
+def tiff_mask(data: bytes, image_shape: tuple[int, int]) -> np.ndarray:
+    """Return a TIFF mask's class values ``(H, W)`` (first page); raise SampleError unless it is one
+    channel of the image's size."""
+    mask = read_tiff(data, "mask", max_pixels=None, page=0)
+    if mask.shape[:2] != tuple(image_shape):
+        raise SampleError(
+            f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image size "
+            f"{image_shape[1]}x{image_shape[0]}; masks must match their images pixel for pixel", "mask_size_mismatch")
+    if mask.shape[2] != 1:
+        raise SampleError("mask is a TIFF of several channels; save masks as single-channel class-index images",
+                          "bad_mask")
+    return mask[:, :, 0]
+
+
+def checked_classes(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """Return a decoded mask as uint8 class indices: 0/255 read as {0, 1}; SampleError for values beyond the classes."""
     highest = int(mask.max()) if mask.size else 0
     if highest == 255 and np.count_nonzero(mask) == np.count_nonzero(mask == 255):
         return (mask == 255).astype(np.uint8)

@@ -31,6 +31,7 @@ ERROR_KINDS = {  # error_kind -> what it means; README "Bad input" lists the sam
     "corrupt_image": "the image file is empty, truncated, corrupt or cannot be read",
     "unsupported_image": "the image decodes but its mode or channels cannot be used (CMYK, float, ...)",
     "image_too_large": "the image header declares more pixels than max_image_pixels",
+    "multi_page_image": "a TIFF of several pages and no tiff_page chosen (or the chosen page is not there)",
     "bad_mask": "the mask file is empty, corrupt, or not a single-channel image",
     "mask_size_mismatch": "the mask's size differs from its image's",
     "mask_classes": "the mask holds class values the model does not have",

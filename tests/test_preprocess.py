@@ -203,3 +203,65 @@ def test_scores_back_to_a_large_size_cost_a_few_bytes_per_pixel() -> None:
     tracemalloc.stop()
     assert np.array_equal(mask, expected)  # the same argmax, ties to the lower class
     assert peak < 8 * 1500 * 2000, f"{peak / (1500 * 2000):.1f} bytes per pixel"  # all planes, then argmax: 12
+
+
+def tiff_bytes(array: np.ndarray, **options: object) -> bytes:
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, array, **options)
+    return buffer.getvalue()
+
+
+def test_tiled_16_bit_and_bigtiff_files_are_read_at_their_type() -> None:
+    rng = np.random.default_rng(4)
+    gray16 = rng.integers(0, 65535, (70, 90), dtype=np.uint16)
+    for options in ({"tile": (32, 32)}, {"tile": (32, 32), "compression": "zlib"}, {"bigtiff": True},
+                    {"compression": "lzw"}):
+        data = tiff_bytes(gray16, **options)
+        assert preprocess.is_tiff(data)
+        decoded = preprocess.decode_image(data)
+        assert decoded.dtype == np.uint16 and np.array_equal(decoded[:, :, 0], gray16), options
+        native, value_range = preprocess.read_native(data, {"mode": "minmax"})
+        assert np.array_equal(native[:, :, 0], gray16) and value_range == (gray16.min(), gray16.max())
+    pixels, size = preprocess.read_model_input(tiff_bytes(gray16, tile=(32, 32)), (16, 16), 1, {"mode": "scale"})
+    assert size == (70, 90) and pixels.shape == (16, 16, 1) and 0.3 < pixels.mean() < 0.7
+
+
+def test_planar_rgb_and_alpha_tiffs_give_rgb() -> None:
+    rgb = np.random.default_rng(5).integers(0, 255, (3, 20, 30), dtype=np.uint8)
+    planar = preprocess.decode_image(tiff_bytes(rgb, photometric="rgb", planarconfig="separate"))
+    assert planar.shape == (20, 30, 3) and np.array_equal(planar, np.moveaxis(rgb, 0, -1))
+    rgba = np.random.default_rng(6).integers(0, 255, (20, 30, 4), dtype=np.uint8)
+    assert np.array_equal(preprocess.decode_image(tiff_bytes(rgba, photometric="rgb", extrasamples=["unassalpha"])),
+                          rgba[:, :, :3])
+
+
+def test_a_multi_page_tiff_needs_a_page_and_its_size_is_checked_before_decoding() -> None:
+    pages = np.stack([np.full((10, 12), value, np.uint8) for value in (10, 20, 30)])
+    data = tiff_bytes(pages, photometric="minisblack")  # three pages, not one planar RGB page
+    with pytest.raises(preprocess.SampleError, match="3 pages.*tiff_page") as caught:
+        preprocess.decode_image(data)
+    assert caught.value.kind == "multi_page_image"
+    assert (preprocess.decode_image(data, tiff_page=2) == 30).all()
+    with pytest.raises(preprocess.SampleError, match="tiff_page=3 does not exist"):
+        preprocess.read_native(data, {"mode": "scale"}, tiff_page=3)
+    with pytest.raises(preprocess.SampleError, match="max-image-pixels") as caught:
+        preprocess.read_native(tiff_bytes(np.zeros((100, 100), np.uint8)), {"mode": "scale"}, max_pixels=9999)
+    assert caught.value.kind == "image_too_large"
+    with pytest.raises(preprocess.SampleError, match="float32") as caught:
+        preprocess.decode_image(tiff_bytes(np.zeros((8, 8), np.float32)))
+    assert caught.value.kind == "unsupported_image"
+    with pytest.raises(preprocess.SampleError, match="TIFF") as caught:
+        preprocess.decode_image(tiff_bytes(np.zeros((64, 64), np.uint8))[:200])
+    assert caught.value.kind == "corrupt_image"
+
+
+def test_tiff_masks_are_read_and_checked() -> None:
+    mask = np.zeros((12, 10), np.uint8)
+    mask[3:6] = 2
+    assert np.array_equal(preprocess.decode_mask(tiff_bytes(mask, tile=(16, 16)), 3, (12, 10)), mask)
+    with pytest.raises(preprocess.SampleError, match="differs from image size"):
+        preprocess.decode_mask(tiff_bytes(mask), 3, (10, 12))
+    with pytest.raises(preprocess.SampleError, match="class values"):
+        preprocess.decode_mask(tiff_bytes(mask), 2, (12, 10))

@@ -156,6 +156,8 @@ class SegmentConfig:
     max_image_pixels: int = option(16384 * 16384, flag="--max-image-pixels",
                                    help="largest image (width x height, read from its header before decoding) to "
                                         "segment; larger ones become image_too_large error rows")
+    tiff_page: int | None = option(None, flag="--tiff-page", default_text="none: multi-page TIFFs are error rows",
+                                   help="the page (0-based) to segment of each multi-page TIFF")
     actors: ActorConfig = option(default_factory=ActorConfig, help="the predictor actor pool")
     storage: StorageConfig = option(default_factory=StorageConfig, help="object storage access")
 
@@ -177,6 +179,8 @@ class SegmentConfig:
             raise ConfigError(f"overlap={self.overlap}: a fraction of the tile from 0 to 0.9, e.g. 0.25")
         if self.blend not in ("gaussian", "constant"):
             raise ConfigError(f"blend={self.blend!r}: choose gaussian or constant")
+        if self.tiff_page is not None and self.tiff_page < 0:
+            raise ConfigError(f"tiff_page={self.tiff_page}: a 0-based page number, or unset")
         if self.max_image_pixels < 1:
             raise ConfigError(f"max_image_pixels={self.max_image_pixels}: the most pixels (width x height) an image "
                               "may have, e.g. 268435456 (16384 x 16384)")

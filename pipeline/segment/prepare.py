@@ -61,7 +61,8 @@ def prepare_rows(batch: dict[str, np.ndarray], columns: dict[str, np.ndarray],
 
 
 def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo,
-                  max_image_pixels: int | None = preprocess.DEFAULT_MAX_IMAGE_PIXELS) -> dict[str, np.ndarray]:
+                  max_image_pixels: int | None = preprocess.DEFAULT_MAX_IMAGE_PIXELS,
+                  tiff_page: int | None = None) -> dict[str, np.ndarray]:
     """Return the batch with images decoded, masks checked, and ``pixels`` (float32 model input) added.
 
     The encoded ``image`` column is dropped; rows that fail get a zero tile, an error and its kind.
@@ -72,7 +73,7 @@ def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo,
 
     def prepare_one(index: int) -> tuple[int, int]:
         pixels[index], size = preprocess.read_model_input(batch["image"][index], spec.input_size, spec.channels,
-                                                          info.normalization, max_image_pixels)
+                                                          info.normalization, max_image_pixels, tiff_page)
         if len(batch["mask"][index]):
             preprocess.decode_mask(batch["mask"][index], spec.num_classes, size)
         return size
@@ -81,7 +82,8 @@ def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo,
 
 
 def prepare_native_batch(batch: dict[str, np.ndarray], info: ModelInfo,
-                         max_image_pixels: int | None = preprocess.DEFAULT_MAX_IMAGE_PIXELS) -> dict[str, np.ndarray]:
+                         max_image_pixels: int | None = preprocess.DEFAULT_MAX_IMAGE_PIXELS,
+                         tiff_page: int | None = None) -> dict[str, np.ndarray]:
     """Return the batch with images decoded at their own size and type, for windows or whole-image inference.
 
     ``image`` holds each decoded image as uint8 bytes ``(H, W, C x 1 or 2)`` (a 16-bit image viewed
@@ -97,7 +99,8 @@ def prepare_native_batch(batch: dict[str, np.ndarray], info: ModelInfo,
                "value_low": np.zeros(count, dtype=np.float64), "value_high": np.zeros(count, dtype=np.float64)}
 
     def prepare_one(index: int) -> tuple[int, int]:
-        image, value_range = preprocess.read_native(batch["image"][index], info.normalization, max_image_pixels)
+        image, value_range = preprocess.read_native(batch["image"][index], info.normalization, max_image_pixels,
+                                                    tiff_page)
         if len(batch["mask"][index]):
             preprocess.decode_mask(batch["mask"][index], info.unet.num_classes, image.shape[:2])
         if value_range is not None:
@@ -122,7 +125,8 @@ ROW_COLUMNS = ("key", "source", "shard", "image", "mask", "error", "error_kind")
 def read_and_prepare(batch: dict[str, np.ndarray], info: ModelInfo, storage_config: StorageConfig | None,
                      batch_size: int, taken: Mapping[str, Mapping[str, str]] | None = None,
                      max_image_pixels: int | None = preprocess.DEFAULT_MAX_IMAGE_PIXELS,
-                     native: bool = False, block_bytes: int = 64 * 2**20) -> Iterator[dict[str, np.ndarray]]:
+                     native: bool = False, block_bytes: int = 64 * 2**20,
+                     tiff_page: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Read each shard named in ``batch["shard"]`` and yield its rows prepared, ``batch_size`` rows at a time:
     reduced to the tile (:func:`prepare_batch`) or, with ``native``, decoded at their own size
     (:func:`prepare_native_batch`), then as soon as the decoded images reach ``block_bytes``.
@@ -141,15 +145,15 @@ def read_and_prepare(batch: dict[str, np.ndarray], info: ModelInfo, storage_conf
         while start < len(rows):
             chunk = rows[start:start + (1 if native else batch_size)]
             if native:  # grow the chunk image by image, so a few huge images never sit in one task together
-                prepared = prepare_native_batch(columns_of(chunk), info, max_image_pixels)
+                prepared = prepare_native_batch(columns_of(chunk), info, max_image_pixels, tiff_page)
                 while len(chunk) < batch_size and start + len(chunk) < len(rows) and sum(
                         image.nbytes for image in prepared["image"]) < block_bytes:
                     more = rows[start + len(chunk):start + len(chunk) + 1]
-                    prepared = concatenate(prepared, prepare_native_batch(columns_of(more), info, max_image_pixels))
+                    prepared = concatenate(prepared, prepare_native_batch(columns_of(more), info, max_image_pixels, tiff_page))
                     chunk = chunk + more
                 yield prepared
             else:
-                yield prepare_batch(columns_of(chunk), info, max_image_pixels)
+                yield prepare_batch(columns_of(chunk), info, max_image_pixels, tiff_page)
             start += len(chunk)
 
 

@@ -140,7 +140,7 @@ def build_dataset(cfg: SegmentConfig, plan: RunPlan, shards: list[Shard]) -> Any
     dataset = dataset.map_batches(
         read_and_prepare, fn_kwargs={"info": info, "storage_config": storage_config, "batch_size": cfg.batch_size,
                                      "taken": plan.taken, "max_image_pixels": cfg.max_image_pixels,
-                                     "native": native, "block_bytes": block_bytes},
+                                     "native": native, "block_bytes": block_bytes, "tiff_page": cfg.tiff_page},
         batch_size=1, num_cpus=cfg.stage_cpus,
     )
     # At the tile a model batch is batch_size images; in windows or whole, the actor takes a block
