@@ -259,3 +259,21 @@ def test_parquet_files_are_byte_identical_for_the_same_seed(tmp_path: Path) -> N
     write_sample_data(config(tmp_path / "a", layout="parquet"))
     write_sample_data(config(tmp_path / "b", layout="parquet"))
     assert tree_bytes(tmp_path / "a" / "parquet") == tree_bytes(tmp_path / "b" / "parquet")
+
+
+def test_native_scale_objects_keep_their_pixel_size_and_grow_in_number_with_the_area() -> None:
+    def cover_and_edge(side: int, object_size: float | None) -> tuple[float, float]:
+        """Return the share of the image the objects cover, and their boundary pixels per object pixel."""
+        _, mask = synthetic_sample(np.random.default_rng(side), side, side, 3, object_size=object_size)
+        edges = np.count_nonzero(mask[:, 1:] != mask[:, :-1]) + np.count_nonzero(mask[1:] != mask[:-1])
+        return float((mask > 0).mean()), edges / max(1, np.count_nonzero(mask))
+
+    small_cover, small_edge = cover_and_edge(300, 16)
+    large_cover, large_edge = cover_and_edge(1200, 16)
+    assert 0.15 < small_cover < 0.35 and 0.15 < large_cover < 0.35  # a quarter of any image: more objects on more area
+    assert 0.7 < large_edge / small_edge < 1.4  # the same boundary per area: objects of the same pixel size
+    resized_small, resized_large = cover_and_edge(300, None)[1], cover_and_edge(1200, None)[1]
+    assert resized_large / resized_small < 0.5  # without it objects grow with the image
+    cfg = SampleDataConfig(output="x", scale="native", min_size=600, max_size=700, object_size=16)
+    image, mask = sample_for_index(cfg, 0)
+    assert 600 <= min(mask.shape) and max(mask.shape) <= 700 and image.shape[:2] == mask.shape

@@ -170,18 +170,24 @@ def within_minutes(history: list[dict[str, Any]], minutes: float) -> dict[str, A
             "val_mean_dice": best.get("val_mean_dice")}
 
 
-def evaluate(model: Path, val: str, workdir: Path, tta: bool) -> dict[str, Any]:
+def evaluate(model: Path, val: str, workdir: Path, tta: bool, window: int | None = None,
+             overlap: float = 0.25) -> dict[str, Any]:
     """Segment the validation slices with ``segpipe segment`` (as a user would) and return its report's figures.
 
     Pixel error is ``1 - pixel_accuracy`` of the run's report; Dice and IoU are the report's micro
-    values (TP, FP, FN summed over the slices), at the slices' own 512x512 resolution.
+    values (TP, FP, FN summed over the slices), at the slices' own 512x512 resolution. With
+    ``window`` the slices are segmented in windows of that many pixels (``--tiling windows``),
+    else whole, as the model's tile.
     """
-    output = workdir / ("segment-tta" if tta else "segment")
+    name = ("segment-tta" if tta else "segment") + (f"-windows-{window}-{overlap:g}" if window else "")
+    output = workdir / name
+    tiling = {"tiling": "windows", "window": window, "overlap": overlap} if window else {}
     run_segmentation(SegmentConfig(input=val, model=str(model), output=str(output), overwrite=True, tta=tta,
-                                   batch_size=1, run_id="isbi-tta" if tta else "isbi"))
+                                   batch_size=16 if window else 1, run_id=name, **tiling))
     summary = build_report(ReportConfig(run=str(output), worst=5)).summary
     return {
-        "tta": tta, "images": summary["counts"]["ok"], "pixel_error": 1.0 - summary["pixel_accuracy"],
+        "tta": tta, "window": window, "overlap": overlap if window else None,
+        "images": summary["counts"]["ok"], "pixel_error": 1.0 - summary["pixel_accuracy"],
         "dice": {c["name"]: c["dice"]["micro"] for c in summary["classes"]},
         "iou": {c["name"]: c["iou"]["micro"] for c in summary["classes"]},
         "report": str(output / "report" / "report.html"),
@@ -189,8 +195,13 @@ def evaluate(model: Path, val: str, workdir: Path, tta: bool) -> dict[str, Any]:
 
 
 def evaluate_both(model: Path, val: str, workdir: Path) -> list[dict[str, Any]]:
-    """Return the plain evaluation and, where the model takes it, the one with test-time augmentation."""
+    """Return the plain evaluation, the same in windows of the training patch (overlap 0.25 and 0.5)
+    and, where the model takes it, the evaluation with test-time augmentation."""
     results = [evaluate(model, val, workdir, tta=False)]
+    training = read_info(str(model)).training.get("config", {})
+    patch = (training.get("loader") or {}).get("patch_size") or training.get("patch_size")
+    if patch:
+        results += [evaluate(model, val, workdir, tta=False, window=patch, overlap=o) for o in (0.25, 0.5)]
     try:
         variants = len(tta_symmetries(read_info(str(model)), str(model)))
     except ConfigError as exc:
@@ -286,6 +297,8 @@ def print_error_analysis(result: dict[str, Any]) -> None:
 def print_evaluation(result: dict[str, Any]) -> None:
     """Print one evaluation's figures."""
     how = f"with TTA (mean over {result['tta_variants']} flips/turns)" if result["tta"] else "plain"
+    if result.get("window"):
+        how += f", in {result['window']}-px windows at overlap {result['overlap']:g}"
     print(f"  segpipe segment on the validation slices, {how}: pixel error {result['pixel_error']:.4f}; "
           + "; ".join(f"{name} Dice {result['dice'][name]:.4f} IoU {result['iou'][name]:.4f}" for name in result["dice"]))
 

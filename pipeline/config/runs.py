@@ -150,6 +150,10 @@ class SegmentConfig:
                               "for a model trained with scale: native, resize otherwise")
     overlap: float = option(0.25, flag="--overlap", help="with windows: the least overlap of neighbouring windows, a "
                                                          "fraction of the tile (0 to 0.9)")
+    window: int | None = option(None, flag="--window", default_text="the model's tile",
+                                help="with windows: the window's side in pixels; the U-Net, fully convolutional, runs "
+                                     "any multiple of 2**depth (e.g. a model of 512-px tiles trained on 128-px patches, "
+                                     "in 128-px windows)")
     blend: str = option("gaussian", flag="--blend", choices=("gaussian", "constant"),
                         help="with windows: how overlapping scores are weighted (gaussian: sigma = tile/8, the "
                              "window's centre counts most; constant: a plain mean)")
@@ -177,6 +181,8 @@ class SegmentConfig:
             raise ConfigError(f"tiling={self.tiling!r}: choose auto, windows, resize or whole")
         if not 0 <= self.overlap <= 0.9:
             raise ConfigError(f"overlap={self.overlap}: a fraction of the tile from 0 to 0.9, e.g. 0.25")
+        if self.window is not None and self.window < 1:
+            raise ConfigError(f"window={self.window}: the window's side in pixels, or unset for the model's tile")
         if self.blend not in ("gaussian", "constant"):
             raise ConfigError(f"blend={self.blend!r}: choose gaussian or constant")
         if self.tiff_page is not None and self.tiff_page < 0:

@@ -55,10 +55,15 @@ def plan_run(cfg: SegmentConfig) -> RunPlan:
         model = load_artifact(cfg.model, checks)
     if cfg.tta:
         tta_symmetries(model.info, cfg.model)  # a model trained without flips cannot take TTA: stop before work
+    tiling = resolve_tiling(cfg.tiling, model.info.scale, model.info.unet.input_size, cfg.overlap, cfg.blend,
+                            cfg.window)
+    step = 2**model.info.unet.depth
+    if tiling.mode == "windows" and any(side % step for side in tiling.window):
+        raise ConfigError(f"window={cfg.window}: model {cfg.model} halves its input {model.info.unet.depth} times, so "
+                          f"a window's side must be a multiple of {step}")
     with storage.reaching(cfg.output, cfg.storage):
         storage.check_writable(cfg.output, checks)
     run_id = cfg.run_id or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    tiling = resolve_tiling(cfg.tiling, model.info.scale, model.info.unet.input_size, cfg.overlap, cfg.blend)
     log.info("input %s: %d shard(s); model %s (scale %s); tiling %s", cfg.input, len(shards), model.model_id,
              model.info.scale, tiling.mode)
     return RunPlan(run_id=run_id, shards=shards, model=model, tiling=tiling)

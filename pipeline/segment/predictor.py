@@ -107,10 +107,11 @@ class SegmentationPredictor:
         spec = loaded.info.unet
         model = loaded.model
         shape: tuple[Any, ...] = spec.input_size
-        if self.tiling["mode"] == "whole":
-            model = build_unet(spec, free_size=True)
+        self.window = tuple(self.tiling.get("window") or spec.input_size)
+        if self.tiling["mode"] == "whole" or (self.tiling["mode"] == "windows" and self.window != spec.input_size):
+            model = build_unet(spec, free_size=True)  # the same weights, for inputs of another size
             model.set_weights(loaded.model.get_weights())
-            shape = (None, None)
+            shape = (None, None) if self.tiling["mode"] == "whole" else self.window
         self.model = model
         signature = tf.TensorSpec((None, *shape, spec.channels), tf.float32)
         symmetries = tta_symmetries(loaded.info, model_url) if tta else []
@@ -123,7 +124,8 @@ class SegmentationPredictor:
         # A traced function with a fixed signature avoids Model.predict's per-call set-up cost.
         self.forward = tf.function(call, input_signature=[signature])
         self.output_shape = (*spec.input_size, spec.output_channels)
-        self.forward(tf.zeros((1, *spec.input_size, spec.channels)))  # trace once before the first batch
+        self.forward(tf.zeros((1, *(self.window if self.tiling["mode"] == "windows" else spec.input_size),
+                               spec.channels)))  # trace once before the first batch
         self.counts = {"batches": 0, "windows": 0}
         log.info("predictor ready (%s) with %d thread(s) in %.1f s", self.tiling["mode"], threads,
                  time.perf_counter() - started)
@@ -161,7 +163,7 @@ class SegmentationPredictor:
         spec = self.info.unet
         masks, counts = segment_in_windows(
             images, lambda pixels: self.forward(pixels).numpy(),
-            lambda index, window: self.model_input(window, ranges[index]), spec.input_size, spec.output_channels,
+            lambda index, window: self.model_input(window, ranges[index]), self.window, spec.output_channels,
             self.batch_size, float(self.tiling["overlap"]), str(self.tiling["blend"]), self.info.threshold)
         for name, value in counts.items():
             self.counts[name] += value

@@ -82,13 +82,15 @@ def batch_block_bytes(batch_size: int, info: ModelInfo, native: bool = False) ->
 
     Resize: one batch of model input tiles (float32), at least 1 MiB; without it a block holds a
     whole shard, and the first results surface only after an entire shard has passed every stage.
-    Windows and whole images: decoded images (uint8) of about eight batches of windows, 4 MiB to
+    Windows and whole images: decoded images (uint8) of about two batches of windows, 4 MiB to
     256 MiB; the model's stage takes a block at a time and runs its windows ``batch_size`` at a
-    time, so a block must hold many windows, and few huge images.
+    time, so a block must hold several batches of windows (only a call's last batch can be
+    short), yet few enough images that results stream: a 2000-px RGB image is a block of its own
+    for 256-px tiles in batches of 32.
     """
     tile = info.unet.input_size[0] * info.unet.input_size[1] * info.unet.channels
     if native:
-        return min(256 * 1024**2, max(4 * 1024**2, 8 * batch_size * tile))
+        return min(256 * 1024**2, max(4 * 1024**2, 2 * batch_size * tile))
     return max(1024**2, batch_size * tile * 4)
 
 

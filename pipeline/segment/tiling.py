@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.windows import padded_to_tile, window_grid, window_starts  # noqa: F401  (part of this module's API)
+from pipeline.windows import padded_to_tile, window_grid
 
 TILINGS = ("auto", "windows", "resize", "whole")
 BLENDS = ("gaussian", "constant")
@@ -53,12 +53,14 @@ class Tiling:
                 "blend": self.blend}
 
 
-def resolve_tiling(requested: str, model_scale: str, window: tuple[int, int], overlap: float = 0.25,
-                   blend: str = "gaussian") -> Tiling:
+def resolve_tiling(requested: str, model_scale: str, tile: tuple[int, int], overlap: float = 0.25,
+                   blend: str = "gaussian", window: int | None = None) -> Tiling:
     """Return the tiling a run uses: ``auto`` follows how the model was trained (``native`` scale:
-    windows, ``resize``: the resize); any other value is taken as given."""
+    windows, ``resize``: the resize); any other value is taken as given. Windows are the model's
+    ``tile``, or ``window`` pixels square."""
     mode = requested if requested != "auto" else ("windows" if model_scale == "native" else "resize")
-    return Tiling(mode=mode, window=tuple(window), overlap=overlap, blend=blend, requested=requested)
+    size = (window, window) if window and mode == "windows" else tuple(tile)
+    return Tiling(mode=mode, window=size, overlap=overlap, blend=blend, requested=requested)
 
 
 def importance_map(tile: tuple[int, int], blend: str = "gaussian") -> np.ndarray:

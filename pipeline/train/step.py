@@ -24,7 +24,6 @@ import numpy as np
 
 from pipeline import metrics, preprocess
 from pipeline.model import MODEL_FILE, UNetSpec, build_unet, configure_tensorflow
-from pipeline.train.augment import IGNORE  # noqa: F401  (named in per_example_loss's contract)
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +37,8 @@ def per_example_loss(labels: Any, probabilities: Any, spec: UNetSpec, kind: str)
     """Return the loss of each example, shape ``(n,)``: cross-entropy, soft Dice loss, or their sum.
 
     Cross-entropy is the pixel mean; soft Dice loss is ``1 - mean over classes of
-    (2 sum(p*y) + 1) / (sum(p) + sum(y) + 1)``. Pixels labelled :data:`IGNORE` (the padding of a
-    window larger than its image) count in neither.
+    (2 sum(p*y) + 1) / (sum(p) + sum(y) + 1)``. Pixels labelled :data:`pipeline.train.augment.IGNORE`
+    (the padding of a window larger than its image) count in neither.
     """
     import tensorflow as tf
 

@@ -125,3 +125,69 @@ def test_segmenting_a_model_trained_without_flips_with_tta_stops_before_work(tmp
     with pytest.raises(ConfigError, match="trained without flips"):
         run_segmentation(SegmentConfig(input=str(data), model=str(model), output=str(output), tta=True))
     assert not output.exists()
+
+
+def native_batch(images: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Return a predictor batch of decoded images as the prepare stage gives it (8-bit, no errors)."""
+    stored = np.empty(len(images), dtype=object)
+    for index, image in enumerate(images):
+        stored[index] = image
+    count = len(images)
+    return {"image": stored, "bits": np.full(count, 8, np.int8), "value_low": np.zeros(count),
+            "value_high": np.zeros(count), "error": np.array([""] * count, dtype=object), "seconds": np.zeros(count)}
+
+
+def test_windows_and_whole_images_give_masks_at_the_images_size(tiny_model: str) -> None:
+    from pipeline.segment.tiling import segment_in_windows
+
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 255, (70, 45, 3), dtype=np.uint8), rng.integers(0, 255, (20, 100, 3), dtype=np.uint8)]
+    tiling = {"mode": "windows", "window": [32, 32], "overlap": 0.25, "blend": "gaussian"}
+    predictor = SegmentationPredictor(tiny_model, tiling=tiling, batch_size=4)
+    masks = predictor(native_batch(images))["predicted"]
+    model = load_artifact(tiny_model).model
+    expected, _ = segment_in_windows(images, lambda x: model(x, training=False).numpy(),
+                                     lambda index, window: window.astype(np.float32) / 255, (32, 32), 3, 4)
+    assert [m.shape for m in masks] == [(70, 45), (20, 100)]
+    assert all(np.array_equal(m, e) for m, e in zip(masks, expected))
+    assert predictor.counts["windows"] == 6 + 4 and predictor.counts["batches"] == 3  # windows of both in batches of 4
+
+    larger = SegmentationPredictor(tiny_model, tiling={**tiling, "window": [48, 48]}, batch_size=4)
+    assert [m.shape for m in larger(native_batch(images))["predicted"]] == [(70, 45), (20, 100)]
+    assert larger.counts["windows"] == 2 + 3  # 48-px windows of the same weights: fewer of them
+
+    whole = SegmentationPredictor(tiny_model, tiling={"mode": "whole", "window": [32, 32]})
+    whole_masks = whole(native_batch(images))["predicted"]
+    assert [m.shape for m in whole_masks] == [(70, 45), (20, 100)] and whole.counts["batches"] == 2
+    # the same image as one tile-sized input: whole equals the model on it
+    square = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    direct = model(square[np.newaxis].astype(np.float32) / 255, training=False).numpy()[0].argmax(-1)
+    assert np.array_equal(whole(native_batch([square]))["predicted"][0], direct)
+
+
+def test_a_window_the_model_cannot_halve_stops_before_work(tmp_path: Path, tiny_model: str) -> None:
+    data = tmp_path / "data"
+    write_sample_data(SampleDataConfig(output=str(data), num_images=2, num_shards=1, min_size=32, max_size=40))
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        run_segmentation(SegmentConfig(input=str(data), model=tiny_model, output=str(tmp_path / "out"),
+                                       tiling="windows", window=30))
+    assert not (tmp_path / "out").exists()
+
+
+def test_tta_composes_with_windows(tiny_model: str) -> None:
+    """Each window's scores are the mean over the eight symmetries, then blended as without TTA."""
+    from pipeline.segment.tiling import segment_in_windows
+
+    image = np.random.default_rng(8).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    tiling = {"mode": "windows", "window": [32, 32], "overlap": 0.5, "blend": "gaussian"}
+    predictor = SegmentationPredictor(tiny_model, tiling=tiling, tta=True, batch_size=8)
+    mask = predictor(native_batch([image]))["predicted"][0]
+    model = load_artifact(tiny_model).model
+
+    def mean_over_symmetries(batch: np.ndarray) -> np.ndarray:
+        return np.mean([undo(model(np.ascontiguousarray(do(batch)), training=False).numpy())
+                        for do, undo in SQUARE_SYMMETRIES], axis=0)
+
+    (expected,), _ = segment_in_windows([image], mean_over_symmetries, lambda i, w: w.astype(np.float32) / 255,
+                                        (32, 32), 3, 8, overlap=0.5)
+    assert mask.shape == (50, 70) and (mask == expected).mean() > 0.999  # float sums in another order: rare ties

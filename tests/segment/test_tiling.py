@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.segment import tiling
-from pipeline.segment.tiling import importance_map, segment_in_windows, window_grid, window_starts
+from pipeline.segment.tiling import importance_map, segment_in_windows
+from pipeline.windows import window_grid, window_starts
 
 
 @pytest.mark.parametrize("length, tile, overlap", [(64, 64, 0.25), (65, 64, 0.25), (100, 64, 0.25), (1000, 64, 0.25),
