@@ -3,6 +3,7 @@ inference, and the pipeline against a bare loop over the same windows in one pro
 
     python jobs/benchmarks/benchmark_tiling.py                         # 24 images of 2000 px, then one of 16000 px
     python jobs/benchmarks/benchmark_tiling.py --sizes 2000 --images 4  # a quick look
+    python jobs/benchmarks/benchmark_tiling.py --batch-size 128 --set actors.gpus=1   # on a GPU node
 
 Writes synthetic native-scale images (objects of a fixed pixel size) as a local folder input and
 an untrained U-Net artifact (the speed does not depend on the weights), then for each image size:
@@ -12,7 +13,7 @@ an untrained U-Net artifact (the speed does not depend on the weights), then for
   per ``batch_size`` windows, Gaussian blend), TensorFlow on all cores;
 - pipeline: ``segpipe segment`` with ``--tiling windows`` at overlap 0.25 and 0.5, blend gaussian
   and constant, and ``--tiling resize`` and ``--tiling whole`` (whole only where it fits), on a
-  local Ray.
+  local Ray; ``--set KEY=VALUE`` adds segment config to every run (``actors.gpus=1`` on a GPU node).
 
 Prints megapixels of input per second (steady state: after the first results), the ratio of the
 pipeline to the bare loop, and the peak RSS of the whole process tree; writes them to
@@ -52,6 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--base-filters", type=int, default=16)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32, help="windows per model call (default 32)")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="segment config for every pipeline run, e.g. actors.gpus=1 on a GPU node (repeatable)")
     parser.add_argument("--workdir", default="bench-output/tiling")
     parser.add_argument("--bare", metavar="JSON", help=argparse.SUPPRESS)  # internal: one bare measurement
     return parser.parse_args(argv)
@@ -111,10 +114,10 @@ def bare_subprocess(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def pipeline_figures(folder: Path, model: str, output: Path, batch_size: int, tiling: str, overlap: float, blend: str,
-                     megapixels: float, count: int) -> dict[str, Any]:
+                     megapixels: float, count: int, settings: list[str]) -> dict[str, Any]:
     """Return one pipeline run's figures, with megapixels per second (steady and end to end)."""
     overrides = [f"tiling={tiling}", f"overlap={overlap}", f"blend={blend}", "overwrite=true",
-                 "max_image_pixels=300000000"]
+                 "max_image_pixels=300000000", *settings]
     figures = run_pipeline(str(folder), model, str(output), batch_size, overrides)
     per_image = megapixels / count
     figures.update(tiling=tiling, overlap=overlap, blend=blend,
@@ -133,7 +136,7 @@ def one_size(args: argparse.Namespace, side: int, model: str) -> dict[str, Any]:
     large = side >= 8000
     variants = WINDOW_VARIANTS[:1] if large else WINDOW_VARIANTS
     runs = [pipeline_figures(folder, model, Path(args.workdir) / f"out-{side}-{t}-{o}-{b}", args.batch_size, t, o, b,
-                             megapixels, count) for t, o, b in [*variants, ("resize", 0.25, "gaussian"),
+                             megapixels, count, args.settings) for t, o, b in [*variants, ("resize", 0.25, "gaussian"),
                                                                   *([] if large else [("whole", 0.25, "gaussian")])]]
     bare = None if large else bare_subprocess({"model": model, "folder": str(folder), "overlap": 0.25,
                                                 "blend": "gaussian", "batch_size": args.batch_size})
