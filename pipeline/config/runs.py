@@ -154,6 +154,10 @@ class SegmentConfig:
                                 help="with windows: the window's side in pixels; the U-Net, fully convolutional, runs "
                                      "any multiple of 2**depth (e.g. a model of 512-px tiles trained on 128-px patches, "
                                      "in 128-px windows)")
+    whole_max_pixels: int = option(16 * 2**20, flag="--whole-max-pixels",
+                                   help="with whole: the largest padded image (width x height) run in one call; "
+                                        "larger ones run in windows instead, since the activations grow with the "
+                                        "image (about 300 bytes per pixel for a U-Net of 16 base filters)")
     blend: str = option("gaussian", flag="--blend", choices=("gaussian", "constant"),
                         help="with windows: how overlapping scores are weighted (gaussian: sigma = tile/8, the "
                              "window's centre counts most; constant: a plain mean)")
@@ -183,6 +187,8 @@ class SegmentConfig:
             raise ConfigError(f"overlap={self.overlap}: a fraction of the tile from 0 to 0.9, e.g. 0.25")
         if self.window is not None and self.window < 1:
             raise ConfigError(f"window={self.window}: the window's side in pixels, or unset for the model's tile")
+        if self.whole_max_pixels < 1:
+            raise ConfigError(f"whole_max_pixels={self.whole_max_pixels}: the most pixels one whole-image call may take")
         if self.blend not in ("gaussian", "constant"):
             raise ConfigError(f"blend={self.blend!r}: choose gaussian or constant")
         if self.tiff_page is not None and self.tiff_page < 0:

@@ -56,7 +56,7 @@ def plan_run(cfg: SegmentConfig) -> RunPlan:
     if cfg.tta:
         tta_symmetries(model.info, cfg.model)  # a model trained without flips cannot take TTA: stop before work
     tiling = resolve_tiling(cfg.tiling, model.info.scale, model.info.unet.input_size, cfg.overlap, cfg.blend,
-                            cfg.window)
+                            cfg.window, cfg.whole_max_pixels)
     step = 2**model.info.unet.depth
     if tiling.mode == "windows" and any(side % step for side in tiling.window):
         raise ConfigError(f"window={cfg.window}: model {cfg.model} halves its input {model.info.unet.depth} times, so "

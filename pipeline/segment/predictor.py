@@ -164,23 +164,30 @@ class SegmentationPredictor:
         masks, counts = segment_in_windows(
             images, lambda pixels: self.forward(pixels).numpy(),
             lambda index, window: self.model_input(window, ranges[index]), self.window, spec.output_channels,
-            self.batch_size, float(self.tiling["overlap"]), str(self.tiling["blend"]), self.info.threshold)
+            self.batch_size, float(self.tiling.get("overlap", 0.25)), str(self.tiling.get("blend", "gaussian")),
+            self.info.threshold)
         for name, value in counts.items():
             self.counts[name] += value
         return masks
 
     def whole(self, images: list[np.ndarray | None], ranges: list[tuple[float, float]]) -> list[Any]:
-        """Return each image's mask from one model call on the whole image, padded to a multiple of ``2**depth``."""
+        """Return each image's mask from one model call on the whole image, padded to a multiple of ``2**depth``;
+        an image larger than ``whole_max_pixels`` once padded is segmented in windows of the tile instead."""
         step = 2**self.info.unet.depth
-        masks: list[Any] = []
-        for image, value_range in zip(images, ranges):
-            if image is None:
-                masks.append(None)
+        limit = int(self.tiling.get("whole_max_pixels", 16 * 2**20))
+        padded_sizes = [None if image is None else (image.shape[0] + -image.shape[0] % step,
+                                                    image.shape[1] + -image.shape[1] % step) for image in images]
+        too_large = [size is not None and size[0] * size[1] > limit for size in padded_sizes]
+        masks: list[Any] = [None] * len(images)
+        if any(too_large):
+            in_windows = self.in_windows([image if large else None for image, large in zip(images, too_large)], ranges)
+            masks = [mask if large else None for mask, large in zip(in_windows, too_large)]
+        for index, (image, value_range) in enumerate(zip(images, ranges)):
+            if image is None or too_large[index]:
                 continue
             height, width = image.shape[:2]
-            rows, cols = -height % step, -width % step
-            padded = padded_to_tile(image, (height + rows, width + cols))
+            padded = padded_to_tile(image, padded_sizes[index])
             scores = self.forward(self.model_input(padded, value_range)[np.newaxis]).numpy()[0, :height, :width]
-            masks.append(mask_from_scores(scores, self.info.threshold))
+            masks[index] = mask_from_scores(scores, self.info.threshold)
             self.counts["batches"] += 1
         return masks

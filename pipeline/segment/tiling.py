@@ -44,23 +44,27 @@ class Tiling:
     overlap: float = 0.25
     blend: str = "gaussian"
     requested: str = "auto"
+    whole_max_pixels: int = 16 * 2**20
 
     def to_json(self) -> dict[str, Any]:
         """Return what run.json records and a resumed run must match."""
-        if self.mode != "windows":
-            return {"mode": self.mode, "requested": self.requested, "window": list(self.window)}
-        return {"mode": self.mode, "requested": self.requested, "window": list(self.window), "overlap": self.overlap,
-                "blend": self.blend}
+        record: dict[str, Any] = {"mode": self.mode, "requested": self.requested, "window": list(self.window)}
+        if self.mode in ("windows", "whole"):  # whole: images above whole_max_pixels run in windows
+            record.update(overlap=self.overlap, blend=self.blend)
+        if self.mode == "whole":
+            record["whole_max_pixels"] = self.whole_max_pixels
+        return record
 
 
 def resolve_tiling(requested: str, model_scale: str, tile: tuple[int, int], overlap: float = 0.25,
-                   blend: str = "gaussian", window: int | None = None) -> Tiling:
+                   blend: str = "gaussian", window: int | None = None, whole_max_pixels: int = 16 * 2**20) -> Tiling:
     """Return the tiling a run uses: ``auto`` follows how the model was trained (``native`` scale:
     windows, ``resize``: the resize); any other value is taken as given. Windows are the model's
     ``tile``, or ``window`` pixels square."""
     mode = requested if requested != "auto" else ("windows" if model_scale == "native" else "resize")
     size = (window, window) if window and mode == "windows" else tuple(tile)
-    return Tiling(mode=mode, window=size, overlap=overlap, blend=blend, requested=requested)
+    return Tiling(mode=mode, window=size, overlap=overlap, blend=blend, requested=requested,
+                  whole_max_pixels=whole_max_pixels)
 
 
 def importance_map(tile: tuple[int, int], blend: str = "gaussian") -> np.ndarray:

@@ -159,6 +159,12 @@ def test_windows_and_whole_images_give_masks_at_the_images_size(tiny_model: str)
     whole = SegmentationPredictor(tiny_model, tiling={"mode": "whole", "window": [32, 32]})
     whole_masks = whole(native_batch(images))["predicted"]
     assert [m.shape for m in whole_masks] == [(70, 45), (20, 100)] and whole.counts["batches"] == 2
+    # an image above whole_max_pixels once padded (72 x 48 here) runs in windows; one at the limit, whole
+    capped = SegmentationPredictor(tiny_model, tiling={"mode": "whole", "window": [32, 32], "whole_max_pixels": 2000},
+                                   batch_size=4)
+    capped_masks = capped(native_batch(images))["predicted"]
+    assert np.array_equal(capped_masks[0], masks[0]) and np.array_equal(capped_masks[1], whole_masks[1])
+    assert capped.counts == {"batches": 2 + 1, "windows": 6}
     # the same image as one tile-sized input: whole equals the model on it
     square = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
     direct = model(square[np.newaxis].astype(np.float32) / 255, training=False).numpy()[0].argmax(-1)
