@@ -28,11 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow.dataset as pads
-
-from pipeline import metrics
-from pipeline.config import SampleDataConfig, SegmentConfig, TrainConfig, load_config
+from pipeline.config import ReportConfig, SampleDataConfig, SegmentConfig, TrainConfig, load_config
+from pipeline.report.build import build_report
 from pipeline.sample_data import sample_for_index, write_sample_data
 from pipeline.segment.run import run_segmentation
 from pipeline.train.run import run_training
@@ -56,12 +53,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def foreground_dice(output: Path) -> dict[str, float]:
-    """Return micro and macro foreground Dice of a run's metrics (every row ok, with ground truth)."""
-    rows = pads.dataset(str(output / "metrics"), format="parquet").to_table().to_pylist()
-    tp, fp, fn = (np.sum([row[name] for row in rows], axis=0) for name in ("tp", "fp", "fn"))
-    micro = metrics.foreground_mean(metrics.dice_from_counts(tp, fp, fn))
-    return {"images": len(rows), "errors": sum(row["status"] != "ok" for row in rows), "micro_dice": round(micro, 4),
-            "macro_dice": round(float(np.nanmean([row["mean_dice"] for row in rows])), 4)}
+    """Return a run's foreground Dice, micro and macro, and its counts, from its report's summary."""
+    summary = build_report(ReportConfig(run=str(output), worst=0)).summary
+    dice = summary["foreground"]["dice"]
+    return {"images": summary["counts"]["images"], "errors": summary["counts"]["errors"],
+            "micro_dice": round(dice["micro"], 4), "macro_dice": round(dice["macro"], 4)}
 
 
 def train(args: argparse.Namespace, data: str, val: str, output: Path, scale: str, passes: int) -> dict[str, Any]:

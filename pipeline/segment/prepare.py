@@ -141,20 +141,21 @@ def read_and_prepare(batch: dict[str, np.ndarray], info: ModelInfo, storage_conf
     for text in batch["shard"]:
         shard = Shard.from_json(str(text))
         rows = readers.read_shard(shard, storage_config, (taken or {}).get(shard.name))
-        start = 0
-        while start < len(rows):
-            chunk = rows[start:start + (1 if native else batch_size)]
-            if native:  # grow the chunk image by image, so a few huge images never sit in one task together
-                prepared = prepare_native_batch(columns_of(chunk), info, max_image_pixels, tiff_page)
-                while len(chunk) < batch_size and start + len(chunk) < len(rows) and sum(
-                        image.nbytes for image in prepared["image"]) < block_bytes:
-                    more = rows[start + len(chunk):start + len(chunk) + 1]
-                    prepared = concatenate(prepared, prepare_native_batch(columns_of(more), info, max_image_pixels, tiff_page))
-                    chunk = chunk + more
-                yield prepared
-            else:
-                yield prepare_batch(columns_of(chunk), info, max_image_pixels, tiff_page)
-            start += len(chunk)
+        if not native:
+            for start in range(0, len(rows), batch_size):
+                yield prepare_batch(columns_of(rows[start:start + batch_size]), info, max_image_pixels, tiff_page)
+            continue
+        # image by image, so a few huge images never sit in one task together
+        pending: list[dict[str, np.ndarray]] = []
+        size = 0
+        for row in rows:
+            pending.append(prepare_native_batch(columns_of([row]), info, max_image_pixels, tiff_page))
+            size += pending[-1]["image"][0].nbytes
+            if len(pending) == batch_size or size >= block_bytes:
+                yield concatenate(pending)
+                pending, size = [], 0
+        if pending:
+            yield concatenate(pending)
 
 
 def columns_of(rows: list[dict]) -> dict[str, np.ndarray]:
@@ -167,15 +168,16 @@ def columns_of(rows: list[dict]) -> dict[str, np.ndarray]:
     return columns
 
 
-def concatenate(first: dict[str, np.ndarray], second: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Return two prepared batches as one (object columns stay object arrays of their items)."""
+def concatenate(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Return prepared batches as one (object columns stay object arrays of their items)."""
     joined = {}
-    for name, values in first.items():
+    for name, values in batches[0].items():
         if values.dtype == object:
-            column = np.empty(len(values) + len(second[name]), dtype=object)
-            for index, item in enumerate([*values, *second[name]]):
+            items = [item for batch in batches for item in batch[name]]
+            column = np.empty(len(items), dtype=object)
+            for index, item in enumerate(items):
                 column[index] = item  # one by one: a list of equal arrays would become one array
             joined[name] = column
         else:
-            joined[name] = np.concatenate([values, second[name]])
+            joined[name] = np.concatenate([batch[name] for batch in batches])
     return joined
