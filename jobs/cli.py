@@ -16,6 +16,7 @@ from typing import Any
 from pipeline.cluster import shutdown_local_ray
 from pipeline.config import (
     ConfigError,
+    ImportConfig,
     ReportConfig,
     SampleDataConfig,
     SegmentConfig,
@@ -53,6 +54,9 @@ COMMANDS = {  # name -> (config class, one-line help, description)
                "<run>/report/summary.json (counts, macro/micro Dice and IoU per class with 95% bootstrap intervals, "
                "pixel accuracy, errors by kind) and report.html (tables, plots, the worst images as overlays, errors, "
                "run metadata). With --baseline, per-class changes and the images that got most worse."),
+    "model import": (ImportConfig, "make a Keras model trained elsewhere into an artifact segment runs",
+                     "Check that a .keras file loads with safe_mode=True (no custom code), takes (H, W, C) or any size "
+                     "and gives one score channel per class, then write it with its model.json under --output."),
 }
 
 
@@ -111,10 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     handlers = {"segment": run_segment_command, "train": run_train_command, "sample-data": run_sample_command,
-                "report": run_report_command}
+                "report": run_report_command, "model import": run_import_command}
+    model = commands.add_parser("model", help="model artifacts: import a Keras model",
+                                description="Work on model artifacts.")
+    model_commands = model.add_subparsers(dest="model_command", required=True, metavar="MODEL_COMMAND")
     for name, (config_class, summary, description) in COMMANDS.items():
-        command = commands.add_parser(name, help=summary, description=description, epilog=EPILOG,
-                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+        group, name_in_group = (model_commands, name.split()[1]) if " " in name else (commands, name)
+        command = group.add_parser(name_in_group, help=summary, description=description, epilog=EPILOG,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         keys = add_config_options(command, config_class)
         add_common_arguments(command)
         command.set_defaults(handler=handlers[name], config_class=config_class, option_keys=keys)
@@ -158,6 +166,20 @@ def run_report_command(args: argparse.Namespace) -> int:
     from pipeline.report.build import build_report
 
     print(build_report(config_from_args(args)).line())
+    return 0
+
+
+def run_import_command(args: argparse.Namespace) -> int:
+    """Run ``segpipe model import``; return the exit status."""
+    from pipeline.model.importing import import_model
+
+    cfg = config_from_args(args)
+    info = import_model(cfg)
+    spec = info.spec
+    size = (f"any size (multiples of {spec.multiple}), tile {spec.input_size[0]}" if spec.free_input
+            else f"{spec.input_size[0]}x{spec.input_size[1]}")
+    print(f"imported {cfg.keras} as {cfg.output}: {size}, {spec.channels} channel(s), classes "
+          f"{', '.join(info.class_names)}{', logits' if spec.from_logits else ''}; scale {info.scale}")
     return 0
 
 
@@ -212,7 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except user_errors() as exc:
-        print(f"segpipe {args.command}: error: {exc}", file=sys.stderr)
+        command = " ".join(filter(None, (args.command, getattr(args, "model_command", None))))
+        print(f"segpipe {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short

@@ -13,18 +13,18 @@ import dataclasses
 import logging
 import os
 
-from pipeline.config import OptimConfig, ReportConfig, SampleDataConfig, SegmentConfig, TrainConfig, UNetConfig
+from pipeline.config import OptimConfig, ReportConfig, SampleDataConfig, SegmentConfig, TrainConfig, ModelConfig
 from pipeline.io import layout
-from pipeline.model import ModelInfo, UNetSpec, build_unet, save_artifact
+from pipeline.model import ModelInfo, ModelSpec, build_unet, save_artifact
 from pipeline.report.build import ReportResult, build_report
 from pipeline.sample_data import write_sample_data
 from pipeline.segment.record import RunSummary
 from pipeline.segment.run import run_segmentation
-from pipeline.train.run import TrainSummary, run_training, unet_spec
+from pipeline.train.run import TrainSummary, run_training, model_spec
 
 log = logging.getLogger(__name__)
 
-DEMO_UNET = UNetConfig(input_size=64, channels=3, num_classes=3, depth=3, base_filters=8,
+DEMO_UNET = ModelConfig(input_size=64, channels=3, num_classes=3, depth=3, base_filters=8,
                        class_names="background,disc,stripes")
 
 
@@ -56,12 +56,12 @@ class DemoResult:
         ]
 
 
-def build_untrained_artifact(url: str, spec: UNetSpec, class_names: tuple[str, ...]) -> str:
+def build_untrained_artifact(url: str, spec: ModelSpec, class_names: tuple[str, ...]) -> str:
     """Write an untrained U-Net artifact (random initial weights) to ``url`` and return ``url``."""
     import keras
 
     keras.utils.set_random_seed(0)
-    info = ModelInfo(unet=spec, class_names=class_names, training={"trained": False, "note": "random initial weights"})
+    info = ModelInfo(spec=spec, class_names=class_names, training={"trained": False, "note": "random initial weights"})
     save_artifact(build_unet(spec), info, url)
     return url
 
@@ -75,9 +75,9 @@ def run_demo(workdir: str = "demo-output", epochs: int = 12) -> DemoResult:
     write_sample_data(SampleDataConfig(output=f"{data}/val", num_images=32, num_shards=1, seed=1, **common))
     training = run_training(TrainConfig(
         data=f"{data}/train", val_data=f"{data}/val", output=os.path.join(workdir, "model"), num_workers=1,
-        epochs=epochs, optim=OptimConfig(batch_size=8, learning_rate=3e-3), unet=DEMO_UNET,
+        epochs=epochs, optim=OptimConfig(batch_size=8, learning_rate=3e-3), model=DEMO_UNET,
     ))
-    untrained_model = build_untrained_artifact(os.path.join(workdir, "model-untrained"), unet_spec(DEMO_UNET),
+    untrained_model = build_untrained_artifact(os.path.join(workdir, "model-untrained"), model_spec(DEMO_UNET),
                                                DEMO_UNET.names())
     # overwrite: a second demo in the same folder replaces its runs (the re-saved artifacts hash differently)
     trained = run_segmentation(SegmentConfig(input=f"{data}/val", model=training.artifact, output=os.path.join(workdir, "run"),

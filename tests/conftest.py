@@ -13,10 +13,10 @@ from collections.abc import Iterator
 import pytest
 
 from pipeline.io.local_s3 import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, create_bucket, local_s3_server
-from pipeline.model import ModelInfo, UNetSpec, build_unet, save_artifact
+from pipeline.model import ModelInfo, ModelSpec, build_unet, save_artifact
 
 TINY_CLASSES = ("background", "disc", "stripes")
-TINY_UNET = UNetSpec(input_size=(32, 32), channels=3, num_classes=3, depth=2, base_filters=4)
+TINY_UNET = ModelSpec(input_size=(32, 32), channels=3, num_classes=3, depth=2, base_filters=4)
 FAKE_KEY = FAKE_ACCESS_KEY
 FAKE_SECRET = FAKE_SECRET_KEY
 
@@ -54,5 +54,5 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     keras.utils.set_random_seed(1)
     path = str(tmp_path_factory.mktemp("model"))
-    save_artifact(build_unet(TINY_UNET), ModelInfo(unet=TINY_UNET, class_names=TINY_CLASSES), path)
+    save_artifact(build_unet(TINY_UNET), ModelInfo(spec=TINY_UNET, class_names=TINY_CLASSES), path)
     return path

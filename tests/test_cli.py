@@ -56,7 +56,7 @@ def test_every_option_sets_its_grouped_key_and_the_old_flat_keys_still_work(tmp_
     flags = train_config("--batch-size", "16", "--lr-schedule", "cosine", "--patch-size", "32", "--no-xla",
                          "--passes-per-epoch", "3", "--input-size", "64", "--ema", "0.9")
     assert (flags.optim.batch_size, flags.optim.lr_schedule, flags.optim.xla, flags.optim.ema) == (16, "cosine", False, 0.9)
-    assert (flags.loader.patch_size, flags.loader.passes_per_epoch, flags.unet.input_size) == (32, 3, 64)
+    assert (flags.loader.patch_size, flags.loader.passes_per_epoch, flags.model.input_size) == (32, 3, 64)
     grouped = train_config("optim.learning_rate=0.01", "augment.flips=false", "loader.decoded_cache_mb=0")
     assert grouped.optim.learning_rate == 0.01 and not grouped.augment.flips and grouped.loader.decoded_cache_mb == 0
     old = tmp_path / "old.yaml"

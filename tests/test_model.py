@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.model import ModelArtifactError, ModelInfo, UNetSpec, build_unet, load_artifact, read_info, save_artifact
+from pipeline.model import ModelArtifactError, ModelInfo, ModelSpec, build_unet, load_artifact, read_info, save_artifact
 
 
 def test_round_trip_keeps_weights_info_and_identity(tiny_model: str) -> None:
     loaded = load_artifact(tiny_model)
-    assert loaded.info.unet.num_classes == 3 and loaded.info.class_names == ("background", "disc", "stripes")
+    assert loaded.info.spec.num_classes == 3 and loaded.info.class_names == ("background", "disc", "stripes")
     assert loaded.model_id.startswith("unet-") and len(loaded.sha256) == 64
     scores = loaded.model(np.zeros((2, 32, 32, 3), np.float32)).numpy()
     assert scores.shape == (2, 32, 32, 3)
@@ -22,8 +22,8 @@ def test_round_trip_keeps_weights_info_and_identity(tiny_model: str) -> None:
 
 
 def test_sigmoid_binary_model(tmp_path: Path) -> None:
-    spec = UNetSpec(input_size=(16, 16), channels=1, num_classes=2, depth=1, base_filters=2, output_activation="sigmoid")
-    save_artifact(build_unet(spec), ModelInfo(unet=spec, class_names=("bg", "fg")), str(tmp_path))
+    spec = ModelSpec(input_size=(16, 16), channels=1, num_classes=2, depth=1, base_filters=2, output_activation="sigmoid")
+    save_artifact(build_unet(spec), ModelInfo(spec=spec, class_names=("bg", "fg")), str(tmp_path))
     loaded = load_artifact(str(tmp_path))
     assert loaded.model.output_shape == (None, 16, 16, 1)
 
@@ -62,6 +62,6 @@ def test_info_that_disagrees_with_the_weights_is_refused(tiny_model: str, tmp_pa
 
 def test_spec_checks() -> None:
     with pytest.raises(ValueError, match="divisible"):
-        UNetSpec(input_size=(30, 32), depth=2)
+        ModelSpec(input_size=(30, 32), depth=2)
     with pytest.raises(ValueError, match="sigmoid output needs num_classes=2"):
-        UNetSpec(num_classes=3, output_activation="sigmoid")
+        ModelSpec(num_classes=3, output_activation="sigmoid")

@@ -29,7 +29,7 @@ import numpy as np
 from jobs.benchmarks.quality_isbi import DEFAULT_DATASET, TRAIN_SLICES, VAL_SLICES, read_slice
 from pipeline import metrics, preprocess
 from pipeline.config import AugmentConfig
-from pipeline.model import UNetSpec, build_unet, configure_tensorflow
+from pipeline.model import ModelSpec, build_unet, configure_tensorflow
 from pipeline.train import augment
 from pipeline.train.step import adam, make_train_step, patch_twin
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     train, val = load_slices(args.dataset, TRAIN_SLICES), load_slices(args.dataset, VAL_SLICES)
-    spec = UNetSpec(input_size=(512, 512), channels=1, num_classes=2, depth=args.depth,
+    spec = ModelSpec(input_size=(512, 512), channels=1, num_classes=2, depth=args.depth,
                     base_filters=args.base_filters)
     keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)

@@ -38,7 +38,7 @@ import numpy as np
 from pipeline.config import SampleDataConfig, SegmentConfig, load_config
 from pipeline.io import storage
 from pipeline.io.local_s3 import create_bucket, local_s3_server
-from pipeline.model import ModelInfo, UNetSpec, build_unet, save_artifact
+from pipeline.model import ModelInfo, ModelSpec, build_unet, save_artifact
 
 log = logging.getLogger("benchmark")
 
@@ -168,7 +168,7 @@ def decoded_inputs(shards_url: str, info: ModelInfo) -> np.ndarray:
             for member in archive:
                 if member.isfile() and not member.name.endswith(".mask.png"):
                     image = decode_image(archive.extractfile(member).read())
-                    tiles.append(model_input(image, info.unet.input_size, info.unet.channels, info.normalization))
+                    tiles.append(model_input(image, info.spec.input_size, info.spec.channels, info.normalization))
     return np.stack(tiles)
 
 
@@ -222,10 +222,10 @@ def prepare(bucket: str, args: argparse.Namespace) -> tuple[str, str]:
     shards, model = f"{bucket}/shards", f"{bucket}/model"
     write_sample_data(SampleDataConfig(output=shards, num_images=args.images, num_shards=args.shards,
                                        num_classes=3, min_size=args.size, max_size=args.size))
-    spec = UNetSpec(input_size=(args.size, args.size), channels=3, num_classes=3, depth=args.depth,
+    spec = ModelSpec(input_size=(args.size, args.size), channels=3, num_classes=3, depth=args.depth,
                     base_filters=args.base_filters)
     unet = build_unet(spec)
-    save_artifact(unet, ModelInfo(unet=spec, class_names=("background", "a", "b")), model)
+    save_artifact(unet, ModelInfo(spec=spec, class_names=("background", "a", "b")), model)
     log.info("model: %d parameters", unet.count_params())
     return shards, model
 

@@ -70,10 +70,10 @@ def measure(image_path: str, mask_path: str, tile: int) -> dict[str, float]:
     """Run one image through prepare and finish in this process; return its RSS figures in MB."""
     import numpy as np
 
-    from pipeline.model import ModelInfo, UNetSpec
+    from pipeline.model import ModelInfo, ModelSpec
     from pipeline.segment import prepare, write
 
-    info = ModelInfo(unet=UNetSpec(input_size=(tile, tile), channels=3, num_classes=2, depth=4), class_names=("bg", "fg"))
+    info = ModelInfo(spec=ModelSpec(input_size=(tile, tile), channels=3, num_classes=2, depth=4), class_names=("bg", "fg"))
     image, mask = Path(image_path).read_bytes(), Path(mask_path).read_bytes()
     reset_peak()
     baseline = rss_mb("VmRSS")

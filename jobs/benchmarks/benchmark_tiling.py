@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from jobs.benchmarks.benchmark import run_pipeline
-from pipeline.model import ModelInfo, UNetSpec, build_unet, save_artifact
+from pipeline.model import ModelInfo, ModelSpec, build_unet, save_artifact
 
 log = logging.getLogger("benchmark_tiling")
 WINDOW_VARIANTS = [("windows", 0.25, "gaussian"), ("windows", 0.5, "gaussian"), ("windows", 0.25, "constant"),
@@ -85,7 +85,7 @@ def measure_bare(request: dict[str, Any]) -> dict[str, Any]:
     import tensorflow as tf
 
     loaded = load_artifact(request["model"])
-    info, spec = loaded.info, loaded.info.unet
+    info, spec = loaded.info, loaded.info.spec
     forward = tf.function(lambda x: loaded.model(x, training=False),
                           input_signature=[tf.TensorSpec((None, *spec.input_size, spec.channels), tf.float32)])
     forward(tf.zeros((1, *spec.input_size, spec.channels)))
@@ -171,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     model = str(workdir / "model")
-    spec = UNetSpec(input_size=(args.tile, args.tile), channels=3, num_classes=3, depth=args.depth,
+    spec = ModelSpec(input_size=(args.tile, args.tile), channels=3, num_classes=3, depth=args.depth,
                     base_filters=args.base_filters)
-    save_artifact(build_unet(spec), ModelInfo(unet=spec, class_names=("background", "a", "b"), scale="native"), model)
+    save_artifact(build_unet(spec), ModelInfo(spec=spec, class_names=("background", "a", "b"), scale="native"), model)
     results = []
     for side in (int(value) for value in args.sizes.split(",")):
         results.append(one_size(args, side, model))

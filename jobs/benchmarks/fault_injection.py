@@ -30,7 +30,7 @@ import pyarrow.dataset as pads  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline.config import SampleDataConfig  # noqa: E402
-from pipeline.model import ModelInfo, UNetSpec, build_unet, save_artifact  # noqa: E402
+from pipeline.model import ModelInfo, ModelSpec, build_unet, save_artifact  # noqa: E402
 from pipeline.sample_data import write_sample_data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     data, model, output = args.workdir / "data", args.workdir / "model", args.workdir / "run"
     write_sample_data(SampleDataConfig(output=str(data), num_images=args.images, num_shards=args.shards,
                                        min_size=48, max_size=96, seed=args.seed))
-    spec = UNetSpec(input_size=(64, 64), channels=3, num_classes=3, depth=3, base_filters=8)
-    save_artifact(build_unet(spec), ModelInfo(unet=spec, class_names=("background", "disc", "stripes")), str(model))
+    spec = ModelSpec(input_size=(64, 64), channels=3, num_classes=3, depth=3, base_filters=8)
+    save_artifact(build_unet(spec), ModelInfo(spec=spec, class_names=("background", "disc", "stripes")), str(model))
     keys = {f"sample-{i:06d}" for i in range(args.images)}
     command = [sys.executable, "-m", "jobs.cli", "segment", "--input", str(data), "--model", str(model),
                "--output", str(output), "--batch-size", "4"]

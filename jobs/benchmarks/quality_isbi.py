@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import preprocess
-from pipeline.config import ConfigError, ReportConfig, SegmentConfig, TrainConfig, UNetConfig, load_config
+from pipeline.config import ConfigError, ReportConfig, SegmentConfig, TrainConfig, ModelConfig, load_config
 from pipeline.model import load_artifact, read_info
 from pipeline.report.build import build_report
 from pipeline.segment.predictor import tta_symmetries
@@ -122,7 +122,7 @@ def train_config(args: argparse.Namespace, train: str, val: str | None, output: 
         "patch_size": args.patch_size,
         "learning_rate": args.learning_rate, "lr_schedule": args.lr_schedule, "loss": args.loss, "ema": args.ema,
         "num_workers": args.num_workers or 1,
-        "unet": UNetConfig(input_size=args.input_size, channels=1, num_classes=2, depth=args.depth,
+        "unet": ModelConfig(input_size=args.input_size, channels=1, num_classes=2, depth=args.depth,
                            base_filters=args.base_filters, class_names="membrane,cell"),
     }
     values.update(overrides)
@@ -257,7 +257,7 @@ def error_analysis(model: Path, dataset: Path) -> dict[str, Any]:
     the error with the score moved by sub-pixel offsets (:func:`offset_errors`).
     """
     loaded = load_artifact(str(model))
-    unet = loaded.info.unet
+    unet = loaded.info.spec
     scores, labels = [], []
     for index in VAL_SLICES:
         image, mask = read_slice(dataset, index)

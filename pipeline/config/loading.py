@@ -91,6 +91,8 @@ def reference_markdown(cls: type, title: str) -> str:
     if aliases:
         lines += ["", "Older flat keys still work and are read as the grouped key: "
                   + ", ".join(f"`{old}` → `{new}`" for old, new in aliases.items()) + "."]
+    for old, new in getattr(cls, "GROUP_ALIASES", {}).items():
+        lines += ["", f"The group `{new}` was named `{old}` before: `{old}.*` keys still work and are read as `{new}.*`."]
     return "\n".join(lines) + "\n"
 
 
@@ -115,7 +117,9 @@ def load_config(
 
     Keys ``cls.ALIASES`` names (older flat keys) are read as their grouped keys, wherever they appear.
     """
-    aliases: Mapping[str, str] = getattr(cls, "ALIASES", {})
+    aliases: Mapping[str, str] = {**getattr(cls, "ALIASES", {}), **{
+        f"{old}.": f"{new}." for old, new in getattr(cls, "GROUP_ALIASES", {}).items()}, **{
+        old: new for old, new in getattr(cls, "GROUP_ALIASES", {}).items()}}
     values: dict[str, Any] = {}
     if path is not None:
         for key, value in read_yaml_mapping(path).items():
@@ -130,8 +134,12 @@ def load_config(
 
 def aliased(key: str, value: Any, aliases: Mapping[str, str]) -> str:
     """Return the grouped key an old flat ``key`` stands for (a section's name given a plain value
-    stands for its ``enabled`` key, e.g. ``augment: false``), else ``key``."""
-    if key in aliases and not isinstance(value, Mapping):
+    stands for its ``enabled`` key, e.g. ``augment: false``), a renamed group's new name for its old
+    one (an alias ending in ``.`` renames every key under it), else ``key``."""
+    head, dot, rest = key.partition(".")
+    if dot and f"{head}." in aliases:
+        return aliases[f"{head}."] + rest
+    if key in aliases and (not isinstance(value, Mapping) or f"{key}." in aliases):
         return aliases[key]
     return key
 

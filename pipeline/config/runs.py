@@ -260,3 +260,46 @@ class ReportConfig:
             raise ConfigError(f"worst={self.worst}: show 0..200 worst images")
         if self.bootstrap_resamples < 100:
             raise ConfigError(f"bootstrap_resamples={self.bootstrap_resamples}: at least 100")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportConfig:
+    """A Keras model trained elsewhere, made into an artifact ``segpipe segment`` runs (``segpipe model import``)."""
+
+    keras: str = option("", flag="--keras", default_text="required", help="URL of the .keras file to import")
+    output: str = option("", flag="--output", default_text="required", help="URL of the model artifact to write")
+    classes: str = option("", flag="--classes", default_text="required",
+                          help="comma-separated class names, background first: one per output channel (two for a "
+                               "single sigmoid channel)")
+    normalization: str = option("scale", flag="--normalization", choices=("scale", "minmax"),
+                                help="how images become the model's input in [0, 1]: scale (divide by the type's "
+                                     "maximum) or minmax (each image's range)")
+    preprocessing: str = option("none", flag="--preprocessing", choices=("none", "caffe", "tf", "torch"),
+                                help="what the model expects after that: none, caffe (VGG/ResNet: BGR, 0-255 less the "
+                                     "ImageNet mean), tf ([-1, 1]) or torch (ImageNet mean and standard deviation)")
+    activation: str = option("softmax", flag="--activation", choices=("softmax", "sigmoid", "logits"),
+                             help="what the model's last layer gives: softmax or sigmoid probabilities, or logits (the "
+                                  "predictor then applies softmax, or sigmoid to a single channel)")
+    tile: int = option(0, flag="--tile", default_text="the model's input size; 256 if it takes any size",
+                       help="tile (and window) side in pixels")
+    multiple_of: int = option(32, flag="--multiple-of",
+                              help="for a model that takes any size: what its input sides must be multiples of")
+    scale: str = option("", flag="--scale", default_text="resize for a fixed input size, native for any size",
+                        choices=("resize", "native"),
+                        help="resize: images resized to the tile; native: windows of the tile at the images' resolution")
+    storage: StorageConfig = option(default_factory=StorageConfig, help="object storage access")
+
+    def __post_init__(self) -> None:
+        for name in ("keras", "output", "classes"):
+            if not getattr(self, name):
+                raise ConfigError(f"'{name}' is not set; give --{name} " + ("NAMES" if name == "classes" else "URL"))
+        if len(self.class_names()) < 2:
+            raise ConfigError(f"classes={self.classes!r}: background plus at least one class, comma-separated")
+        if self.tile < 0 or self.multiple_of < 1:
+            raise ConfigError(f"tile={self.tile}, multiple_of={self.multiple_of}: positive numbers of pixels")
+        if self.scale not in ("", "resize", "native"):
+            raise ConfigError(f"scale={self.scale!r}: choose resize or native")
+
+    def class_names(self) -> tuple[str, ...]:
+        """Return the class names."""
+        return tuple(name.strip() for name in self.classes.split(",") if name.strip())

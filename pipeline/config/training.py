@@ -5,7 +5,7 @@ the optimisation and the data stage.
 
     data: s3://labelled/shards/
     epochs: 50
-    unet: {input_size: 256, depth: 4, base_filters: 32}
+    model: {architecture: unet, input_size: 256, depth: 4, base_filters: 32}
     augment: {flips: true, quarter_turns: false, label_offset_rows: -0.5}
     optim: {batch_size: 64, learning_rate: 0.001, lr_schedule: cosine}
     loader: {patch_size: 128, passes_per_epoch: 4}
@@ -25,50 +25,137 @@ from pipeline.config.runs import StorageConfig
 MAX_LABEL_OFFSET = 4.0  # pixels; a larger label offset is a unit mistake, not an annotation habit
 
 
-def unet_problem(input_size: tuple[int, int], channels: int, num_classes: int, depth: int,
-                 output_activation: str) -> str | None:
-    """Return what is wrong with a U-Net's shape (naming its ``unet.*`` keys), or None.
+ARCHITECTURES = ("unet", "unet-vgg16", "fcn8", "segnet", "deeplabv3plus", "kmeans")  # what `segpipe train` builds
+VGG_FAMILY = ("unet-vgg16", "fcn8", "segnet")  # on VGG16's convolutional blocks: five poolings
+MOBILENET_WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)  # the widths Keras publishes ImageNet weights of MobileNetV2 for
+DEFAULT_BASE_FILTERS = {"unet": 16, "unet-vgg16": 64, "fcn8": 64, "segnet": 64}  # 64: VGG16 itself
 
-    The one check of a U-Net's fields, for the training config and for a model artifact's spec.
+
+def architecture_stride(architecture: str, depth: int = 3) -> int:
+    """Return what an architecture's input sides must be multiples of: ``2**depth`` for the U-Net,
+    32 on VGG16 (five poolings), 16 for DeepLabv3+ (its encoder stops at output stride 16), else 1."""
+    if architecture == "unet":
+        return 2**depth
+    if architecture in VGG_FAMILY:
+        return 32
+    if architecture == "deeplabv3plus":
+        return 16
+    return 1
+
+
+def architecture_problem(architecture: str, input_size: tuple[int, int], channels: int, num_classes: int, depth: int,
+                         output_activation: str) -> str | None:
+    """Return what is wrong with a model's shape (naming its ``model.*`` keys), or None.
+
+    The one check of a model's fields, for the training config and for a model artifact's spec.
     """
-    step = 2**depth
-    if any(side < step or side % step for side in input_size):
-        return (f"unet.input_size={input_size[0] if input_size[0] == input_size[1] else input_size} is not divisible "
-                f"by 2**unet.depth = {step}: it must be a multiple of 2**unet.depth")
+    step = architecture_stride(architecture, depth)
+    if architecture not in (*ARCHITECTURES, "imported"):
+        return f"model.architecture={architecture!r}: choose one of {', '.join(ARCHITECTURES)}"
+    if architecture != "imported" and any(side < step or side % step for side in input_size):
+        why = "2**model.depth" if architecture == "unet" else f"what {architecture} takes"
+        return (f"model.input_size={input_size[0] if input_size[0] == input_size[1] else input_size} is not divisible "
+                f"by {why} = {step}: it must be a multiple of {why}")
     if output_activation not in ("softmax", "sigmoid"):
-        return f"unet.output_activation={output_activation!r}: choose softmax or sigmoid"
+        return f"model.output_activation={output_activation!r}: choose softmax or sigmoid"
     if num_classes < 2:
-        return f"unet.num_classes={num_classes}: background plus at least one class"
+        return f"model.num_classes={num_classes}: background plus at least one class"
     if output_activation == "sigmoid" and num_classes != 2:
-        return "unet.output_activation=sigmoid output needs num_classes=2; use softmax for more classes"
+        return "model.output_activation=sigmoid output needs num_classes=2; use softmax for more classes"
     if channels not in (1, 3):
-        return f"unet.channels={channels}: 1 (gray) or 3 (RGB)"
+        return f"model.channels={channels}: 1 (gray) or 3 (RGB)"
     return None
 
 
 @dataclasses.dataclass(frozen=True)
-class UNetConfig:
-    """U-Net architecture for training: square tiles of ``input_size`` pixels."""
+class ModelConfig:
+    """The model to train: its architecture, square tiles of ``input_size`` pixels, its classes and encoder."""
 
-    input_size: int = option(64, flag="--input-size", help="square tile size in pixels, a multiple of 2**depth")
+    architecture: str = option("unet", flag="--architecture", choices=ARCHITECTURES,
+                               help="unet; unet-vgg16 (a U-Net decoder on VGG16's convolutional blocks); fcn8 (FCN-8s "
+                                    "on VGG16); segnet (VGG16-style encoder with batch norm, decoder upsampling with the "
+                                    "encoder's pooling indices); deeplabv3plus (ASPP at rates 6/12/18 plus image pooling "
+                                    "and a low-level skip, on MobileNetV2 at output stride 16); kmeans (the classical "
+                                    "baseline: K-means on pixel features, each cluster mapped to its majority class)")
+    input_size: int = option(64, flag="--input-size",
+                             help="square tile size in pixels, a multiple of 2**depth (unet), 32 (VGG16-based) or 16 "
+                                  "(deeplabv3plus)")
     channels: int = option(3, flag="--channels", choices=(1, 3), help="image channels the model takes")
     num_classes: int = option(3, flag="--num-classes", help="classes including background")
-    depth: int = option(3, flag="--depth", help="U-Net levels")
-    base_filters: int = option(16, flag="--base-filters", help="filters of the first level (doubled at each level)")
-    batch_norm: bool = option(True, help="batch normalisation after each convolution")
-    dropout: float = option(0.0, help="dropout rate at the bottom of the U")
+    depth: int = option(3, flag="--depth", help="U-Net levels (unet)")
+    base_filters: int = option(0, flag="--base-filters", default_text="16 for unet, 64 for the VGG16-based",
+                               help="filters of the first level, doubled at each level (VGG16-based: its first block; "
+                                    "64 is VGG16 itself, which pretrained weights need)")
+    batch_norm: bool = option(True, help="batch normalisation after each convolution (unet; unet-vgg16's decoder)")
+    dropout: float = option(0.0, help="dropout rate at the bottom of the U (unet, unet-vgg16) or after fc6/fc7 (fcn8)")
+    fc_filters: int = option(1024, help="filters of fcn8's fc6 (7x7) and fc7 (1x1) convolutions (the paper: 4096)")
+    width: float = option(1.0, help="deeplabv3plus: MobileNetV2's width multiplier (ImageNet weights exist for "
+                                    + ", ".join(f"{w:g}" for w in MOBILENET_WIDTHS) + ")")
+    aspp_filters: int = option(256, help="deeplabv3plus: filters of the ASPP branches and the decoder")
+    encoder_weights: str = option("none", flag="--encoder-weights",
+                                  help="the encoder's initial weights (VGG16-based and deeplabv3plus): none (random), "
+                                       "imagenet (Keras' download, where the network allows), or the URL of a Keras "
+                                       "weights file of the encoder (.weights.h5 or .h5, local or s3://); the encoder's "
+                                       "input preprocessing is then recorded in model.json and applied")
+    encoder_trainable_after: int = option(0, flag="--encoder-trainable-after",
+                                          help="keep the encoder frozen for the first N epochs (0: trained from the start)")
+    clusters: int = option(8, help="kmeans: clusters")
+    features: str = option("colour", help="kmeans: pixel features, comma-separated from colour, position, texture "
+                                          "(local mean and spread of intensity over 7x7 pixels)")
     output_activation: str = option("softmax", choices=("softmax", "sigmoid"),
                                     help="softmax, or sigmoid for two classes (one output channel)")
     class_names: str = option("", default_text="background, class_1, ...", help="comma-separated class names")
 
     def __post_init__(self) -> None:
-        problem = unet_problem((self.input_size, self.input_size), self.channels, self.num_classes, self.depth,
-                               self.output_activation)
+        problem = architecture_problem(self.architecture, (self.input_size, self.input_size), self.channels,
+                                       self.num_classes, self.depth, self.output_activation)
         if problem:
             raise ConfigError(problem)
         names = self.names()
         if len(names) != self.num_classes:
-            raise ConfigError(f"unet.class_names gives {len(names)} names for unet.num_classes={self.num_classes}")
+            raise ConfigError(f"model.class_names gives {len(names)} names for model.num_classes={self.num_classes}")
+        if self.encoder_trainable_after < 0:
+            raise ConfigError(f"model.encoder_trainable_after={self.encoder_trainable_after}: epochs, 0 or more")
+        self.check_encoder()
+        if self.architecture == "kmeans":
+            unknown = set(self.feature_list()) - {"colour", "position", "texture"}
+            if unknown or not self.feature_list():
+                raise ConfigError(f"model.features={self.features!r}: comma-separated from colour, position, texture")
+            if not 2 <= self.clusters <= 256:
+                raise ConfigError(f"model.clusters={self.clusters}: 2 to 256")
+
+    def check_encoder(self) -> None:
+        """Raise ConfigError if the encoder settings do not fit the architecture."""
+        weights, pretrained = self.encoder_weights, self.encoder_weights not in ("none", "")
+        has_encoder = self.architecture in (*VGG_FAMILY, "deeplabv3plus")
+        if (pretrained or self.encoder_trainable_after) and not has_encoder:
+            raise ConfigError(f"model.encoder_weights / encoder_trainable_after: architecture {self.architecture} has no "
+                              f"pretrainable encoder; use one of {', '.join((*VGG_FAMILY, 'deeplabv3plus'))}")
+        if weights == "imagenet":
+            if self.channels != 3:
+                raise ConfigError("model.encoder_weights=imagenet takes RGB input: set model.channels=3 (gray images "
+                                  "are then given as three equal channels)")
+            if self.architecture in VGG_FAMILY and self.filters() != 64:
+                raise ConfigError(f"model.encoder_weights=imagenet is VGG16's own weights: leave model.base_filters at 64, "
+                                  f"not {self.filters()}")
+            if self.architecture == "deeplabv3plus" and self.width not in MOBILENET_WIDTHS:
+                raise ConfigError(f"model.width={self.width:g}: ImageNet weights of MobileNetV2 exist for widths "
+                                  + ", ".join(f"{w:g}" for w in MOBILENET_WIDTHS))
+        if self.architecture in VGG_FAMILY and self.filters() < 1:
+            raise ConfigError(f"model.base_filters={self.base_filters}: at least 1")
+
+    def filters(self) -> int:
+        """Return the first level's filters: ``base_filters``, or the architecture's default."""
+        return self.base_filters or DEFAULT_BASE_FILTERS.get(self.architecture, 16)
+
+    def feature_list(self) -> tuple[str, ...]:
+        """Return kmeans' pixel features."""
+        return tuple(name.strip() for name in self.features.split(",") if name.strip())
+
+    @property
+    def stride(self) -> int:
+        """Return what the tile's sides must be multiples of."""
+        return architecture_stride(self.architecture, self.depth)
 
     def names(self) -> tuple[str, ...]:
         """Return the class names: ``class_names`` split at commas, or background, class_1, ..."""
@@ -171,6 +258,7 @@ class LoaderConfig:
 class TrainConfig:
     """Everything a training run needs; recorded (credentials redacted) in the model artifact."""
 
+    GROUP_ALIASES: ClassVar[dict[str, str]] = {"unet": "model"}  # the model's group was named unet before
     ALIASES: ClassVar[dict[str, str]] = {
         "augment": "augment.enabled", **{k: f"augment.{k}" for k in (
             "flips", "quarter_turns", "label_offset_rows", "label_offset_cols", "crop", "warp")},
@@ -191,6 +279,9 @@ class TrainConfig:
                                            help="CPUs per worker; automatic: the largest node's CPUs less a share for "
                                                 "the data stage, divided among the workers (at most 4 each)")
     epochs: int = option(10, flag="--epochs", help="epochs to train")
+    max_minutes: float = option(0.0, flag="--max-minutes",
+                                help="stop after the first epoch that ends past this many minutes of training in this "
+                                     "session (0: train all epochs); the best epoch so far becomes the artifact")
     seed: int = option(0, help="random seed of the weights and the augmentation")
     scale: str = option("resize", flag="--scale", choices=("resize", "native"),
                         help="resize: each image resized to the tile, as segmentation's resize then does; native: "
@@ -200,7 +291,7 @@ class TrainConfig:
     resume: bool = option(True, flag="--resume",
                           help="continue from the latest checkpoint under the output (false refuses an output that "
                                "holds one)")
-    unet: UNetConfig = option(default_factory=UNetConfig, help="the architecture")
+    model: ModelConfig = option(default_factory=ModelConfig, help="the model: architecture, tile, classes, encoder")
     augment: AugmentConfig = option(default_factory=AugmentConfig, help="the augmentation")
     optim: OptimConfig = option(default_factory=OptimConfig, help="the optimisation")
     loader: LoaderConfig = option(default_factory=LoaderConfig, help="the data stage")
@@ -214,6 +305,8 @@ class TrainConfig:
             raise ConfigError(f"num_workers={self.num_workers}: at least 1")
         if self.epochs < 1:
             raise ConfigError(f"epochs={self.epochs}: at least 1")
+        if self.max_minutes < 0:
+            raise ConfigError(f"max_minutes={self.max_minutes}: minutes of training, 0 for no limit")
         batch = self.optim.batch_size
         if batch < self.num_workers or batch % self.num_workers:
             raise ConfigError(f"optim.batch_size={batch} is the global batch: it must be a multiple of "
@@ -223,10 +316,11 @@ class TrainConfig:
         if self.scale == "native" and (self.loader.patch_size or self.augment.crop):
             raise ConfigError("scale=native trains on windows of the tile at the images' own resolution: leave "
                               "loader.patch_size at 0 and augment.crop off (the window already is the patch)")
-        step, patch = 2**self.unet.depth, self.loader.patch_size
-        if patch and not (0 < patch <= self.unet.input_size and patch % step == 0):
+        step, patch = self.model.stride, self.loader.patch_size
+        if patch and not (0 < patch <= self.model.input_size and patch % step == 0):
             raise ConfigError(
-                f"loader.patch_size={patch}: a multiple of 2**depth = {step} up to input_size={self.unet.input_size}, "
+                f"loader.patch_size={patch}: a multiple of {step} (what the model's input sides must be multiples of) "
+                f"up to input_size={self.model.input_size}, "
                 "or 0 to train on whole tiles"
             )
 

@@ -55,12 +55,20 @@ def plan_run(cfg: SegmentConfig) -> RunPlan:
         model = load_artifact(cfg.model, checks)
     if cfg.tta:
         tta_symmetries(model.info, cfg.model)  # a model trained without flips cannot take TTA: stop before work
-    tiling = resolve_tiling(cfg.tiling, model.info.scale, model.info.unet.input_size, cfg.overlap, cfg.blend,
+    spec = model.info.spec
+    # The K-means baseline decides each pixel alone: auto runs it on whole images (its position
+    # and texture features then see the image, not a window).
+    requested = "whole" if cfg.tiling == "auto" and not spec.keras else cfg.tiling
+    tiling = resolve_tiling(requested, model.info.scale, spec.input_size, cfg.overlap, cfg.blend,
                             cfg.window, cfg.whole_max_pixels)
-    step = 2**model.info.unet.depth
-    if tiling.mode == "windows" and any(side % step for side in tiling.window):
-        raise ConfigError(f"window={cfg.window}: model {cfg.model} halves its input {model.info.unet.depth} times, so "
-                          f"a window's side must be a multiple of {step}")
+    if tiling.mode == "windows" and not spec.takes_size(tiling.window):
+        fixed = spec.architecture == "imported" and not spec.free_input
+        raise ConfigError(f"window={cfg.window}: model {cfg.model} ({spec.architecture}) takes "
+                          + (f"only its tile, {spec.input_size[0]}x{spec.input_size[1]}: leave window unset" if fixed else
+                             f"sides that are a multiple of {spec.stride}, so a window's side must be one"))
+    if tiling.mode == "whole" and spec.architecture == "imported" and not spec.free_input:
+        raise ConfigError(f"tiling=whole: model {cfg.model} is an imported model of fixed input size "
+                          f"{spec.input_size[0]}x{spec.input_size[1]}; use tiling resize or windows")
     with storage.reaching(cfg.output, cfg.storage):
         storage.check_writable(cfg.output, checks)
     run_id = cfg.run_id or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")

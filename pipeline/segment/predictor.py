@@ -1,4 +1,4 @@
-"""The actor that holds one U-Net replica and predicts batches: at the tile, in windows, or whole.
+"""The actor that holds one model replica and predicts batches: at the tile, in windows, or whole.
 
 Ray Data creates one instance per actor in the pool (``map_batches(SegmentationPredictor,
 compute=ActorPoolStrategy(...))``); ``__init__`` loads the artifact once, ``__call__`` maps a
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import ConfigError, StorageConfig
-from pipeline.model import ModelInfo, build_unet, configure_tensorflow, load_artifact
+from pipeline.model import ModelInfo, build_model, configure_tensorflow, encoder_input, load_artifact
 from pipeline.preprocess import mask_from_scores, match_channels, normalise, quantise_scores
 from pipeline.segment.prepare import stored_image
 from pipeline.segment.tiling import padded_to_tile, segment_in_windows
@@ -37,6 +37,9 @@ def tta_symmetries(info: ModelInfo, model_url: str) -> list[Symmetry]:
     (:func:`pipeline.train.augment.flip_and_rotate`); each variant records that move, which the average
     takes back. A model trained without flips learnt an asymmetry that flips would undo: ConfigError.
     """
+    if not info.spec.keras:
+        raise ConfigError(f"model {model_url} is the K-means baseline, which decides each pixel by its features alone: "
+                          "test-time augmentation changes nothing; segment without --tta (tta: false)")
     config = info.training.get("config", {})
     # the augmentation section of the training config; artifacts of earlier versions kept its keys flat
     trained = config["augment"] if isinstance(config.get("augment"), dict) else config
@@ -45,7 +48,7 @@ def tta_symmetries(info: ModelInfo, model_url: str) -> list[Symmetry]:
         raise ConfigError(f"model {model_url} was trained without flips (augment.flips: false), so its predictions are not "
                           "symmetric under them and test-time augmentation would undo what it learnt: segment "
                           "without --tta (tta: false)")
-    square = info.unet.input_size[0] == info.unet.input_size[1]
+    square = info.spec.input_size[0] == info.spec.input_size[1]
     turns = (0, 1, 2, 3) if square and (warp or trained.get("quarter_turns", True)) else (0, 2)
     offset = (0.0, 0.0) if warp else (float(trained.get("label_offset_rows", 0.0)),
                                       float(trained.get("label_offset_cols", 0.0)))
@@ -91,44 +94,70 @@ class SegmentationPredictor:
     holding ``pixels``. ``windows``: cuts every image of the batch (``image`` column) into windows of
     the tile, runs them ``batch_size`` at a time across images, blends their scores and adds
     ``predicted`` (each image's mask at its size). ``whole``: runs a copy of the model with free
-    spatial dimensions on each whole image, padded by reflection to a multiple of ``2**depth``.
+    spatial dimensions on each whole image, padded by reflection to a multiple of the model's stride.
     """
 
     def __init__(self, model_url: str, storage_config: StorageConfig | None = None, threads: int = 1,
                  tta: bool = False, tiling: dict[str, Any] | None = None, batch_size: int = 16) -> None:
         started = time.perf_counter()
-        configure_tensorflow(threads)
-        import tensorflow as tf
-
-        loaded = load_artifact(model_url, storage_config)
-        self.info = loaded.info
         self.tiling = dict(tiling or {"mode": "resize"})
         self.batch_size = batch_size
-        spec = loaded.info.unet
-        model = loaded.model
-        shape: tuple[Any, ...] = spec.input_size
+        loaded = self.load(model_url, storage_config, threads)
+        self.info = loaded.info
+        spec = loaded.info.spec
         self.window = tuple(self.tiling.get("window") or spec.input_size)
-        if self.tiling["mode"] == "whole" or (self.tiling["mode"] == "windows" and self.window != spec.input_size):
-            model = build_unet(spec, free_size=True)  # the same weights, for inputs of another size
-            model.set_weights(loaded.model.get_weights())
-            shape = (None, None) if self.tiling["mode"] == "whole" else self.window
+        self.output_shape = (*spec.input_size, spec.output_channels)
+        if spec.keras:
+            self.scores = self.traced_forward(loaded, model_url, tta)
+        else:
+            self.scores = loaded.model.scores  # the K-means baseline: NumPy and SciPy, no TensorFlow
+        self.counts = {"batches": 0, "windows": 0}
+        log.info("predictor ready (%s, %s) with %d thread(s) in %.1f s", spec.architecture, self.tiling["mode"], threads,
+                 time.perf_counter() - started)
+
+    @staticmethod
+    def load(model_url: str, storage_config: StorageConfig | None, threads: int) -> Any:
+        """Return the loaded artifact, TensorFlow configured first for a Keras model."""
+        from pipeline.model import read_info
+
+        if read_info(model_url, storage_config).spec.keras:
+            configure_tensorflow(threads)
+        return load_artifact(model_url, storage_config)
+
+    def traced_forward(self, loaded: Any, model_url: str, tta: bool) -> Any:
+        """Return ``pixels -> scores`` (NumPy) through a traced call of the Keras model, traced once now.
+
+        The call applies the encoder's preprocessing and, for a model returning logits, the
+        activation. A network segpipe builds runs through a copy with free spatial dimensions
+        when the windows differ from its tile or in whole mode (the same weights).
+        """
+        import tensorflow as tf
+
+        info, spec, model = loaded.info, loaded.info.spec, loaded.model
+        shape: tuple[Any, ...] = spec.input_size
+        mode = self.tiling["mode"]
+        if mode == "whole" or (mode == "windows" and self.window != spec.input_size):
+            if spec.architecture != "imported":
+                model = build_model(spec, free_size=True)  # the same weights, for inputs of another size
+                model.set_weights(loaded.model.get_weights())
+            shape = (None, None) if mode == "whole" else self.window
         self.model = model
         signature = tf.TensorSpec((None, *shape, spec.channels), tf.float32)
-        symmetries = tta_symmetries(loaded.info, model_url) if tta else []
+        symmetries = tta_symmetries(info, model_url) if tta else []
+
+        def once(pixels: Any) -> Any:
+            scores = self.model(encoder_input(pixels, info.preprocessing), training=False)
+            if spec.from_logits:
+                scores = tf.sigmoid(scores) if spec.output_activation == "sigmoid" else tf.nn.softmax(scores, axis=-1)
+            return scores
 
         def call(pixels: Any) -> Any:
-            if tta:
-                return dihedral_mean(lambda x: self.model(x, training=False), pixels, symmetries)
-            return self.model(pixels, training=False)
+            return dihedral_mean(once, pixels, symmetries) if tta else once(pixels)
 
         # A traced function with a fixed signature avoids Model.predict's per-call set-up cost.
-        self.forward = tf.function(call, input_signature=[signature])
-        self.output_shape = (*spec.input_size, spec.output_channels)
-        self.forward(tf.zeros((1, *(self.window if self.tiling["mode"] == "windows" else spec.input_size),
-                               spec.channels)))  # trace once before the first batch
-        self.counts = {"batches": 0, "windows": 0}
-        log.info("predictor ready (%s) with %d thread(s) in %.1f s", self.tiling["mode"], threads,
-                 time.perf_counter() - started)
+        forward = tf.function(call, input_signature=[signature])
+        forward(tf.zeros((1, *(self.window if mode == "windows" else spec.input_size), spec.channels)))
+        return lambda pixels: forward(pixels).numpy()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         """Return the batch with its model input replaced by the model's output; rows with an error get zeros."""
@@ -139,7 +168,7 @@ class SegmentationPredictor:
             pixels = batch.pop("pixels")
             scores = np.zeros((len(usable), *self.output_shape), dtype=np.uint8)
             if usable.any():
-                scores[usable] = quantise_scores(self.forward(pixels[usable]).numpy())
+                scores[usable] = quantise_scores(self.scores(pixels[usable]))
             batch["scores"] = scores
         else:
             stored, bits = batch.pop("image"), batch.pop("bits")
@@ -155,14 +184,14 @@ class SegmentationPredictor:
 
     def model_input(self, image: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
         """Return a cut of an image (own type and channels) as float32 model input."""
-        spec = self.info.unet
+        spec = self.info.spec
         return normalise(match_channels(image, spec.channels), self.info.normalization, value_range)
 
     def in_windows(self, images: list[np.ndarray | None], ranges: list[tuple[float, float]]) -> list[Any]:
         """Return each image's mask from blended windows (:func:`pipeline.segment.tiling.segment_in_windows`)."""
-        spec = self.info.unet
+        spec = self.info.spec
         masks, counts = segment_in_windows(
-            images, lambda pixels: self.forward(pixels).numpy(),
+            images, self.scores,
             lambda index, window: self.model_input(window, ranges[index]), self.window, spec.output_channels,
             self.batch_size, float(self.tiling.get("overlap", 0.25)), str(self.tiling.get("blend", "gaussian")),
             self.info.threshold)
@@ -171,9 +200,9 @@ class SegmentationPredictor:
         return masks
 
     def whole(self, images: list[np.ndarray | None], ranges: list[tuple[float, float]]) -> list[Any]:
-        """Return each image's mask from one model call on the whole image, padded to a multiple of ``2**depth``;
+        """Return each image's mask from one model call on the whole image, padded to a multiple of the model's stride;
         an image larger than ``whole_max_pixels`` once padded is segmented in windows of the tile instead."""
-        step = 2**self.info.unet.depth
+        step = self.info.spec.stride
         limit = int(self.tiling.get("whole_max_pixels", 16 * 2**20))
         padded_sizes = [None if image is None else (image.shape[0] + -image.shape[0] % step,
                                                     image.shape[1] + -image.shape[1] % step) for image in images]
@@ -187,7 +216,7 @@ class SegmentationPredictor:
                 continue
             height, width = image.shape[:2]
             padded = padded_to_tile(image, padded_sizes[index])
-            scores = self.forward(self.model_input(padded, value_range)[np.newaxis]).numpy()[0, :height, :width]
+            scores = self.scores(self.model_input(padded, value_range)[np.newaxis])[0, :height, :width]
             masks[index] = mask_from_scores(scores, self.info.threshold)
             self.counts["batches"] += 1
         return masks

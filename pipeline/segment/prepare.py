@@ -68,7 +68,7 @@ def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo,
     The encoded ``image`` column is dropped; rows that fail get a zero tile, an error and its kind.
     Each image is reduced to the tile before a float32 copy exists (:func:`preprocess.read_model_input`).
     """
-    spec = info.unet
+    spec = info.spec
     pixels = np.zeros((len(batch["key"]), *spec.input_size, spec.channels), dtype=np.float32)
 
     def prepare_one(index: int) -> tuple[int, int]:
@@ -102,7 +102,7 @@ def prepare_native_batch(batch: dict[str, np.ndarray], info: ModelInfo,
         image, value_range = preprocess.read_native(batch["image"][index], info.normalization, max_image_pixels,
                                                     tiff_page)
         if len(batch["mask"][index]):
-            preprocess.decode_mask(batch["mask"][index], info.unet.num_classes, image.shape[:2])
+            preprocess.decode_mask(batch["mask"][index], info.spec.num_classes, image.shape[:2])
         if value_range is not None:
             flat = np.asarray(value_range, dtype=np.float64).reshape(-1, 2)
             columns["value_low"][index], columns["value_high"][index] = flat[:, 0].min(), flat[:, 1].max()

@@ -88,7 +88,7 @@ def batch_block_bytes(batch_size: int, info: ModelInfo, native: bool = False) ->
     short), yet few enough images that results stream: a 2000-px RGB image is a block of its own
     for 256-px tiles in batches of 32.
     """
-    tile = info.unet.input_size[0] * info.unet.input_size[1] * info.unet.channels
+    tile = info.spec.input_size[0] * info.spec.input_size[1] * info.spec.channels
     if native:
         return min(256 * 1024**2, max(4 * 1024**2, 2 * batch_size * tile))
     return max(1024**2, batch_size * tile * 4)

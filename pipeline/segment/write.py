@@ -77,11 +77,11 @@ def finish_row(item: dict[str, Any], info: ModelInfo, output: str, storage_confi
         mask_uri = layout.mask_url(output, key)
         storage.write_bytes(mask_uri, preprocess.encode_png(predicted, compress_level=1), storage_config)
         record: dict[str, Any] = {
-            "class_pixels": metrics.class_counts(predicted, info.unet.num_classes).tolist(),
+            "class_pixels": metrics.class_counts(predicted, info.spec.num_classes).tolist(),
         }
         if len(item["mask"]):
-            truth = preprocess.decode_mask(item["mask"], info.unet.num_classes, (height, width))
-            record.update({k: np.asarray(v).tolist() for k, v in metrics.image_metrics(predicted, truth, info.unet.num_classes).items()})
+            truth = preprocess.decode_mask(item["mask"], info.spec.num_classes, (height, width))
+            record.update({k: np.asarray(v).tolist() for k, v in metrics.image_metrics(predicted, truth, info.spec.num_classes).items()})
     except Exception as exc:
         log.exception("finishing %s failed", key)
         return {**base, "status": schema.STATUS_ERROR, "error": f"{key}: {type(exc).__name__} while writing the mask: {exc}",

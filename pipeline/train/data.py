@@ -21,7 +21,7 @@ from pipeline import preprocess, raypatch
 from pipeline.config import AugmentConfig, TrainConfig
 from pipeline.io.readers import read_dataset
 from pipeline.io.shards import discover_shards
-from pipeline.model import UNetSpec
+from pipeline.model import ModelSpec
 from pipeline.train import augment
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class DecodedSamples:
         self.entries: collections.OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = collections.OrderedDict()
         self.bytes = 0
 
-    def get(self, image: bytes, mask: bytes, spec: UNetSpec, normalization: dict[str, Any],
+    def get(self, image: bytes, mask: bytes, spec: ModelSpec, normalization: dict[str, Any],
             budget_bytes: int) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(normalised float32 image, uint8 mask)``; raise preprocess.SampleError if unusable.
 
@@ -70,7 +70,7 @@ class DecodedSamples:
         return pair
 
     @staticmethod
-    def decode(image: bytes, mask: bytes, spec: UNetSpec, normalization: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def decode(image: bytes, mask: bytes, spec: ModelSpec, normalization: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """Return the normalised image and its mask decoded from their bytes."""
         decoded = preprocess.decode_image(image)
         labels = preprocess.decode_mask(mask, spec.num_classes, decoded.shape[:2])
@@ -80,7 +80,7 @@ class DecodedSamples:
 DECODED = DecodedSamples()
 
 
-def native_batch(batch: dict[str, np.ndarray], spec: UNetSpec, normalization: dict[str, Any],
+def native_batch(batch: dict[str, np.ndarray], spec: ModelSpec, normalization: dict[str, Any],
                  augmentation: AugmentConfig | None, cache_mb: float = 0) -> dict[str, np.ndarray]:
     """Return ``pixels``, ``labels`` and ``weights`` of the windows cut from a batch of input rows at native scale.
 
@@ -107,7 +107,7 @@ def native_batch(batch: dict[str, np.ndarray], spec: UNetSpec, normalization: di
     return {"pixels": pixels, "labels": labels, "weights": np.ones(len(windows), dtype=np.float32)}
 
 
-def training_batch(batch: dict[str, np.ndarray], spec: UNetSpec, normalization: dict[str, Any],
+def training_batch(batch: dict[str, np.ndarray], spec: ModelSpec, normalization: dict[str, Any],
                    augmentation: AugmentConfig | None, patch: int = 0, cache_mb: float = 0,
                    native: bool = False) -> dict[str, np.ndarray]:
     """Return ``pixels`` (float32 tiles), ``labels`` (uint8 class tiles) and ``weights`` for a batch of input rows.
@@ -146,7 +146,7 @@ def training_batch(batch: dict[str, np.ndarray], spec: UNetSpec, normalization: 
     return {"pixels": pixels, "labels": labels, "weights": weights}
 
 
-def training_dataset(url: str, cfg: TrainConfig, spec: UNetSpec, augmented: bool, passes: int = 1,
+def training_dataset(url: str, cfg: TrainConfig, spec: ModelSpec, augmented: bool, passes: int = 1,
                      patch: int = 0) -> Any:
     """Return the lazy Ray Dataset of training tiles (or ``patch``-sized windows of them) for the shards
     at ``url``, each shard read ``passes`` times.

@@ -1,4 +1,4 @@
-"""Multi-worker U-Net training on Ray Train, from the same shards and readers as inference.
+"""Multi-worker training on Ray Train, from the same shards and readers as inference.
 
 ``run_training(cfg)`` checks the data, output and cluster, then runs a ``TensorflowTrainer`` whose
 workers train one model under ``tf.distribute.MultiWorkerMirroredStrategy``. The training data
@@ -21,9 +21,9 @@ import time
 from typing import Any
 
 from pipeline.cluster import connect_ray, largest_node_cpus
-from pipeline.config import ConfigError, TrainConfig, UNetConfig
+from pipeline.config import ConfigError, TrainConfig, ModelConfig
 from pipeline.io import storage
-from pipeline.model import MODEL_FILE, ModelInfo, UNetSpec, save_artifact
+from pipeline.model import MODEL_FILE, ModelInfo, ModelSpec, encoder_preprocessing, load_keras_file, save_artifact
 from pipeline.train.data import training_dataset
 from pipeline.train.step import BEST_MODEL_FILE, STATE_FILE, train_loop_per_worker
 
@@ -54,13 +54,27 @@ class TrainSummary:
         )
 
 
-def unet_spec(unet: UNetConfig) -> UNetSpec:
-    """Return the U-Net architecture the config asks for."""
-    return UNetSpec(
-        input_size=(unet.input_size, unet.input_size), channels=unet.channels, num_classes=unet.num_classes,
-        depth=unet.depth, base_filters=unet.base_filters, batch_norm=unet.batch_norm, dropout=unet.dropout,
-        output_activation=unet.output_activation,
+def model_spec(model: ModelConfig) -> ModelSpec:
+    """Return the architecture and shape the config asks for."""
+    return ModelSpec(
+        architecture=model.architecture, input_size=(model.input_size, model.input_size), channels=model.channels,
+        num_classes=model.num_classes, depth=model.depth, base_filters=model.filters(), batch_norm=model.batch_norm,
+        dropout=model.dropout, output_activation=model.output_activation, fc_filters=model.fc_filters,
+        width=model.width, aspp_filters=model.aspp_filters,
     )
+
+
+def encoder_weights(cfg: TrainConfig, spec: ModelSpec) -> tuple[bytes, str] | None:
+    """Return the checked encoder weights file ``(bytes, name)`` the config asks for, or None for random
+    weights; raise ConfigError (before any training) if they cannot be had or do not fit."""
+    if cfg.model.encoder_weights in ("", "none"):
+        return None
+    from pipeline.model.encoders import EncoderWeightsError, encoder_weights_bytes
+
+    try:
+        return encoder_weights_bytes(spec, cfg.model.encoder_weights, lambda url: storage.read_bytes(url, cfg.storage))
+    except EncoderWeightsError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def worker_resources(cfg: TrainConfig) -> tuple[float, int]:
@@ -105,13 +119,19 @@ def run_config(cfg: TrainConfig) -> Any:
 
 
 def run_training(cfg: TrainConfig) -> TrainSummary:
-    """Train a U-Net as configured and write its artifact under ``cfg.output``; return the summary.
+    """Train the model as configured and write its artifact under ``cfg.output``; return the summary.
+
+    The K-means baseline is fitted instead (:func:`pipeline.train.kmeans.run_kmeans_training`).
 
     Raises InputError, StorageError or ConfigError before training starts when the data, the
     output or the cluster cannot serve the run.
     """
     started = time.perf_counter()
-    spec = unet_spec(cfg.unet)
+    spec = model_spec(cfg.model)
+    if not spec.keras:
+        from pipeline.train.kmeans import run_kmeans_training
+
+        return run_kmeans_training(cfg, spec, started)
     inputs = {"training data": cfg.data, **({"validation data": cfg.val_data} if cfg.val_data else {})}
     storage.check_apart(cfg.output, inputs)
     train_data = training_dataset(cfg.data, cfg, spec, cfg.augment.enabled, cfg.loader.passes_per_epoch,
@@ -123,8 +143,11 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
             f"{cfg.output} already holds checkpoints of a training run; set resume=true to continue it "
             "or choose another output"
         )
+    weights = encoder_weights(cfg, spec)
     connect_ray(cfg.address)
     cpus, threads = worker_resources(cfg)
+    import ray
+
     from ray.train import DataConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
@@ -136,7 +159,10 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
             "spec": dataclasses.asdict(spec), "threads": threads, "seed": cfg.seed, "epochs": cfg.epochs,
             "batch_size": optim.batch_size, "learning_rate": optim.learning_rate, "loss": optim.loss,
             "lr_schedule": optim.lr_schedule, "has_val": val_data is not None, "threshold": 0.5, "xla": optim.xla,
-            "patch": cfg.loader.patch_size, "ema": optim.ema,
+            "patch": cfg.loader.patch_size, "ema": optim.ema, "max_minutes": cfg.max_minutes,
+            "preprocessing": encoder_preprocessing(spec.architecture, cfg.model.encoder_weights),
+            "encoder_weights": None if weights is None else (ray.put(weights[0]), weights[1]),
+            "encoder_trainable_after": cfg.model.encoder_trainable_after,
         },
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cpus}),
         dataset_config=DataConfig(datasets_to_split=["train"]),
@@ -148,10 +174,8 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
     return write_final_artifact(cfg, spec, result, time.perf_counter() - started)
 
 
-def write_final_artifact(cfg: TrainConfig, spec: UNetSpec, result: Any, seconds: float) -> TrainSummary:
+def write_final_artifact(cfg: TrainConfig, spec: ModelSpec, result: Any, seconds: float) -> TrainSummary:
     """Write the best epoch's model from the last checkpoint as the run's artifact; return the summary."""
-    import keras
-
     if result.checkpoint is None:
         raise RuntimeError(f"training under {cfg.output} ended without a checkpoint; see the log above")
     with result.checkpoint.as_directory() as folder:
@@ -161,11 +185,11 @@ def write_final_artifact(cfg: TrainConfig, spec: UNetSpec, result: Any, seconds:
             best_path = os.path.join(tmp, MODEL_FILE)
             with open(os.path.join(folder, BEST_MODEL_FILE), "rb") as source, open(best_path, "wb") as target:
                 target.write(source.read())
-            model = keras.saving.load_model(best_path, compile=False, safe_mode=True)
+            model = load_keras_file(best_path)
     best = state["best"]
     info = ModelInfo(
-        unet=spec, class_names=cfg.unet.names(), normalization={"mode": cfg.loader.normalization}, threshold=0.5,
-        scale=cfg.scale,
+        spec=spec, class_names=cfg.model.names(), normalization={"mode": cfg.loader.normalization}, threshold=0.5,
+        scale=cfg.scale, preprocessing=encoder_preprocessing(spec.architecture, cfg.model.encoder_weights),
         training={
             "trained": True, "data_url": cfg.data, "val_data_url": cfg.val_data, "epochs": state["epoch"],
             "best_epoch": best.get("epoch"), "best_metrics": best, "history": state["history"],

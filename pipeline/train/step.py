@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import metrics, preprocess
-from pipeline.model import MODEL_FILE, UNetSpec, build_unet, configure_tensorflow
+from pipeline.model import MODEL_FILE, ModelSpec, build_model, configure_tensorflow, encoder_input, load_keras_file
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ BEST_MODEL_FILE = "best.keras"
 OPTIMIZER_FILE = "optimizer.npz"
 
 
-def per_example_loss(labels: Any, probabilities: Any, spec: UNetSpec, kind: str) -> Any:
+def per_example_loss(labels: Any, probabilities: Any, spec: ModelSpec, kind: str) -> Any:
     """Return the loss of each example, shape ``(n,)``: cross-entropy, soft Dice loss, or their sum.
 
     Cross-entropy is the pixel mean; soft Dice loss is ``1 - mean over classes of
@@ -58,9 +58,9 @@ def per_example_loss(labels: Any, probabilities: Any, spec: UNetSpec, kind: str)
     return loss
 
 
-def patch_twin(spec: UNetSpec, patch: int) -> Any:
-    """Return a new U-Net like ``spec`` for ``patch`` x ``patch`` inputs (the same layers and weight shapes)."""
-    return build_unet(dataclasses.replace(spec, input_size=(patch, patch)))
+def patch_twin(spec: ModelSpec, patch: int) -> Any:
+    """Return a new network like ``spec`` for ``patch`` x ``patch`` inputs (the same layers and weight shapes)."""
+    return build_model(dataclasses.replace(spec, input_size=(patch, patch)))
 
 
 def adam(learning_rate: float, ema: float, model: Any) -> Any:
@@ -72,20 +72,22 @@ def adam(learning_rate: float, ema: float, model: Any) -> Any:
     return optimizer
 
 
-def make_train_step(strategy: Any, model: Any, optimizer: Any, spec: UNetSpec, kind: str, global_batch: int,
-                    xla: bool = True) -> Any:
+def make_train_step(strategy: Any, model: Any, optimizer: Any, spec: ModelSpec, kind: str, global_batch: int,
+                    xla: bool = True, preprocessing: str = "none") -> Any:
     """Return a traced step ``(pixels, labels, weights) -> global mean loss`` that updates the model.
 
     With ``xla`` the forward and backward pass are compiled with XLA (``jit_compile``): about 1.5x
     the images/s of the plain graph on CPU. Only that part is compiled; the gradient all-reduce and
     optimizer update stay outside it, where MultiWorkerMirroredStrategy's collectives run.
+    The model's trainable variables are read when the step is traced: after freezing or unfreezing
+    layers, make a new step.
     """
     import tensorflow as tf
 
     @tf.function(jit_compile=xla)
     def loss_and_gradients(pixels: Any, labels: Any, weights: Any) -> Any:
         with tf.GradientTape() as tape:
-            probabilities = model(pixels, training=True)
+            probabilities = model(encoder_input(pixels, preprocessing), training=True)
             losses = per_example_loss(labels, probabilities, spec, kind) * weights
             loss = tf.nn.compute_average_loss(losses, global_batch_size=global_batch)
         return loss, tape.gradient(loss, model.trainable_variables)
@@ -103,7 +105,8 @@ def make_train_step(strategy: Any, model: Any, optimizer: Any, spec: UNetSpec, k
     return train_step
 
 
-def validation_metrics(model: Any, dataset: Any, spec: UNetSpec, threshold: float) -> dict[str, Any]:
+def validation_metrics(model: Any, dataset: Any, spec: ModelSpec, threshold: float,
+                       preprocessing: str = "none") -> dict[str, Any]:
     """Return validation Dice/IoU per class (micro: summed TP/FP/FN; macro: image mean), their
     foreground means, and the pixel error (fraction of misclassified pixels), at tile resolution
     (for a native-scale model, over windows that tile each image: macro means over windows)."""
@@ -112,7 +115,7 @@ def validation_metrics(model: Any, dataset: Any, spec: UNetSpec, threshold: floa
     per_image_dice, per_image_iou = [], []
     wrong = total = 0
     for batch in dataset.iter_batches(batch_size=16, batch_format="numpy"):
-        scores = model(batch["pixels"], training=False).numpy()
+        scores = model(encoder_input(batch["pixels"], preprocessing), training=False).numpy()
         for index in np.flatnonzero(batch["weights"] > 0):
             labels = batch["labels"][index]
             labelled = labels < classes  # not the padding of a window larger than its image
@@ -149,14 +152,13 @@ def restore_state(model: Any, optimizer: Any) -> dict[str, Any]:
     The state holds ``epoch`` (the next epoch to run), ``best`` (metrics of the best epoch so
     far), ``history`` and, on the worker that saves checkpoints, ``best_model`` (bytes).
     """
-    import keras
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return {"epoch": 0, "best": {}, "history": [], "best_model": None}
     with checkpoint.as_directory() as folder:
-        saved = keras.saving.load_model(os.path.join(folder, MODEL_FILE), compile=False, safe_mode=True)
+        saved = load_keras_file(os.path.join(folder, MODEL_FILE))
         model.set_weights(saved.get_weights())
         with np.load(os.path.join(folder, OPTIMIZER_FILE)) as arrays:
             for variable, value in zip(optimizer.variables, (arrays[f"arr_{i}"] for i in range(len(arrays.files)))):
@@ -208,6 +210,26 @@ def epoch_learning_rate(config: dict[str, Any], epoch: int) -> float:
     return config["learning_rate"]
 
 
+def past_budget(strategy: Any, elapsed: float, minutes: float) -> bool:
+    """Return whether any worker has trained past ``minutes`` (an all-reduce: every worker must call it)."""
+    import tensorflow as tf
+
+    flag = tf.constant(1.0 if elapsed >= 60.0 * minutes else 0.0)
+    per_replica = strategy.run(lambda: tf.identity(flag))
+    return bool(strategy.reduce(tf.distribute.ReduceOp.MAX, per_replica, axis=None) > 0)
+
+
+def load_encoder_weights(model: Any, spec: ModelSpec, weights: Any) -> None:
+    """Copy the encoder weights the driver checked and put in the object store (``(ref, file name)``) into ``model``."""
+    import ray
+
+    from pipeline.model.encoders import apply_encoder_weights
+
+    reference, name = weights
+    layers = apply_encoder_weights(model, spec, ray.get(reference), name)
+    log.info("encoder weights from %s copied into %d layers", name, layers)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train on this worker's share of the data for the configured epochs (runs inside Ray Train)."""
     configure_tensorflow(config["threads"])
@@ -215,31 +237,45 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import tensorflow as tf
 
+    from pipeline.model.encoders import set_encoder_trainable
+
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    spec = UNetSpec(**config["spec"])
+    spec = ModelSpec(**config["spec"])
     keras.utils.set_random_seed(config["seed"])
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     ema = config.get("ema", 0.0)
+    preprocessing = config.get("preprocessing", "none")
     with strategy.scope():
-        model = build_unet(spec)
+        model = build_model(spec)
         # Training on patches: a twin of the model at the patch size is trained; its weights are
         # copied into the full-tile model (checkpoints) after each epoch.
         patch = config.get("patch", 0)
         trained = patch_twin(spec, patch) if patch else model
         # With ema the optimizer keeps a moving average of the trained weights (Keras' own, updated in
         # apply_gradients); the average goes into a third model that is validated and kept as the best.
+        # It is built for every weight, the encoder's too, before any is frozen.
         optimizer = adam(config["learning_rate"], ema, trained)
-        evaluated = build_unet(spec) if ema else model
+        evaluated = build_model(spec) if ema else model
+    if config.get("encoder_weights"):
+        load_encoder_weights(model, spec, config["encoder_weights"])
     state = restore_state(model, optimizer)
     if trained is not model:
         trained.set_weights(model.get_weights())
     global_batch = config["batch_size"]
-    step = make_train_step(strategy, trained, optimizer, spec, config["loss"], global_batch, config.get("xla", True))
+    frozen_until = config.get("encoder_trainable_after", 0)
+    step, frozen = None, None
     train_data = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val") if config["has_val"] else None
     loop_started = time.perf_counter()
     for epoch in range(state["epoch"], config["epochs"]):
+        if step is None or frozen != (epoch < frozen_until):
+            frozen = epoch < frozen_until
+            if frozen or step is not None:
+                set_encoder_trainable(trained, spec, not frozen)
+                log.info("epoch %d: encoder %s", epoch, "frozen" if frozen else "trainable")
+            step = make_train_step(strategy, trained, optimizer, spec, config["loss"], global_batch,
+                                   config.get("xla", True), preprocessing)
         optimizer.learning_rate.assign(epoch_learning_rate(config, epoch))
         started = time.perf_counter()
         losses, images, skipped = [], 0, 0
@@ -259,9 +295,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "images": images * world, "skipped_samples": skipped, "epoch_seconds": seconds,
             "train_images_per_second": images * world / seconds if seconds > 0 else 0.0,
         }
+        if spec.has_encoder:
+            epoch_metrics["encoder_frozen"] = bool(frozen)
         if rank == 0 and val_data is not None:
-            epoch_metrics.update(validation_metrics(evaluated, val_data, spec, config["threshold"]))
+            epoch_metrics.update(validation_metrics(evaluated, val_data, spec, config["threshold"], preprocessing))
         epoch_metrics["elapsed_seconds"] = time.perf_counter() - loop_started  # this session, validation included
         state["epoch"] = epoch + 1
         state["history"].append({k: v for k, v in epoch_metrics.items() if not isinstance(v, list)})
         report_epoch(model, optimizer, state, epoch_metrics, rank, evaluated)
+        if config.get("max_minutes") and past_budget(strategy, time.perf_counter() - loop_started, config["max_minutes"]):
+            log.info("stopping after epoch %d: past max_minutes=%g", epoch, config["max_minutes"])
+            break

@@ -86,7 +86,7 @@ def test_a_hostile_input_survives_a_driver_kill_and_resume(tmp_path: Path) -> No
     # a 256x256 model, so shards commit far enough apart for the kill to land between them
     model = tmp_path / "model"
     spec = replace(TINY_UNET, input_size=(256, 256), depth=3, base_filters=16)
-    save_artifact(build_unet(spec), ModelInfo(unet=spec, class_names=TINY_CLASSES), str(model))
+    save_artifact(build_unet(spec), ModelInfo(spec=spec, class_names=TINY_CLASSES), str(model))
     before = tree_digest(tmp_path, skip="out")
     arguments = ["segment", "--input", str(tmp_path / "in"), "--model", str(model), "--output", str(tmp_path / "out"),
                  "--batch-size", "4"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import ConfigError, SampleDataConfig, SegmentConfig
-from pipeline.model import ModelInfo, UNetSpec, build_unet, load_artifact, save_artifact
+from pipeline.model import ModelInfo, ModelSpec, build_unet, load_artifact, save_artifact
 from pipeline.sample_data import write_sample_data
 from pipeline.segment.predictor import SegmentationPredictor, dihedral_mean, moved, tta_symmetries
 from pipeline.segment.run import run_segmentation
@@ -27,7 +27,7 @@ SQUARE_SYMMETRIES = [
 
 def scores(predictor: SegmentationPredictor, pixels: np.ndarray) -> np.ndarray:
     """Return the predictor's float scores for ``pixels``."""
-    return predictor.forward(np.ascontiguousarray(pixels, dtype=np.float32)).numpy()
+    return predictor.scores(np.ascontiguousarray(pixels, dtype=np.float32))
 
 
 def test_tta_is_the_mean_over_the_eight_symmetries(tiny_model: str) -> None:
@@ -51,8 +51,8 @@ def test_tta_makes_predictions_follow_flips_and_rotations(tiny_model: str) -> No
 
 
 def test_tta_on_non_square_tiles_uses_the_shape_keeping_symmetries(tmp_path: Path) -> None:
-    spec = UNetSpec(input_size=(32, 64), channels=1, num_classes=2, depth=2, base_filters=4)
-    save_artifact(build_unet(spec), ModelInfo(unet=spec, class_names=("background", "object")), str(tmp_path))
+    spec = ModelSpec(input_size=(32, 64), channels=1, num_classes=2, depth=2, base_filters=4)
+    save_artifact(build_unet(spec), ModelInfo(spec=spec, class_names=("background", "object")), str(tmp_path))
     pixels = np.random.default_rng(2).random((2, 32, 64, 1), dtype=np.float32)
     tta = SegmentationPredictor(str(tmp_path), tta=True)
     result = scores(tta, pixels)
@@ -71,14 +71,14 @@ def test_batch_call_with_tta_quantises_and_zeroes_error_rows(tiny_model: str) ->
     assert np.abs(out["scores"][0].astype(float) - expected * 255).max() <= 1.0
 
 
-def trained_info(spec: UNetSpec, **augmentation: object) -> ModelInfo:
+def trained_info(spec: ModelSpec, **augmentation: object) -> ModelInfo:
     """Return model info recording a training run with the given augmentation settings."""
-    return ModelInfo(unet=spec, class_names=("background", "object"),
+    return ModelInfo(spec=spec, class_names=("background", "object"),
                      training={"trained": True, "config": {"flips": True, **augmentation}})
 
 
 def test_tta_uses_the_symmetries_the_model_was_trained_on() -> None:
-    square = UNetSpec(input_size=(32, 32), channels=1, num_classes=2, depth=2, base_filters=4)
+    square = ModelSpec(input_size=(32, 32), channels=1, num_classes=2, depth=2, base_filters=4)
     assert len(tta_symmetries(trained_info(square), "m")) == 8
     no_turns = tta_symmetries(trained_info(square, quarter_turns=False, label_offset_rows=-0.5,
                                            label_offset_cols=-0.25), "m")
@@ -92,7 +92,7 @@ def test_tta_uses_the_symmetries_the_model_was_trained_on() -> None:
                                          label_offset_rows=-1.0), "m")
     assert len(warped) == 8 and all(move == (0, 0) for _, _, move in warped)
     # artifacts of this version record the augmentation as a section of the training config
-    grouped = ModelInfo(unet=square, class_names=("background", "object"), training={"trained": True, "config": {
+    grouped = ModelInfo(spec=square, class_names=("background", "object"), training={"trained": True, "config": {
         "augment": {"enabled": True, "flips": True, "quarter_turns": False, "label_offset_rows": -0.5,
                     "label_offset_cols": -0.25, "warp": False}}})
     assert sorted(tta_symmetries(grouped, "m")) == sorted(no_turns)
@@ -102,7 +102,7 @@ def test_tta_takes_back_the_labels_offset_the_model_learnt() -> None:
     import tensorflow as tf
 
     pixels = tf.constant(np.random.default_rng(4).random((2, 24, 24, 1), dtype=np.float32))
-    spec = UNetSpec(input_size=(24, 24), channels=1, num_classes=2, depth=2, base_filters=4)
+    spec = ModelSpec(input_size=(24, 24), channels=1, num_classes=2, depth=2, base_filters=4)
 
     def offset_model(x: tf.Tensor) -> tf.Tensor:  # draws its labels one row above what it sees, in any image
         return moved(x, -1, 0)
@@ -116,7 +116,7 @@ def test_tta_takes_back_the_labels_offset_the_model_learnt() -> None:
 
 
 def test_segmenting_a_model_trained_without_flips_with_tta_stops_before_work(tmp_path: Path) -> None:
-    spec = UNetSpec(input_size=(32, 32), channels=1, num_classes=2, depth=2, base_filters=4)
+    spec = ModelSpec(input_size=(32, 32), channels=1, num_classes=2, depth=2, base_filters=4)
     model = tmp_path / "model"
     save_artifact(build_unet(spec), trained_info(spec, flips=False), str(model))
     data, output = tmp_path / "data", tmp_path / "out"

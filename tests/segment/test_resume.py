@@ -96,7 +96,7 @@ def test_another_model_or_input_is_refused_unless_overwrite(tmp_path: Path, tiny
 
     keras.utils.set_random_seed(7)
     other_model = str(tmp_path / "other-model")
-    save_artifact(build_unet(TINY_UNET), ModelInfo(unet=TINY_UNET, class_names=TINY_CLASSES), other_model)
+    save_artifact(build_unet(TINY_UNET), ModelInfo(spec=TINY_UNET, class_names=TINY_CLASSES), other_model)
 
     with pytest.raises(ConfigError, match=r"another model_sha256.*--overwrite"):
         run_segmentation(SegmentConfig(input=str(data), model=other_model, output=str(output)))
@@ -125,7 +125,7 @@ def test_killing_the_driver_then_rerunning_loses_and_repeats_nothing(tmp_path: P
     # With the tiny model all shards commit within a few tenths of a second of the first, too close
     # for the kill to land between them; at 256x256 and 16 filters they come ~0.4 s apart.
     spec = replace(TINY_UNET, input_size=(256, 256), depth=3, base_filters=16)
-    save_artifact(build_unet(spec), ModelInfo(unet=spec, class_names=TINY_CLASSES), model)
+    save_artifact(build_unet(spec), ModelInfo(spec=spec, class_names=TINY_CLASSES), model)
     command = [sys.executable, "-m", "jobs.cli", "segment", "--input", str(data), "--model", model,
                "--output", str(output), "--batch-size", "4", "stage_cpus=0.2"]
     env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}  # its own local Ray
@@ -197,7 +197,7 @@ def test_ctrl_c_stops_with_one_line_records_interrupted_and_leaves_no_ray_behind
     data, output, model = tmp_path / "data", tmp_path / "out", str(tmp_path / "model")
     write_sample_data(SampleDataConfig(output=str(data), num_images=40, num_shards=8, min_size=32, max_size=48))
     spec = replace(TINY_UNET, input_size=(256, 256), depth=3, base_filters=16)  # slow enough to interrupt mid-run
-    save_artifact(build_unet(spec), ModelInfo(unet=spec, class_names=TINY_CLASSES), model)
+    save_artifact(build_unet(spec), ModelInfo(spec=spec, class_names=TINY_CLASSES), model)
     env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}  # its own local Ray
     process = subprocess.Popen([sys.executable, "-m", "jobs.cli", "segment", "--input", str(data), "--model", model,
                                 "--output", str(output), "--batch-size", "4", "stage_cpus=0.2"],

@@ -122,7 +122,7 @@ def test_a_translated_image_gives_the_translated_prediction_away_from_the_edges(
     """
     import keras
 
-    from pipeline.model import UNetSpec, build_unet
+    from pipeline.model import ModelSpec, build_unet
 
     keras.utils.set_random_seed(3)
     inputs = keras.Input((32, 32, 1))
@@ -134,7 +134,7 @@ def test_a_translated_image_gives_the_translated_prediction_away_from_the_edges(
     difference, agreement = shifted_difference(lambda b: local(b, training=False).numpy(), noise, (13, 21), "gaussian")
     assert difference.mean() < 5e-3 and difference.max() < 0.1 and agreement > 0.99
 
-    unet = build_unet(UNetSpec(input_size=(32, 32), channels=1, num_classes=3, depth=2, base_filters=4))
+    unet = build_unet(ModelSpec(input_size=(32, 32), channels=1, num_classes=3, depth=2, base_filters=4))
     layer = unet.get_layer("scores")
     kernel, bias = layer.get_weights()
     layer.set_weights([kernel * 20.0, bias])  # sharper scores: an untrained model's are near ties everywhere

@@ -18,12 +18,12 @@ from pipeline.config import (
     SampleDataConfig,
     SegmentConfig,
     TrainConfig,
-    UNetConfig,
+    ModelConfig,
     load_config,
 )
 from pipeline.io.shards import InputError
 from pipeline.io.storage import StorageError
-from pipeline.model import UNetSpec, load_artifact
+from pipeline.model import ModelSpec, load_artifact
 from pipeline.preprocess import SampleError, encode_png, model_input
 from pipeline.sample_data import write_sample_data
 from pipeline.train import augment
@@ -31,7 +31,7 @@ from pipeline.train.data import DecodedSamples, training_batch
 from pipeline.train.run import run_training
 from pipeline.train.step import per_example_loss
 
-TINY = UNetConfig(input_size=32, num_classes=3, depth=2, base_filters=4)
+TINY = ModelConfig(input_size=32, num_classes=3, depth=2, base_filters=4)
 
 
 def coordinate_ramps(height: int, width: int) -> np.ndarray:
@@ -203,7 +203,7 @@ def test_intensity_jitter_leaves_the_mask_alone_and_stays_bounded() -> None:
 
 
 def test_loss_is_low_for_right_and_high_for_wrong_predictions() -> None:
-    spec = UNetSpec(input_size=(4, 4), num_classes=2, depth=1, base_filters=2)
+    spec = ModelSpec(input_size=(4, 4), num_classes=2, depth=1, base_filters=2)
     labels = np.zeros((1, 4, 4), np.uint8)
     labels[0, :2] = 1
     right = np.stack([1.0 - labels, labels], axis=-1).astype(np.float32)
@@ -215,7 +215,7 @@ def test_loss_is_low_for_right_and_high_for_wrong_predictions() -> None:
 
 
 def test_bad_samples_get_weight_zero() -> None:
-    spec = UNetSpec(input_size=(16, 16), num_classes=2, depth=1, base_filters=2)
+    spec = ModelSpec(input_size=(16, 16), num_classes=2, depth=1, base_filters=2)
     image = encode_png(np.zeros((20, 20, 3), np.uint8))
     good_mask = encode_png(np.zeros((20, 20), np.uint8))
     batch = {
@@ -233,7 +233,7 @@ def test_bad_samples_get_weight_zero() -> None:
 
 
 def test_decoded_samples_are_kept_by_content_within_their_budget() -> None:
-    spec = UNetSpec(input_size=(16, 16), num_classes=2, depth=1, base_filters=2)
+    spec = ModelSpec(input_size=(16, 16), num_classes=2, depth=1, base_filters=2)
     rng = np.random.default_rng(3)
     pixels = [rng.integers(0, 256, (20, 20, 3), dtype=np.uint8) for _ in range(3)]
     images = [encode_png(p) for p in pixels]
@@ -259,7 +259,7 @@ def test_decoded_samples_are_kept_by_content_within_their_budget() -> None:
 
 
 def test_the_data_stage_gives_the_same_batch_with_and_without_kept_samples() -> None:
-    spec = UNetSpec(input_size=(16, 16), num_classes=2, depth=1, base_filters=2)
+    spec = ModelSpec(input_size=(16, 16), num_classes=2, depth=1, base_filters=2)
     rng = np.random.default_rng(4)
     pixels = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(2)]
     batch = {
@@ -280,18 +280,18 @@ def test_the_data_stage_gives_the_same_batch_with_and_without_kept_samples() -> 
 def test_config_checks() -> None:
     with pytest.raises(ConfigError, match="multiple of num_workers"):
         TrainConfig(data="d", output="o", num_workers=2, optim=OptimConfig(batch_size=3))
-    with pytest.raises(ConfigError, match="multiple of 2\\*\\*unet.depth"):
-        UNetConfig(input_size=30, depth=2)
+    with pytest.raises(ConfigError, match="multiple of 2\\*\\*model.depth"):
+        ModelConfig(input_size=30, depth=2)
     for patch in (10, 64):
-        with pytest.raises(ConfigError, match=f"patch_size={patch}: a multiple of 2\\*\\*depth = 4 up to input_size=32"):
-            TrainConfig(data="d", output="o", loader=LoaderConfig(patch_size=patch), unet=TINY)
+        with pytest.raises(ConfigError, match=f"patch_size={patch}: a multiple of 4 .what the model.s input sides must be multiples of. up to input_size=32"):
+            TrainConfig(data="d", output="o", loader=LoaderConfig(patch_size=patch), model=TINY)
     for momentum in (-0.1, 1.0):
         with pytest.raises(ConfigError, match=f"ema={momentum}: a momentum in \\[0, 1\\)"):
             OptimConfig(ema=momentum)
     with pytest.raises(ConfigError, match="decoded_cache_mb=-1: MB of decoded samples"):
         LoaderConfig(decoded_cache_mb=-1)
     cfg = load_config(TrainConfig, None, ["data=d", "output=o", "unet.num_classes=2", "unet.class_names=bg, cell"])
-    assert cfg.unet.names() == ("bg", "cell")
+    assert cfg.model.names() == ("bg", "cell")
 
 
 @pytest.fixture(scope="module")
@@ -328,7 +328,7 @@ def test_two_workers_train_checkpoint_resume_and_segment(labelled: dict[str, str
     assert info["training"]["trained"] is True and info["training"]["epochs"] == 2
     assert info["training"]["data_url"] == labelled["train"]
     assert "val_mean_dice" in info["training"]["best_metrics"]
-    assert load_artifact(str(output)).info.unet.input_size == (32, 32)
+    assert load_artifact(str(output)).info.spec.input_size == (32, 32)
 
     from pipeline.segment.run import run_segmentation
 
@@ -361,7 +361,7 @@ def test_training_on_patches_validates_and_saves_the_whole_tile_model(labelled: 
     assert max(dice[1:]) > dice[0] + 0.05, dice
     info = json.loads((output / "model.json").read_text())
     assert info["training"]["best_metrics"]["val_mean_dice"] == pytest.approx(max(dice))  # the best epoch is saved
-    assert load_artifact(str(output)).info.unet.input_size == (32, 32)
+    assert load_artifact(str(output)).info.spec.input_size == (32, 32)
     resumed = run_training(dataclasses.replace(cfg, epochs=4)).history
     assert [h["epoch"] for h in resumed] == [0, 1, 2, 3] and resumed[2] == history[2]
 
@@ -373,7 +373,7 @@ def test_weight_average_is_validated_and_saved_while_training_goes_on_from_the_w
     import keras
 
     from pipeline.train.data import training_dataset
-    from pipeline.train.run import unet_spec
+    from pipeline.train.run import model_spec
     from pipeline.train.step import validation_metrics
 
     output = tmp_path / "m"
@@ -386,8 +386,8 @@ def test_weight_average_is_validated_and_saved_while_training_goes_on_from_the_w
     trained = keras.saving.load_model(str(checkpoints[best["epoch"]] / "model.keras"), compile=False)
     averaged = artifact.model.get_weights()  # the same epoch's average lags its weights
     assert any(not np.allclose(a, t) for a, t in zip(averaged, trained.get_weights()))
-    val = training_dataset(labelled["val"], cfg, unet_spec(cfg.unet), augmented=False)
-    again = validation_metrics(artifact.model, val, unet_spec(cfg.unet), 0.5)
+    val = training_dataset(labelled["val"], cfg, model_spec(cfg.model), augmented=False)
+    again = validation_metrics(artifact.model, val, model_spec(cfg.model), 0.5)
     assert again["val_mean_dice"] == pytest.approx(best["val_mean_dice"], abs=1e-6)  # the validated weights were saved
     assert again["val_pixel_error"] == pytest.approx(best["val_pixel_error"], abs=1e-6)
     resumed = run_training(dataclasses.replace(cfg, epochs=3)).history
@@ -414,7 +414,7 @@ def test_train_from_and_to_s3_then_segment(s3_bucket: str) -> None:
     data, output = f"{s3_bucket}/labelled", f"{s3_bucket}/models/tiny"
     write_sample_data(SampleDataConfig(output=data, num_images=8, num_shards=2, num_classes=3, min_size=32, max_size=40))
     cfg = TrainConfig(data=data, val_data=data, output=output, num_workers=1, cpus_per_worker=1.0, epochs=1,
-                      optim=OptimConfig(batch_size=4), unet=TINY)
+                      optim=OptimConfig(batch_size=4), model=TINY)
     summary = run_training(cfg)
     fs = s3fs.S3FileSystem()
     assert summary.epochs == 1 and fs.exists(f"{output}/model.keras") and fs.exists(f"{output}/model.json")
@@ -464,7 +464,7 @@ def test_native_windows_of_a_small_image_pad_it_and_leave_the_padding_unlabelled
 
 
 def test_the_loss_leaves_unlabelled_pixels_out() -> None:
-    spec = UNetSpec(input_size=(4, 4), num_classes=2, depth=1, base_filters=2)
+    spec = ModelSpec(input_size=(4, 4), num_classes=2, depth=1, base_filters=2)
     labels = np.zeros((1, 4, 4), np.uint8)
     labels[0, :2] = 1
     right = np.stack([1.0 - labels, labels], axis=-1).astype(np.float32)
@@ -480,9 +480,9 @@ def test_the_loss_leaves_unlabelled_pixels_out() -> None:
 
 def test_native_scale_rejects_patches_and_crops() -> None:
     with pytest.raises(ConfigError, match="patch_size"):
-        TrainConfig(data="d", output="o", scale="native", loader=LoaderConfig(patch_size=16), unet=TINY)
+        TrainConfig(data="d", output="o", scale="native", loader=LoaderConfig(patch_size=16), model=TINY)
     with pytest.raises(ConfigError, match="crop"):
-        TrainConfig(data="d", output="o", scale="native", augment=AugmentConfig(crop=True), unet=TINY)
+        TrainConfig(data="d", output="o", scale="native", augment=AugmentConfig(crop=True), model=TINY)
 
 
 @pytest.mark.slow
