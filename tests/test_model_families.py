@@ -188,8 +188,8 @@ def test_each_network_trains_saves_and_segments_in_windows(architecture: str, tm
         model_cfg = ModelConfig(architecture=architecture, input_size=32, num_classes=3,
                                 encoder_weights=str(tmp_path / "encoder.weights.h5"), encoder_trainable_after=3,
                                 **TINY[architecture])
-    if architecture == "deeplabv3plus":
-        options.update({"num_workers": 2, "cpus_per_worker": 0.5})
+    if architecture == "deeplabv3plus":  # two workers, which must agree to stop at the time budget
+        options.update({"num_workers": 2, "cpus_per_worker": 0.5, "epochs": 3, "max_minutes": 0.001})
     summary = run_training(load_config(TrainConfig, options={**options, "model": model_cfg}))
     assert summary.epochs == 1 and "val_mean_dice" in summary.best_metrics
     artifact = load_artifact(str(tmp_path / "m"))

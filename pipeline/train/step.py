@@ -216,7 +216,7 @@ def past_budget(strategy: Any, elapsed: float, minutes: float) -> bool:
 
     flag = tf.constant(1.0 if elapsed >= 60.0 * minutes else 0.0)
     per_replica = strategy.run(lambda: tf.identity(flag))
-    return bool(strategy.reduce(tf.distribute.ReduceOp.MAX, per_replica, axis=None) > 0)
+    return bool(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None) > 0)
 
 
 def load_encoder_weights(model: Any, spec: ModelSpec, weights: Any) -> None:
