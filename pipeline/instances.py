@@ -1,0 +1,90 @@
+"""Instance metrics: matching predicted objects to true ones in label images, and the scores of
+the 2018 Data Science Bowl and of panoptic segmentation.
+
+A label image is ``(h, w)`` of integers, 0 the background and each object one positive label.
+A predicted object matches a true one at threshold ``t`` when their IoU is **greater than** ``t``
+(strictly, as the 2018 Data Science Bowl defines it; StarDist uses ``>=``). For ``t >= 0.5`` such a
+match is one-to-one by itself: an object cannot overlap two disjoint objects by more than half
+of their union each, so no assignment step is needed.
+
+Per image (and class, for label images restricted to one class), at the thresholds
+0.50, 0.55, ..., 0.95:
+
+- ``tp``, ``fp``, ``fn``: matched pairs, unmatched predictions, unmatched true objects;
+- ``dsb_score``: the mean over thresholds of ``TP / (TP + FP + FN)``;
+- ``f1``: ``2 TP / (2 TP + FP + FN)`` at 0.5;
+- ``pq``: panoptic quality at 0.5, ``SQ x RQ`` with ``SQ`` the mean IoU of the matched pairs and
+  ``RQ = TP / (TP + FP/2 + FN/2)``.
+
+Empty images: with no object on either side every score is NaN (undefined, as Dice is for a class
+absent from both); with objects on one side only the scores are 0 (``SQ`` alone is NaN when
+nothing matched).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+THRESHOLDS = tuple(round(0.5 + 0.05 * step, 2) for step in range(10))
+
+
+def iou_matrix(true: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return ``(iou, true_labels, predicted_labels)``: the IoU of every true object (rows) with
+    every predicted one (columns) that it overlaps or not, and the labels the rows and columns stand for."""
+    true, predicted = np.asarray(true).ravel(), np.asarray(predicted).ravel()
+    if true.shape != predicted.shape:
+        raise ValueError(f"label images of {true.size} and {predicted.size} pixels: they must be the same size")
+    true_labels, true_index = np.unique(true, return_inverse=True)
+    predicted_labels, predicted_index = np.unique(predicted, return_inverse=True)
+    overlap = np.zeros((len(true_labels), len(predicted_labels)), dtype=np.int64)
+    np.add.at(overlap, (true_index, predicted_index), 1)
+    keep_true, keep_predicted = true_labels != 0, predicted_labels != 0
+    areas_true = overlap.sum(axis=1)[keep_true]
+    areas_predicted = overlap.sum(axis=0)[keep_predicted]
+    intersection = overlap[np.ix_(keep_true, keep_predicted)]
+    union = areas_true[:, np.newaxis] + areas_predicted[np.newaxis, :] - intersection
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, intersection / union, 0.0)
+    return iou, true_labels[keep_true], predicted_labels[keep_predicted]
+
+
+def matched_pairs(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Return the ``(rows, columns)`` of the pairs whose IoU is greater than ``threshold`` (>= 0.5: one-to-one)."""
+    if threshold < 0.5:
+        raise ValueError(f"threshold {threshold}: matching without an assignment step needs a threshold of 0.5 or more")
+    return np.nonzero(iou > threshold)
+
+
+def instance_scores(true: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+    """Return the instance metrics of one pair of label images (see the module's conventions).
+
+    Keys: ``objects_true``, ``objects_predicted``, ``tp``/``fp``/``fn`` (lists over
+    :data:`THRESHOLDS`), ``dsb_score``, ``f1``, ``pq``, ``sq``, ``rq``, ``matched_iou`` (the IoU of
+    each matched pair at 0.5) and ``match`` (for each true label, the predicted label it matches
+    at 0.5, or 0).
+    """
+    iou, true_labels, predicted_labels = iou_matrix(true, predicted)
+    objects_true, objects_predicted = len(true_labels), len(predicted_labels)
+    tp = np.array([len(matched_pairs(iou, t)[0]) for t in THRESHOLDS], dtype=np.int64)
+    fp, fn = objects_predicted - tp, objects_true - tp
+    rows, cols = matched_pairs(iou, 0.5)
+    matched_iou = iou[rows, cols]
+    match = dict.fromkeys(true_labels.tolist(), 0)
+    match.update(zip(true_labels[rows].tolist(), predicted_labels[cols].tolist()))
+    result: dict[str, Any] = {
+        "objects_true": objects_true, "objects_predicted": objects_predicted,
+        "tp": tp.tolist(), "fp": fp.tolist(), "fn": fn.tolist(), "matched_iou": matched_iou.tolist(), "match": match,
+    }
+    if objects_true == 0 and objects_predicted == 0:
+        return {**result, **dict.fromkeys(("dsb_score", "f1", "pq", "sq", "rq"), float("nan"))}
+    first = tp[0]
+    rq = first / (first + 0.5 * fp[0] + 0.5 * fn[0])
+    sq = float(matched_iou.mean()) if first else float("nan")
+    return {
+        **result,
+        "dsb_score": float(np.mean(tp / (tp + fp + fn))),
+        "f1": float(2 * first / (2 * first + fp[0] + fn[0])),
+        "rq": float(rq), "sq": sq, "pq": float(sq * rq) if first else 0.0,
+    }
