@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 LEAVES = ("pipeline.config", "pipeline.schema", "pipeline.metrics", "pipeline.preprocess", "pipeline.symmetry",
-          "pipeline.synthetic", "pipeline.windows", "pipeline.instances")
+          "pipeline.synthetic", "pipeline.windows", "pipeline.instances", "pipeline.objects")
 RAY = ("pipeline.cluster", "pipeline.raypatch")
 BELOW_STAGES = (*LEAVES, "pipeline.io", "pipeline.model", *RAY)
 ALLOWED = {  # package -> what its modules may import from pipeline (besides their own package)
@@ -18,6 +18,7 @@ ALLOWED = {  # package -> what its modules may import from pipeline (besides the
     "pipeline.synthetic": (),
     "pipeline.windows": (),
     "pipeline.instances": (),
+    "pipeline.objects": (),
     "pipeline.cluster": (),
     "pipeline.raypatch": (),
     "pipeline.io": LEAVES,
