@@ -414,6 +414,62 @@ def mask_at_size(scores: np.ndarray, height: int, width: int, threshold: float) 
     return labels
 
 
+INSTANCE_MODES = ("L", "I", "I;16", "I;16L", "I;16B")  # 8-, 16- and 32-bit integer grey
+MAX_PNG_LABEL = 65535
+
+
+def encode_instances(labels: np.ndarray) -> tuple[bytes, str]:
+    """Return ``(bytes, extension)`` of an instance label image ``(H, W)`` (0 = background): a 16-bit
+    PNG, or a zlib-compressed 32-bit TIFF when it holds labels above 65,535."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.dtype.kind not in "iu" or (labels.size and labels.min() < 0):
+        raise ValueError(f"an instance label image is (H, W) of non-negative integers, not {labels.shape} {labels.dtype}")
+    if not labels.size or labels.max() <= MAX_PNG_LABEL:
+        return encode_png(labels.astype(np.uint16), compress_level=1), "png"
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, labels.astype(np.uint32), compression="zlib")
+    return buffer.getvalue(), "tif"
+
+
+def decode_instances(data: bytes, image_shape: tuple[int, int]) -> np.ndarray:
+    """Return a ground-truth instance label image as int64 ``(H, W)``, 0 the background.
+
+    It must be one channel of integers (8-, 16- or 32-bit PNG or TIFF) of the image's size; a
+    float image, several channels, or an 8-bit image using every label 1..255 (more objects than
+    8 bits hold: its labels have wrapped) raise SampleError (``bad_instances``), another size
+    ``instances_size_mismatch``.
+    """
+    if is_tiff(data):
+        import tifffile
+
+        try:
+            labels = tifffile.imread(io.BytesIO(data), key=0)
+        except Exception as exc:  # tifffile raises many types for a broken file
+            raise SampleError(f"instance label TIFF cannot be read ({type(exc).__name__}: {exc})", "bad_instances") from exc
+        if labels.ndim != 2 or labels.dtype.kind not in "iu":
+            raise SampleError(f"instance label image is a TIFF of shape {labels.shape} and type {labels.dtype}; save "
+                              "instance labels as one channel of integers (16-bit PNG)", "bad_instances")
+    else:
+        picture = open_header(data, "instance label image", max_pixels=None)
+        if picture.mode not in INSTANCE_MODES:
+            raise SampleError(f"instance label image has mode {picture.mode!r}; save instance labels as one channel "
+                              "of integers (16-bit PNG, 32-bit TIFF beyond 65,535 objects), not float or colour",
+                              "bad_instances")
+        load_picture(picture, "instance label image")
+        labels = np.asarray(picture)
+    if labels.shape != tuple(image_shape):
+        raise SampleError(f"instance label image size {labels.shape[1]}x{labels.shape[0]} differs from image size "
+                          f"{image_shape[1]}x{image_shape[0]}", "instances_size_mismatch")
+    if labels.dtype == np.uint8 and len(np.unique(labels)) == 256:
+        raise SampleError("8-bit instance label image uses every label 1..255: it holds more objects than 8 bits "
+                          "can number; save instance labels as 16-bit PNG", "bad_instances")
+    if labels.size and labels.min() < 0:
+        raise SampleError("instance label image holds negative labels", "bad_instances")
+    return labels.astype(np.int64)
+
+
 def encode_png(array: np.ndarray, compress_level: int = 6) -> bytes:
     """Return ``array`` encoded as a lossless PNG.
 

@@ -35,6 +35,9 @@ ERROR_KINDS = {  # error_kind -> what it means; README "Bad input" lists the sam
     "bad_mask": "the mask file is empty, corrupt, or not a single-channel image",
     "mask_size_mismatch": "the mask's size differs from its image's",
     "mask_classes": "the mask holds class values the model does not have",
+    "bad_instances": "the instance label image is corrupt, not one channel of integers (float, colour), or an "
+                     "8-bit image whose labels have run out",
+    "instances_size_mismatch": "the instance label image's size differs from its image's",
     "write_failed": "the predicted mask could not be written",
     "internal": "an unexpected failure while preparing the image (a bug: please report it)",
 }

@@ -265,3 +265,39 @@ def test_tiff_masks_are_read_and_checked() -> None:
         preprocess.decode_mask(tiff_bytes(mask), 3, (10, 12))
     with pytest.raises(preprocess.SampleError, match="class values"):
         preprocess.decode_mask(tiff_bytes(mask), 2, (12, 10))
+
+
+def test_instance_label_images_round_trip_and_bad_ones_are_refused() -> None:
+    import io
+
+    import tifffile
+    from PIL import Image
+
+    from pipeline.preprocess import decode_instances, encode_instances
+
+    labels = np.arange(12, dtype=np.int64).reshape(3, 4) * 5000  # up to 55,000: 16-bit PNG
+    data, ext = encode_instances(labels)
+    assert ext == "png" and Image.open(io.BytesIO(data)).mode.startswith("I")
+    assert np.array_equal(decode_instances(data, (3, 4)), labels)
+    many = labels * 2  # up to 110,000: a 32-bit TIFF
+    data, ext = encode_instances(many)
+    assert ext == "tif" and np.array_equal(decode_instances(data, (3, 4)), many)
+    small = np.array([[0, 1], [2, 3]], np.uint8)
+    assert np.array_equal(decode_instances(encoded(small), (2, 2)), small)
+
+    def saved(array: np.ndarray, mode: str | None = None) -> bytes:  # PNG, or TIFF for a float image
+        buffer = io.BytesIO()
+        Image.fromarray(array, mode).save(buffer, format="TIFF" if mode == "F" else "PNG")
+        return buffer.getvalue()
+
+    floats = io.BytesIO()
+    tifffile.imwrite(floats, np.ones((2, 2), np.float32))
+    wrapped = np.arange(256, dtype=np.uint8).reshape(16, 16)  # every 8-bit label used
+    cases = [(encoded(small), (3, 2), "instances_size_mismatch"), (floats.getvalue(), (2, 2), "bad_instances"),
+             (saved(np.ones((2, 2, 3), np.uint8)), (2, 2), "bad_instances"),
+             (saved(np.ones((2, 2), np.float32), "F"), (2, 2), "bad_instances"),
+             (encoded(wrapped), (16, 16), "bad_instances"), (b"", (2, 2), None)]
+    for data, shape, kind in cases:
+        with pytest.raises(SampleError) as caught:
+            decode_instances(data, shape)
+        assert kind is None or caught.value.kind == kind, (kind, caught.value.kind, str(caught.value))
