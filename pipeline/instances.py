@@ -88,3 +88,27 @@ def instance_scores(true: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
         "f1": float(2 * first / (2 * first + fp[0] + fn[0])),
         "rq": float(rq), "sq": sq, "pq": float(sq * rq) if first else 0.0,
     }
+
+
+def class_scores(true: np.ndarray, true_class: np.ndarray, predicted: np.ndarray, predicted_class: np.ndarray,
+                 num_classes: int) -> dict[str, list[Any]]:
+    """Return the instance metrics of one image per class, as lists indexed by class like ``dice``.
+
+    ``true``/``predicted`` are label images and ``*_class`` map each label to its class (index 0,
+    the background label, maps to 0). Each class is scored on the objects of that class alone;
+    the background's entries are NaN (0 counts). Keys: ``objects_true``, ``objects_predicted``,
+    ``dsb_score``, ``f1``, ``pq``, and ``tp``/``fp``/``fn`` (per class, a list over :data:`THRESHOLDS`).
+    """
+    names = ("objects_true", "objects_predicted", "dsb_score", "f1", "pq", "tp", "fp", "fn")
+    result: dict[str, list[Any]] = {name: [] for name in names}
+    nan, zeros = float("nan"), [0] * len(THRESHOLDS)
+    for class_index in range(num_classes):
+        if class_index == 0:
+            for name, value in zip(names, (0, 0, nan, nan, nan, zeros, zeros, zeros)):
+                result[name].append(value)
+            continue
+        scores = instance_scores(np.where(true_class[true] == class_index, true, 0),
+                                 np.where(predicted_class[predicted] == class_index, predicted, 0))
+        for name in names:
+            result[name].append(scores[name])
+    return result

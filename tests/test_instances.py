@@ -102,3 +102,16 @@ def test_iou_matrix_of_hand_made_objects() -> None:
     assert iou[:, 0].tolist() == pytest.approx([1 / 5, 2 / 4])
     with pytest.raises(ValueError, match="same size"):
         iou_matrix(true, predicted[:, :2])
+
+
+def test_class_scores_score_each_class_on_its_own_objects() -> None:
+    from pipeline.instances import class_scores
+
+    true = np.array([[1, 1, 0, 2], [1, 1, 0, 2]])
+    true_class = np.array([0, 1, 2])  # label 1 is class 1, label 2 class 2
+    predicted = np.array([[3, 3, 0, 0], [3, 3, 0, 0]])
+    predicted_class = np.array([0, 0, 0, 1])  # the one predicted object, label 3, is class 1
+    scores = class_scores(true, true_class, predicted, predicted_class, 3)
+    assert scores["objects_true"] == [0, 1, 1] and scores["objects_predicted"] == [0, 1, 0]
+    assert math.isnan(scores["dsb_score"][0]) and scores["dsb_score"][1:] == [1.0, 0.0]
+    assert scores["tp"][1] == [1] * 10 and scores["fn"][2] == [1] * 10 and scores["pq"][1] == 1.0
