@@ -183,6 +183,11 @@ def save_artifact(model: Any, info: ModelInfo, url: str, storage_config: Storage
 
 def read_info(url: str, storage_config: StorageConfig | None = None) -> ModelInfo:
     """Return the ModelInfo of the artifact at ``url``; raise ModelArtifactError if missing or invalid."""
+    return read_info_and_bytes(url, storage_config)[0]
+
+
+def read_info_and_bytes(url: str, storage_config: StorageConfig | None = None) -> tuple[ModelInfo, bytes]:
+    """Return the ModelInfo of the artifact at ``url`` and the bytes of its ``model.json``."""
     info_url = storage.join_url(url, INFO_FILE)
     try:
         raw = storage.read_bytes(info_url, storage_config)
@@ -194,23 +199,27 @@ def read_info(url: str, storage_config: StorageConfig | None = None) -> ModelInf
         data = json.loads(raw)
     except ValueError as exc:
         raise ModelArtifactError(f"{info_url} is not valid JSON ({exc})") from exc
-    return ModelInfo.from_json(data, url)
+    return ModelInfo.from_json(data, url), raw
 
 
-def load_artifact(url: str, storage_config: StorageConfig | None = None) -> LoadedModel:
+def load_artifact(url: str, storage_config: StorageConfig | None = None,
+                  tensorflow_threads: int | None = None) -> LoadedModel:
     """Return the model at ``url`` loaded with ``safe_mode=True`` and checked against its info.
 
     A K-means model is a :class:`pipeline.model.kmeans.KMeansSegmenter`, with no TensorFlow involved.
+    With ``tensorflow_threads``, TensorFlow is configured (:func:`configure_tensorflow`) before a
+    Keras model loads.
     """
-    info = read_info(url, storage_config)
+    info, described = read_info_and_bytes(url, storage_config)
     if not info.spec.keras:
         from pipeline.model.kmeans import KMeansSegmenter
 
-        described = storage.read_bytes(storage.join_url(url, INFO_FILE), storage_config)
         loaded = LoadedModel(model=KMeansSegmenter.from_info(info), info=info,
                              sha256=hashlib.sha256(described).hexdigest())
         log.info("loaded model %s from %s", loaded.model_id, url)
         return loaded
+    if tensorflow_threads is not None:
+        configure_tensorflow(tensorflow_threads)
     try:
         data = storage.read_bytes(storage.join_url(url, MODEL_FILE), storage_config)
     except FileNotFoundError as exc:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import ConfigError, StorageConfig
-from pipeline.model import ModelInfo, build_model, configure_tensorflow, encoder_input, load_artifact
+from pipeline.model import ModelInfo, build_model, encoder_input, load_artifact
 from pipeline.preprocess import mask_from_scores, match_channels, normalise, quantise_scores
 from pipeline.segment.prepare import stored_image
 from pipeline.segment.tiling import padded_to_tile, segment_in_windows
@@ -102,7 +102,7 @@ class SegmentationPredictor:
         started = time.perf_counter()
         self.tiling = dict(tiling or {"mode": "resize"})
         self.batch_size = batch_size
-        loaded = self.load(model_url, storage_config, threads)
+        loaded = load_artifact(model_url, storage_config, tensorflow_threads=threads)
         self.info = loaded.info
         spec = loaded.info.spec
         self.window = tuple(self.tiling.get("window") or spec.input_size)
@@ -114,15 +114,6 @@ class SegmentationPredictor:
         self.counts = {"batches": 0, "windows": 0}
         log.info("predictor ready (%s, %s) with %d thread(s) in %.1f s", spec.architecture, self.tiling["mode"], threads,
                  time.perf_counter() - started)
-
-    @staticmethod
-    def load(model_url: str, storage_config: StorageConfig | None, threads: int) -> Any:
-        """Return the loaded artifact, TensorFlow configured first for a Keras model."""
-        from pipeline.model import read_info
-
-        if read_info(model_url, storage_config).spec.keras:
-            configure_tensorflow(threads)
-        return load_artifact(model_url, storage_config)
 
     def traced_forward(self, loaded: Any, model_url: str, tta: bool) -> Any:
         """Return ``pixels -> scores`` (NumPy) through a traced call of the Keras model, traced once now.

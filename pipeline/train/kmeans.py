@@ -24,7 +24,7 @@ from pipeline.io import storage
 from pipeline.io.readers import read_dataset
 from pipeline.io.shards import discover_shards
 from pipeline.model import ModelInfo, ModelSpec, save_artifact
-from pipeline.model.kmeans import KMeansSegmenter, fit_kmeans, sample_pixels
+from pipeline.model.kmeans import KMeansSegmenter, fit_kmeans, pixel_features, sample_pixels
 from pipeline.train.data import DecodedSamples
 from pipeline.train.run import TrainSummary
 
@@ -62,9 +62,9 @@ class PixelSample:
             sampled = sample_pixels(image, mask, self.features, self.per_image, rng)
             values.append(sampled[0])
             labels.append(sampled[1])
-        width = (self.spec.channels if "colour" in self.features else 0) + 2 * ("position" in self.features) \
-            + 2 * ("texture" in self.features)
-        return {"values": np.concatenate(values) if values else np.zeros((0, width), dtype=np.float32),
+        if not values:  # no usable pair: an empty sample of the features' width
+            values.append(pixel_features(np.zeros((1, 1, self.spec.channels), np.float32), self.features)[:0])
+        return {"values": np.concatenate(values),
                 "labels": np.concatenate(labels) if labels else np.zeros(0, dtype=np.uint8)}
 
 
