@@ -62,8 +62,10 @@ def instance_scores(true: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
 
     Keys: ``objects_true``, ``objects_predicted``, ``tp``/``fp``/``fn`` (lists over
     :data:`THRESHOLDS`), ``dsb_score``, ``f1``, ``pq``, ``sq``, ``rq``, ``matched_iou`` (the IoU of
-    each matched pair at 0.5) and ``match`` (for each true label, the predicted label it matches
-    at 0.5, or 0).
+    each matched pair at 0.5), ``match`` (for each true label, the predicted label it matches
+    at 0.5, or 0) and, for the predicted objects in ``predicted_labels`` order, ``predicted_match``
+    (the true label each matches at 0.5, or 0) and ``predicted_iou`` (its highest IoU with a true
+    object, 0 if it overlaps none).
     """
     iou, true_labels, predicted_labels = iou_matrix(true, predicted)
     objects_true, objects_predicted = len(true_labels), len(predicted_labels)
@@ -73,9 +75,13 @@ def instance_scores(true: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
     matched_iou = iou[rows, cols]
     match = dict.fromkeys(true_labels.tolist(), 0)
     match.update(zip(true_labels[rows].tolist(), predicted_labels[cols].tolist()))
+    predicted_match = np.zeros(objects_predicted, dtype=np.int64)
+    predicted_match[cols] = true_labels[rows]
     result: dict[str, Any] = {
         "objects_true": objects_true, "objects_predicted": objects_predicted,
         "tp": tp.tolist(), "fp": fp.tolist(), "fn": fn.tolist(), "matched_iou": matched_iou.tolist(), "match": match,
+        "predicted_labels": predicted_labels, "predicted_match": predicted_match,
+        "predicted_iou": iou.max(axis=0) if objects_true else np.zeros(objects_predicted),
     }
     if objects_true == 0 and objects_predicted == 0:
         return {**result, **dict.fromkeys(("dsb_score", "f1", "pq", "sq", "rq"), float("nan"))}
@@ -97,10 +103,15 @@ def class_scores(true: np.ndarray, true_class: np.ndarray, predicted: np.ndarray
     ``true``/``predicted`` are label images and ``*_class`` map each label to its class (index 0,
     the background label, maps to 0). Each class is scored on the objects of that class alone;
     the background's entries are NaN (0 counts). Keys: ``objects_true``, ``objects_predicted``,
-    ``dsb_score``, ``f1``, ``pq``, and ``tp``/``fp``/``fn`` (per class, a list over :data:`THRESHOLDS`).
+    ``dsb_score``, ``f1``, ``pq``, and ``tp``/``fp``/``fn`` (per class, a list over :data:`THRESHOLDS`);
+    plus ``predicted_match`` and ``predicted_iou``, arrays indexed by predicted label: the true
+    label of the same class each object matches (0 if none) and its highest IoU with a true object
+    of its class (see :func:`instance_scores`).
     """
     names = ("objects_true", "objects_predicted", "dsb_score", "f1", "pq", "tp", "fp", "fn")
-    result: dict[str, list[Any]] = {name: [] for name in names}
+    result: dict[str, Any] = {name: [] for name in names}
+    result["predicted_match"] = np.zeros(len(predicted_class), dtype=np.int64)
+    result["predicted_iou"] = np.zeros(len(predicted_class), dtype=np.float64)
     nan, zeros = float("nan"), [0] * len(THRESHOLDS)
     for class_index in range(num_classes):
         if class_index == 0:
@@ -111,4 +122,6 @@ def class_scores(true: np.ndarray, true_class: np.ndarray, predicted: np.ndarray
                                  np.where(predicted_class[predicted] == class_index, predicted, 0))
         for name in names:
             result[name].append(scores[name])
+        result["predicted_match"][scores["predicted_labels"]] = scores["predicted_match"]
+        result["predicted_iou"][scores["predicted_labels"]] = scores["predicted_iou"]
     return result

@@ -79,14 +79,17 @@ def relabelled(labels: np.ndarray) -> tuple[np.ndarray, Any, Any]:
     return segmentation.relabel_sequential(labels)
 
 
-def object_rows(labels: np.ndarray, label_class: np.ndarray, scores: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def object_rows(labels: np.ndarray, label_class: np.ndarray, scores: np.ndarray | None = None,
+                confidence: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Return the measurements of every object of a label image, as columns of equal length.
 
     ``class``, ``label``, ``area`` (pixels), ``bbox_top``/``bbox_left``/``bbox_bottom``/``bbox_right``
     (bottom and right exclusive), ``centroid_row``/``centroid_col``, ``equivalent_diameter`` (of the
     disc of the same area), ``eccentricity`` (of the ellipse of the same second moments, 0 for a
     disc), ``solidity`` (area over convex hull area) and, with ``scores`` ``(h, w, K)`` in [0, 1],
-    ``mean_score``: the mean probability of the object's own class over its pixels.
+    ``mean_score``: the mean probability of the object's own class over its pixels. ``confidence``
+    ``(h, w)`` in [0, 1], each pixel's probability of the class it was given, serves the same when
+    only that is at hand.
     """
     from skimage import measure
 
@@ -101,9 +104,12 @@ def object_rows(labels: np.ndarray, label_class: np.ndarray, scores: np.ndarray 
         "equivalent_diameter": table["equivalent_diameter_area"], "eccentricity": table["eccentricity"],
         "solidity": table["solidity"],
     }
+    own = None
     if scores is not None:
-        sums = np.zeros(len(label_class), dtype=np.float64)
         own = np.take_along_axis(scores, label_class[labels][..., np.newaxis], axis=-1)[..., 0]
-        np.add.at(sums, labels.ravel(), own.ravel())
+    elif confidence is not None:
+        own = confidence
+    if own is not None:
+        sums = np.bincount(labels.ravel(), weights=np.asarray(own, dtype=np.float64).ravel(), minlength=len(label_class))
         rows["mean_score"] = sums[label] / np.maximum(rows["area"], 1)
     return rows

@@ -42,7 +42,7 @@ def open_header(data: bytes, what: str = "image", max_pixels: int | None = DEFAU
     Raises SampleError if the file is empty or not an image, or (kind ``image_too_large``) if its
     header declares more than ``max_pixels`` pixels (None: no limit).
     """
-    bad = "corrupt_image" if what == "image" else "bad_mask"
+    bad = bad_kind(what)
     if not data:
         raise SampleError(f"{what} file is empty", bad)
     try:
@@ -73,8 +73,13 @@ def load_picture(picture: Image.Image, what: str = "image") -> Image.Image:
         picture.load()
     except Exception as exc:  # PIL raises several types for corrupt and truncated files
         raise SampleError(f"{what} cannot be decoded ({type(exc).__name__}: {exc}); the file is corrupt or truncated",
-                          "corrupt_image" if what == "image" else "bad_mask") from exc
+                          bad_kind(what)) from exc
     return picture
+
+
+def bad_kind(what: str) -> str:
+    """Return the error kind of an unreadable file that holds ``what`` (an image, a mask, an instance label image)."""
+    return {"image": "corrupt_image", "mask": "bad_mask"}.get(what, "bad_instances" if "instance" in what else "bad_mask")
 
 
 def open_image(data: bytes, what: str = "image", max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
@@ -393,17 +398,35 @@ def mask_from_scores(scores: np.ndarray, threshold: float) -> np.ndarray:
     return np.argmax(scores, axis=-1).astype(np.uint8)
 
 
+def decided(scores: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(mask, confidence)`` from ``(H, W, K)`` scores: the class indices of :func:`mask_from_scores`
+    and, as uint8 levels (see :func:`quantise_scores`), the probability of each pixel's own class
+    (``p`` or ``1 - p`` for one sigmoid channel, the highest probability otherwise)."""
+    mask = mask_from_scores(scores, threshold)
+    levels = scores if scores.dtype == np.uint8 else quantise_scores(scores)
+    if scores.shape[-1] == 1:
+        plane = levels[:, :, 0]
+        return mask, np.where(mask == 1, plane, SCORE_LEVELS - plane).astype(np.uint8)
+    return mask, levels.max(axis=-1)
+
+
 def mask_at_size(scores: np.ndarray, height: int, width: int, threshold: float) -> np.ndarray:
     """Return the class-index mask at ``(height, width)``: scores are resized bilinearly, then decided.
 
     One class plane is resized at a time and the argmax kept as it goes (ties to the lower class,
     as ``np.argmax``), so a large image costs a few bytes per pixel, not ``K`` float planes.
     """
+    return mask_and_confidence_at_size(scores, height, width, threshold)[0]
+
+
+def mask_and_confidence_at_size(scores: np.ndarray, height: int, width: int,
+                                threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Return :func:`mask_at_size` and the confidence of :func:`decided` (uint8 levels) at ``(height, width)``."""
     if scores.shape[:2] == (height, width):
-        return mask_from_scores(scores, threshold)
+        return decided(scores, threshold)
     bilinear = Image.Resampling.BILINEAR
     if scores.shape[-1] == 1:
-        return mask_from_scores(resize_plane(scores[:, :, 0], height, width, bilinear)[:, :, np.newaxis], threshold)
+        return decided(resize_plane(scores[:, :, 0], height, width, bilinear)[:, :, np.newaxis], threshold)
     best = resize_plane(scores[:, :, 0], height, width, bilinear).copy()
     labels = np.zeros((height, width), dtype=np.uint8)
     for k in range(1, scores.shape[-1]):
@@ -411,7 +434,7 @@ def mask_at_size(scores: np.ndarray, height: int, width: int, threshold: float) 
         higher = plane > best
         labels[higher] = k
         np.maximum(best, plane, out=best)
-    return labels
+    return labels, best if best.dtype == np.uint8 else quantise_scores(best)
 
 
 INSTANCE_MODES = ("L", "I", "I;16", "I;16L", "I;16B")  # 8-, 16- and 32-bit integer grey

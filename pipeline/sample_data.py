@@ -34,10 +34,29 @@ def sample_for_index(cfg: SampleDataConfig, index: int) -> tuple[np.ndarray, np.
     Each sample has its own generator seeded by ``(seed, index)``, so a sample is the same whatever
     the layout or number of shards, and samples can be drawn in any order.
     """
+    image, mask, _ = sample_with_instances(cfg, index)
+    return image, mask
+
+
+def sample_with_instances(cfg: SampleDataConfig, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the ``(image, mask, instances)`` of sample ``index``: :func:`sample_for_index` and its objects'
+    uint16 label image (numbered 1.. in painting order, those wholly covered by later ones left out)."""
     rng = np.random.default_rng([cfg.seed, index])
     height, width = rng.integers(cfg.min_size, cfg.max_size + 1, size=2)
     object_size = cfg.object_size if cfg.scale == "native" else None
-    return synthetic_sample(rng, int(height), int(width), cfg.num_classes, object_size)
+    instances = np.zeros((int(height), int(width)), dtype=np.int32)
+    image, mask = synthetic_sample(rng, int(height), int(width), cfg.num_classes, object_size, instances)
+    _, numbered = np.unique(instances, return_inverse=True)  # 0 stays 0, the labels left become 1..n
+    return image, mask, numbered.reshape(instances.shape).astype(np.uint16)
+
+
+def truth_files(cfg: SampleDataConfig, index: int) -> tuple[np.ndarray, dict[str, bytes]]:
+    """Return sample ``index``'s image and its encoded ground truth: ``mask`` and, with ``cfg.instances``, ``instances``."""
+    image, mask, instances = sample_with_instances(cfg, index)
+    files = {"mask": encode_png(mask)}
+    if cfg.instances:
+        files["instances"] = encode_png(instances)
+    return image, files
 
 
 def shard_ranges(num_images: int, num_shards: int) -> list[range]:
@@ -60,11 +79,12 @@ def write_sample_data(cfg: SampleDataConfig) -> list[str]:
 
     Layouts (all through :mod:`pipeline.storage`, so local paths, ``file://`` and ``s3://`` work):
 
-    - ``tar``: ``<output>/shard-00000.tar`` … with members ``<key>.png`` and ``<key>.mask.png``;
-      returns the shard URLs.
-    - ``folder``: ``<output>/images/<key>.png`` and ``<output>/masks/<key>.png``; returns the image URLs.
+    - ``tar``: ``<output>/shard-00000.tar`` … with members ``<key>.png`` and ``<key>.mask.png``
+      (and ``<key>.instances.png`` with ``cfg.instances``); returns the shard URLs.
+    - ``folder``: ``<output>/images/<key>.png`` and ``<output>/masks/<key>.png`` (and
+      ``instances/<key>.png``); returns the image URLs.
     - ``parquet``: ``<output>/part-00000.parquet`` … with columns ``key``, ``image``, ``mask``
-      (encoded PNG bytes); returns the file URLs.
+      (and ``instances``; encoded PNG bytes); returns the file URLs.
 
     Keys are ``sample-000000``, ``sample-000001``, … (global index). Shards hold consecutive keys and
     ``min(num_shards, num_images)`` of them are written. The same config gives byte-identical files.
@@ -99,10 +119,11 @@ def _tar_shard_bytes(cfg: SampleDataConfig, indices: Sequence[int]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
         for index in indices:
-            image, mask = sample_for_index(cfg, index)
+            image, files = truth_files(cfg, index)
             key = sample_key(index)
             _add_tar_member(archive, f"{key}.png", encode_png(image, compress_level=1))
-            _add_tar_member(archive, f"{key}.mask.png", encode_png(mask))
+            for role, data in files.items():
+                _add_tar_member(archive, f"{key}.{role}.png", data)
     return buffer.getvalue()
 
 
@@ -119,16 +140,14 @@ def _write_folders(cfg: SampleDataConfig) -> list[str]:
     """Write ``images/<key>.png`` and ``masks/<key>.png`` files and return the image URLs."""
     urls = []
     for index in range(cfg.num_images):
-        image, mask = sample_for_index(cfg, index)
+        image, files = truth_files(cfg, index)
         key = sample_key(index)
         image_url = join_url(cfg.output, "images", f"{key}.png")
         write_bytes(image_url, encode_png(image, compress_level=1), cfg.storage)
-        write_bytes(join_url(cfg.output, "masks", f"{key}.png"), encode_png(mask), cfg.storage)
+        for role, data in files.items():
+            write_bytes(join_url(cfg.output, "masks" if role == "mask" else role, f"{key}.png"), data, cfg.storage)
         urls.append(image_url)
     return urls
-
-
-_PARQUET_SCHEMA = pa.schema([("key", pa.string()), ("image", pa.binary()), ("mask", pa.binary())])
 
 
 def _write_parquet_shards(cfg: SampleDataConfig) -> list[str]:
@@ -138,13 +157,15 @@ def _write_parquet_shards(cfg: SampleDataConfig) -> list[str]:
 
 def _parquet_shard_bytes(cfg: SampleDataConfig, indices: Sequence[int]) -> bytes:
     """Return a Parquet file (one row per sample index) with PNG-encoded ``image`` and ``mask``."""
-    keys, images, masks = [], [], []
+    columns: dict[str, list] = {"key": [], "image": [], "mask": [], **({"instances": []} if cfg.instances else {})}
     for index in indices:
-        image, mask = sample_for_index(cfg, index)
-        keys.append(sample_key(index))
-        images.append(encode_png(image, compress_level=1))
-        masks.append(encode_png(mask))
-    table = pa.table({"key": keys, "image": images, "mask": masks}, schema=_PARQUET_SCHEMA)
+        image, files = truth_files(cfg, index)
+        columns["key"].append(sample_key(index))
+        columns["image"].append(encode_png(image, compress_level=1))
+        for role, data in files.items():
+            columns[role].append(data)
+    table = pa.table({name: pa.array(values, pa.string() if name == "key" else pa.binary())
+                      for name, values in columns.items()})
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     return buffer.getvalue()

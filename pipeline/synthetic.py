@@ -177,7 +177,8 @@ NATIVE_COVER = 0.25  # at native scale: the expected fraction of an image the ob
 
 
 def synthetic_sample(
-    rng: np.random.Generator, height: int, width: int, num_classes: int, object_size: float | None = None
+    rng: np.random.Generator, height: int, width: int, num_classes: int, object_size: float | None = None,
+    instances: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return one synthetic ``(image, mask)`` pair drawn with ``rng``.
 
@@ -189,15 +190,19 @@ def synthetic_sample(
     each spans 0.7 to 1.3 times ``object_size`` across whatever the image's size, and their number
     grows with the image's area (together they cover about ``NATIVE_COVER`` of it), so resizing a
     large image to a small tile shrinks them to nothing.
+
+    ``instances``, an int32 ``(height, width)`` array of zeros, receives each object's label
+    (1, 2, ... in painting order, a later object covering an earlier one; an object wholly covered
+    leaves its label unused); the draws are the same with or without it.
     """
     _check_sample_arguments(height, width, num_classes)
     canvas = _background(rng, height, width)
     mask = np.zeros((height, width), dtype=np.uint8)
     order = _painting_order(rng, num_classes) if object_size is None else _native_order(
         rng, height, width, num_classes, object_size)
-    for class_index in order:
+    for number, class_index in enumerate(order, start=1):
         radius = None if object_size is None else rng.uniform(0.35, 0.65) * object_size
-        _paint_object(rng, canvas, mask, int(class_index), radius)
+        _paint_object(rng, canvas, mask, int(class_index), radius, instances, number)
     canvas += _noise(rng, canvas.shape, sigma=rng.uniform(4.0, 10.0))
     canvas += np.float32(0.5)  # round to nearest on the cast below
     np.clip(canvas, 0.0, 255.0, out=canvas)
@@ -268,9 +273,10 @@ def _native_order(rng: np.random.Generator, height: int, width: int, num_classes
 
 
 def _paint_object(rng: np.random.Generator, canvas: Array, mask: Array, class_index: int,
-                  radius: float | None = None) -> None:
-    """Paint one object of ``class_index`` into ``canvas`` (RGB float) and ``mask`` in place; its
-    half-size is ``radius`` pixels, or 5-20 % of the image's shorter side."""
+                  radius: float | None = None, instances: Array | None = None, label: int = 0) -> None:
+    """Paint one object of ``class_index`` into ``canvas`` (RGB float) and ``mask`` in place (and
+    ``label`` into ``instances``, if given); its half-size is ``radius`` pixels, or 5-20 % of the
+    image's shorter side."""
     height, width = mask.shape
     style = _CLASS_STYLES[class_index - 1]
     r = radius if radius is not None else max(3.0, rng.uniform(0.05, 0.2) * min(height, width))
@@ -286,6 +292,8 @@ def _paint_object(rng: np.random.Generator, canvas: Array, mask: Array, class_in
     for channel, tint in enumerate(style.tint):  # per channel: fancy assignment over a last axis of 3 is slow
         patch[:, :, channel][region] = intensity * np.float32(tint)
     mask[box][region] = class_index
+    if instances is not None:
+        instances[box][region] = label
 
 
 def _rotated_frame(

@@ -301,3 +301,31 @@ def test_instance_label_images_round_trip_and_bad_ones_are_refused() -> None:
         with pytest.raises(SampleError) as caught:
             decode_instances(data, shape)
         assert kind is None or caught.value.kind == kind, (kind, caught.value.kind, str(caught.value))
+
+
+def test_unusable_instance_label_images_become_error_rows_of_their_kind() -> None:
+    from pipeline.model import ModelInfo, ModelSpec
+    from pipeline.segment.prepare import prepare_batch
+
+    image = preprocess.encode_png(np.zeros((20, 30, 3), np.uint8))
+    floats = io.BytesIO()
+    Image.fromarray(np.zeros((20, 30), np.float32)).save(floats, format="TIFF")
+    full8 = np.arange(20 * 30).reshape(20, 30) % 256  # every 8-bit label used: it has wrapped
+    cases = {
+        "ok": (preprocess.encode_png(np.ones((20, 30), np.uint16)), ""),
+        "small": (preprocess.encode_png(np.ones((10, 30), np.uint16)), "instances_size_mismatch"),
+        "wrapped": (preprocess.encode_png(full8.astype(np.uint8)), "bad_instances"),
+        "float": (floats.getvalue(), "bad_instances"),
+        "colour": (preprocess.encode_png(np.zeros((20, 30, 3), np.uint8)), "bad_instances"),
+        "corrupt": (b"\x89PNG\r\n\x1a\n broken", "bad_instances"),
+    }
+    keys = list(cases)
+    batch = {name: np.array(values, dtype=object) for name, values in {
+        "key": keys, "source": ["s"] * len(keys), "shard": ["s"] * len(keys), "image": [image] * len(keys),
+        "mask": [b""] * len(keys), "instances": [cases[k][0] for k in keys], "error": [""] * len(keys),
+        "error_kind": [""] * len(keys)}.items()}
+    batch["shard_rows"] = np.full(len(keys), len(keys))
+    spec = ModelSpec(input_size=(32, 32), channels=3, num_classes=2, depth=2, base_filters=4)
+    out = prepare_batch(batch, ModelInfo(spec=spec, class_names=("background", "cell")))
+    assert dict(zip(keys, out["error_kind"])) == {k: kind for k, (_, kind) in cases.items()}
+    assert all(key in error for key, error in zip(keys, out["error"]) if error)

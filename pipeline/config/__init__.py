@@ -5,11 +5,12 @@
 """
 
 from pipeline.config.loading import ConfigError, load_config, option_fields, public_dict, reference_markdown
-from pipeline.config.runs import ActorConfig, ImportConfig, ReportConfig, SampleDataConfig, SegmentConfig, StorageConfig
+from pipeline.config.runs import ActorConfig, ImportConfig, ObjectsConfig, ReportConfig, SampleDataConfig, SegmentConfig
+from pipeline.config.runs import StorageConfig
 from pipeline.config.training import AugmentConfig, LoaderConfig, ModelConfig, OptimConfig, TrainConfig
 
 __all__ = [
-    "ActorConfig", "AugmentConfig", "ConfigError", "ImportConfig", "LoaderConfig", "ModelConfig", "OptimConfig",
-    "ReportConfig", "SampleDataConfig", "SegmentConfig", "StorageConfig", "TrainConfig", "load_config", "option_fields", "public_dict",
-    "reference_markdown",
+    "ActorConfig", "AugmentConfig", "ConfigError", "ImportConfig", "LoaderConfig", "ModelConfig", "ObjectsConfig",
+    "OptimConfig", "ReportConfig", "SampleDataConfig", "SegmentConfig", "StorageConfig", "TrainConfig", "load_config",
+    "option_fields", "public_dict", "reference_markdown",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 from pipeline.config.loading import ConfigError, option, public_dict
 
@@ -116,6 +116,31 @@ class ActorConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ObjectsConfig:
+    """Objects from the predicted masks: instances, one row per object, and instance metrics."""
+
+    enabled: bool = option(False, flag="--objects",
+                           help="label the objects of every foreground class of each predicted mask: writes "
+                                "instances/<key>.png (16-bit labels; 32-bit TIFF beyond 65,535 objects), "
+                                "objects/<shard>.parquet (one row per object) and the instance metrics (DSB score, "
+                                "PQ) against ground-truth instances")
+    min_size: int = option(0, flag="--min-object-size", help="objects of fewer pixels are dropped (left as background)")
+    split: str = option("none", flag="--split", choices=("none", "watershed"),
+                        help="none: each connected component is an object; watershed: touching objects are split "
+                             "along the valleys of their distance transform, one marker per peak")
+    connectivity: int = option(8, flag="--connectivity", choices=(4, 8),
+                               help="the neighbours that join pixels into one object: 4 (edges) or 8 (edges and corners)")
+
+    def __post_init__(self) -> None:
+        if self.min_size < 0:
+            raise ConfigError(f"objects.min_size={self.min_size}: pixels, 0 or more")
+        if self.split not in ("none", "watershed"):
+            raise ConfigError(f"objects.split={self.split!r}: choose none or watershed")
+        if self.connectivity not in (4, 8):
+            raise ConfigError(f"objects.connectivity={self.connectivity}: 4 or 8")
+
+
+@dataclasses.dataclass(frozen=True)
 class SegmentConfig:
     """Everything a segmentation run needs; saved (credentials redacted) in ``<output>/run.json``."""
 
@@ -166,8 +191,11 @@ class SegmentConfig:
                                         "segment; larger ones become image_too_large error rows")
     tiff_page: int | None = option(None, flag="--tiff-page", default_text="none: multi-page TIFFs are error rows",
                                    help="the page (0-based) to segment of each multi-page TIFF")
+    objects: ObjectsConfig = option(default_factory=ObjectsConfig, help="objects and instance metrics")
     actors: ActorConfig = option(default_factory=ActorConfig, help="the predictor actor pool")
     storage: StorageConfig = option(default_factory=StorageConfig, help="object storage access")
+
+    ALIASES: ClassVar[dict[str, str]] = {"objects": "objects.enabled"}  # objects: true
 
     def __post_init__(self) -> None:
         for name in ("input", "model", "output"):
@@ -218,6 +246,9 @@ class SampleDataConfig:
                         help="resize: objects sized with the image (5-20% of its side); native: objects of a fixed "
                              "pixel size (--object-size), as many as the image's area holds, for large images")
     object_size: float = option(16.0, flag="--object-size", help="with --scale native: objects' typical width in pixels")
+    instances: bool = option(False, flag="--instances",
+                             help="also write each image's objects as a 16-bit instance label image (<key>.instances.png, "
+                                  "instances/<key>.png or an instances column)")
     storage: StorageConfig = option(default_factory=StorageConfig, help="object storage access")
 
     def __post_init__(self) -> None:

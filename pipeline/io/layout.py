@@ -3,8 +3,11 @@
 ::
 
     <output>/masks/<key>.png          the predicted class-index mask of each ok image
+    <output>/instances/<key>.png      with objects: the predicted objects' 16-bit label image (.tif
+                                      when an image holds more than 65,535 objects)
+    <output>/objects/<shard>.parquet  with objects: one row per predicted object of the shard
     <output>/metrics/<shard>.parquet  one row per input image of the shard
-    <output>/_done/<shard>.json       the shard's commit marker, written after the two above
+    <output>/_done/<shard>.json       the shard's commit marker, written after the files above
     <output>/run.json                 the run record: config, model, versions, times, counts
     <output>/report/                  summary.json and report.html (``segpipe report``)
 
@@ -19,16 +22,28 @@ from pipeline.config import StorageConfig
 from pipeline.io.storage import join_url, list_files
 
 MASKS = "masks"
+INSTANCES = "instances"
+OBJECTS = "objects"
 METRICS = "metrics"
 MARKERS = "_done"
 RUN_RECORD = "run.json"
 REPORT = "report"
-PARTS = (METRICS, MARKERS, MASKS, REPORT, RUN_RECORD)  # all a run writes: what --overwrite removes
+PARTS = (METRICS, MARKERS, MASKS, INSTANCES, OBJECTS, REPORT, RUN_RECORD)  # all a run writes: what --overwrite removes
 
 
 def mask_url(output: str, key: str) -> str:
     """Return the URL of the predicted mask of ``key``."""
     return join_url(output, MASKS, f"{key}.png")
+
+
+def instances_url(output: str, key: str, extension: str = "png") -> str:
+    """Return the URL of the predicted instance label image of ``key`` (``png``, or ``tif`` beyond 65,535 objects)."""
+    return join_url(output, INSTANCES, f"{key}.{extension}")
+
+
+def objects_url(output: str, shard: str) -> str:
+    """Return the URL of a shard's objects file."""
+    return join_url(output, OBJECTS, f"{shard}.parquet")
 
 
 def metrics_url(output: str, shard: str) -> str:

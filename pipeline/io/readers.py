@@ -1,9 +1,9 @@
-"""Read a shard into rows of encoded ``key, image[, mask]``, one per image, never losing one.
+"""Read a shard into rows of encoded ``key, image[, mask][, instances]``, one per image, never losing one.
 
 Reading a shard never raises for a bad sample: the sample becomes a row with ``error`` and
 ``error_kind`` set (:data:`pipeline.schema.ERROR_KINDS`), and the whole shard becomes one error
 row if it cannot be read at all. Every tar member, folder file or Parquet row named like an
-image gets its row; so does a mask without an image.
+image gets its row; so does ground truth (a mask or instance labels) without an image.
 """
 
 from __future__ import annotations
@@ -20,23 +20,31 @@ import pyarrow.parquet as pq
 
 from pipeline.config import StorageConfig
 from pipeline.io import storage
-from pipeline.io.shards import IMAGE_EXTENSIONS, MASK_SUFFIX, InputError, Shard, shard_dataset, shard_name
+from pipeline.io.shards import (
+    IMAGE_EXTENSIONS,
+    INSTANCES_SUFFIXES,
+    MASK_SUFFIX,
+    InputError,
+    Shard,
+    shard_dataset,
+    shard_name,
+)
 
 log = logging.getLogger(__name__)
 
 
 def sample_row(shard: Shard, key: str, image: bytes = b"", mask: bytes | None = None, error: str = "",
-               kind: str = "") -> dict[str, Any]:
-    """Return one input row. Empty ``mask`` means no ground truth; a non-empty ``error`` means the
-    sample is unusable and says why, and ``kind`` names it (:data:`pipeline.schema.ERROR_KINDS`).
-    (Empty values, not None, keep the columns' types stable.)"""
+               kind: str = "", instances: bytes | None = None) -> dict[str, Any]:
+    """Return one input row. Empty ``mask`` means no ground-truth mask, empty ``instances`` no instance
+    label image; a non-empty ``error`` means the sample is unusable and says why, and ``kind`` names
+    it (:data:`pipeline.schema.ERROR_KINDS`). (Empty values, not None, keep the columns' types stable.)"""
     return {"key": key, "source": shard.url, "shard": shard.name, "image": image, "mask": mask or b"",
-            "error": error, "error_kind": kind if error else ""}
+            "instances": instances or b"", "error": error, "error_kind": kind if error else ""}
 
 
 @dataclasses.dataclass(frozen=True)
 class Occurrence:
-    """One image (or mask) of a key in a shard, in the shard's order.
+    """One image (or mask, or instance label image) of a key in a shard, in the shard's order.
 
     ``member`` names it (tar member, file URL or Parquet row); ``error``/``kind`` say why it cannot
     be read. ``claims``: whether it takes its key, so that a later image of the same key is a
@@ -54,7 +62,7 @@ class Occurrence:
 
 def read_shard(shard: Shard, storage_config: StorageConfig | None = None,
                taken: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    """Return the shard's rows (one per image, and one per mask without an image), each tagged with
+    """Return the shard's rows (one per image, and one per ground truth without an image), each tagged with
     ``shard_rows`` = the shard's row count.
 
     ``taken`` maps keys an earlier shard already holds to that shard's URL (see
@@ -62,8 +70,8 @@ def read_shard(shard: Shard, storage_config: StorageConfig | None = None,
     """
     readers = {"tar": tar_contents, "parquet": parquet_contents, "folder": folder_contents}
     try:
-        occurrences, masks, cut = readers[shard.kind](shard, storage_config)
-        rows = list(paired_rows(shard, occurrences, masks, taken or {}))
+        occurrences, truth, cut = readers[shard.kind](shard, storage_config)
+        rows = list(paired_rows(shard, occurrences, truth, taken or {}))
         if cut:
             rows.append(sample_row(shard, shard.name, error=cut, kind="unreadable_shard"))
     except Exception as exc:  # the whole shard is unreadable: keep a trace of it as one error row
@@ -77,7 +85,8 @@ def read_shard(shard: Shard, storage_config: StorageConfig | None = None,
     return rows
 
 
-Contents = tuple[list[Occurrence], dict[str, Occurrence], str]  # images, masks by key, cut-off message
+Truth = dict[str, dict[str, Occurrence]]  # key -> "mask" / "instances" -> its occurrence (the first of its key)
+Contents = tuple[list[Occurrence], Truth, str]  # images, ground truth by key, cut-off message
 
 
 def split_member_name(name: str) -> tuple[str, str]:
@@ -93,11 +102,14 @@ def split_member_name(name: str) -> tuple[str, str]:
 
 
 def member_role(name: str) -> str | None:
-    """Return what a tar member named like an image is: ``"image"``, ``"mask"``, ``"misnamed"`` (an
-    image extension after another component, e.g. ``a.b.png`` or ``a.mask.jpg``), else None (ignored)."""
+    """Return what a tar member named like an image is: ``"image"``, ``"mask"``, ``"instances"``,
+    ``"misnamed"`` (an image extension after another component, e.g. ``a.b.png`` or ``a.mask.jpg``),
+    else None (ignored)."""
     _, extension = split_member_name(name)
     if extension == MASK_SUFFIX[1:]:
         return "mask"
+    if "." + extension in INSTANCES_SUFFIXES:
+        return "instances"
     if "." + extension in IMAGE_EXTENSIONS:
         return "image"
     return "misnamed" if extension.endswith(IMAGE_EXTENSIONS) else None
@@ -125,7 +137,7 @@ def member_problem(member: tarfile.TarInfo, regular: Mapping[str, tarfile.TarInf
 
 def tar_contents(shard: Shard, storage_config: StorageConfig | None, with_content: bool = True,
                  wanted: Collection[str] | None = None) -> Contents:
-    """Return a tar shard's image occurrences (member order), masks and cut-off message (empty if whole).
+    """Return a tar shard's image occurrences (member order), ground truth and cut-off message (empty if whole).
 
     Without ``with_content`` only the headers are read (for :func:`pipeline.io.keys.shard_keys`): occurrences carry
     no bytes but the same keys and ``claims``. With ``wanted`` only those keys' bytes are read,
@@ -134,12 +146,12 @@ def tar_contents(shard: Shard, storage_config: StorageConfig | None, with_conten
     if with_content and wanted is None:
         whole = io.BytesIO(storage.read_bytes(shard.url, storage_config))  # one request for the whole shard
         with tarfile.open(fileobj=whole, mode="r:") as archive:
-            occurrences, masks, cut = tar_members(shard, archive, with_content, wanted)
+            occurrences, truth, cut = tar_members(shard, archive, with_content, wanted)
             if not cut and whole.getbuffer().nbytes - archive.offset < tarfile.BLOCKSIZE:
                 cut = (f"shard {shard.url} ends without tar's end-of-archive blocks after member "
                        f"{archive.members[-1].name if archive.members else '(none)'}, so it was probably cut off; "
                        "the members read are kept: copy the shard again to read the rest")
-        return occurrences, masks, cut
+        return occurrences, truth, cut
     fs, path = storage.filesystem_for(shard.url, storage_config)
     with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as archive:
         return tar_members(shard, archive, with_content, wanted)
@@ -149,7 +161,7 @@ def tar_members(shard: Shard, archive: tarfile.TarFile, with_content: bool,
                 wanted: Collection[str] | None = None) -> Contents:
     """Return :func:`tar_contents` for an open archive."""
     occurrences: list[Occurrence] = []
-    masks: dict[str, Occurrence] = {}
+    truth: Truth = {}
     regular: dict[str, tarfile.TarInfo] = {}
     last, cut = "", ""
     while True:
@@ -168,11 +180,11 @@ def tar_members(shard: Shard, archive: tarfile.TarFile, with_content: bool,
         if role is not None:
             item = tar_occurrence(shard, archive, member, role, regular,
                                   with_content and (wanted is None or split_member_name(member.name)[0] in wanted))
-            if role == "mask":
-                masks.setdefault(item.key, item)
+            if role in ("mask", "instances"):
+                truth.setdefault(item.key, {}).setdefault(role, item)
             else:
                 occurrences.append(item)
-    return occurrences, masks, cut
+    return occurrences, truth, cut
 
 
 def tar_occurrence(shard: Shard, archive: tarfile.TarFile, member: tarfile.TarInfo, role: str,
@@ -183,7 +195,7 @@ def tar_occurrence(shard: Shard, archive: tarfile.TarFile, member: tarfile.TarIn
     if role == "misnamed":
         return Occurrence(key, member.name, error=f"{name} is named like an image, but a key ends at the first dot "
                           f"of the name, leaving the component {extension!r}, which segpipe does not read; name images "
-                          "<key>.<png|jpg|tif|bmp|webp> and masks <key>.mask.png", kind="unsupported_member",
+                          "<key>.<png|jpg|tif|bmp|webp>, masks <key>.mask.png and instance labels <key>.instances.png", kind="unsupported_member",
                           claims=False)
     problem = member_problem(member, regular)
     if problem:
@@ -191,7 +203,7 @@ def tar_occurrence(shard: Shard, archive: tarfile.TarFile, member: tarfile.TarIn
     if not with_content:
         return Occurrence(key, member.name)
     content, error = read_member(archive, regular[member.linkname] if member.islnk() else member)
-    bad = "corrupt_image" if role == "image" else "bad_mask"
+    bad = {"image": "corrupt_image", "mask": "bad_mask"}.get(role, "bad_instances")
     return Occurrence(key, member.name, content, f"{name} {error}" if error else "", bad if error else "")
 
 
@@ -207,9 +219,9 @@ def read_member(archive: tarfile.TarFile, member: tarfile.TarInfo) -> tuple[byte
     return content, ""
 
 
-def paired_rows(shard: Shard, occurrences: list[Occurrence], masks: Mapping[str, Occurrence],
+def paired_rows(shard: Shard, occurrences: list[Occurrence], truth: Truth,
                 taken: Mapping[str, str]) -> Iterator[dict[str, Any]]:
-    """Yield one row per image occurrence (with its key's mask), then one per mask without an image.
+    """Yield one row per image occurrence (with its key's ground truth), then one per ground truth without an image.
 
     The first occurrence of a key that claims it is segmented; a later one, in this shard or after
     an earlier shard (``taken``), is a ``duplicate_key`` error row naming where the key was first.
@@ -232,26 +244,35 @@ def paired_rows(shard: Shard, occurrences: list[Occurrence], masks: Mapping[str,
             continue
         if item.claims:
             first[item.key] = item.member
-        mask = masks.get(item.key)
-        failed = item if item.error else mask if mask is not None and mask.error else None
+        labels = truth.get(item.key, {})
+        failed = item if item.error else next((found for found in labels.values() if found.error), None)
         if failed is not None:
             yield sample_row(shard, item.key, error=failed.error, kind=failed.kind)
         else:
-            yield sample_row(shard, item.key, image=item.content, mask=mask.content if mask else None)
+            yield sample_row(shard, item.key, image=item.content, mask=content_of(labels, "mask"),
+                             instances=content_of(labels, "instances"))
     with_image = {item.key for item in occurrences}
-    for key in sorted(set(masks) - with_image):
+    for key in sorted(set(truth) - with_image):
         problem = storage.key_problem(key)
         if problem:
-            yield sample_row(shard, key, error=f"key {key!r} (a mask) in {shard.url} cannot name an output file: "
+            yield sample_row(shard, key, error=f"key {key!r} (ground truth) in {shard.url} cannot name an output file: "
                              f"{problem}; rename it", kind="unsafe_key")
         else:
-            yield sample_row(shard, key, error=f"key {key!r} in {shard.url} has a mask but no image",
+            yield sample_row(shard, key, error=f"key {key!r} in {shard.url} has a {' and '.join(sorted(truth[key]))} "
+                             "but no image",
                              kind="missing_image")
+
+
+def content_of(labels: Mapping[str, Occurrence], role: str) -> bytes | None:
+    """Return the bytes of a key's ground truth of ``role`` (``"mask"`` / ``"instances"``), None if it has none."""
+    found = labels.get(role)
+    return found.content if found is not None and found.content else None
 
 
 def parquet_contents(shard: Shard, storage_config: StorageConfig | None, with_content: bool = True,
                      wanted: Collection[str] | None = None) -> Contents:
-    """Return a Parquet shard's image occurrences (row order) and masks; columns ``key``, ``image``, optional ``mask``.
+    """Return a Parquet shard's image occurrences (row order) and ground truth; columns ``key``, ``image``,
+    optional ``mask`` and ``instances``.
 
     Without ``with_content`` only the ``key`` column is read (for :func:`pipeline.io.keys.shard_keys`);
     with ``wanted`` only the rows of those keys.
@@ -263,38 +284,42 @@ def parquet_contents(shard: Shard, storage_config: StorageConfig | None, with_co
         missing = {"key", "image"} - set(names)
         if missing:
             raise InputError(f"Parquet shard {shard.url} lacks column(s) {sorted(missing)}; "
-                             "it needs key, image[, mask]")
-        columns = ["key", "image", *(["mask"] if "mask" in names else [])] if with_content else ["key"]
+                             "it needs key, image[, mask][, instances]")
+        extra = [name for name in ("mask", "instances") if name in names]
+        columns = ["key", "image", *extra] if with_content else ["key"]
         if wanted is None:
             table = parquet.read(columns=columns)
         else:  # batch by batch, keeping only the wanted rows
             table = pq.read_table(handle, columns=columns, filters=[("key", "in", sorted(wanted))])
     keys = table.column("key").to_pylist()
     images = table.column("image").to_pylist() if with_content else [b""] * len(keys)
-    masks_column = table.column("mask").to_pylist() if "mask" in table.column_names else [None] * len(keys)
+    truth_columns = {role: table.column(role).to_pylist() if role in table.column_names else [None] * len(keys)
+                     for role in ("mask", "instances")}
     occurrences: list[Occurrence] = []
-    masks: dict[str, Occurrence] = {}
-    for index, (key, image, mask) in enumerate(zip(keys, images, masks_column)):
+    truth: Truth = {}
+    for index, (key, image) in enumerate(zip(keys, images)):
         if key is None:
             occurrences.append(Occurrence(f"{shard.name}#row{index}", f"row {index}", error=f"row {index} of "
                                           f"{shard.url} has no key", kind="missing_key", claims=False))
             continue
         occurrences.append(Occurrence(str(key), f"row {index}", image or b""))
-        if mask is not None:
-            masks.setdefault(str(key), Occurrence(str(key), f"row {index}", mask))
-    return occurrences, masks, ""
+        for role, column in truth_columns.items():
+            if column[index] is not None:
+                truth.setdefault(str(key), {}).setdefault(role, Occurrence(str(key), f"row {index}", column[index]))
+    return occurrences, truth, ""
 
 
 def folder_contents(shard: Shard, storage_config: StorageConfig | None, with_content: bool = True) -> Contents:
-    """Return an image-folder shard's image occurrences and masks, reading each file (unless not ``with_content``)."""
+    """Return an image-folder shard's image occurrences and ground truth, reading each file (unless not ``with_content``)."""
     occurrences: list[Occurrence] = []
-    masks: dict[str, Occurrence] = {}
-    for key, image_url, mask_url in shard.members:
+    truth: Truth = {}
+    for key, image_url, mask_url, *rest in shard.members:
         if image_url is not None:
             occurrences.append(file_occurrence(key, image_url, storage_config, with_content, "corrupt_image"))
-        if mask_url is not None and key not in masks:
-            masks[key] = file_occurrence(key, mask_url, storage_config, with_content, "bad_mask")
-    return occurrences, masks, ""
+        for role, url, kind in (("mask", mask_url, "bad_mask"), ("instances", rest[0] if rest else None, "bad_instances")):
+            if url is not None and role not in truth.get(key, {}):
+                truth.setdefault(key, {})[role] = file_occurrence(key, url, storage_config, with_content, kind)
+    return occurrences, truth, ""
 
 
 def file_occurrence(key: str, url: str, storage_config: StorageConfig | None, with_content: bool,
@@ -318,16 +343,15 @@ def read_samples(source: str, keys: set[str], storage_config: StorageConfig | No
     """
     name = shard_name(posixpath.basename(source.rstrip("/")))
     if source.lower().endswith(".tar"):
-        occurrences, masks, _ = tar_contents(Shard(name, "tar", source), storage_config, wanted=keys)
+        occurrences, truth, _ = tar_contents(Shard(name, "tar", source), storage_config, wanted=keys)
     elif source.lower().endswith(".parquet"):
-        occurrences, masks, _ = parquet_contents(Shard(name, "parquet", source), storage_config, wanted=keys)
+        occurrences, truth, _ = parquet_contents(Shard(name, "parquet", source), storage_config, wanted=keys)
     else:
-        occurrences, masks, _ = folder_contents(folder_shard_of(source, keys, storage_config), storage_config)
+        occurrences, truth, _ = folder_contents(folder_shard_of(source, keys, storage_config), storage_config)
     found: dict[str, tuple[bytes, bytes | None]] = {}
     for item in occurrences:
         if item.key in keys and item.key not in found and item.claims and not item.error:
-            mask = masks.get(item.key)
-            found[item.key] = (item.content, mask.content if mask and mask.content else None)
+            found[item.key] = (item.content, content_of(truth.get(item.key, {}), "mask"))
     return found
 
 

@@ -1,8 +1,10 @@
 """Turn an input URL into its shards: the unit of work and of output.
 
 Accepted inputs (see DESIGN.md): WebDataset-style ``*.tar`` shards (members ``<key>.<ext>`` and
-optionally ``<key>.mask.png``), image folders (``images/<key>.<ext>`` plus optional
-``masks/<key>.png``), and Parquet files with columns ``key``, ``image`` and optional ``mask``.
+optionally ``<key>.mask.png`` and ``<key>.instances.png``), image folders (``images/<key>.<ext>`` plus
+optional ``masks/<key>.png`` and ``instances/<key>.png``), and Parquet files with columns ``key``,
+``image`` and optional ``mask`` and ``instances``. (Instance label images may also be 32-bit TIFFs,
+``.instances.tif`` / ``instances/<key>.tif``.)
 
 A shard is one tar file, one Parquet file, or a fixed-size slice of a sorted image folder. Its
 name is derived from the input (never random), so a re-run writes the same output names.
@@ -21,6 +23,7 @@ from pipeline.io import storage
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 MASK_SUFFIX = ".mask.png"
+INSTANCES_SUFFIXES = (".instances.png", ".instances.tif", ".instances.tiff")
 
 
 class InputError(ValueError):
@@ -29,12 +32,12 @@ class InputError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Shard:
-    """One unit of input. ``members`` lists ``(key, image_url, mask_url|None)`` for folder shards."""
+    """One unit of input. ``members`` lists ``(key, image_url, mask_url|None, instances_url|None)`` for folder shards."""
 
     name: str
     kind: str  # "tar" | "parquet" | "folder"
     url: str
-    members: tuple[tuple[str, str, str | None], ...] = ()
+    members: tuple[tuple[str, str | None, str | None, str | None], ...] = ()
 
     def to_json(self) -> str:
         """Return the shard as a JSON string (a plain column value for Ray Data)."""
@@ -66,7 +69,8 @@ def discover_shards(url: str, storage_config: StorageConfig | None = None, folde
         return [Shard(shard_name(p), "tar", storage.join_url(url, p)) for p in tars]
     if images:
         masks = [p for p in relative if p.startswith("masks/") and p.lower().endswith(".png")]
-        return folder_shards(url, images, masks, folder_shard_size)
+        instances = [p for p in relative if p.startswith("instances/") and p.lower().endswith((".png", ".tif", ".tiff"))]
+        return folder_shards(url, images, masks, folder_shard_size, instances)
     if parquets:
         return [Shard(shard_name(p), "parquet", storage.join_url(url, p)) for p in parquets]
     raise InputError(
@@ -91,20 +95,25 @@ def shard_name(relative_path: str) -> str:
     return stem.replace("/", "__")
 
 
-def folder_shards(url: str, images: list[str], masks: list[str], size: int) -> list[Shard]:
+def folder_shards(url: str, images: list[str], masks: list[str], size: int,
+                  instances: list[str] | None = None) -> list[Shard]:
     """Return image-folder shards of ``size`` members each, named ``images-00000``, ``images-00001``, ...
 
-    Members are ``(key, image URL, mask URL)`` in key order (images of one key in file-name
-    order); a mask with no image of its key is a member with no image URL, so it gets its row.
+    Members are ``(key, image URL, mask URL, instances URL)`` in key order (images of one key in
+    file-name order); ground truth with no image of its key is a member with no image URL, so it
+    gets its row.
     """
     by_key: dict[str, list[str]] = {}
     for relative in images:  # sorted, so images of one key keep their file-name order
         by_key.setdefault(relative[len("images/"):].rsplit(".", 1)[0], []).append(relative)
     mask_of = {relative[len("masks/"):-len(".png")]: storage.join_url(url, relative) for relative in masks}
-    members: list[tuple[str, str | None, str | None]] = []
-    for key in sorted(set(by_key) | set(mask_of)):
+    instances_of: dict[str, str] = {}
+    for relative in instances or []:  # sorted: a key's PNG before its TIFF
+        instances_of.setdefault(relative[len("instances/"):].rsplit(".", 1)[0], storage.join_url(url, relative))
+    members: list[tuple[str, str | None, str | None, str | None]] = []
+    for key in sorted(set(by_key) | set(mask_of) | set(instances_of)):
         images_of_key = [storage.join_url(url, relative) for relative in by_key.get(key, [])]
-        members.extend((key, image, mask_of.get(key)) for image in images_of_key or [None])
+        members.extend((key, image, mask_of.get(key), instances_of.get(key)) for image in images_of_key or [None])
     return [
         Shard(f"images-{index:05d}", "folder", url, tuple(members[start:start + size]))
         for index, start in enumerate(range(0, len(members), size))

@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.config import ConfigError, StorageConfig
 from pipeline.model import ModelInfo, build_model, encoder_input, load_artifact
-from pipeline.preprocess import mask_from_scores, match_channels, normalise, quantise_scores
+from pipeline.preprocess import decided, match_channels, normalise, quantise_scores
 from pipeline.segment.prepare import stored_image
 from pipeline.segment.tiling import padded_to_tile, segment_in_windows
 from pipeline.symmetry import offset_correction
@@ -95,13 +95,17 @@ class SegmentationPredictor:
     the tile, runs them ``batch_size`` at a time across images, blends their scores and adds
     ``predicted`` (each image's mask at its size). ``whole``: runs a copy of the model with free
     spatial dimensions on each whole image, padded by reflection to a multiple of the model's stride.
+    With ``confidence`` (objects asked for), windows and whole also add ``confidence``: each pixel's
+    probability of its class at the image's size, uint8 levels (:func:`pipeline.preprocess.decided`).
     """
 
     def __init__(self, model_url: str, storage_config: StorageConfig | None = None, threads: int = 1,
-                 tta: bool = False, tiling: dict[str, Any] | None = None, batch_size: int = 16) -> None:
+                 tta: bool = False, tiling: dict[str, Any] | None = None, batch_size: int = 16,
+                 confidence: bool = False) -> None:
         started = time.perf_counter()
         self.tiling = dict(tiling or {"mode": "resize"})
         self.batch_size = batch_size
+        self.confidence = confidence
         loaded = load_artifact(model_url, storage_config, tensorflow_threads=threads)
         self.info = loaded.info
         spec = loaded.info.spec
@@ -165,11 +169,14 @@ class SegmentationPredictor:
             stored, bits = batch.pop("image"), batch.pop("bits")
             images = [stored_image(stored[i], bits[i]) if usable[i] else None for i in range(len(usable))]
             ranges = [(float(low), float(high)) for low, high in zip(batch.pop("value_low"), batch.pop("value_high"))]
-            masks = self.in_windows(images, ranges) if mode == "windows" else self.whole(images, ranges)
-            predicted = np.empty(len(usable), dtype=object)
-            for index, mask in enumerate(masks):
-                predicted[index] = np.zeros((1, 1), dtype=np.uint8) if mask is None else mask
+            results = self.in_windows(images, ranges) if mode == "windows" else self.whole(images, ranges)
+            empty = np.zeros((1, 1), dtype=np.uint8)
+            predicted, confidence = np.empty(len(usable), dtype=object), np.empty(len(usable), dtype=object)
+            for index, result in enumerate(results):
+                predicted[index], confidence[index] = (empty, empty) if result is None else result
             batch["predicted"] = predicted
+            if self.confidence:
+                batch["confidence"] = confidence
         batch["seconds"] = batch["seconds"] + (time.perf_counter() - started) / max(1, len(usable))
         return batch
 
@@ -179,19 +186,19 @@ class SegmentationPredictor:
         return normalise(match_channels(image, spec.channels), self.info.normalization, value_range)
 
     def in_windows(self, images: list[np.ndarray | None], ranges: list[tuple[float, float]]) -> list[Any]:
-        """Return each image's mask from blended windows (:func:`pipeline.segment.tiling.segment_in_windows`)."""
+        """Return each image's ``(mask, confidence)`` from blended windows (:func:`pipeline.segment.tiling.segment_in_windows`)."""
         spec = self.info.spec
         masks, counts = segment_in_windows(
             images, self.scores,
             lambda index, window: self.model_input(window, ranges[index]), self.window, spec.output_channels,
             self.batch_size, float(self.tiling.get("overlap", 0.25)), str(self.tiling.get("blend", "gaussian")),
-            self.info.threshold)
+            self.info.threshold, confidence=True)
         for name, value in counts.items():
             self.counts[name] += value
         return masks
 
     def whole(self, images: list[np.ndarray | None], ranges: list[tuple[float, float]]) -> list[Any]:
-        """Return each image's mask from one model call on the whole image, padded to a multiple of the model's stride;
+        """Return each image's ``(mask, confidence)`` from one model call on the whole image, padded to a multiple of the model's stride;
         an image larger than ``whole_max_pixels`` once padded is segmented in windows of the tile instead."""
         step = self.info.spec.stride
         limit = int(self.tiling.get("whole_max_pixels", 16 * 2**20))
@@ -208,6 +215,6 @@ class SegmentationPredictor:
             height, width = image.shape[:2]
             padded = padded_to_tile(image, padded_sizes[index])
             scores = self.scores(self.model_input(padded, value_range)[np.newaxis])[0, :height, :width]
-            masks[index] = mask_from_scores(scores, self.info.threshold)
+            masks[index] = decided(scores, self.info.threshold)
             self.counts["batches"] += 1
         return masks

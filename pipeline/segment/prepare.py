@@ -5,7 +5,8 @@ each image decoded and reduced to the model's tile (:func:`prepare_batch`). A sa
 keeps its row, with ``error`` saying what went wrong with which key and ``error_kind`` its kind.
 
 Internal columns between stages: ``key, source, shard, shard_rows, error, error_kind`` (``""`` =
-none), ``mask`` (encoded ground truth, ``b""`` = none), ``height, width`` (original size),
+none), ``mask`` and ``instances`` (encoded ground truth: class mask and instance labels, ``b""`` =
+none), ``height, width`` (original size),
 ``seconds`` (compute time spent on the row so far), then for the resize ``pixels`` (model input)
 and ``scores`` (model output at the tile), for windows and whole images ``image`` (the decoded
 image's bytes as uint8 ``(H, W, C x bytes per value)``), ``bits`` (8 or 16), ``value_low`` /
@@ -55,9 +56,17 @@ def prepare_rows(batch: dict[str, np.ndarray], columns: dict[str, np.ndarray],
             kinds[index] = "internal"
             log.exception("preparing %s failed", key)
         seconds[index] = time.perf_counter() - started
-    out = {name: batch[name] for name in ("key", "source", "shard", "shard_rows", "mask")}
+    out = {name: batch[name] for name in ("key", "source", "shard", "shard_rows", "mask", "instances")}
     out.update(columns, height=heights, width=widths, error=errors, error_kind=kinds, seconds=seconds)
     return out
+
+
+def check_truth(batch: dict[str, np.ndarray], index: int, num_classes: int, size: tuple[int, int]) -> None:
+    """Raise SampleError if row ``index``'s ground-truth mask or instance labels cannot be used with its image."""
+    if len(batch["mask"][index]):
+        preprocess.decode_mask(batch["mask"][index], num_classes, size)
+    if len(batch["instances"][index]):
+        preprocess.decode_instances(batch["instances"][index], size)
 
 
 def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo,
@@ -74,8 +83,7 @@ def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo,
     def prepare_one(index: int) -> tuple[int, int]:
         pixels[index], size = preprocess.read_model_input(batch["image"][index], spec.input_size, spec.channels,
                                                           info.normalization, max_image_pixels, tiff_page)
-        if len(batch["mask"][index]):
-            preprocess.decode_mask(batch["mask"][index], spec.num_classes, size)
+        check_truth(batch, index, spec.num_classes, size)
         return size
 
     return prepare_rows(batch, {"pixels": pixels}, prepare_one)
@@ -101,8 +109,7 @@ def prepare_native_batch(batch: dict[str, np.ndarray], info: ModelInfo,
     def prepare_one(index: int) -> tuple[int, int]:
         image, value_range = preprocess.read_native(batch["image"][index], info.normalization, max_image_pixels,
                                                     tiff_page)
-        if len(batch["mask"][index]):
-            preprocess.decode_mask(batch["mask"][index], info.spec.num_classes, image.shape[:2])
+        check_truth(batch, index, info.spec.num_classes, image.shape[:2])
         if value_range is not None:
             flat = np.asarray(value_range, dtype=np.float64).reshape(-1, 2)
             columns["value_low"][index], columns["value_high"][index] = flat[:, 0].min(), flat[:, 1].max()
@@ -119,7 +126,7 @@ def stored_image(stored: np.ndarray, bits: int) -> np.ndarray:
     return stored.view(np.uint16) if int(bits) == 16 else stored
 
 
-ROW_COLUMNS = ("key", "source", "shard", "image", "mask", "error", "error_kind")
+ROW_COLUMNS = ("key", "source", "shard", "image", "mask", "instances", "error", "error_kind")
 
 
 def read_and_prepare(batch: dict[str, np.ndarray], info: ModelInfo, storage_config: StorageConfig | None,

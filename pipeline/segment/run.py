@@ -59,7 +59,8 @@ def run_segmentation(cfg: SegmentConfig) -> RunSummary:
     write_run_json(cfg, plan, {"status": "running", "started": started_at})
     clock = time.perf_counter()
     progress = Progress(cfg, plan, started_at)
-    writer = ShardWriter(cfg.output, cfg.storage, plan.shards, prior.committed, plan.run_id, plan.model.model_id, progress)
+    writer = ShardWriter(cfg.output, cfg.storage, plan.shards, prior.committed, plan.run_id, plan.model.model_id, progress,
+                         objects=cfg.objects.enabled)
     try:
         if todo:
             for table in build_dataset(cfg, plan, todo).iter_batches(batch_format="pyarrow", batch_size=None):
@@ -151,7 +152,8 @@ def build_dataset(cfg: SegmentConfig, plan: RunPlan, shards: list[Shard]) -> Any
     dataset = dataset.map_batches(
         SegmentationPredictor,
         fn_constructor_kwargs={"model_url": cfg.model, "storage_config": storage_config, "threads": plan.actor_threads,
-                               "tta": cfg.tta, "tiling": plan.tiling.to_json(), "batch_size": cfg.batch_size},
+                               "tta": cfg.tta, "tiling": plan.tiling.to_json(), "batch_size": cfg.batch_size,
+                               "confidence": cfg.objects.enabled},
         compute=ActorPoolStrategy(min_size=cfg.actors.min, max_size=cfg.actors.max),
         batch_size=images_per_call,
         num_cpus=plan.actor_cpus,
@@ -161,7 +163,8 @@ def build_dataset(cfg: SegmentConfig, plan: RunPlan, shards: list[Shard]) -> Any
     return dataset.map_batches(
         MaskWriter,
         fn_constructor_kwargs={"info": info, "output": cfg.output, "model_id": plan.model.model_id,
-                               "run_id": plan.run_id, "storage_config": storage_config},
+                               "run_id": plan.run_id, "storage_config": storage_config,
+                               "objects_config": cfg.objects},
         compute=ActorPoolStrategy(min_size=1, max_size=cfg.actors.max),
         batch_size=images_per_call,
         num_cpus=cfg.stage_cpus,

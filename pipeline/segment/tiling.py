@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.preprocess import decided
 from pipeline.windows import padded_to_tile, window_grid
 
 TILINGS = ("auto", "windows", "resize", "whole")
@@ -89,7 +90,9 @@ class WindowBlender:
     image's own size; windows lie on the image padded to the tile (:func:`padded_to_tile`), and
     :meth:`finish` returns the mask cropped back. ``threshold`` decides one-channel (sigmoid)
     scores; several channels take the class of highest blended score (ties to the lower class).
-    With ``keep_scores`` the blended scores are kept too (float32, full size: for tests and small images).
+    With ``keep_scores`` the blended scores are kept too (float32, full size: for tests and small
+    images); :attr:`confidence` always holds each pixel's probability of its class (uint8 levels,
+    see :func:`pipeline.preprocess.decided`).
     """
 
     def __init__(self, height: int, width: int, tile: tuple[int, int], weights: np.ndarray, channels: int,
@@ -100,6 +103,7 @@ class WindowBlender:
         self.weights = weights
         self.threshold = threshold
         self.mask = np.zeros(self.padded, dtype=np.uint8)
+        self.confidence = np.zeros(self.padded, dtype=np.uint8)
         self.band = np.zeros((2 * tile[0], self.padded[1], channels), dtype=np.float32)
         self.band_weight = np.zeros((2 * tile[0], self.padded[1]), dtype=np.float32)
         self.top = 0  # the image row that band row 0 holds; rows above it are decided
@@ -124,10 +128,7 @@ class WindowBlender:
             blended = self.band[:count] / self.band_weight[:count, :, np.newaxis]
         if self.scores is not None:
             self.scores[self.top:until] = blended
-        if blended.shape[-1] == 1:
-            self.mask[self.top:until] = blended[:, :, 0] >= self.threshold
-        else:
-            self.mask[self.top:until] = np.argmax(blended, axis=-1)
+        self.mask[self.top:until], self.confidence[self.top:until] = decided(np.nan_to_num(blended), self.threshold)
         keep = len(self.band) - count
         self.band[:keep] = self.band[count:].copy()
         self.band[keep:] = 0.0
@@ -140,6 +141,10 @@ class WindowBlender:
         self.decide(self.padded[0])
         height, width = self.size
         return self.mask[:height, :width]
+
+    def finished_confidence(self) -> np.ndarray:
+        """Return the confidence at the image's size (after :meth:`finish`)."""
+        return self.confidence[:self.size[0], :self.size[1]]
 
     def blended_scores(self) -> np.ndarray:
         """Return the blended float32 scores at the image's size (only with ``keep_scores``, after :meth:`finish`)."""
@@ -170,7 +175,8 @@ def windows_of_images(sizes: list[tuple[int, int] | None], tile: tuple[int, int]
 
 def segment_in_windows(images: list[np.ndarray | None], forward: Any, prepare: Any, tile: tuple[int, int],
                        classes: int, batch_size: int, overlap: float = 0.25, blend: str = "gaussian",
-                       threshold: float = 0.5, keep_scores: bool = False) -> tuple[list[Any], dict[str, int]]:
+                       threshold: float = 0.5, keep_scores: bool = False,
+                       confidence: bool = False) -> tuple[list[Any], dict[str, int]]:
     """Return the mask of each image (``None`` stays ``None``) and counts of the model batches run.
 
     ``images`` are ``(h, w, C)`` arrays at their own size and type; ``prepare(index, window)``
@@ -178,7 +184,8 @@ def segment_in_windows(images: list[np.ndarray | None], forward: Any, prepare: A
     ``forward`` maps a float32 ``(n, tile_h, tile_w, C)`` batch to ``(n, tile_h, tile_w, classes)``
     probabilities. The windows of all images run in batches of ``batch_size``: a batch can hold
     windows of several images, and a large image's windows span many batches; only the last
-    batch of the call can be short. With ``keep_scores`` each entry is ``(mask, blended scores)``.
+    batch of the call can be short. With ``keep_scores`` each entry is ``(mask, blended scores)``,
+    with ``confidence`` ``(mask, confidence)`` (:attr:`WindowBlender.confidence`).
     """
     weights = importance_map(tile, blend)
     sizes = [None if image is None else image.shape[:2] for image in images]
@@ -198,7 +205,8 @@ def segment_in_windows(images: list[np.ndarray | None], forward: Any, prepare: A
             if window.last:
                 blender = blenders.pop(window.image)
                 mask = blender.finish()
-                results[window.image] = (mask, blender.blended_scores()) if keep_scores else mask
+                results[window.image] = ((mask, blender.blended_scores()) if keep_scores else
+                                         (mask, blender.finished_confidence()) if confidence else mask)
         pending.clear()
 
     for window in windows_of_images(sizes, tile, overlap):

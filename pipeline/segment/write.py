@@ -2,9 +2,10 @@
 
 The finish stage runs on a small actor pool (:class:`MaskWriter`) after the model's: it brings
 each image's scores back to its size, writes ``masks/<key>.png`` and computes the image's
-metrics. The driver's :class:`ShardWriter` collects the small metric rows and, once a shard's
-rows are all in, writes ``metrics/<shard>.parquet`` and then its commit marker (see
-:mod:`pipeline.io.layout`).
+metrics; with objects, it also labels, writes and measures the image's objects
+(:mod:`pipeline.segment.measure`). The driver's :class:`ShardWriter` collects the small metric
+rows (and object rows) and, once a shard's rows are all in, writes ``objects/<shard>.parquet``,
+``metrics/<shard>.parquet`` and then its commit marker (see :mod:`pipeline.io.layout`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import metrics, preprocess, schema
-from pipeline.config import StorageConfig
+from pipeline.config import ObjectsConfig, StorageConfig
 from pipeline.io import layout, storage
 from pipeline.io.shards import Shard
 from pipeline.model import ModelInfo
+from pipeline.segment.measure import image_objects, table_bytes, table_from_bytes
 from pipeline.segment.record import Progress, now_iso
 
 log = logging.getLogger(__name__)
@@ -37,17 +39,19 @@ def finish_batch(
     model_id: str,
     run_id: str,
     storage_config: StorageConfig | None = None,
+    objects_config: ObjectsConfig | None = None,
 ) -> pa.Table:
-    """Return the batch's metrics rows (``schema.METRICS_SCHEMA`` plus ``shard, shard_rows``).
+    """Return the batch's metrics rows (``schema.METRICS_SCHEMA`` plus ``shard, shard_rows, objects``).
 
     For each usable row: bring the scores back to the image's size, write ``masks/<key>.png``
     under ``output``, count predicted pixels per class, and with ground truth compute TP/FP/FN,
-    Dice and IoU (see :mod:`pipeline.metrics`).
+    Dice and IoU (see :mod:`pipeline.metrics`). With ``objects_config.enabled`` each row's
+    ``objects`` holds its object rows as Arrow IPC bytes (``b""`` for none).
     """
     rows = []
     for index in range(len(batch["key"])):
         started = time.perf_counter()
-        row = finish_row({name: batch[name][index] for name in batch}, info, output, storage_config)
+        row = finish_row({name: batch[name][index] for name in batch}, info, output, storage_config, objects_config)
         row.update(
             shard=batch["shard"][index],
             shard_rows=int(batch["shard_rows"][index]),
@@ -57,34 +61,53 @@ def finish_batch(
         )
         rows.append(row)
     table = schema.metrics_table(rows)
-    extra = [pa.array([r["shard"] for r in rows], pa.string()), pa.array([r["shard_rows"] for r in rows], pa.int64())]
-    return table.append_column("shard", extra[0]).append_column("shard_rows", extra[1])
+    extra = {"shard": pa.array([r["shard"] for r in rows], pa.string()),
+             "shard_rows": pa.array([r["shard_rows"] for r in rows], pa.int64()),
+             "objects": pa.array([r.get("objects", b"") for r in rows], pa.binary())}
+    for name, column in extra.items():
+        table = table.append_column(name, column)
+    return table
 
 
-def finish_row(item: dict[str, Any], info: ModelInfo, output: str, storage_config: StorageConfig | None) -> dict[str, Any]:
-    """Return the metrics fields of one row; failures become ``status="error"`` with the reason."""
+def finish_row(item: dict[str, Any], info: ModelInfo, output: str, storage_config: StorageConfig | None,
+               objects_config: ObjectsConfig | None = None) -> dict[str, Any]:
+    """Return the metrics fields of one row (with objects, ``objects``: its object rows as IPC bytes);
+    failures become ``status="error"`` with the reason."""
     key = str(item["key"])
     base = {"key": key, "source": str(item["source"])}
     if item["error"]:
         return {**base, "status": schema.STATUS_ERROR, "error": str(item["error"]),
                 "error_kind": str(item["error_kind"])}
     height, width = int(item["height"]), int(item["width"])
+    num_classes = info.spec.num_classes
+    with_objects = objects_config is not None and objects_config.enabled
     try:
+        confidence = None
         if "predicted" in item:  # windows or whole: decided at the image's size by the model's stage
             predicted = np.asarray(item["predicted"], dtype=np.uint8)
+            confidence = item.get("confidence")
+        elif with_objects:
+            predicted, confidence = preprocess.mask_and_confidence_at_size(item["scores"], height, width, info.threshold)
         else:
             predicted = preprocess.mask_at_size(item["scores"], height, width, info.threshold)
         mask_uri = layout.mask_url(output, key)
         storage.write_bytes(mask_uri, preprocess.encode_png(predicted, compress_level=1), storage_config)
-        record: dict[str, Any] = {
-            "class_pixels": metrics.class_counts(predicted, info.spec.num_classes).tolist(),
-        }
-        if len(item["mask"]):
-            truth = preprocess.decode_mask(item["mask"], info.spec.num_classes, (height, width))
-            record.update({k: np.asarray(v).tolist() for k, v in metrics.image_metrics(predicted, truth, info.spec.num_classes).items()})
+        record: dict[str, Any] = {"class_pixels": metrics.class_counts(predicted, num_classes).tolist()}
+        truth = preprocess.decode_mask(item["mask"], num_classes, (height, width)) if len(item["mask"]) else None
+        encoded = item.get("instances", b"")
+        truth_labels = preprocess.decode_instances(encoded, (height, width)) if len(encoded) else None
+        if truth is None and truth_labels is not None and num_classes == 2:
+            truth = (truth_labels > 0).astype(np.uint8)  # a two-class model's mask is where the objects are
+        if truth is not None:
+            record.update({k: np.asarray(v).tolist() for k, v in metrics.image_metrics(predicted, truth, num_classes).items()})
+        if with_objects:
+            found, table = image_objects(key, predicted, confidence, truth, truth_labels, num_classes, objects_config,
+                                         output, storage_config)
+            record.update(found, objects=table_bytes(table))
     except Exception as exc:
         log.exception("finishing %s failed", key)
-        return {**base, "status": schema.STATUS_ERROR, "error": f"{key}: {type(exc).__name__} while writing the mask: {exc}",
+        return {**base, "status": schema.STATUS_ERROR,
+                "error": f"{key}: {type(exc).__name__} while writing the mask or its objects: {exc}",
                 "error_kind": "write_failed", "height": height, "width": width}
     return {**base, **record, "status": schema.STATUS_OK, "height": height, "width": width, "mask_uri": mask_uri}
 
@@ -98,9 +121,9 @@ class MaskWriter:
     """
 
     def __init__(self, info: ModelInfo, output: str, model_id: str, run_id: str,
-                 storage_config: StorageConfig | None = None) -> None:
+                 storage_config: StorageConfig | None = None, objects_config: ObjectsConfig | None = None) -> None:
         self.arguments = {"info": info, "output": output, "model_id": model_id, "run_id": run_id,
-                          "storage_config": storage_config}
+                          "storage_config": storage_config, "objects_config": objects_config}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         """Return :func:`finish_batch` of the batch."""
@@ -111,13 +134,16 @@ class ShardWriter:
     """Collects metric rows on the driver and commits each shard once all its rows have arrived.
 
     ``committed`` holds the markers of shards an earlier attempt already committed (they are
-    counted, not redone).
+    counted, not redone). With ``objects``, each shard's object rows are written to
+    ``objects/<shard>.parquet`` before its metrics.
     """
 
     def __init__(self, output: str, storage_config: StorageConfig, shards: list[Shard],
                  committed: dict[str, dict[str, Any]] | None = None, run_id: str = "", model_id: str = "",
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, objects: bool = False) -> None:
         self.output = output
+        self.objects = objects
+        self.pending_objects: dict[str, list[pa.Table]] = defaultdict(list)
         self.storage_config = storage_config
         self.shards = {shard.name: shard for shard in shards}
         self.run_id = run_id
@@ -140,14 +166,24 @@ class ShardWriter:
         for row in table.to_pylist():
             name = row.pop("shard")
             expected = row.pop("shard_rows")
+            found = row.pop("objects", b"")
+            if found:
+                self.pending_objects[name].append(table_from_bytes(found))
             self.pending[name].append(row)
             if len(self.pending[name]) == expected:
-                self.commit(name, self.pending.pop(name))
+                self.commit(name, self.pending.pop(name), self.pending_objects.pop(name, []))
         if self.progress:
             self.progress.update(self)
 
-    def commit(self, name: str, rows: list[dict[str, Any]]) -> None:
-        """Write ``metrics/<name>.parquet`` (rows sorted by key), then the marker ``_done/<name>.json``."""
+    def commit(self, name: str, rows: list[dict[str, Any]], found: list[pa.Table] | None = None) -> None:
+        """Write ``objects/<name>.parquet`` (with objects: rows by key, then label), ``metrics/<name>.parquet``
+        (rows sorted by key), then the marker ``_done/<name>.json``."""
+        if self.objects:
+            table = pa.concat_tables([schema.objects_table({"key": []}), *(found or [])])
+            table = table.sort_by([("key", "ascending"), ("label", "ascending")])
+            buffer = io.BytesIO()
+            pq.write_table(table, buffer)
+            storage.write_bytes(layout.objects_url(self.output, name), buffer.getvalue(), self.storage_config)
         rows.sort(key=lambda r: r["key"])
         buffer = io.BytesIO()
         pq.write_table(schema.metrics_table(rows), buffer)

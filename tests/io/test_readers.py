@@ -182,7 +182,7 @@ def test_image_folder_is_sliced_into_named_shards(tmp_path: Path) -> None:
     (tmp_path / "masks" / "a.png").write_bytes(PNG)
     shards = discover_shards(str(tmp_path), folder_shard_size=2)
     assert [s.name for s in shards] == ["images-00000", "images-00001", "images-00002"]
-    keys = [key for shard in shards for key, _, _ in shard.members]
+    keys = [key for shard in shards for key, *_ in shard.members]
     assert keys == ["a", "b", "c", "e", "sub/d"]
     rows = rows_by_key(shards[0])
     assert rows["a"]["mask"] == PNG and rows["b"]["mask"] == b""
@@ -238,3 +238,25 @@ def test_samples_are_read_for_the_asked_keys_only_as_a_run_reads_them(tmp_path: 
     assert set(found) == {"sample-000001", "sample-000004"}
     for key, (image, mask) in found.items():
         assert image == rows[key]["image"] and mask == rows[key]["mask"]
+
+
+@pytest.mark.parametrize("layout", ["tar", "folder", "parquet"])
+def test_instance_label_images_are_read_in_every_layout(tmp_path: Path, layout: str) -> None:
+    from pipeline.config import SampleDataConfig
+    from pipeline.sample_data import sample_with_instances, write_sample_data
+
+    cfg = SampleDataConfig(output=str(tmp_path / "data"), num_images=3, num_shards=1, layout=layout, instances=True)
+    write_sample_data(cfg)
+    rows = {key: row for shard in discover_shards(cfg.output) for key, row in rows_by_key(shard).items()}
+    assert sorted(rows) == ["sample-000000", "sample-000001", "sample-000002"]
+    for index, key in enumerate(sorted(rows)):
+        _, mask, instances = sample_with_instances(cfg, index)
+        assert rows[key]["instances"] == encode_png(instances) and rows[key]["mask"] == encode_png(mask)
+        assert instances.max() >= 1 and ((instances > 0) == (mask > 0)).all()  # every object pixel has its label
+
+
+def test_instances_without_an_image_is_an_orphan_row(tmp_path: Path) -> None:
+    write_tar(tmp_path / "s.tar", {"a.png": PNG, "a.instances.png": PNG, "lost.instances.png": PNG})
+    rows = rows_by_key(discover_shards(str(tmp_path))[0])
+    assert rows["a"]["instances"] == PNG and not rows["a"]["error"]
+    assert rows["lost"]["error_kind"] == "missing_image" and "instances but no image" in rows["lost"]["error"]
