@@ -333,8 +333,9 @@ def file_occurrence(key: str, url: str, storage_config: StorageConfig | None, wi
         return Occurrence(key, url, error=f"cannot read {url} ({type(exc).__name__}: {exc})", kind=kind)
 
 
-def read_samples(source: str, keys: set[str], storage_config: StorageConfig | None = None) -> dict[str, tuple[bytes, bytes | None]]:
-    """Return ``{key: (image, mask or None)}`` for the ``keys`` found in one input shard.
+def read_samples(source: str, keys: set[str],
+                 storage_config: StorageConfig | None = None) -> dict[str, tuple[bytes, bytes | None, bytes | None]]:
+    """Return ``{key: (image, mask or None, instances or None)}`` for the ``keys`` found in one input shard.
 
     ``source`` is a metrics row's ``source``: a tar shard, a Parquet shard or an image folder,
     read by the same readers as a run but for those keys only (a tar's other members are skipped,
@@ -348,10 +349,11 @@ def read_samples(source: str, keys: set[str], storage_config: StorageConfig | No
         occurrences, truth, _ = parquet_contents(Shard(name, "parquet", source), storage_config, wanted=keys)
     else:
         occurrences, truth, _ = folder_contents(folder_shard_of(source, keys, storage_config), storage_config)
-    found: dict[str, tuple[bytes, bytes | None]] = {}
+    found: dict[str, tuple[bytes, bytes | None, bytes | None]] = {}
     for item in occurrences:
         if item.key in keys and item.key not in found and item.claims and not item.error:
-            found[item.key] = (item.content, content_of(truth.get(item.key, {}), "mask"))
+            labels = truth.get(item.key, {})
+            found[item.key] = (item.content, content_of(labels, "mask"), content_of(labels, "instances"))
     return found
 
 
@@ -363,9 +365,12 @@ def folder_shard_of(url: str, keys: set[str], storage_config: StorageConfig | No
         candidates = sorted(c for c in fs.glob(posixpath.join(path, "images", glob_escape(key)) + ".*")
                             if c.lower().endswith(IMAGE_EXTENSIONS))
         mask = posixpath.join(path, "masks", f"{key}.png")
+        instances = [posixpath.join(path, "instances", f"{key}.{extension}") for extension in ("png", "tif", "tiff")]
+        instances = [candidate for candidate in instances if fs.exists(candidate)][:1]
         if candidates:
             members.append((key, storage.url_with_protocol(fs, candidates[0]),
-                            storage.url_with_protocol(fs, mask) if fs.exists(mask) else None))
+                            storage.url_with_protocol(fs, mask) if fs.exists(mask) else None,
+                            storage.url_with_protocol(fs, instances[0]) if instances else None))
     return Shard("samples", "folder", url, tuple(members))
 
 

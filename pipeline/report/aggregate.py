@@ -59,8 +59,8 @@ class Aggregator:
         self.run_ids: Counter[str] = Counter()
         self.keys: list[pa.Array] = []
         self.chunks: dict[str, list[np.ndarray]] = {name: [] for name in ("dice", "iou", "mean_dice", "mean_iou", "seconds")}
-        self.worst: list[tuple[float, str, int, dict[str, Any]]] = []  # heap of (-score, key, seq, row), worst_n at most
-        self.sequence = 0
+        self.worst = WorstRows(worst, ("key", "source", "mask_uri", "dice", "iou", "mean_dice", "mean_iou", "height",
+                                       "width"))
         self.sums: dict[str, np.ndarray] = {}
         self.truth_pixels = 0
         self.all_pixels = 0
@@ -130,23 +130,7 @@ class Aggregator:
 
     def collect_worst(self, rows: pa.RecordBatch, scores: np.ndarray) -> None:
         """Keep the ``worst_n`` rows of lowest foreground mean Dice (NaN rows are never "worst"); ties by key."""
-        finite = np.flatnonzero(~np.isnan(scores))
-        if not finite.size:
-            return
-        if finite.size > self.worst_n:
-            finite = finite[np.argpartition(scores[finite], self.worst_n - 1)[: self.worst_n]]
-        keys = rows.column("key").to_pylist()
-        for index in finite.tolist():
-            entry = (-float(scores[index]), keys[index])
-            if len(self.worst) < self.worst_n or entry > (self.worst[0][0], self.worst[0][1]):
-                record = {name: rows.column(name)[index].as_py() for name in
-                          ("key", "source", "mask_uri", "dice", "iou", "mean_dice", "mean_iou", "height", "width")}
-                self.sequence += 1  # a repeated key with the same score must never compare the records
-                item = (entry[0], entry[1], self.sequence, record)
-                if len(self.worst) < self.worst_n:
-                    heapq.heappush(self.worst, item)
-                else:
-                    heapq.heapreplace(self.worst, item)
+        self.worst.add(rows, scores)
 
     def values(self, name: str) -> np.ndarray:
         """Return the concatenated per-image values of ``name`` (``(n, C)`` for dice/iou)."""
@@ -161,6 +145,39 @@ class Aggregator:
         if not self.keys:
             return 0
         return int(pc.count_distinct(pa.chunked_array(self.keys, type=pa.string())).as_py())
+
+
+class WorstRows:
+    """Keeps the ``count`` rows of lowest score seen (NaN is never "worst"; ties by key), as ``columns`` of each."""
+
+    def __init__(self, count: int, columns: tuple[str, ...]) -> None:
+        self.count = count
+        self.columns = columns
+        self.heap: list[tuple[float, str, int, dict[str, Any]]] = []  # (-score, key, seq, row), count at most
+        self.sequence = 0
+
+    def add(self, rows: pa.RecordBatch, scores: np.ndarray) -> None:
+        """Consider ``rows`` with their ``scores``."""
+        finite = np.flatnonzero(~np.isnan(scores))
+        if not finite.size or not self.count:
+            return
+        if finite.size > self.count:
+            finite = finite[np.argpartition(scores[finite], self.count - 1)[: self.count]]
+        keys = rows.column("key").to_pylist()
+        for index in finite.tolist():
+            entry = (-float(scores[index]), keys[index])
+            if len(self.heap) < self.count or entry > (self.heap[0][0], self.heap[0][1]):
+                record = {name: rows.column(name)[index].as_py() for name in self.columns}
+                self.sequence += 1  # a repeated key with the same score must never compare the records
+                item = (entry[0], entry[1], self.sequence, record)
+                if len(self.heap) < self.count:
+                    heapq.heappush(self.heap, item)
+                else:
+                    heapq.heapreplace(self.heap, item)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Return the kept rows, lowest score first (ties by key)."""
+        return [item[3] for item in sorted(self.heap, key=lambda item: (-item[0], item[1], item[2]))]
 
 
 def finite_or_none(value: float | None) -> float | None:

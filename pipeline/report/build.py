@@ -16,6 +16,8 @@ Metric definitions (also written into ``summary.json`` under ``definitions``):
 * Foreground: macro uses each image's ``mean_dice``/``mean_iou`` (mean over classes 1..C-1, NaN
   skipped); micro is the mean of the per-class micro values over classes 1..C-1.
 * Pixel accuracy: correctly labelled pixels / all pixels, over the images with ground truth.
+* Objects (a run segmented with ``--objects``): instance metrics per class, defined in
+  :mod:`pipeline.report.objects` and in ``summary.json`` under ``objects.definitions``.
 
 Numbers that are undefined (no images to average) are ``null`` in JSON.
 """
@@ -37,6 +39,7 @@ from pipeline.config import ReportConfig
 from pipeline.io import layout, storage
 from pipeline.metrics import dice_from_counts, foreground_mean, iou_from_counts
 from pipeline.report.aggregate import Aggregator, finite_or_none, json_safe, value_stats
+from pipeline.report.objects import objects_section
 from pipeline.report.reading import ReportError, RunFiles, locate_run, metric_batches
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,7 @@ DEFINITIONS = {
     "predicted_fraction": "predicted pixels of the class / all pixels, over ok images",
     "true_fraction": "ground-truth pixels of the class / all pixels, over images with ground truth",
     "null": "a value with nothing to average (no images, or all NaN) is null",
+    "objects": "instance metrics of a run segmented with objects: see objects.definitions",
 }
 
 
@@ -105,6 +109,11 @@ SUMMARY_SCHEMA: dict[str, Any] = {  # the documented keys of summary.json (READM
         "baseline": {"type": "object", "required": ["url", "classes", "foreground", "pixel_accuracy", "images_matched",
                                                     "only_in_run", "only_in_baseline", "most_worse"]},
         "report": {"type": "object", "required": ["generated", "worst", "bootstrap_resamples", "seed"]},
+        "objects": {"type": "object", "required": ["definitions", "thresholds", "match", "images", "with_ground_truth",
+                                                   "truth_instances", "classes", "scatter", "worst"],
+                    "properties": {"classes": {"type": "array", "items": {
+                        "type": "object", "required": ["index", "name", "objects_predicted", "area"],
+                        "properties": {"dsb_score": STATS_SCHEMA, "f1": STATS_SCHEMA, "pq": STATS_SCHEMA}}}}},
     },
 }
 
@@ -134,7 +143,7 @@ def summary_document(agg: Aggregator, run: RunFiles, cfg: ReportConfig, class_na
         "classes": classes,
         "foreground": None,
         "pixel_accuracy": finite_or_none(agg.truth_pixels / agg.all_pixels if agg.all_pixels else None),
-        "worst": [item[3] for item in sorted(agg.worst, key=lambda item: (-item[0], item[1], item[2]))],
+        "worst": agg.worst.rows(),
         "errors": agg.errors,
         "errors_truncated": max(0, (agg.rows - agg.ok) - len(agg.errors)),
     }
@@ -211,7 +220,12 @@ def aggregate_run(cfg: ReportConfig, url: str, worst: int) -> tuple[dict[str, An
         agg.add(batch)
     if agg.rows == 0:
         raise ReportError(f"run {run.url} has metrics files but no rows (every shard was empty); nothing to report")
-    return summary_document(agg, run, cfg, class_names_of(run.run_json)), run
+    summary = summary_document(agg, run, cfg, class_names_of(run.run_json))
+    if ((run.run_json.get("config") or {}).get("objects") or {}).get("enabled") and agg.num_classes:
+        names = [entry["name"] for entry in summary["classes"]]
+        summary["objects"] = objects_section(run, int(agg.num_classes), names, worst, cfg.bootstrap_resamples,
+                                             np.random.default_rng(cfg.seed + 1), cfg.storage)
+    return summary, run
 
 
 def compare(summary: dict[str, Any], base: dict[str, Any], run: RunFiles, base_run: RunFiles,
@@ -291,6 +305,9 @@ class ReportResult:
         counts = self.summary["counts"]
         fg = (self.summary.get("foreground") or {}).get("dice") or {}
         score = f", foreground Dice macro {fg.get('macro')} / micro {fg.get('micro')}" if fg else ", no ground truth"
+        for entry in (self.summary.get("objects") or {}).get("classes", []):
+            if entry.get("dsb_score"):
+                score += f", {entry['name']} DSB score macro {entry['dsb_score'].get('macro')}"
         return (f"report: {counts['images']} images ({counts['ok']} ok, {counts['errors']} errors){score}; "
                 f"{self.html_url}")
 

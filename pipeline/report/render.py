@@ -175,7 +175,8 @@ def outline(mask: np.ndarray) -> np.ndarray:
 
 def overlay(image: np.ndarray, truth: np.ndarray | None, predicted: np.ndarray | None, side: int = OVERLAY_SIDE) -> bytes:
     """Return a PNG of the image scaled to ``side`` (longest side) with truth (green) and prediction
-    (magenta) outlines; masks are scaled nearest-neighbour before their outlines are drawn."""
+    (magenta) outlines; masks (class masks or instance labels) are scaled nearest-neighbour before their
+    outlines are drawn."""
     rgb = display_image(image)
     height, width = rgb.shape[:2]
     scale = side / max(height, width)  # small images are enlarged so their outlines stay readable
@@ -184,18 +185,18 @@ def overlay(image: np.ndarray, truth: np.ndarray | None, predicted: np.ndarray |
     for mask, colour in ((truth, TRUTH_COLOUR), (predicted, PREDICTION_COLOUR)):
         if mask is None:
             continue
-        small = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize(size, Image.Resampling.NEAREST))
+        small = np.asarray(Image.fromarray(mask.astype(np.int32)).resize(size, Image.Resampling.NEAREST))
         canvas[outline(small)] = colour
     return preprocess.encode_png(canvas)
 
 
-def overlay_cards(summary: dict[str, Any], storage_config: StorageConfig | None) -> list[dict[str, Any]]:
-    """Return, for each worst row, its overlay (or the reason there is none); reads only those images."""
-    worst = summary.get("worst") or []
+def worst_samples(worst: list[dict[str, Any]], storage_config: StorageConfig | None
+                  ) -> tuple[dict[tuple[str, str], tuple[bytes, bytes | None, bytes | None]], dict[str, str]]:
+    """Return the input samples of the ``worst`` rows by ``(source, key)``, and why a source could not be read."""
     wanted: dict[str, set[str]] = defaultdict(set)
     for row in worst:
         wanted[row["source"]].add(row["key"])
-    samples: dict[tuple[str, str], tuple[bytes, bytes | None]] = {}
+    samples: dict[tuple[str, str], tuple[bytes, bytes | None, bytes | None]] = {}
     problems: dict[str, str] = {}
     for source, keys in wanted.items():
         try:
@@ -203,7 +204,25 @@ def overlay_cards(summary: dict[str, Any], storage_config: StorageConfig | None)
                 samples[(source, key)] = sample
         except Exception as exc:  # an overlay is a convenience: say why it is missing, never fail the report
             problems[source] = f"{type(exc).__name__}: {exc}"
+    return samples, problems
+
+
+def overlay_cards(summary: dict[str, Any], storage_config: StorageConfig | None) -> list[dict[str, Any]]:
+    """Return, for each worst row, its overlay (or the reason there is none); reads only those images."""
     num_classes = len(summary["classes"])
+
+    def layers(row: dict[str, Any], sample: tuple[bytes, ...]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        image = preprocess.decode_image(sample[0])
+        truth = preprocess.decode_mask(sample[1], num_classes, image.shape[:2]) if sample[1] else None
+        return image, truth, np.asarray(Image.open(io.BytesIO(storage.read_bytes(row["mask_uri"], storage_config))))
+
+    return cards_of(summary.get("worst") or [], layers, storage_config)
+
+
+def cards_of(worst: list[dict[str, Any]], layers: Any, storage_config: StorageConfig | None) -> list[dict[str, Any]]:
+    """Return each row of ``worst`` with its overlay of ``layers(row, sample)`` = ``(image, truth, predicted)``
+    (or the reason there is none); reads only those rows' input samples."""
+    samples, problems = worst_samples(worst, storage_config)
     cards = []
     for row in worst:
         card = dict(row)
@@ -213,10 +232,7 @@ def overlay_cards(summary: dict[str, Any], storage_config: StorageConfig | None)
             cards.append(card)
             continue
         try:
-            image = preprocess.decode_image(sample[0])
-            truth = preprocess.decode_mask(sample[1], num_classes, image.shape[:2]) if sample[1] else None
-            predicted = np.asarray(Image.open(io.BytesIO(storage.read_bytes(row["mask_uri"], storage_config))))
-            card["overlay"] = png_data_uri(overlay(image, truth, predicted))
+            card["overlay"] = png_data_uri(overlay(*layers(row, sample)))
         except Exception as exc:
             card["overlay_error"] = f"{type(exc).__name__}: {exc}"
         cards.append(card)
@@ -358,7 +374,10 @@ def render_html(summary: dict[str, Any], storage_config: StorageConfig | None = 
                   gallery(overlay_cards(summary, storage_config))]
     else:
         parts += ["<h2>Predicted classes (no ground truth in this run)</h2>", class_table(summary)]
-    parts += [baseline_section(summary.get("baseline")), "<h2>Errors</h2>", error_table(summary)]
+    from pipeline.report.render_objects import objects_html
+
+    parts += [objects_html(summary, storage_config), baseline_section(summary.get("baseline")), "<h2>Errors</h2>",
+              error_table(summary)]
     metadata = {key: run.get(key) for key in ("run_id", "model_id", "model_url", "status", "started", "ended",
                                               "wall_seconds", "startup_seconds", "images_per_second",
                                               "steady_images_per_second", "image_seconds", "model_ids_in_rows")}

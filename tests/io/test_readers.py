@@ -236,8 +236,8 @@ def test_samples_are_read_for_the_asked_keys_only_as_a_run_reads_them(tmp_path: 
     wanted = {"sample-000001", "sample-000004", "not-there"}
     found = read_samples(rows["sample-000001"]["source"], wanted)
     assert set(found) == {"sample-000001", "sample-000004"}
-    for key, (image, mask) in found.items():
-        assert image == rows[key]["image"] and mask == rows[key]["mask"]
+    for key, (image, mask, instances) in found.items():
+        assert image == rows[key]["image"] and mask == rows[key]["mask"] and instances is None
 
 
 @pytest.mark.parametrize("layout", ["tar", "folder", "parquet"])

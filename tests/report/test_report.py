@@ -221,18 +221,21 @@ def test_segment_with_report_renders_in_a_real_browser(tmp_path: Path, tiny_mode
             pytest.fail("chromium is not installed but SEGPIPE_REQUIRE_CHROMIUM is set (CI installs Debian's chromium)")
         pytest.skip("chromium is not installed (apt-get install chromium); CI installs it")
     data = tmp_path / "data"
-    write_sample_data(SampleDataConfig(output=str(data), num_images=12, num_shards=2, min_size=48, max_size=64))
+    write_sample_data(SampleDataConfig(output=str(data), num_images=12, num_shards=2, min_size=48, max_size=64,
+                                       instances=True))
     output = tmp_path / "out"
     assert cli.main(["segment", "--input", str(data), "--model", tiny_model, "--output", str(output),
-                     "--batch-size", "4", "--report"]) == 0
+                     "--batch-size", "4", "--report", "--objects"]) == 0
     html_path = output / "report" / "report.html"
     summary = json.loads((output / "report" / "summary.json").read_text())
 
     assert summary["counts"]["images"] == 12 and summary["counts"]["ok"] == 12
     assert len(summary["worst"]) == 12  # the default; only 12 images here
+    assert summary["objects"]["truth_instances"] == {"labels": 12} and len(summary["objects"]["worst"]) == 12
     html = html_path.read_text()
-    assert html.count("data:image/png;base64,") >= 12 + 3  # twelve overlays, three plots
-    assert "overlay unavailable" not in html
+    # twelve overlays and three plots of pixels, then the same of objects
+    assert html.count("data:image/png;base64,") >= 2 * (12 + 3)
+    assert "overlay unavailable" not in html and "<h2>Objects</h2>" in html
 
     screenshot = tmp_path / "report.png"
     completed = subprocess.run(
