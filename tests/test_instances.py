@@ -115,3 +115,30 @@ def test_class_scores_score_each_class_on_its_own_objects() -> None:
     assert scores["objects_true"] == [0, 1, 1] and scores["objects_predicted"] == [0, 1, 0]
     assert math.isnan(scores["dsb_score"][0]) and scores["dsb_score"][1:] == [1.0, 0.0]
     assert scores["tp"][1] == [1] * 10 and scores["fn"][2] == [1] * 10 and scores["pq"][1] == 1.0
+    # each predicted label's match and best IoU within its class (label 3 matches true 1 exactly)
+    assert scores["predicted_match"].tolist() == [0, 0, 0, 1] and scores["predicted_iou"][3] == 1.0
+
+
+def test_a_predicted_object_that_matches_nothing_keeps_its_best_iou() -> None:
+    from pipeline.instances import class_scores
+
+    true = np.array([[1, 1, 1, 1, 0, 0]])
+    predicted = np.array([[0, 0, 0, 1, 1, 1]])  # IoU 1/6 with the true object: no match
+    scores = class_scores(true, np.array([0, 1]), predicted, np.array([0, 1]), 2)
+    assert scores["predicted_match"].tolist() == [0, 0] and scores["predicted_iou"][1] == pytest.approx(1 / 6)
+
+
+def test_true_objects_come_from_instance_labels_with_their_mask_class_or_else_the_mask_components() -> None:
+    from pipeline.segment.measure import true_objects
+
+    labels = np.array([[5, 5, 0, 9], [5, 5, 0, 9]])  # two objects, labels not consecutive
+    mask = np.array([[1, 1, 0, 2], [1, 2, 0, 2]])  # object 5 mostly class 1, object 9 class 2
+    found, label_class, source = true_objects(mask, labels, 3, 8)
+    assert source == "labels" and found.tolist() == [[1, 1, 0, 2], [1, 1, 0, 2]] and label_class.tolist() == [0, 1, 2]
+    found, label_class, source = true_objects(None, labels, 2, 8)  # two classes: every object is class 1
+    assert label_class.tolist() == [0, 1, 1] and source == "labels"
+    assert true_objects(None, labels, 3, 8) is None  # more classes and no mask: the classes are unknown
+    touching = np.array([[1, 1, 0, 1], [0, 0, 0, 1]])
+    found, label_class, source = true_objects(touching, None, 2, 8)
+    assert source == "components" and found.max() == 2 and label_class.tolist() == [0, 1, 1]
+    assert true_objects(None, None, 2, 8) is None
