@@ -65,3 +65,26 @@ def test_spec_checks() -> None:
         ModelSpec(input_size=(30, 32), depth=2)
     with pytest.raises(ValueError, match="sigmoid output needs num_classes=2"):
         ModelSpec(num_classes=3, output_activation="sigmoid")
+
+
+def test_inspecting_an_artifact_checks_it_without_tensorflow(tiny_model: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from pipeline.model import inspect_artifact
+
+    described = inspect_artifact(tiny_model)
+    assert described.model is None and described.sha256 == load_artifact(tiny_model).sha256
+    code = ("import sys; from pipeline.model import inspect_artifact; inspect_artifact(sys.argv[1]); "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, tiny_model], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False"]
+    info = json.loads(Path(tiny_model, "model.json").read_text())
+    info["num_classes"], info["class_names"] = 2, ["bg", "fg"]  # the file gives 3 channels
+    Path(tmp_path, "model.json").write_text(json.dumps(info))
+    Path(tmp_path, "model.keras").write_bytes(Path(tiny_model, "model.keras").read_bytes())
+    with pytest.raises(ModelArtifactError, match="gives 3 channels.*do not belong together"):
+        inspect_artifact(str(tmp_path))
+    Path(tmp_path, "model.keras").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ModelArtifactError, match="cannot be loaded"):
+        inspect_artifact(str(tmp_path))

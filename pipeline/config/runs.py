@@ -152,7 +152,8 @@ class SegmentConfig:
                          help="URL to write masks/, metrics/, _done/ and run.json under; never inside the input")
     address: str | None = option(None, flag="--address", default_text="$RAY_ADDRESS, else a local Ray",
                                  help="Ray cluster to run on")
-    batch_size: int = option(16, flag="--batch-size", help="images per model batch")
+    batch_size: int = option(32, flag="--batch-size", help="images (or windows) per model batch; 32 measured best on CPU "
+                                                           "actors (see docs/benchmarks.md), more suits a GPU")
     folder_shard_size: int = option(256, help="images per shard when the input is a folder")
     stage_cpus: float = option(0.25, help="CPU share of each read-and-prepare task and mask writer")
     run_id: str | None = option(None, flag="--run-id", default_text="the UTC start time",
@@ -168,6 +169,10 @@ class SegmentConfig:
                             "the model was trained on (8 passes for square tiles, 4 for other tiles or a model trained "
                             "with --no-quarter-turns; that many times the model's work), each moved back by the "
                             "model's label offset; refused for a model trained with --no-flips")
+    precision: str = option("float32", flag="--precision", choices=("float32", "mixed_float16"),
+                            help="the arithmetic of the model's forward pass: float32, or mixed_float16 (float16 "
+                                 "compute, float32 weights and scores: for GPUs with tensor cores; slow on CPUs); "
+                                 "for the networks segpipe builds")
     tiling: str = option("auto", flag="--tiling", choices=("auto", "windows", "resize", "whole"),
                          help="how images meet the model: windows (overlapping windows of the model's tile at the "
                               "image's own resolution, blended), resize (each image resized to the tile and the scores "
@@ -217,6 +222,8 @@ class SegmentConfig:
             raise ConfigError(f"window={self.window}: the window's side in pixels, or unset for the model's tile")
         if self.whole_max_pixels < 1:
             raise ConfigError(f"whole_max_pixels={self.whole_max_pixels}: the most pixels one whole-image call may take")
+        if self.precision not in ("float32", "mixed_float16"):
+            raise ConfigError(f"precision={self.precision!r}: choose float32 or mixed_float16")
         if self.blend not in ("gaussian", "constant"):
             raise ConfigError(f"blend={self.blend!r}: choose gaussian or constant")
         if self.tiff_page is not None and self.tiff_page < 0:

@@ -16,6 +16,7 @@ from pipeline.model.artifact import (
     ModelInfo,
     check_shapes,
     configure_tensorflow,
+    inspect_artifact,
     load_artifact,
     load_keras_file,
     read_info,
@@ -27,5 +28,5 @@ from pipeline.model.spec import ModelSpec, encoder_input, encoder_preprocessing
 __all__ = [
     "BATCH_NORM_MOMENTUM", "FORMAT_VERSION", "INFO_FILE", "MODEL_FILE", "SCALES", "LoadedModel", "ModelArtifactError",
     "ModelInfo", "ModelSpec", "build_model", "build_unet", "check_shapes", "configure_tensorflow", "encoder_input",
-    "encoder_preprocessing", "load_artifact", "load_keras_file", "read_info", "save_artifact",
+    "encoder_preprocessing", "inspect_artifact", "load_artifact", "load_keras_file", "read_info", "save_artifact",
 ]

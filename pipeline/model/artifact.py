@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import io
 import json
 import logging
 import os
@@ -203,13 +204,17 @@ def read_info_and_bytes(url: str, storage_config: StorageConfig | None = None) -
 
 
 def load_artifact(url: str, storage_config: StorageConfig | None = None,
-                  tensorflow_threads: int | None = None) -> LoadedModel:
+                  tensorflow_threads: int | None = None, events: dict[str, float] | None = None) -> LoadedModel:
     """Return the model at ``url`` loaded with ``safe_mode=True`` and checked against its info.
 
     A K-means model is a :class:`pipeline.model.kmeans.KMeansSegmenter`, with no TensorFlow involved.
     With ``tensorflow_threads``, TensorFlow is configured (:func:`configure_tensorflow`) before a
-    Keras model loads.
+    Keras model loads. ``events``, if given, receives when TensorFlow was imported
+    (``tensorflow_imported``) and the model loaded (``model_loaded``), as ``time.time()``.
     """
+    import time
+
+    events = {} if events is None else events
     info, described = read_info_and_bytes(url, storage_config)
     if not info.spec.keras:
         from pipeline.model.kmeans import KMeansSegmenter
@@ -217,9 +222,13 @@ def load_artifact(url: str, storage_config: StorageConfig | None = None,
         loaded = LoadedModel(model=KMeansSegmenter.from_info(info), info=info,
                              sha256=hashlib.sha256(described).hexdigest())
         log.info("loaded model %s from %s", loaded.model_id, url)
+        events["tensorflow_imported"] = events["model_loaded"] = time.time()
         return loaded
     if tensorflow_threads is not None:
         configure_tensorflow(tensorflow_threads)
+    import keras  # noqa: F401 - imports TensorFlow: timed apart from the load
+
+    events["tensorflow_imported"] = time.time()
     try:
         data = storage.read_bytes(storage.join_url(url, MODEL_FILE), storage_config)
     except FileNotFoundError as exc:
@@ -236,9 +245,99 @@ def load_artifact(url: str, storage_config: StorageConfig | None = None,
                 "it must be a Keras 3 .keras file saved without custom code"
             ) from exc
     check_shapes(model, info, url)
+    events["model_loaded"] = time.time()
     loaded = LoadedModel(model=model, info=info, sha256=hashlib.sha256(data).hexdigest())
     log.info("loaded model %s from %s", loaded.model_id, url)
     return loaded
+
+
+def inspect_artifact(url: str, storage_config: StorageConfig | None = None) -> LoadedModel:
+    """Return the artifact at ``url`` described but not loaded (``model`` None): its info, its sha256,
+    and its shapes checked from the ``.keras`` file's own ``config.json``, with no TensorFlow involved.
+
+    What the driver of a run needs: the input shape is always checked, the output's channels where
+    the file's last layer names them (a convolution's filters, or a shape-keeping layer after one);
+    otherwise the predictor's full load (:func:`load_artifact`) checks them before any shard commits.
+    """
+    info, described = read_info_and_bytes(url, storage_config)
+    if not info.spec.keras:
+        return LoadedModel(model=None, info=info, sha256=hashlib.sha256(described).hexdigest())
+    try:
+        data = storage.read_bytes(storage.join_url(url, MODEL_FILE), storage_config)
+    except FileNotFoundError as exc:
+        raise ModelArtifactError(f"model artifact {url} has no {MODEL_FILE}") from exc
+    got_in, channels = keras_file_shapes(data, url)
+    size = (None, None) if info.spec.free_input else info.spec.input_size
+    expected_in = (*size, info.spec.channels)
+    if got_in != expected_in or channels not in (None, info.spec.output_channels):
+        got = f"takes {got_in}" + (f" and gives {channels} channels" if channels is not None else "")
+        raise ModelArtifactError(
+            f"{url}: model.keras {got}, but model.json says {expected_in} -> {info.spec.output_channels} channels; "
+            "the two files do not belong together")
+    return LoadedModel(model=None, info=info, sha256=hashlib.sha256(data).hexdigest())
+
+
+SHAPE_KEEPING = ("Activation", "Softmax", "ReLU", "Rescaling", "Identity", "Dropout", "SpatialDropout2D",
+                 "BatchNormalization", "LayerNormalization")
+
+
+def keras_file_shapes(data: bytes, url: str) -> tuple[tuple[Any, ...], int | None]:
+    """Return ``(input shape without the batch, output channels or None)`` from a ``.keras`` file's config."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            config = json.loads(archive.read("config.json"))
+        section = config["config"]
+        layers = section["layers"]
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError) as exc:
+        raise ModelArtifactError(f"{url}/{MODEL_FILE} cannot be loaded: it is not a Keras 3 .keras file "
+                                 f"({type(exc).__name__}: {exc}); save the model with model.save('model.keras')") from exc
+    by_name = {layer.get("name") or layer.get("config", {}).get("name"): layer for layer in layers}
+
+    def named(entries: Any) -> list[Any]:  # input_layers / output_layers: [name, 0, 0] or a list of them
+        return [] if not entries else [entries] if not isinstance(entries[0], list) else list(entries)
+
+    if config.get("class_name") == "Sequential":
+        first, last, inputs = layers[0], layers[-1], 1
+    else:
+        entries_in, entries_out = named(section.get("input_layers")), named(section.get("output_layers"))
+        inputs = len(entries_in)
+        first = by_name.get(entries_in[0][0]) if entries_in else None
+        last = by_name.get(entries_out[0][0]) if len(entries_out) == 1 else None
+    settings = (first or {}).get("config", {})
+    shape = settings.get("batch_shape") or settings.get("batch_input_shape")
+    if inputs != 1 or not shape:
+        raise ModelArtifactError(f"{url}/{MODEL_FILE}: the model must take one image input ((None, H, W, C)); "
+                                 f"its config names {inputs} input(s)" + ("" if shape else " and no input shape"))
+    if config.get("class_name") == "Sequential":  # no inbound nodes: walk back over the layers
+        for layer in reversed(layers):
+            found = output_channels(layer, {}) if layer.get("class_name") not in SHAPE_KEEPING else None
+            if found is not None or layer.get("class_name") not in SHAPE_KEEPING:
+                return tuple(shape[1:]), found
+    return tuple(shape[1:]), output_channels(last, by_name)
+
+
+def output_channels(layer: dict[str, Any] | None, by_name: dict[str, Any]) -> int | None:
+    """Return the channels a layer of a ``.keras`` config gives: its filters or units, the channels
+    of its input for a shape-keeping layer, else None (not known without building it)."""
+    for _ in range(16):
+        if layer is None:
+            return None
+        settings = layer.get("config", {})
+        for key in ("filters", "units"):
+            if isinstance(settings.get(key), int):
+                return settings[key]
+        if layer.get("class_name") not in SHAPE_KEEPING:
+            return None
+        try:
+            tensor = layer["inbound_nodes"][0]["args"][0]["config"]
+        except (KeyError, IndexError, TypeError):
+            return None
+        if isinstance(tensor.get("shape"), list) and tensor["shape"] and isinstance(tensor["shape"][-1], int):
+            return tensor["shape"][-1]
+        layer = by_name.get((tensor.get("keras_history") or [None])[0])
+    return None
 
 
 def check_shapes(model: Any, info: ModelInfo, url: str) -> None:

@@ -17,7 +17,7 @@ from pipeline.cluster import largest_node_cpus
 from pipeline.config import ConfigError, SegmentConfig
 from pipeline.io import storage
 from pipeline.io.shards import Shard, discover_shards
-from pipeline.model import LoadedModel, load_artifact
+from pipeline.model import LoadedModel, inspect_artifact
 from pipeline.segment.predictor import tta_symmetries
 from pipeline.segment.tiling import Tiling, resolve_tiling
 
@@ -52,10 +52,14 @@ def plan_run(cfg: SegmentConfig) -> RunPlan:
     with storage.reaching(cfg.input, cfg.storage):
         shards = discover_shards(cfg.input, checks, cfg.folder_shard_size)
     with storage.reaching(cfg.model, cfg.storage):
-        model = load_artifact(cfg.model, checks)
+        model = inspect_artifact(cfg.model, checks)  # no TensorFlow on the driver: the actors load it
     if cfg.tta:
         tta_symmetries(model.info, cfg.model)  # a model trained without flips cannot take TTA: stop before work
     spec = model.info.spec
+    if cfg.precision != "float32" and spec.architecture in ("imported", "kmeans"):
+        raise ConfigError(f"precision={cfg.precision}: model {cfg.model} is {'an imported Keras model' if spec.keras else 'the K-means baseline'}, "
+                          "which runs as it was saved; mixed precision is for the networks segpipe builds: "
+                          "leave precision at float32")
     # The K-means baseline decides each pixel alone: auto runs it on whole images (its position
     # and texture features then see the image, not a window).
     requested = "whole" if cfg.tiling == "auto" and not spec.keras else cfg.tiling

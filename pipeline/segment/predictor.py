@@ -8,6 +8,7 @@ stages around it (:mod:`pipeline.segment.prepare`, :mod:`pipeline.segment.write`
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -101,12 +102,14 @@ class SegmentationPredictor:
 
     def __init__(self, model_url: str, storage_config: StorageConfig | None = None, threads: int = 1,
                  tta: bool = False, tiling: dict[str, Any] | None = None, batch_size: int = 16,
-                 confidence: bool = False) -> None:
+                 confidence: bool = False, precision: str = "float32") -> None:
         started = time.perf_counter()
+        self.events: dict[str, float] | None = {"actor_started": time.time()}
         self.tiling = dict(tiling or {"mode": "resize"})
         self.batch_size = batch_size
         self.confidence = confidence
-        loaded = load_artifact(model_url, storage_config, tensorflow_threads=threads)
+        self.precision = precision
+        loaded = load_artifact(model_url, storage_config, tensorflow_threads=threads, events=self.events)
         self.info = loaded.info
         spec = loaded.info.spec
         self.window = tuple(self.tiling.get("window") or spec.input_size)
@@ -115,6 +118,7 @@ class SegmentationPredictor:
             self.scores = self.traced_forward(loaded, model_url, tta)
         else:
             self.scores = loaded.model.scores  # the K-means baseline: NumPy and SciPy, no TensorFlow
+        self.events["traced"] = time.time()
         self.counts = {"batches": 0, "windows": 0}
         log.info("predictor ready (%s, %s) with %d thread(s) in %.1f s", spec.architecture, self.tiling["mode"], threads,
                  time.perf_counter() - started)
@@ -131,17 +135,24 @@ class SegmentationPredictor:
         info, spec, model = loaded.info, loaded.info.spec, loaded.model
         shape: tuple[Any, ...] = spec.input_size
         mode = self.tiling["mode"]
-        if mode == "whole" or (mode == "windows" and self.window != spec.input_size):
-            if spec.architecture != "imported":
-                model = build_model(spec, free_size=True)  # the same weights, for inputs of another size
+        free = mode == "whole" or (mode == "windows" and self.window != spec.input_size)
+        if (free or self.precision != "float32") and spec.architecture != "imported":
+            import keras
+
+            keras.mixed_precision.set_global_policy(self.precision)  # float16 compute, float32 weights
+            try:  # the same weights, for inputs of another size or in another precision
+                model = build_model(spec, free_size=free)
                 model.set_weights(loaded.model.get_weights())
+            finally:
+                keras.mixed_precision.set_global_policy("float32")
+        if free:
             shape = (None, None) if mode == "whole" else self.window
         self.model = model
         signature = tf.TensorSpec((None, *shape, spec.channels), tf.float32)
         symmetries = tta_symmetries(info, model_url) if tta else []
 
         def once(pixels: Any) -> Any:
-            scores = self.model(encoder_input(pixels, info.preprocessing), training=False)
+            scores = tf.cast(self.model(encoder_input(pixels, info.preprocessing), training=False), tf.float32)
             if spec.from_logits:
                 scores = tf.sigmoid(scores) if spec.output_activation == "sigmoid" else tf.nn.softmax(scores, axis=-1)
             return scores
@@ -157,6 +168,7 @@ class SegmentationPredictor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         """Return the batch with its model input replaced by the model's output; rows with an error get zeros."""
         started = time.perf_counter()
+        called = time.time()
         usable = np.array([not e for e in batch["error"]], dtype=bool)
         mode = self.tiling["mode"]
         if mode == "resize":
@@ -178,6 +190,12 @@ class SegmentationPredictor:
             if self.confidence:
                 batch["confidence"] = confidence
         batch["seconds"] = batch["seconds"] + (time.perf_counter() - started) / max(1, len(usable))
+        if self.events is not None and len(usable):  # the actor's start-up, once, with its first batch
+            events = np.array(batch.get("events", [""] * len(usable)), dtype=object)
+            earlier = json.loads(events[0]) if events[0] else {}
+            events[0] = json.dumps({**earlier, **self.events, "first_called": called, "first_predicted": time.time()})
+            batch["events"] = events
+            self.events = None
         return batch
 
     def model_input(self, image: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:

@@ -7,7 +7,9 @@ keeps its row, with ``error`` saying what went wrong with which key and ``error_
 Internal columns between stages: ``key, source, shard, shard_rows, error, error_kind`` (``""`` =
 none), ``mask`` and ``instances`` (encoded ground truth: class mask and instance labels, ``b""`` =
 none), ``height, width`` (original size),
-``seconds`` (compute time spent on the row so far), then for the resize ``pixels`` (model input)
+``seconds`` (compute time spent on the row so far), ``events`` (``""``, or on the first row a
+stage's first batch carries, a JSON object of when its start-up steps ended: see
+:func:`pipeline.segment.record.startup_breakdown`), then for the resize ``pixels`` (model input)
 and ``scores`` (model output at the tile), for windows and whole images ``image`` (the decoded
 image's bytes as uint8 ``(H, W, C x bytes per value)``), ``bits`` (8 or 16), ``value_low`` /
 ``value_high`` (its extremes, for ``minmax``) and ``predicted`` (the mask at the image's size).
@@ -15,6 +17,7 @@ image's bytes as uint8 ``(H, W, C x bytes per value)``), ``bits`` (8 or 16), ``v
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -145,12 +148,23 @@ def read_and_prepare(batch: dict[str, np.ndarray], info: ModelInfo, storage_conf
     Arrow rows in the object store only to be turned back into arrays by the next task (that round
     trip cost about a sixth of the CPU the model itself used per image on a 2-core node).
     """
+    read_started = time.time()
+    first = True
+
+    def timed(prepared: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        nonlocal first
+        prepared["events"] = np.full(len(prepared["key"]), "", dtype=object)
+        if first and len(prepared["key"]):
+            prepared["events"][0] = json.dumps({"read_started": read_started, "first_prepared": time.time()})
+            first = False
+        return prepared
+
     for text in batch["shard"]:
         shard = Shard.from_json(str(text))
         rows = readers.read_shard(shard, storage_config, (taken or {}).get(shard.name))
         if not native:
             for start in range(0, len(rows), batch_size):
-                yield prepare_batch(columns_of(rows[start:start + batch_size]), info, max_image_pixels, tiff_page)
+                yield timed(prepare_batch(columns_of(rows[start:start + batch_size]), info, max_image_pixels, tiff_page))
             continue
         # image by image, so a few huge images never sit in one task together
         pending: list[dict[str, np.ndarray]] = []
@@ -159,10 +173,10 @@ def read_and_prepare(batch: dict[str, np.ndarray], info: ModelInfo, storage_conf
             pending.append(prepare_native_batch(columns_of([row]), info, max_image_pixels, tiff_page))
             size += pending[-1]["image"][0].nbytes
             if len(pending) == batch_size or size >= block_bytes:
-                yield concatenate(pending)
+                yield timed(concatenate(pending))
                 pending, size = [], 0
         if pending:
-            yield concatenate(pending)
+            yield timed(concatenate(pending))
 
 
 def columns_of(rows: list[dict]) -> dict[str, np.ndarray]:

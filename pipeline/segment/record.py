@@ -44,6 +44,7 @@ class RunSummary:
     startup_seconds: float
     images_per_second: float
     steady_images_per_second: float
+    startup: dict[str, float] = dataclasses.field(default_factory=dict)  # see startup_breakdown
 
     def line(self) -> str:
         """Return the one-line summary shown at the end of a run."""
@@ -110,7 +111,42 @@ class Progress:
         write_run_json(self.cfg, self.plan, {"status": "running", "started": self.started_at, "progress": self.counts(writer)})
 
 
-def run_summary(cfg: SegmentConfig, plan: RunPlan, writer: ShardWriter, started: float) -> RunSummary:
+STARTUP_STEPS = (  # (name, from event, to event): the start-up of a run, step by step
+    ("cli_import", "process_created", "imported"),
+    ("config_and_plan", "imported", "planned"),
+    ("ray_init", "ray_started", "ray_ready"),
+    ("driver_checks", "ray_ready", "stream_started"),
+    ("actor_start", "stream_started", "actor_started"),
+    ("tensorflow_import", "actor_started", "tensorflow_imported"),
+    ("model_load", "tensorflow_imported", "model_loaded"),
+    ("first_trace", "model_loaded", "traced"),
+    ("read_start", "stream_started", "read_started"),
+    ("first_read", "read_started", "first_prepared"),
+    ("first_batch", "first_called", "first_predicted"),
+    ("first_result", "process_created", "first_result"),
+    ("first_commit", "process_created", "first_commit"),
+    ("after_last_commit", "last_commit", "summary"),
+)
+
+
+def startup_breakdown(events: dict[str, float]) -> dict[str, float]:
+    """Return the seconds of each of :data:`STARTUP_STEPS` whose two events happened (``time.time()`` values).
+
+    The driver notes its own events; the read stage and the predictor send theirs with their first
+    batch (the earliest of each across tasks and actors). ``first_result`` and ``first_commit``
+    count from the process's start; the actor's steps overlap the reads.
+    """
+    return {name: round(events[end] - events[start], 3) for name, start, end in STARTUP_STEPS
+            if events.get(start) and events.get(end)}
+
+
+def startup_line(steps: dict[str, float]) -> str:
+    """Return the start-up breakdown as one log line."""
+    return "start-up: " + ", ".join(f"{name.replace('_', ' ')} {seconds:.1f} s" for name, seconds in steps.items())
+
+
+def run_summary(cfg: SegmentConfig, plan: RunPlan, writer: ShardWriter, started: float,
+                events: dict[str, float] | None = None) -> RunSummary:
     """Return the run's summary from the committed shard counts and the timings.
 
     Start-up is the time until the first results reach the driver (actor start, model load, the
@@ -140,6 +176,8 @@ def run_summary(cfg: SegmentConfig, plan: RunPlan, writer: ShardWriter, started:
         images_per_second=round(done_now / wall, 3) if wall > 0 else 0.0,
         steady_images_per_second=(round((done_now - first_rows) / steady_time, 3)
                                   if steady_time > 0 and done_now > first_rows else 0.0),
+        startup=startup_breakdown({**(events or {}), **writer.events, "last_commit": writer.last_commit,
+                                   "summary": time.time()}),
     )
 
 

@@ -7,7 +7,7 @@ rest; a shard that was half-written (masks or Parquet without a marker) is redon
 are overwritten under the same deterministic names, so no row is duplicated.
 
 An output is continued only by the same run: same input URL, same model (sha256 of the
-artifact), same folder shard size (it decides shard names), same tta, tiling and objects. Anything else is refused before work
+artifact), same folder shard size (it decides shard names), same tta, precision, tiling and objects. Anything else is refused before work
 starts unless ``overwrite`` is set, which first removes the previous outputs.
 """
 
@@ -46,7 +46,8 @@ def read_markers(cfg: SegmentConfig) -> dict[str, dict[str, Any]]:
 def identity(cfg: SegmentConfig, model_sha256: str, tiling: dict[str, Any]) -> dict[str, Any]:
     """Return what must match for a run to continue an output (``tiling``: :meth:`Tiling.to_json`)."""
     return {"input": cfg.input.rstrip("/"), "model_sha256": model_sha256, "folder_shard_size": cfg.folder_shard_size,
-            "tta": cfg.tta, "tiling": tiling_identity(tiling), "objects": objects_identity(dataclasses.asdict(cfg.objects))}
+            "tta": cfg.tta, "precision": cfg.precision, "tiling": tiling_identity(tiling),
+            "objects": objects_identity(dataclasses.asdict(cfg.objects))}
 
 
 def objects_identity(objects: dict[str, Any] | None) -> dict[str, Any]:
@@ -67,6 +68,7 @@ def prior_identity(run_json: dict[str, Any]) -> dict[str, Any]:
     tiling = run_json.get("tiling") or {"mode": "resize", "window": (model.get("info") or {}).get("input_size")}
     return {"input": str(config.get("input", "")).rstrip("/"), "model_sha256": model.get("sha256"),
             "folder_shard_size": config.get("folder_shard_size"), "tta": bool(config.get("tta", False)),
+            "precision": config.get("precision", "float32"),
             "tiling": tiling_identity(tiling), "objects": objects_identity(config.get("objects"))}
 
 
@@ -107,7 +109,8 @@ def prepare_output(cfg: SegmentConfig, model_sha256: str, overwrite: bool, tilin
     if different:
         raise ConfigError(
             f"output {cfg.output} holds run {run_json.get('run_id')} with another {', '.join(different)}; "
-            "re-running continues an output only with the same input, model, shard size, tta, tiling and objects: choose "
+            "re-running continues an output only with the same input, model, shard size, tta, precision, tiling and "
+            "objects: choose "
             "another "
             "output, or pass --overwrite to replace it"
         )

@@ -13,9 +13,11 @@ names and resumes (:mod:`pipeline.segment.resume`).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -26,11 +28,11 @@ from pipeline.config import SegmentConfig
 from pipeline.io import storage
 from pipeline.io.keys import keys_taken_earlier
 from pipeline.io.shards import Shard, shard_dataset
-from pipeline.model import ModelInfo
+from pipeline.model import ModelArtifactError, ModelInfo
 from pipeline.segment.plan import CPU_STAGES, RunPlan, actor_resources, plan_run
 from pipeline.segment.predictor import SegmentationPredictor
 from pipeline.segment.prepare import read_and_prepare
-from pipeline.segment.record import Progress, RunSummary, now_iso, run_summary, write_run_json
+from pipeline.segment.record import Progress, RunSummary, now_iso, run_summary, startup_line, write_run_json
 from pipeline.segment.resume import prepare_output
 from pipeline.segment.write import MaskWriter, ShardWriter
 
@@ -45,15 +47,23 @@ def run_segmentation(cfg: SegmentConfig) -> RunSummary:
     An interrupted run (KeyboardInterrupt) records ``status: interrupted`` in run.json and re-raises.
     """
     started_at = now_iso()
+    events = {"process_created": process_created(), "imported": IMPORTED_AT}
     plan = plan_run(cfg)
+    events["planned"] = time.time()
     with storage.reaching(cfg.output, cfg.storage):
         prior = prepare_output(cfg, plan.model.sha256, cfg.overwrite, plan.tiling.to_json())
     plan = dataclasses.replace(plan, run_id=prior.run_id or plan.run_id)
     todo = [shard for shard in plan.shards if shard.name not in prior.committed]
     if todo:
-        connect_ray(cfg.address)
-        raypatch.install()  # this driver drives the stream: its idle scheduling loop must not spin
-        plan = dataclasses.replace(plan, taken=keys_taken_earlier(plan.shards, cfg.storage), **actor_resources(cfg))
+        # Indexing the shards' keys (one read of each shard's headers) needs only storage: it runs
+        # while Ray starts.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="keys") as pool:
+            taken = pool.submit(keys_taken_earlier, plan.shards, cfg.storage)
+            events["ray_started"] = time.time()
+            connect_ray(cfg.address)
+            events["ray_ready"] = time.time()
+            raypatch.install()  # this driver drives the stream: its idle scheduling loop must not spin
+            plan = dataclasses.replace(plan, taken=taken.result(), **actor_resources(cfg))
     else:
         log.info("every shard of %s is already committed under %s; nothing to do", cfg.input, cfg.output)
     write_run_json(cfg, plan, {"status": "running", "started": started_at})
@@ -63,6 +73,7 @@ def run_segmentation(cfg: SegmentConfig) -> RunSummary:
                          objects=cfg.objects.enabled)
     try:
         if todo:
+            events["stream_started"] = time.time()
             for table in build_dataset(cfg, plan, todo).iter_batches(batch_format="pyarrow", batch_size=None):
                 writer.add(table)
         writer.finish()
@@ -71,11 +82,49 @@ def run_segmentation(cfg: SegmentConfig) -> RunSummary:
         failure = {"status": status, "started": started_at, "ended": now_iso(),
                    "error": f"{type(exc).__name__}: {exc}", "progress": progress.counts(writer)}
         write_run_json(cfg, plan, failure)
+        refused = model_error_in(exc)
+        if refused is not None:  # the actors' full load refused the model: one message, like the driver's checks
+            raise refused from None
         raise
-    summary = run_summary(cfg, plan, writer, clock)
+    summary = run_summary(cfg, plan, writer, clock, events)
     write_run_json(cfg, plan, {"status": "finished", "started": started_at, "ended": now_iso(), "summary": dataclasses.asdict(summary)})
+    if summary.startup:
+        log.info("%s", startup_line(summary.startup))
     log.info("%s", summary.line())
     return summary
+
+
+def model_error_in(exc: BaseException) -> ModelArtifactError | None:
+    """Return the ModelArtifactError an actor raised while loading the model, as told by Ray's error, else None."""
+    marker = f"{ModelArtifactError.__name__}: "
+    text = str(exc)
+    if marker not in text:
+        return None
+    return ModelArtifactError(text.split(marker, 1)[1].splitlines()[0])
+
+
+IMPORTED_AT = time.time()  # when the segment command had imported what it runs
+
+
+def process_created() -> float:
+    """Return when this process started (``time.time()``), or 0 if the system does not say.
+
+    On Linux from ``/proc`` to the clock tick (psutil's figure rests on the boot time in whole
+    seconds, so it can be a second off); elsewhere from psutil.
+    """
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+            since_boot = float(uptime.read().split()[0])
+        return time.time() - (since_boot - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+
+        return float(psutil.Process().create_time())
+    except Exception:  # noqa: BLE001 - a missing figure is no reason to fail a run
+        return 0.0
 
 
 def batch_block_bytes(batch_size: int, info: ModelInfo, native: bool = False) -> int:
@@ -153,7 +202,7 @@ def build_dataset(cfg: SegmentConfig, plan: RunPlan, shards: list[Shard]) -> Any
         SegmentationPredictor,
         fn_constructor_kwargs={"model_url": cfg.model, "storage_config": storage_config, "threads": plan.actor_threads,
                                "tta": cfg.tta, "tiling": plan.tiling.to_json(), "batch_size": cfg.batch_size,
-                               "confidence": cfg.objects.enabled},
+                               "confidence": cfg.objects.enabled, "precision": cfg.precision},
         compute=ActorPoolStrategy(min_size=cfg.actors.min, max_size=cfg.actors.max),
         batch_size=images_per_call,
         num_cpus=plan.actor_cpus,

@@ -63,7 +63,9 @@ def finish_batch(
     table = schema.metrics_table(rows)
     extra = {"shard": pa.array([r["shard"] for r in rows], pa.string()),
              "shard_rows": pa.array([r["shard_rows"] for r in rows], pa.int64()),
-             "objects": pa.array([r.get("objects", b"") for r in rows], pa.binary())}
+             "objects": pa.array([r.get("objects", b"") for r in rows], pa.binary()),
+             "events": pa.array([str(batch["events"][i]) if "events" in batch else "" for i in range(len(rows))],
+                                pa.string())}
     for name, column in extra.items():
         table = table.append_column(name, column)
     return table
@@ -157,16 +159,20 @@ class ShardWriter:
         self.resumed = frozenset(self.committed)
         self.received = 0
         self.first_batch: tuple[float, int] | None = None  # (perf_counter time, rows) of the first batch
+        self.events: dict[str, float] = {"first_result": 0.0}  # the stages' start-up steps: the earliest of each
+        self.last_commit = 0.0
 
     def add(self, table: pa.Table) -> None:
         """Take a batch of rows; commit every shard it completes."""
         if self.first_batch is None:
             self.first_batch = (time.perf_counter(), table.num_rows)
+            self.events["first_result"] = time.time()
         self.received += table.num_rows
         for row in table.to_pylist():
             name = row.pop("shard")
             expected = row.pop("shard_rows")
             found = row.pop("objects", b"")
+            self.note_events(row.pop("events", ""))
             if found:
                 self.pending_objects[name].append(table_from_bytes(found))
             self.pending[name].append(row)
@@ -174,6 +180,12 @@ class ShardWriter:
                 self.commit(name, self.pending.pop(name), self.pending_objects.pop(name, []))
         if self.progress:
             self.progress.update(self)
+
+    def note_events(self, text: str) -> None:
+        """Keep the earliest time of each start-up step a row reports (see :func:`pipeline.segment.record.startup_breakdown`)."""
+        if text:
+            for step, when in json.loads(text).items():
+                self.events[step] = min(when, self.events.get(step, when))
 
     def commit(self, name: str, rows: list[dict[str, Any]], found: list[pa.Table] | None = None) -> None:
         """Write ``objects/<name>.parquet`` (with objects: rows by key, then label), ``metrics/<name>.parquet``
@@ -195,6 +207,8 @@ class ShardWriter:
                   "model_id": self.model_id, "committed": now_iso()}
         storage.write_bytes(layout.marker_url(self.output, name), json.dumps(marker).encode(), self.storage_config)
         self.committed[name] = counts
+        self.events.setdefault("first_commit", time.time())
+        self.last_commit = time.time()
         if self.progress:
             self.progress.after_commit(self)
 

@@ -197,3 +197,32 @@ def test_tta_composes_with_windows(tiny_model: str) -> None:
     (expected,), _ = segment_in_windows([image], mean_over_symmetries, lambda i, w: w.astype(np.float32) / 255,
                                         (32, 32), 3, 8, overlap=0.5)
     assert mask.shape == (50, 70) and (mask == expected).mean() > 0.999  # float sums in another order: rare ties
+
+
+def test_mixed_precision_gives_the_scores_of_float32_within_a_level(tiny_model: str) -> None:
+    pixels = np.random.default_rng(5).random((3, 32, 32, 3), dtype=np.float32)
+
+    def call(**options: str) -> np.ndarray:
+        batch = {"pixels": pixels.copy(), "error": np.array([""] * 3, dtype=object), "seconds": np.zeros(3)}
+        return SegmentationPredictor(tiny_model, **options)(batch)["scores"].astype(int)
+
+    full, mixed = call(), call(precision="mixed_float16")
+    assert np.abs(full - mixed).max() <= 2 and (full != mixed).any()  # float16 arithmetic: close, not identical
+
+
+def test_mixed_precision_for_a_model_it_cannot_rebuild_stops_before_work(tmp_path: Path) -> None:
+    import keras
+
+    from pipeline.config import ImportConfig
+    from pipeline.model.importing import import_model
+    from pipeline.segment.plan import plan_run
+
+    inputs = keras.Input((32, 32, 3))
+    keras.Model(inputs, keras.layers.Conv2D(2, 1, activation="softmax")(inputs)).save(tmp_path / "theirs.keras")
+    import_model(ImportConfig(keras=str(tmp_path / "theirs.keras"), output=str(tmp_path / "art"), classes="bg,fg"))
+    data = tmp_path / "data"
+    write_sample_data(SampleDataConfig(output=str(data), num_images=1, num_shards=1, num_classes=2))
+    with pytest.raises(ConfigError, match="mixed precision is for the networks segpipe builds"):
+        plan_run(SegmentConfig(input=str(data), model=str(tmp_path / "art"), output=str(tmp_path / "out"),
+                               precision="mixed_float16"))
+    assert not (tmp_path / "out").exists()

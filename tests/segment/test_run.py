@@ -202,3 +202,36 @@ def test_keys_repeated_across_shards_are_segmented_once(tmp_path: Path, tiny_mod
     duplicates = [row for row in rows if row["status"] == "error"]
     assert {row["error_kind"] for row in duplicates} == {"duplicate_key"} and len(duplicates) == 3
     assert all(str(data / "shard-00000.tar") in row["error"] for row in duplicates)
+
+
+def test_a_model_only_the_actors_can_refuse_fails_the_run_with_one_message(tmp_path: Path, tiny_model: str) -> None:
+    import shutil
+    import zipfile
+
+    from pipeline.model import ModelArtifactError
+
+    broken = tmp_path / "model"
+    shutil.copytree(tiny_model, broken)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(Path(tiny_model) / "model.keras") as source, zipfile.ZipFile(buffer, "w") as target:
+        for name in source.namelist():  # the config (what the driver checks) intact, the weights not
+            target.writestr(name, b"not HDF5" if name.endswith(".h5") else source.read(name))
+    (broken / "model.keras").write_bytes(buffer.getvalue())
+    data, output = tmp_path / "data", tmp_path / "out"
+    write_sample_data(SampleDataConfig(output=str(data), num_images=4, num_shards=2, min_size=32, max_size=40))
+    with pytest.raises(ModelArtifactError, match=r"model.keras cannot be loaded"):
+        run_segmentation(SegmentConfig(input=str(data), model=str(broken), output=str(output)))
+    assert not list((output / "_done").glob("*.json"))  # nothing committed
+    assert json.loads((output / "run.json").read_text())["status"] == "failed"
+
+
+def test_run_json_breaks_the_start_up_down(tmp_path: Path, tiny_model: str) -> None:
+    data, output = tmp_path / "data", tmp_path / "out"
+    write_sample_data(SampleDataConfig(output=str(data), num_images=6, num_shards=2, min_size=32, max_size=40))
+    summary = run_segmentation(SegmentConfig(input=str(data), model=tiny_model, output=str(output)))
+    steps = json.loads((output / "run.json").read_text())["summary"]["startup"]
+    assert steps == summary.startup
+    for step in ("config_and_plan", "tensorflow_import", "model_load", "first_trace", "first_read", "first_batch",
+                 "first_result", "first_commit", "after_last_commit"):
+        assert 0 <= steps[step] < 120, step
+    assert steps["first_result"] <= steps["first_commit"]
