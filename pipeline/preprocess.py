@@ -206,8 +206,17 @@ def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 def read_model_input(data: bytes, tile: tuple[int, int], channels: int, normalization: Mapping[str, Any],
                      max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
                      tiff_page: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
-    """Return ``(model input, (height, width))``: the float32 ``(tile_h, tile_w, channels)`` input of an
-    encoded image and the image's own size.
+    """Return ``(model input, (height, width))``: :func:`read_tile` normalised to float32 (:func:`normalise`)."""
+    pixels, size, value_range = read_tile(data, tile, channels, normalization, max_pixels, tiff_page)
+    return normalise(pixels, normalization, value_range), size
+
+
+def read_tile(data: bytes, tile: tuple[int, int], channels: int, normalization: Mapping[str, Any],
+              max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+              tiff_page: int | None = None) -> tuple[np.ndarray, tuple[int, int], tuple[Any, Any] | None]:
+    """Return ``(tile, (height, width), value range)``: an encoded image resized to the model's tile
+    ``(tile_h, tile_w, channels)`` in its own type (uint8 or uint16), the image's own size, and for
+    the ``minmax`` normalisation its extremes (else None), for :func:`normalise`.
 
     Memory stays near one copy of the decoded image at its own dtype: the image is resized to the
     tile in Pillow, in its own mode (8-bit stays 8-bit, 16-bit stays integer), before any float32
@@ -217,7 +226,7 @@ def read_model_input(data: bytes, tile: tuple[int, int], channels: int, normaliz
     each in its own type.
     """
     if is_tiff(data):
-        return tiff_model_input(read_tiff(data, "image", max_pixels, tiff_page), tile, channels, normalization)
+        return tiff_tile(read_tiff(data, "image", max_pixels, tiff_page), tile, channels, normalization)
     picture = open_header(data, "image", max_pixels)
     size = (picture.height, picture.width)
     target = (tile[1], tile[0])  # Pillow sizes are (width, height)
@@ -227,19 +236,18 @@ def read_model_input(data: bytes, tile: tuple[int, int], channels: int, normaliz
     value_range = picture.getextrema() if normalization.get("mode") == "minmax" else None
     if picture.size != target:
         picture = picture.resize(target, Image.Resampling.BILINEAR)
-    pixels = normalise(match_channels(picture_array(picture), channels), normalization, value_range)
-    return pixels, size
+    return match_channels(picture_array(picture), channels), size, value_range
 
 
-def tiff_model_input(array: np.ndarray, tile: tuple[int, int], channels: int,
-                     normalization: Mapping[str, Any]) -> tuple[np.ndarray, tuple[int, int]]:
-    """Return :func:`read_model_input`'s result for a decoded TIFF array ``(H, W, C)``."""
+def tiff_tile(array: np.ndarray, tile: tuple[int, int], channels: int,
+              normalization: Mapping[str, Any]) -> tuple[np.ndarray, tuple[int, int], tuple[Any, Any] | None]:
+    """Return :func:`read_tile`'s result for a decoded TIFF array ``(H, W, C)``."""
     size = array.shape[:2]
     value_range = (array.min(), array.max()) if normalization.get("mode") == "minmax" else None
     if size != tile:
         array = np.stack([np.asarray(tiff_picture(array, k).resize((tile[1], tile[0]), Image.Resampling.BILINEAR))
                           for k in range(array.shape[2])], axis=-1).astype(array.dtype)
-    return normalise(match_channels(array, channels), normalization, value_range), size
+    return match_channels(array, channels), size, value_range
 
 
 def read_native(data: bytes, normalization: Mapping[str, Any], max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,

@@ -329,3 +329,26 @@ def test_unusable_instance_label_images_become_error_rows_of_their_kind() -> Non
     out = prepare_batch(batch, ModelInfo(spec=spec, class_names=("background", "cell")))
     assert dict(zip(keys, out["error_kind"])) == {k: kind for k, (_, kind) in cases.items()}
     assert all(key in error for key, error in zip(keys, out["error"]) if error)
+
+
+def test_tiles_at_their_own_type_normalise_as_the_float_path_does() -> None:
+    from pipeline.model import ModelInfo, ModelSpec
+    from pipeline.segment.prepare import prepare_batch, tile_pixels
+
+    rng = np.random.default_rng(2)
+    eight = preprocess.encode_png(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8))
+    sixteen = io.BytesIO()
+    Image.fromarray(rng.integers(0, 65536, (20, 50), dtype=np.uint16)).save(sixteen, format="PNG")
+    for normalization in ({"mode": "scale"}, {"mode": "minmax"}, {"mode": "scale", "mean": 0.5, "std": 0.25}):
+        expected = [preprocess.read_model_input(data, (16, 16), 3, normalization)[0] for data in (eight, sixteen.getvalue())]
+        batch = {name: np.array(values, dtype=object) for name, values in {
+            "key": ["eight", "sixteen"], "source": ["s"] * 2, "shard": ["s"] * 2, "image": [eight, sixteen.getvalue()],
+            "mask": [b""] * 2, "instances": [b""] * 2, "error": [""] * 2, "error_kind": [""] * 2}.items()}
+        batch["shard_rows"] = np.full(2, 2)
+        info = ModelInfo(spec=ModelSpec(input_size=(16, 16), channels=3, num_classes=2, depth=2, base_filters=4),
+                         class_names=("background", "cell"), normalization=normalization)
+        prepared = prepare_batch(batch, info)
+        assert prepared["tiles"].dtype == np.uint8 and prepared["bits"].tolist() == [8, 16]
+        got = tile_pixels(prepared, np.array([True, True]), normalization)
+        assert got.dtype == np.float32 and np.allclose(got, np.stack(expected), atol=1e-6), normalization
+        assert np.allclose(tile_pixels(prepared, np.array([True, False]), normalization), expected[:1], atol=1e-6)

@@ -36,6 +36,18 @@ from pipeline.sample_data import write_sample_data  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def ray_processes_since(started: float) -> list[str]:
+    """Return the Ray processes (raylet, GCS, workers, agents) started after ``started`` that are still alive."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["create_time", "cmdline"]):
+        line = " ".join(process.info["cmdline"] or [])
+        if (process.info["create_time"] or 0) >= started and ("ray" in line.lower()) and "benchmark_peer" not in line:
+            found.append(line[:120])
+    return found
+
+
 def timed_process(command: list[str], env: dict[str, str]) -> tuple[float, float | None, str]:
     """Run ``command``; return its wall seconds (start to exit), the seconds from its summary line
     (a line starting with a number of images) to its exit, and its output."""
@@ -78,8 +90,11 @@ def main(argv: list[str] | None = None) -> int:
                  "--output", f"{bucket}/plain-{size}"], env)
             plain = json.loads(plain_out.strip().splitlines()[-1])
             output = f"{bucket}/segpipe-{size}"
+            launched = time.time() - 1.0
             segpipe_wall, after_summary, _ = timed_process(
                 [sys.executable, "-m", "jobs.cli", "segment", "--input", data, "--model", model, "--output", output], env)
+            time.sleep(1.0)
+            left = ray_processes_since(launched)
             run = json.loads(storage.read_bytes(storage.join_url(output, "run.json")))
             summary = run["summary"]
             row = {"images": size, "plain_wall_seconds": round(plain_wall, 2),
@@ -91,13 +106,15 @@ def main(argv: list[str] | None = None) -> int:
                    "segpipe_steady_images_per_second": summary["steady_images_per_second"],
                    "ratio_end_to_end": round(plain_wall / segpipe_wall, 3),
                    "exit_after_summary_seconds": round(after_summary, 2) if after_summary is not None else None,
-                   "segpipe_startup": summary.get("startup", {}), "batch_size": run["config"]["batch_size"]}
+                   "segpipe_startup": summary.get("startup", {}), "batch_size": run["config"]["batch_size"],
+                   "ray_processes_left": left}
             results.append(row)
             print(f"{size} images: plain script {row['plain_images_per_second']:.2f} img/s ({plain_wall:.1f} s, "
                   f"start-up {plain['startup_seconds']:.1f} s, steady {plain['steady_images_per_second']:.2f}); segpipe "
                   f"{row['segpipe_images_per_second']:.2f} img/s ({segpipe_wall:.1f} s, steady "
                   f"{summary['steady_images_per_second']:.2f}); segpipe / script end to end "
-                  f"{plain_wall / segpipe_wall:.2f}; exit {row['exit_after_summary_seconds']} s after the summary line")
+                  f"{plain_wall / segpipe_wall:.2f}; exit {row['exit_after_summary_seconds']} s after the summary line, "
+                  f"{len(left)} Ray processes left 1 s later")
             print("  segpipe start-up: " + ", ".join(f"{k} {v:.1f} s" for k, v in row["segpipe_startup"].items()))
             sys.stdout.flush()
     (args.workdir / "benchmark_peer.json").write_text(json.dumps(results, indent=2))

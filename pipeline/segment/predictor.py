@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.config import ConfigError, StorageConfig
 from pipeline.model import ModelInfo, build_model, encoder_input, load_artifact
 from pipeline.preprocess import decided, match_channels, normalise, quantise_scores
-from pipeline.segment.prepare import stored_image
+from pipeline.segment.prepare import TILE_COLUMNS, stored_image, tile_pixels
 from pipeline.segment.tiling import padded_to_tile, segment_in_windows
 from pipeline.symmetry import offset_correction
 
@@ -91,9 +91,9 @@ def dihedral_mean(forward: Any, pixels: Any, symmetries: list[Symmetry]) -> Any:
 class SegmentationPredictor:
     """Callable actor that runs the model on a batch, as the run's tiling says (:mod:`pipeline.segment.tiling`).
 
-    ``resize``: adds ``scores`` (uint8 probability levels ``(n, h, w, K)`` at the tile) to a batch
-    holding ``pixels``. ``windows``: cuts every image of the batch (``image`` column) into windows of
-    the tile, runs them ``batch_size`` at a time across images, blends their scores and adds
+    ``resize``: replaces the batch's tiles (:func:`pipeline.segment.prepare.prepare_batch`, normalised
+    here; or float32 ``pixels`` given as such) by ``scores`` (uint8 probability levels ``(n, h, w, K)``
+    at the tile). ``windows``: cuts every image of the batch (``image`` column) into windows of the tile, runs them ``batch_size`` at a time across images, blends their scores and adds
     ``predicted`` (each image's mask at its size). ``whole``: runs a copy of the model with free
     spatial dimensions on each whole image, padded by reflection to a multiple of the model's stride.
     With ``confidence`` (objects asked for), windows and whole also add ``confidence``: each pixel's
@@ -172,10 +172,13 @@ class SegmentationPredictor:
         usable = np.array([not e for e in batch["error"]], dtype=bool)
         mode = self.tiling["mode"]
         if mode == "resize":
-            pixels = batch.pop("pixels")
             scores = np.zeros((len(usable), *self.output_shape), dtype=np.uint8)
             if usable.any():
-                scores[usable] = quantise_scores(self.scores(pixels[usable]))
+                pixels = (batch["pixels"][usable] if "pixels" in batch else  # float32 input given as such
+                          tile_pixels(batch, usable, self.info.normalization))
+                scores[usable] = quantise_scores(self.scores(pixels))
+            for name in ("pixels", *TILE_COLUMNS):
+                batch.pop(name, None)
             batch["scores"] = scores
         else:
             stored, bits = batch.pop("image"), batch.pop("bits")
