@@ -59,3 +59,18 @@ def test_object_rows_measure_each_object() -> None:
     assert rows["mean_score"].tolist() == pytest.approx([0.8, 0.6])
     empty = object_rows(*label_objects(np.zeros((4, 4), np.uint8), 2))
     assert all(len(column) == 0 for column in empty.values())
+
+
+def test_the_summed_moments_equal_regionprops_object_by_object() -> None:
+    from scipy import ndimage
+    from skimage import measure
+
+    noise = ndimage.gaussian_filter(np.random.default_rng(4).random((120, 90, 3)), (1.5, 1.5, 0))
+    labels, classes = label_objects(noise.argmax(-1).astype(np.uint8), 3)
+    rows = object_rows(labels, classes)
+    reference = measure.regionprops_table(labels, properties=("label", "centroid", "eccentricity",
+                                                              "equivalent_diameter_area"))
+    assert len(rows["label"]) > 50 and rows["label"].tolist() == reference["label"].tolist()
+    assert np.allclose(rows["eccentricity"], reference["eccentricity"], atol=1e-12)
+    assert np.allclose(rows["centroid_row"], reference["centroid-0"]) and np.allclose(rows["centroid_col"], reference["centroid-1"])
+    assert np.allclose(rows["equivalent_diameter"], reference["equivalent_diameter_area"])
