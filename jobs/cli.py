@@ -150,7 +150,7 @@ def run_segment_command(args: argparse.Namespace) -> int:
     from pipeline.segment.run import run_segmentation
 
     cfg = config_from_args(args)
-    summary = run_segmentation(cfg)
+    summary = run_segmentation(cfg, own_process=True)
     if not summary.model_trained:
         print("note: the model artifact is untrained (model.json training.trained is false); masks are not meaningful")
     print(summary.line())

@@ -30,24 +30,37 @@ import numpy as np
 THRESHOLDS = tuple(round(0.5 + 0.05 * step, 2) for step in range(10))
 
 
-def iou_matrix(true: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return ``(iou, true_labels, predicted_labels)``: the IoU of every true object (rows) with
-    every predicted one (columns) that it overlaps or not, and the labels the rows and columns stand for."""
+def overlaps(true: np.ndarray, predicted: np.ndarray) -> dict[str, np.ndarray]:
+    """Return the pairs of a true and a predicted object that share a pixel, sparsely: ``rows`` and
+    ``cols`` (each pair's index among ``true_labels`` and ``predicted_labels``, the objects' labels
+    in ascending order, 0 left out) and ``iou``. Memory grows with the pixels and the overlapping
+    pairs, never with true x predicted objects."""
     true, predicted = np.asarray(true).ravel(), np.asarray(predicted).ravel()
     if true.shape != predicted.shape:
         raise ValueError(f"label images of {true.size} and {predicted.size} pixels: they must be the same size")
     true_labels, true_index = np.unique(true, return_inverse=True)
     predicted_labels, predicted_index = np.unique(predicted, return_inverse=True)
-    overlap = np.zeros((len(true_labels), len(predicted_labels)), dtype=np.int64)
-    np.add.at(overlap, (true_index, predicted_index), 1)
-    keep_true, keep_predicted = true_labels != 0, predicted_labels != 0
-    areas_true = overlap.sum(axis=1)[keep_true]
-    areas_predicted = overlap.sum(axis=0)[keep_predicted]
-    intersection = overlap[np.ix_(keep_true, keep_predicted)]
-    union = areas_true[:, np.newaxis] + areas_predicted[np.newaxis, :] - intersection
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, intersection / union, 0.0)
-    return iou, true_labels[keep_true], predicted_labels[keep_predicted]
+    true_area = np.bincount(true_index, minlength=len(true_labels))
+    predicted_area = np.bincount(predicted_index, minlength=len(predicted_labels))
+    both = (true != 0) & (predicted != 0)
+    codes, intersection = np.unique(true_index[both].astype(np.int64) * len(predicted_labels) + predicted_index[both],
+                                    return_counts=True)
+    rows, cols = np.divmod(codes, len(predicted_labels))
+    iou = intersection / (true_area[rows] + predicted_area[cols] - intersection)
+    true_foreground, predicted_foreground = true_labels != 0, predicted_labels != 0
+    return {"rows": (np.cumsum(true_foreground) - 1)[rows], "cols": (np.cumsum(predicted_foreground) - 1)[cols],
+            "iou": iou, "true_labels": true_labels[true_foreground],
+            "predicted_labels": predicted_labels[predicted_foreground]}
+
+
+def iou_matrix(true: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return ``(iou, true_labels, predicted_labels)``: the IoU of every true object (rows) with
+    every predicted one (columns), 0 where they do not overlap, and the labels the rows and columns
+    stand for (dense: for small images; :func:`overlaps` is the sparse form)."""
+    found = overlaps(true, predicted)
+    iou = np.zeros((len(found["true_labels"]), len(found["predicted_labels"])))
+    iou[found["rows"], found["cols"]] = found["iou"]
+    return iou, found["true_labels"], found["predicted_labels"]
 
 
 def matched_pairs(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -67,12 +80,15 @@ def instance_scores(true: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
     (the true label each matches at 0.5, or 0) and ``predicted_iou`` (its highest IoU with a true
     object, 0 if it overlaps none).
     """
-    iou, true_labels, predicted_labels = iou_matrix(true, predicted)
+    found = overlaps(true, predicted)
+    true_labels, predicted_labels, iou = found["true_labels"], found["predicted_labels"], found["iou"]
     objects_true, objects_predicted = len(true_labels), len(predicted_labels)
-    tp = np.array([len(matched_pairs(iou, t)[0]) for t in THRESHOLDS], dtype=np.int64)
+    tp = np.array([np.count_nonzero(iou > t) for t in THRESHOLDS], dtype=np.int64)  # > 0.5: one to one
     fp, fn = objects_predicted - tp, objects_true - tp
-    rows, cols = matched_pairs(iou, 0.5)
-    matched_iou = iou[rows, cols]
+    matched = iou > 0.5
+    rows, cols, matched_iou = found["rows"][matched], found["cols"][matched], iou[matched]
+    best = np.zeros(objects_predicted)
+    np.maximum.at(best, found["cols"], iou)
     match = dict.fromkeys(true_labels.tolist(), 0)
     match.update(zip(true_labels[rows].tolist(), predicted_labels[cols].tolist()))
     predicted_match = np.zeros(objects_predicted, dtype=np.int64)
@@ -81,7 +97,7 @@ def instance_scores(true: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
         "objects_true": objects_true, "objects_predicted": objects_predicted,
         "tp": tp.tolist(), "fp": fp.tolist(), "fn": fn.tolist(), "matched_iou": matched_iou.tolist(), "match": match,
         "predicted_labels": predicted_labels, "predicted_match": predicted_match,
-        "predicted_iou": iou.max(axis=0) if objects_true else np.zeros(objects_predicted),
+        "predicted_iou": best,
     }
     if objects_true == 0 and objects_predicted == 0:
         return {**result, **dict.fromkeys(("dsb_score", "f1", "pq", "sq", "rq"), float("nan"))}

@@ -1,8 +1,8 @@
 """Objects from a class-index mask: connected components per foreground class, optionally split
 where they touch (watershed on the distance transform), and one row of measurements per object.
 
-scikit-image does the work (``measure.label``, ``segmentation.watershed``, ``feature.peak_local_max``,
-``measure.regionprops_table``), with SciPy's Euclidean distance transform. Labels are numbered
+scikit-image does the work (``measure.label``, ``segmentation.watershed``, ``measure.regionprops_table``),
+with SciPy's Euclidean distance transform and maximum filter. Labels are numbered
 from 1 across all classes of an image (0 is the background) in class order, then in the raster
 order of each object's first pixel.
 """
@@ -25,8 +25,8 @@ def label_objects(mask: np.ndarray, num_classes: int, connectivity: int = 8, min
 
     ``connectivity`` 4 or 8 decides which neighbours join one object; objects of fewer than
     ``min_size`` pixels are dropped (left as background); ``split="watershed"`` splits touching
-    objects along the valleys of their distance transform, one marker per local maximum at least
-    :data:`PEAK_DISTANCE` pixels from another.
+    objects along the valleys of their distance transform, one marker per plateau of local maxima
+    (:func:`watershed_split`).
     """
     from skimage import measure
 
@@ -56,19 +56,28 @@ def label_objects(mask: np.ndarray, num_classes: int, connectivity: int = 8, min
 
 
 def watershed_split(components: np.ndarray, connectivity: int) -> np.ndarray:
-    """Return ``components`` with touching objects split by a watershed of their distance transform."""
-    from scipy import ndimage
-    from skimage import feature, segmentation
+    """Return ``components`` with touching objects split by a watershed of their distance transform.
 
-    distance = ndimage.distance_transform_edt(components > 0)
-    peaks = feature.peak_local_max(distance, min_distance=PEAK_DISTANCE, labels=components, exclude_border=False)
-    markers = np.zeros(components.shape, dtype=np.int32)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    unmarked = np.setdiff1d(np.unique(components[components > 0]), np.unique(components[markers > 0]))
-    for label in unmarked:  # a component with no peak of its own (too thin) keeps one marker
-        first = np.argwhere(components == label)[0]
-        markers[tuple(first)] = markers.max() + 1
-    return segmentation.watershed(-distance, markers, mask=components > 0,
+    The markers are the distance transform's local maxima: each connected plateau of pixels that
+    are the highest within :data:`PEAK_DISTANCE` pixels (a ``2 * PEAK_DISTANCE + 1`` square) is one
+    marker, and a component with none (too thin) gets one at its first pixel. One filter over the
+    image, so the time grows with its pixels, not with the peaks of a large noisy component.
+    """
+    from scipy import ndimage
+    from skimage import segmentation
+
+    inside = components > 0
+    distance = ndimage.distance_transform_edt(inside)
+    peaks = inside & (ndimage.maximum_filter(distance, size=2 * PEAK_DISTANCE + 1) == distance)
+    markers, count = ndimage.label(peaks, structure=np.ones((3, 3)))
+    present = np.unique(components[inside])
+    marked = np.unique(components[markers > 0])
+    unmarked = np.setdiff1d(present, marked)
+    if len(unmarked):  # a component with no peak of its own keeps one marker, at its first pixel
+        flat = components.ravel()
+        labels, first = np.unique(flat, return_index=True)
+        markers.ravel()[first[np.isin(labels, unmarked)]] = count + 1 + np.arange(len(unmarked))
+    return segmentation.watershed(-distance, markers, mask=inside,
                                   connectivity=1 if connectivity == 4 else 2).astype(np.int32)
 
 

@@ -113,7 +113,7 @@ class Progress:
 
 STARTUP_STEPS = (  # (name, from event, to event): the start-up of a run, step by step
     ("cli_import", "process_created", "imported"),
-    ("config_and_plan", "imported", "planned"),
+    ("config_and_plan", "run_started", "planned"),
     ("ray_init", "ray_started", "ray_ready"),
     ("driver_checks", "ray_ready", "stream_started"),
     ("actor_start", "stream_started", "actor_started"),
@@ -123,8 +123,8 @@ STARTUP_STEPS = (  # (name, from event, to event): the start-up of a run, step b
     ("read_start", "stream_started", "read_started"),
     ("first_read", "read_started", "first_prepared"),
     ("first_batch", "first_called", "first_predicted"),
-    ("first_result", "process_created", "first_result"),
-    ("first_commit", "process_created", "first_commit"),
+    ("first_result", "origin", "first_result"),
+    ("first_commit", "origin", "first_commit"),
     ("after_last_commit", "last_commit", "summary"),
 )
 
@@ -134,8 +134,11 @@ def startup_breakdown(events: dict[str, float]) -> dict[str, float]:
 
     The driver notes its own events; the read stage and the predictor send theirs with their first
     batch (the earliest of each across tasks and actors). ``first_result`` and ``first_commit``
-    count from the process's start; the actor's steps overlap the reads.
+    count from the process's start when the process was started for the run (``segpipe segment``
+    notes ``process_created``), else from the call (a notebook, a test: no ``cli_import`` then);
+    the actor's steps overlap the reads.
     """
+    events = {**events, "origin": events.get("process_created") or events.get("run_started", 0)}
     return {name: round(events[end] - events[start], 3) for name, start, end in STARTUP_STEPS
             if events.get(start) and events.get(end)}
 

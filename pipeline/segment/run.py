@@ -39,15 +39,19 @@ from pipeline.segment.write import MaskWriter, ShardWriter
 log = logging.getLogger(__name__)
 
 
-def run_segmentation(cfg: SegmentConfig) -> RunSummary:
+def run_segmentation(cfg: SegmentConfig, own_process: bool = False) -> RunSummary:
     """Segment every image of ``cfg.input`` with ``cfg.model`` into ``cfg.output``; return the summary.
 
     Raises ConfigError, InputError, ModelArtifactError or StorageError before any work starts when
     the run as a whole cannot proceed. Bad single images never raise: they become error rows.
     An interrupted run (KeyboardInterrupt) records ``status: interrupted`` in run.json and re-raises.
+    ``own_process``: the process was started for this run (``segpipe segment``), so the start-up
+    breakdown counts from the process's start.
     """
     started_at = now_iso()
-    events = {"process_created": process_created(), "imported": IMPORTED_AT}
+    events = {"run_started": time.time()}
+    if own_process:
+        events.update(process_created=process_created(), imported=IMPORTED_AT)
     plan = plan_run(cfg)
     events["planned"] = time.time()
     with storage.reaching(cfg.output, cfg.storage):

@@ -104,7 +104,7 @@ def run_state(fs: s3fs.S3FileSystem, output: str) -> dict:
 
 def test_objects_s3_to_s3_resume_after_a_driver_kill_without_duplicate_rows(s3_bucket: str, tmp_path: Path) -> None:
     data, output, model = f"{s3_bucket}/shards", f"{s3_bucket}/runs/objects", str(tmp_path / "model")
-    write_sample_data(SampleDataConfig(output=data, num_images=40, num_shards=8, min_size=32, max_size=48,
+    write_sample_data(SampleDataConfig(output=data, num_images=64, num_shards=8, min_size=32, max_size=48,
                                        instances=True))
     # With the tiny model all shards commit within a few tenths of a second of the first, too close
     # for the kill to land between them; at 256x256 and 16 filters they come ~0.4 s apart.
@@ -135,7 +135,7 @@ def test_objects_s3_to_s3_resume_after_a_driver_kill_without_duplicate_rows(s3_b
     assert "committed by an earlier attempt" in finished.stdout + finished.stderr
     fs.invalidate_cache()
     metrics, objects = read_table(output, "metrics"), read_table(output, "objects")
-    assert sorted(row["key"] for row in metrics) == [f"sample-{i:06d}" for i in range(40)]
+    assert sorted(row["key"] for row in metrics) == [f"sample-{i:06d}" for i in range(64)]
     assert sorted(p.rsplit("/", 1)[1] for p in fs.find(f"{output}/objects")) == [
         f"shard-{i:05d}.parquet" for i in range(8)]
     assert objects, "no objects found"

@@ -235,3 +235,4 @@ def test_run_json_breaks_the_start_up_down(tmp_path: Path, tiny_model: str) -> N
                  "first_result", "first_commit", "after_last_commit"):
         assert 0 <= steps[step] < 120, step
     assert steps["first_result"] <= steps["first_commit"]
+    assert "cli_import" not in steps  # a run inside a longer-lived process counts from the call
