@@ -134,8 +134,9 @@ def process_created() -> float:
 def batch_block_bytes(batch_size: int, info: ModelInfo, native: bool = False) -> int:
     """Return Ray Data's target block size for the run.
 
-    Resize: one batch of model input tiles (float32), at least 1 MiB; without it a block holds a
-    whole shard, and the first results surface only after an entire shard has passed every stage.
+    Resize: one batch of tiles (uint8, as they travel), at least 1 MiB; a larger block holds several
+    batches (without it, a whole shard), and the first results surface only once they have all
+    passed every stage.
     Windows and whole images: decoded images (uint8) of about two batches of windows, 4 MiB to
     256 MiB; the model's stage takes a block at a time and runs its windows ``batch_size`` at a
     time, so a block must hold several batches of windows (only a call's last batch can be
@@ -145,7 +146,7 @@ def batch_block_bytes(batch_size: int, info: ModelInfo, native: bool = False) ->
     tile = info.spec.input_size[0] * info.spec.input_size[1] * info.spec.channels
     if native:
         return min(256 * 1024**2, max(4 * 1024**2, 2 * batch_size * tile))
-    return max(1024**2, batch_size * tile * 4)
+    return max(1024**2, batch_size * tile)
 
 
 def reservation_ratio(stage_cpus: float) -> float:
