@@ -203,6 +203,14 @@ def read_info_and_bytes(url: str, storage_config: StorageConfig | None = None) -
     return ModelInfo.from_json(data, url), raw
 
 
+def read_model_file(url: str, storage_config: StorageConfig | None) -> bytes:
+    """Return the bytes of the artifact's ``model.keras``; ModelArtifactError if it has none."""
+    try:
+        return storage.read_bytes(storage.join_url(url, MODEL_FILE), storage_config)
+    except FileNotFoundError as exc:
+        raise ModelArtifactError(f"model artifact {url} has no {MODEL_FILE}") from exc
+
+
 def load_artifact(url: str, storage_config: StorageConfig | None = None,
                   tensorflow_threads: int | None = None, events: dict[str, float] | None = None) -> LoadedModel:
     """Return the model at ``url`` loaded with ``safe_mode=True`` and checked against its info.
@@ -229,10 +237,7 @@ def load_artifact(url: str, storage_config: StorageConfig | None = None,
     import keras  # noqa: F401 - imports TensorFlow: timed apart from the load
 
     events["tensorflow_imported"] = time.time()
-    try:
-        data = storage.read_bytes(storage.join_url(url, MODEL_FILE), storage_config)
-    except FileNotFoundError as exc:
-        raise ModelArtifactError(f"model artifact {url} has no {MODEL_FILE}") from exc
+    data = read_model_file(url, storage_config)
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, MODEL_FILE)
         with open(local, "wb") as handle:
@@ -262,10 +267,7 @@ def inspect_artifact(url: str, storage_config: StorageConfig | None = None) -> L
     info, described = read_info_and_bytes(url, storage_config)
     if not info.spec.keras:
         return LoadedModel(model=None, info=info, sha256=hashlib.sha256(described).hexdigest())
-    try:
-        data = storage.read_bytes(storage.join_url(url, MODEL_FILE), storage_config)
-    except FileNotFoundError as exc:
-        raise ModelArtifactError(f"model artifact {url} has no {MODEL_FILE}") from exc
+    data = read_model_file(url, storage_config)
     got_in, channels = keras_file_shapes(data, url)
     size = (None, None) if info.spec.free_input else info.spec.input_size
     expected_in = (*size, info.spec.channels)

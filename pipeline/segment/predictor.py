@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.config import ConfigError, StorageConfig
 from pipeline.model import ModelInfo, build_model, encoder_input, load_artifact
-from pipeline.preprocess import decided, match_channels, normalise, quantise_scores
+from pipeline.preprocess import decided, mask_from_scores, match_channels, normalise, quantise_scores
 from pipeline.segment.prepare import TILE_COLUMNS, stored_image, tile_pixels
 from pipeline.segment.tiling import padded_to_tile, segment_in_windows
 from pipeline.symmetry import offset_correction
@@ -187,8 +187,10 @@ class SegmentationPredictor:
             results = self.in_windows(images, ranges) if mode == "windows" else self.whole(images, ranges)
             empty = np.zeros((1, 1), dtype=np.uint8)
             predicted, confidence = np.empty(len(usable), dtype=object), np.empty(len(usable), dtype=object)
-            for index, result in enumerate(results):
-                predicted[index], confidence[index] = (empty, empty) if result is None else result
+            for index, result in enumerate(results):  # (mask, confidence) only when confidence was asked for
+                if result is None:
+                    result = (empty, empty)
+                predicted[index], confidence[index] = result if self.confidence else (result, empty)
             batch["predicted"] = predicted
             if self.confidence:
                 batch["confidence"] = confidence
@@ -207,19 +209,21 @@ class SegmentationPredictor:
         return normalise(match_channels(image, spec.channels), self.info.normalization, value_range)
 
     def in_windows(self, images: list[np.ndarray | None], ranges: list[tuple[float, float]]) -> list[Any]:
-        """Return each image's ``(mask, confidence)`` from blended windows (:func:`pipeline.segment.tiling.segment_in_windows`)."""
+        """Return each image's mask (with confidence asked for, ``(mask, confidence)``) from blended windows
+        (:func:`pipeline.segment.tiling.segment_in_windows`)."""
         spec = self.info.spec
         masks, counts = segment_in_windows(
             images, self.scores,
             lambda index, window: self.model_input(window, ranges[index]), self.window, spec.output_channels,
             self.batch_size, float(self.tiling.get("overlap", 0.25)), str(self.tiling.get("blend", "gaussian")),
-            self.info.threshold, confidence=True)
+            self.info.threshold, confidence=self.confidence)
         for name, value in counts.items():
             self.counts[name] += value
         return masks
 
     def whole(self, images: list[np.ndarray | None], ranges: list[tuple[float, float]]) -> list[Any]:
-        """Return each image's ``(mask, confidence)`` from one model call on the whole image, padded to a multiple of the model's stride;
+        """Return each image's mask (or ``(mask, confidence)``, as :meth:`in_windows`) from one model call on the whole
+        image, padded to a multiple of the model's stride;
         an image larger than ``whole_max_pixels`` once padded is segmented in windows of the tile instead."""
         step = self.info.spec.stride
         limit = int(self.tiling.get("whole_max_pixels", 16 * 2**20))
@@ -236,6 +240,7 @@ class SegmentationPredictor:
             height, width = image.shape[:2]
             padded = padded_to_tile(image, padded_sizes[index])
             scores = self.scores(self.model_input(padded, value_range)[np.newaxis])[0, :height, :width]
-            masks[index] = decided(scores, self.info.threshold)
+            masks[index] = (decided(scores, self.info.threshold) if self.confidence else
+                            mask_from_scores(scores, self.info.threshold))
             self.counts["batches"] += 1
         return masks

@@ -6,15 +6,14 @@ keeps its row, with ``error`` saying what went wrong with which key and ``error_
 
 Internal columns between stages: ``key, source, shard, shard_rows, error, error_kind`` (``""`` =
 none), ``mask`` and ``instances`` (encoded ground truth: class mask and instance labels, ``b""`` =
-none), ``height, width`` (original size),
-``seconds`` (compute time spent on the row so far), ``events`` (``""``, or on the first row a
-stage's first batch carries, a JSON object of when its start-up steps ended: see
-:func:`pipeline.segment.record.startup_breakdown`), then for the resize ``pixels`` (model input)
-and ``scores`` (model output at the tile), for windows and whole images ``image`` (the decoded
-image's bytes as uint8 ``(H, W, C x bytes per value)``), ``bits`` (8 or 16), ``value_low`` /
-``value_high`` (its extremes, for ``minmax``) and ``predicted`` (the mask at the image's size).
-At the tile, ``tiles`` (each image resized to the tile in its own type), ``bits``, ``value_low``,
-``value_high`` and, once the model ran, ``scores``.
+none), ``height, width`` (original size), ``seconds`` (compute time spent on the row so far),
+``events`` (``""``, or on the first row a stage's first batch carries, a JSON object of when its
+start-up steps ended: see :func:`pipeline.segment.record.startup_breakdown`). Then at the tile,
+``tiles`` and ``wide`` (each image resized to the tile in its own type: :func:`prepare_batch`),
+``bits``, ``value_low``, ``value_high`` and, once the model ran, ``scores`` (its output at the
+tile); for windows and whole images ``image`` (the decoded image's bytes as uint8
+``(H, W, C x bytes per value)``), ``bits`` (8 or 16), ``value_low`` / ``value_high`` (its
+extremes, for ``minmax``) and ``predicted`` (the mask at the image's size).
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -107,11 +107,16 @@ def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo,
             wide[index] = np.ascontiguousarray(tile.astype(np.uint16)).view(np.uint8)
             columns["bits"][index] = 16
         if value_range is not None:
-            flat = np.asarray(value_range, dtype=np.float64).reshape(-1, 2)
-            columns["value_low"][index], columns["value_high"][index] = flat[:, 0].min(), flat[:, 1].max()
+            columns["value_low"][index], columns["value_high"][index] = extremes(value_range)
         return size
 
     return prepare_rows(batch, columns, prepare_one)
+
+
+def extremes(value_range: Any) -> tuple[float, float]:
+    """Return the overall ``(low, high)`` of an image's value range (one pair, or one pair per channel)."""
+    flat = np.asarray(value_range, dtype=np.float64).reshape(-1, 2)
+    return float(flat[:, 0].min()), float(flat[:, 1].max())
 
 
 TILE_COLUMNS = ("tiles", "wide", "bits", "value_low", "value_high")
@@ -154,8 +159,7 @@ def prepare_native_batch(batch: dict[str, np.ndarray], info: ModelInfo,
                                                     tiff_page)
         check_truth(batch, index, info.spec.num_classes, image.shape[:2])
         if value_range is not None:
-            flat = np.asarray(value_range, dtype=np.float64).reshape(-1, 2)
-            columns["value_low"][index], columns["value_high"][index] = flat[:, 0].min(), flat[:, 1].max()
+            columns["value_low"][index], columns["value_high"][index] = extremes(value_range)
         columns["bits"][index] = 8 * image.dtype.itemsize
         images[index] = np.ascontiguousarray(image).view(np.uint8)
         return image.shape[:2]

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.preprocess import decided
+from pipeline.preprocess import decided, mask_from_scores
 from pipeline.windows import padded_to_tile, window_grid
 
 TILINGS = ("auto", "windows", "resize", "whole")
@@ -91,19 +91,19 @@ class WindowBlender:
     :meth:`finish` returns the mask cropped back. ``threshold`` decides one-channel (sigmoid)
     scores; several channels take the class of highest blended score (ties to the lower class).
     With ``keep_scores`` the blended scores are kept too (float32, full size: for tests and small
-    images); :attr:`confidence` always holds each pixel's probability of its class (uint8 levels,
-    see :func:`pipeline.preprocess.decided`).
+    images); with ``keep_confidence``, :attr:`confidence` holds each pixel's probability of its class
+    (uint8 levels, see :func:`pipeline.preprocess.decided`).
     """
 
     def __init__(self, height: int, width: int, tile: tuple[int, int], weights: np.ndarray, channels: int,
-                 threshold: float = 0.5, keep_scores: bool = False) -> None:
+                 threshold: float = 0.5, keep_scores: bool = False, keep_confidence: bool = False) -> None:
         self.size = (height, width)
         self.padded = (max(height, tile[0]), max(width, tile[1]))
         self.tile = tile
         self.weights = weights
         self.threshold = threshold
         self.mask = np.zeros(self.padded, dtype=np.uint8)
-        self.confidence = np.zeros(self.padded, dtype=np.uint8)
+        self.confidence = np.zeros(self.padded, dtype=np.uint8) if keep_confidence else None
         self.band = np.zeros((2 * tile[0], self.padded[1], channels), dtype=np.float32)
         self.band_weight = np.zeros((2 * tile[0], self.padded[1]), dtype=np.float32)
         self.top = 0  # the image row that band row 0 holds; rows above it are decided
@@ -128,7 +128,10 @@ class WindowBlender:
             blended = self.band[:count] / self.band_weight[:count, :, np.newaxis]
         if self.scores is not None:
             self.scores[self.top:until] = blended
-        self.mask[self.top:until], self.confidence[self.top:until] = decided(np.nan_to_num(blended), self.threshold)
+        if self.confidence is None:
+            self.mask[self.top:until] = mask_from_scores(np.nan_to_num(blended), self.threshold)
+        else:
+            self.mask[self.top:until], self.confidence[self.top:until] = decided(np.nan_to_num(blended), self.threshold)
         keep = len(self.band) - count
         self.band[:keep] = self.band[count:].copy()
         self.band[keep:] = 0.0
@@ -212,7 +215,8 @@ def segment_in_windows(images: list[np.ndarray | None], forward: Any, prepare: A
     for window in windows_of_images(sizes, tile, overlap):
         if window.image not in blenders:
             padded = {window.image: padded_to_tile(images[window.image], tile)}  # the images before are cut
-            blenders[window.image] = WindowBlender(*sizes[window.image], tile, weights, classes, threshold, keep_scores)
+            blenders[window.image] = WindowBlender(*sizes[window.image], tile, weights, classes, threshold, keep_scores,
+                                                   keep_confidence=confidence)
         source = padded[window.image]
         cut = prepare(window.image, source[window.top:window.top + tile[0], window.left:window.left + tile[1]])
         if batch is None:

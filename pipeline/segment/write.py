@@ -159,7 +159,7 @@ class ShardWriter:
         self.resumed = frozenset(self.committed)
         self.received = 0
         self.first_batch: tuple[float, int] | None = None  # (perf_counter time, rows) of the first batch
-        self.events: dict[str, float] = {"first_result": 0.0}  # the stages' start-up steps: the earliest of each
+        self.events: dict[str, float] = {}  # the stages' start-up steps: the earliest of each
         self.last_commit = 0.0
 
     def add(self, table: pa.Table) -> None:
@@ -192,14 +192,10 @@ class ShardWriter:
         (rows sorted by key), then the marker ``_done/<name>.json``."""
         if self.objects:
             table = pa.concat_tables([schema.objects_table({"key": []}), *(found or [])])
-            table = table.sort_by([("key", "ascending"), ("label", "ascending")])
-            buffer = io.BytesIO()
-            pq.write_table(table, buffer)
-            storage.write_bytes(layout.objects_url(self.output, name), buffer.getvalue(), self.storage_config)
+            self.write_parquet(layout.objects_url(self.output, name),
+                               table.sort_by([("key", "ascending"), ("label", "ascending")]))
         rows.sort(key=lambda r: r["key"])
-        buffer = io.BytesIO()
-        pq.write_table(schema.metrics_table(rows), buffer)
-        storage.write_bytes(layout.metrics_url(self.output, name), buffer.getvalue(), self.storage_config)
+        self.write_parquet(layout.metrics_url(self.output, name), schema.metrics_table(rows))
         counts = {"rows": len(rows), "ok": sum(r["status"] == schema.STATUS_OK for r in rows)}
         counts["errors"] = counts["rows"] - counts["ok"]
         counts["duplicate_keys"] = sum(r.get("error_kind") == "duplicate_key" for r in rows)
@@ -211,6 +207,12 @@ class ShardWriter:
         self.last_commit = time.time()
         if self.progress:
             self.progress.after_commit(self)
+
+    def write_parquet(self, url: str, table: pa.Table) -> None:
+        """Write ``table`` as one Parquet file at ``url``."""
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        storage.write_bytes(url, buffer.getvalue(), self.storage_config)
 
     def finish(self) -> None:
         """Commit the shards that produced no rows (empty inputs); fail if any shard is incomplete."""
