@@ -13,14 +13,15 @@ import dataclasses
 import logging
 import os
 
-from pipeline.config import OptimConfig, ReportConfig, SampleDataConfig, SegmentConfig, TrainConfig, ModelConfig
+from pipeline.config import ModelConfig, OptimConfig, ReportConfig, SampleDataConfig, SegmentConfig, TrainConfig
 from pipeline.io import layout
 from pipeline.model import ModelInfo, ModelSpec, build_unet, save_artifact
 from pipeline.report.build import ReportResult, build_report
 from pipeline.sample_data import write_sample_data
 from pipeline.segment.record import RunSummary
 from pipeline.segment.run import run_segmentation
-from pipeline.train.run import TrainSummary, run_training, model_spec
+from pipeline.train.run import model_spec, run_training
+from pipeline.train.summary import TrainSummary
 
 log = logging.getLogger(__name__)
 

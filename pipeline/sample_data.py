@@ -6,18 +6,15 @@ image/mask folders or Parquet files (DESIGN.md's input layouts), deterministical
 
 from __future__ import annotations
 
-import io
 import logging
-import tarfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.config import SampleDataConfig
-from pipeline.io.storage import join_url, write_bytes
-from pipeline.preprocess import encode_png
+from pipeline.imaging import encode_png
+from pipeline.io.formats import FORMATS
+from pipeline.io.formats.base import Sample
 from pipeline.synthetic import synthetic_sample
 
 logger = logging.getLogger(__name__)
@@ -77,7 +74,7 @@ def shard_ranges(num_images: int, num_shards: int) -> list[range]:
 def write_sample_data(cfg: SampleDataConfig) -> list[str]:
     """Write ``cfg.num_images`` synthetic samples to ``cfg.output`` in ``cfg.layout``; return the URLs, sorted.
 
-    Layouts (all through :mod:`pipeline.storage`, so local paths, ``file://`` and ``s3://`` work):
+    Layouts (each written by its format, :mod:`pipeline.io.formats`, through :mod:`pipeline.io.storage`, so local paths, ``file://`` and ``s3://`` work):
 
     - ``tar``: ``<output>/shard-00000.tar`` … with members ``<key>.png`` and ``<key>.mask.png``
       (and ``<key>.instances.png`` with ``cfg.instances``); returns the shard URLs.
@@ -89,9 +86,9 @@ def write_sample_data(cfg: SampleDataConfig) -> list[str]:
     Keys are ``sample-000000``, ``sample-000001``, … (global index). Shards hold consecutive keys and
     ``min(num_shards, num_images)`` of them are written. The same config gives byte-identical files.
     """
-    writers = {"tar": _write_tar_shards, "folder": _write_folders, "parquet": _write_parquet_shards}
     units = {"tar": "tar shard(s)", "folder": "image/mask file pair(s)", "parquet": "Parquet file(s)"}
-    urls = sorted(writers[cfg.layout](cfg))
+    shards = (shard_samples(cfg, indices) for indices in shard_ranges(cfg.num_images, cfg.num_shards))
+    urls = sorted(FORMATS[cfg.layout].write(cfg.output, shards, cfg.storage))
     logger.info(
         "wrote %d synthetic images with masks (%d classes, seed %d) to %s as %d %s",
         cfg.num_images, cfg.num_classes, cfg.seed, cfg.output, len(urls), units[cfg.layout],
@@ -99,73 +96,10 @@ def write_sample_data(cfg: SampleDataConfig) -> list[str]:
     return urls
 
 
-def _write_shards(cfg: SampleDataConfig, name: str, shard_bytes: Callable[[SampleDataConfig, Sequence[int]], bytes]) -> list[str]:
-    """Write one file per shard, named ``name.format(index)``, with ``shard_bytes``; return their URLs."""
-    urls = []
-    for shard, indices in enumerate(shard_ranges(cfg.num_images, cfg.num_shards)):
-        url = join_url(cfg.output, name.format(shard))
-        write_bytes(url, shard_bytes(cfg, indices), cfg.storage)
-        urls.append(url)
-    return urls
-
-
-def _write_tar_shards(cfg: SampleDataConfig) -> list[str]:
-    """Write WebDataset tar shards and return their URLs."""
-    return _write_shards(cfg, "shard-{:05d}.tar", _tar_shard_bytes)
-
-
-def _tar_shard_bytes(cfg: SampleDataConfig, indices: Sequence[int]) -> bytes:
-    """Return a tar archive holding ``<key>.png`` and ``<key>.mask.png`` for each sample index."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
-        for index in indices:
-            image, files = truth_files(cfg, index)
-            key = sample_key(index)
-            _add_tar_member(archive, f"{key}.png", encode_png(image, compress_level=1))
-            for role, data in files.items():
-                _add_tar_member(archive, f"{key}.{role}.png", data)
-    return buffer.getvalue()
-
-
-def _add_tar_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
-    """Add a regular file ``name`` with ``data`` and fixed metadata (mtime 0, owner 0) for reproducibility."""
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0
-    info.mode = 0o644
-    archive.addfile(info, io.BytesIO(data))
-
-
-def _write_folders(cfg: SampleDataConfig) -> list[str]:
-    """Write ``images/<key>.png`` and ``masks/<key>.png`` files and return the image URLs."""
-    urls = []
-    for index in range(cfg.num_images):
-        image, files = truth_files(cfg, index)
-        key = sample_key(index)
-        image_url = join_url(cfg.output, "images", f"{key}.png")
-        write_bytes(image_url, encode_png(image, compress_level=1), cfg.storage)
-        for role, data in files.items():
-            write_bytes(join_url(cfg.output, "masks" if role == "mask" else role, f"{key}.png"), data, cfg.storage)
-        urls.append(image_url)
-    return urls
-
-
-def _write_parquet_shards(cfg: SampleDataConfig) -> list[str]:
-    """Write Parquet files with ``key``, ``image`` and ``mask`` columns and return their URLs."""
-    return _write_shards(cfg, "part-{:05d}.parquet", _parquet_shard_bytes)
-
-
-def _parquet_shard_bytes(cfg: SampleDataConfig, indices: Sequence[int]) -> bytes:
-    """Return a Parquet file (one row per sample index) with PNG-encoded ``image`` and ``mask``."""
-    columns: dict[str, list] = {"key": [], "image": [], "mask": [], **({"instances": []} if cfg.instances else {})}
+def shard_samples(cfg: SampleDataConfig, indices: Sequence[int]) -> list[Sample]:
+    """Return the samples of one shard: each key with its encoded image and ground truth."""
+    samples = []
     for index in indices:
         image, files = truth_files(cfg, index)
-        columns["key"].append(sample_key(index))
-        columns["image"].append(encode_png(image, compress_level=1))
-        for role, data in files.items():
-            columns[role].append(data)
-    table = pa.table({name: pa.array(values, pa.string() if name == "key" else pa.binary())
-                      for name, values in columns.items()})
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    return buffer.getvalue()
+        samples.append((sample_key(index), {"image": encode_png(image, compress_level=1), **files}))
+    return samples

@@ -14,7 +14,7 @@ image) or ``components`` (the connected components of the ground-truth mask). Ea
 row of ``objects/<shard>.parquet`` (:data:`OBJECTS_SCHEMA`).
 
 An error row carries ``error`` (the human message, naming the key and the fix) and ``error_kind``
-(one of :data:`ERROR_KINDS`, set where the error is raised), so reports count kinds from the
+(one of :class:`pipeline.errors.ErrorKind`'s values, set where the error is raised), so reports count kinds from the
 column, never from the wording.
 """
 
@@ -27,28 +27,6 @@ import pyarrow as pa
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
-
-ERROR_KINDS = {  # error_kind -> what it means; README "Bad input" lists the same
-    "unreadable_shard": "the shard file cannot be read or parsed at all (or its end is cut off)",
-    "unsafe_key": "the key would name a file outside the output (absolute, '..', '.' or empty parts, "
-                  "backslash, control characters, '::' or '://')",
-    "missing_key": "a Parquet row has no key",
-    "missing_image": "a mask without an image of the same key",
-    "duplicate_key": "the key was already taken by an earlier image (sorted shard order, then member order)",
-    "unsupported_member": "a tar member named like an image is a symlink, device, FIFO or directory (never followed)",
-    "corrupt_image": "the image file is empty, truncated, corrupt or cannot be read",
-    "unsupported_image": "the image decodes but its mode or channels cannot be used (CMYK, float, ...)",
-    "image_too_large": "the image header declares more pixels than max_image_pixels",
-    "multi_page_image": "a TIFF of several pages and no tiff_page chosen (or the chosen page is not there)",
-    "bad_mask": "the mask file is empty, corrupt, or not a single-channel image",
-    "mask_size_mismatch": "the mask's size differs from its image's",
-    "mask_classes": "the mask holds class values the model does not have",
-    "bad_instances": "the instance label image is corrupt, not one channel of integers (float, colour), or an "
-                     "8-bit image whose labels have run out",
-    "instances_size_mismatch": "the instance label image's size differs from its image's",
-    "write_failed": "the predicted mask could not be written",
-    "internal": "an unexpected failure while preparing the image (a bug: please report it)",
-}
 
 METRICS_SCHEMA = pa.schema(
     [

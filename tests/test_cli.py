@@ -148,7 +148,7 @@ def folder_input(root: Path) -> Path:
     """Write an image folder with ground-truth masks, as a user keeps one."""
     import numpy as np
 
-    from pipeline.preprocess import encode_png
+    from pipeline.imaging import encode_png
 
     for sub in ("images", "masks"):
         (root / sub).mkdir(parents=True)

@@ -19,6 +19,7 @@ from pipeline.config import (
     TrainConfig,
     load_config,
 )
+from pipeline.imaging import encode_png
 from pipeline.model import (
     ModelArtifactError,
     ModelInfo,
@@ -29,8 +30,8 @@ from pipeline.model import (
     save_artifact,
 )
 from pipeline.model.encoders import EncoderWeightsError, apply_encoder_weights, encoder_model, encoder_weights_bytes
-from pipeline.preprocess import encode_png
 from pipeline.sample_data import write_sample_data
+from pipeline.segment.tiling import Tiling
 
 TINY = {  # each family at a size the tests train in seconds
     "unet-vgg16": {"base_filters": 4},
@@ -275,9 +276,9 @@ def test_an_imported_model_segments_end_to_end(tmp_path: Path) -> None:
     write_sample_data(SampleDataConfig(output=str(data), num_images=3, num_shards=1, min_size=32, max_size=32))
     run = run_segmentation(SegmentConfig(input=str(data), model=str(tmp_path / "art"), output=str(tmp_path / "seg")))
     assert run.images == 3 and run.errors == 0
+    from pipeline.imaging import decode_image, decode_mask
     from pipeline.io.readers import read_shard
     from pipeline.io.shards import discover_shards
-    from pipeline.preprocess import decode_image, decode_mask
 
     row = next(iter(read_shard(discover_shards(str(data))[0], None)))
     direct = model(decode_image(row["image"])[np.newaxis].astype(np.float32) / 255).numpy()[0].argmax(-1)
@@ -294,7 +295,7 @@ def test_an_imported_model_with_logits_gets_softmax_in_the_predictor(tmp_path: P
                                      classes="a,b,c", activation="logits", tile=64))
     assert info.spec.from_logits and info.spec.free_input and info.scale == "native"
     pixels = np.random.default_rng(1).random((2, 64, 64, 3), dtype=np.float32)
-    scores = SegmentationPredictor(str(tmp_path / "art"), tiling={"mode": "windows", "window": (64, 64)}).scores(pixels)
+    scores = SegmentationPredictor(str(tmp_path / "art"), tiling=Tiling(mode="windows", window=(64, 64))).scores(pixels)
     logits = model(pixels).numpy()
     expected = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     assert np.allclose(scores, expected, atol=1e-5) and np.allclose(scores.sum(-1), 1.0, atol=1e-5)

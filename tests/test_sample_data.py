@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from pipeline.config import SampleDataConfig
-from pipeline.preprocess import encode_png
+from pipeline.imaging import encode_png
 from pipeline.sample_data import sample_for_index, shard_ranges, write_sample_data
 from pipeline.synthetic import synthetic_sample
 

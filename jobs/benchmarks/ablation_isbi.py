@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from jobs.benchmarks.quality_isbi import DEFAULT_DATASET, TRAIN_SLICES, VAL_SLICES, read_slice
-from pipeline import metrics, preprocess
+from pipeline import metrics, imaging
 from pipeline.config import AugmentConfig
 from pipeline.model import ModelSpec, build_unet, configure_tensorflow
 from pipeline.train import augment
@@ -69,7 +69,7 @@ def load_slices(dataset: Path, slices: range) -> list[tuple[np.ndarray, np.ndarr
     if not (dataset / "images").is_dir():
         raise SystemExit(f"ISBI data not found at {dataset}: expected images/ and masks/; pass --dataset")
     pairs = [read_slice(dataset, index) for index in slices]
-    return [(preprocess.normalise(image, {"mode": "scale"}), mask) for image, mask in pairs]
+    return [(imaging.normalise(image, {"mode": "scale"}), mask) for image, mask in pairs]
 
 
 def pixel_error(model: Any, pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:

@@ -160,7 +160,7 @@ class TreeMonitor:
 
 def decoded_inputs(shards_url: str, info: ModelInfo) -> np.ndarray:
     """Return every image of the tar shards as the model's float32 input tiles (N, h, w, c)."""
-    from pipeline.preprocess import decode_image, model_input
+    from pipeline.imaging import decode_image, model_input
 
     tiles = []
     for url in storage.list_files(shards_url, [".tar"]):

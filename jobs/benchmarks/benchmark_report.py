@@ -43,7 +43,7 @@ from pipeline import schema  # noqa: E402
 from pipeline.config import SampleDataConfig  # noqa: E402
 from pipeline.io.readers import read_samples  # noqa: E402
 from pipeline.metrics import dice_from_counts, image_metrics, iou_from_counts  # noqa: E402
-from pipeline.preprocess import encode_png  # noqa: E402
+from pipeline.imaging import encode_png  # noqa: E402
 from pipeline.sample_data import write_sample_data  # noqa: E402
 
 CLASSES = ("background", "nucleus", "membrane")

@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def write_images(folder: Path, side: int, count: int) -> float:
     """Write ``count`` native-scale samples of ``side`` px as ``folder/images/*.png``; return their megapixels."""
-    from pipeline.preprocess import encode_png
+    from pipeline.imaging import encode_png
     from pipeline.synthetic import synthetic_sample
 
     (folder / "images").mkdir(parents=True, exist_ok=True)
@@ -78,7 +78,7 @@ def write_images(folder: Path, side: int, count: int) -> float:
 def measure_bare(request: dict[str, Any]) -> dict[str, Any]:
     """Return the bare window loop's figures for ``request`` (model, folder, overlap, blend, batch); own process."""
     from pipeline.model import configure_tensorflow, load_artifact
-    from pipeline.preprocess import match_channels, normalise, read_native
+    from pipeline.imaging import match_channels, normalise, read_native
     from pipeline.segment.tiling import segment_in_windows
 
     configure_tensorflow(os.cpu_count() or 1)

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline import preprocess
+from pipeline import imaging
 from pipeline.config import ConfigError, ReportConfig, SegmentConfig, TrainConfig, ModelConfig, load_config
 from pipeline.model import load_artifact, read_info
 from pipeline.report.build import build_report
@@ -212,8 +212,8 @@ def evaluate_both(model: Path, val: str, workdir: Path) -> list[dict[str, Any]]:
 
 def read_slice(dataset: Path, index: int) -> tuple[np.ndarray, np.ndarray]:
     """Return slice ``index`` of the data set as the pipeline decodes it: the image and its class mask (0 membrane, 1 cell)."""
-    image = preprocess.decode_image((dataset / "images" / f"{index}.png").read_bytes())
-    return image, preprocess.decode_mask((dataset / "masks" / f"{index}.png").read_bytes(), 2, image.shape[:2])
+    image = imaging.decode_image((dataset / "images" / f"{index}.png").read_bytes())
+    return image, imaging.decode_mask((dataset / "masks" / f"{index}.png").read_bytes(), 2, image.shape[:2])
 
 
 def near_boundary(mask: np.ndarray, radius: int) -> np.ndarray:
@@ -262,9 +262,9 @@ def error_analysis(model: Path, dataset: Path) -> dict[str, Any]:
     for index in VAL_SLICES:
         image, mask = read_slice(dataset, index)
         labels.append(mask)
-        pixels = preprocess.model_input(image, unet.input_size, unet.channels, loaded.info.normalization)
+        pixels = imaging.model_input(image, unet.input_size, unet.channels, loaded.info.normalization)
         cell = loaded.model(pixels[np.newaxis], training=False).numpy()[0][..., 1:2]
-        scores.append(preprocess.resize_channels(cell, *image.shape[:2], Image.Resampling.BILINEAR)[..., 0])
+        scores.append(imaging.resize_channels(cell, *image.shape[:2], Image.Resampling.BILINEAR)[..., 0])
     score, label = np.stack(scores), np.stack(labels)
     predicted = (score >= 0.5).astype(np.uint8)
     wrong = predicted != label

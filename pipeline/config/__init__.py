@@ -5,8 +5,15 @@
 """
 
 from pipeline.config.loading import ConfigError, load_config, option_fields, public_dict, reference_markdown
-from pipeline.config.runs import ActorConfig, ImportConfig, ObjectsConfig, ReportConfig, SampleDataConfig, SegmentConfig
-from pipeline.config.runs import StorageConfig
+from pipeline.config.runs import (
+    ActorConfig,
+    ImportConfig,
+    ObjectsConfig,
+    ReportConfig,
+    SampleDataConfig,
+    SegmentConfig,
+    StorageConfig,
+)
 from pipeline.config.training import AugmentConfig, LoaderConfig, ModelConfig, OptimConfig, TrainConfig
 
 __all__ = [

@@ -17,8 +17,8 @@ import pyarrow as pa
 
 from pipeline.config import StorageConfig
 from pipeline.io import storage
-from pipeline.io.readers import folder_contents, parquet_contents, tar_contents
-from pipeline.io.shards import InputError, Shard
+from pipeline.io.formats import format_of
+from pipeline.io.formats.base import InputError, Shard
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,8 @@ def shard_keys(shard: Shard, storage_config: StorageConfig | None = None) -> lis
     A shard that cannot be parsed claims none (reading it gives only its error row). A storage
     failure raises StorageError: without the shard's keys, duplicates could not be told apart.
     """
-    readers = {"tar": tar_contents, "parquet": parquet_contents, "folder": folder_contents}
     try:
-        occurrences, _, _ = readers[shard.kind](shard, storage_config, with_content=False)
+        occurrences, _, _ = format_of(shard).contents(shard, storage_config, with_content=False)
     except UNPARSABLE as exc:
         log.debug("shard %s cannot be parsed: %s", shard.url, exc)
         return []

@@ -7,27 +7,30 @@ Pillow: the image, its ground truth outlined in green and the prediction outline
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 import json
 import logging
-from collections import defaultdict
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from pipeline import preprocess
+from pipeline import imaging
 from pipeline.config import StorageConfig
 from pipeline.io import storage
-from pipeline.io.readers import read_samples
+from pipeline.report.parts import (
+    PREDICTION_COLOUR,
+    TRUTH_COLOUR,
+    cards_of,
+    esc,
+    figure_uri,
+    fmt,
+    pyplot,
+    stats_cells,
+)
 
 log = logging.getLogger(__name__)
 
-OVERLAY_SIDE = 320  # longest side of an overlay in the report, pixels
-TRUTH_COLOUR = (0, 200, 0)
-PREDICTION_COLOUR = (230, 0, 230)
 BAR_COLOURS = ("#1f5fa8", "#e07b00")  # macro, micro
 HIST_COLOUR = "#2a9d8f"
 STYLE = """
@@ -40,45 +43,6 @@ th{background:#f3f5f7}td.l,th.l{text-align:left}.muted{color:#5d6775}.bad{color:
 pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:0.85em;max-height:360px}
 .legend span{display:inline-block;width:12px;height:12px;margin:0 4px -1px 10px}
 """
-
-
-def fmt(value: Any, digits: int = 4) -> str:
-    """Return a number for display (``n/a`` for None)."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def esc(value: Any) -> str:
-    """Return ``value`` as HTML-escaped text."""
-    return html.escape(str(value), quote=True)
-
-
-def png_data_uri(data: bytes) -> str:
-    """Return a ``data:image/png;base64,...`` URI."""
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-
-
-def figure_uri(figure: Any) -> str:
-    """Return a matplotlib figure as a PNG data URI and close it."""
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(figure)
-    return png_data_uri(buffer.getvalue())
-
-
-def pyplot() -> Any:
-    """Return matplotlib.pyplot on the Agg backend (no display)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def ci_error(stats: dict[str, Any]) -> tuple[float, float]:
@@ -152,104 +116,19 @@ def baseline_chart(comparison: dict[str, Any]) -> str | None:
 # ----------------------------------------------------------------------------------- overlays
 
 
-def display_image(image: np.ndarray) -> np.ndarray:
-    """Return a decoded image as uint8 RGB for display (16-bit stretched to its own range)."""
-    if image.dtype != np.uint8:
-        pixels = image.astype(np.float32)
-        low, high = float(pixels.min()), float(pixels.max())
-        image = ((pixels - low) / (high - low) * 255 if high > low else np.zeros_like(pixels)).astype(np.uint8)
-    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
-
-
-def outline(mask: np.ndarray) -> np.ndarray:
-    """Return the pixels where the class label changes to a neighbour that is not background-to-background."""
-    edge = np.zeros(mask.shape, dtype=bool)
-    horizontal = mask[:, 1:] != mask[:, :-1]
-    vertical = mask[1:, :] != mask[:-1, :]
-    edge[:, 1:] |= horizontal
-    edge[:, :-1] |= horizontal
-    edge[1:, :] |= vertical
-    edge[:-1, :] |= vertical
-    return edge & (mask > 0) if mask.max() > 0 else edge
-
-
-def overlay(image: np.ndarray, truth: np.ndarray | None, predicted: np.ndarray | None, side: int = OVERLAY_SIDE) -> bytes:
-    """Return a PNG of the image scaled to ``side`` (longest side) with truth (green) and prediction
-    (magenta) outlines; masks (class masks or instance labels) are scaled nearest-neighbour before their
-    outlines are drawn."""
-    rgb = display_image(image)
-    height, width = rgb.shape[:2]
-    scale = side / max(height, width)  # small images are enlarged so their outlines stay readable
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    canvas = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR)).copy()
-    for mask, colour in ((truth, TRUTH_COLOUR), (predicted, PREDICTION_COLOUR)):
-        if mask is None:
-            continue
-        small = np.asarray(Image.fromarray(mask.astype(np.int32)).resize(size, Image.Resampling.NEAREST))
-        canvas[outline(small)] = colour
-    return preprocess.encode_png(canvas)
-
-
-def worst_samples(worst: list[dict[str, Any]], storage_config: StorageConfig | None
-                  ) -> tuple[dict[tuple[str, str], tuple[bytes, bytes | None, bytes | None]], dict[str, str]]:
-    """Return the input samples of the ``worst`` rows by ``(source, key)``, and why a source could not be read."""
-    wanted: dict[str, set[str]] = defaultdict(set)
-    for row in worst:
-        wanted[row["source"]].add(row["key"])
-    samples: dict[tuple[str, str], tuple[bytes, bytes | None, bytes | None]] = {}
-    problems: dict[str, str] = {}
-    for source, keys in wanted.items():
-        try:
-            for key, sample in read_samples(source, keys, storage_config).items():
-                samples[(source, key)] = sample
-        except Exception as exc:  # an overlay is a convenience: say why it is missing, never fail the report
-            problems[source] = f"{type(exc).__name__}: {exc}"
-    return samples, problems
-
-
 def overlay_cards(summary: dict[str, Any], storage_config: StorageConfig | None) -> list[dict[str, Any]]:
     """Return, for each worst row, its overlay (or the reason there is none); reads only those images."""
     num_classes = len(summary["classes"])
 
     def layers(row: dict[str, Any], sample: tuple[bytes, ...]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        image = preprocess.decode_image(sample[0])
-        truth = preprocess.decode_mask(sample[1], num_classes, image.shape[:2]) if sample[1] else None
+        image = imaging.decode_image(sample[0])
+        truth = imaging.decode_mask(sample[1], num_classes, image.shape[:2]) if sample[1] else None
         return image, truth, np.asarray(Image.open(io.BytesIO(storage.read_bytes(row["mask_uri"], storage_config))))
 
     return cards_of(summary.get("worst") or [], layers, storage_config)
 
 
-def cards_of(worst: list[dict[str, Any]], layers: Any, storage_config: StorageConfig | None) -> list[dict[str, Any]]:
-    """Return each row of ``worst`` with its overlay of ``layers(row, sample)`` = ``(image, truth, predicted)``
-    (or the reason there is none); reads only those rows' input samples."""
-    samples, problems = worst_samples(worst, storage_config)
-    cards = []
-    for row in worst:
-        card = dict(row)
-        sample = samples.get((row["source"], row["key"]))
-        if sample is None:
-            card["overlay_error"] = problems.get(row["source"], f"{row['key']} not found in {row['source']}")
-            cards.append(card)
-            continue
-        try:
-            card["overlay"] = png_data_uri(overlay(*layers(row, sample)))
-        except Exception as exc:
-            card["overlay_error"] = f"{type(exc).__name__}: {exc}"
-        cards.append(card)
-    return cards
-
-
 # ----------------------------------------------------------------------------------- HTML
-
-
-def stats_cells(stats: dict[str, Any] | None) -> str:
-    """Return table cells: macro [CI], median, p05, micro, NaN images."""
-    if not stats:
-        return "<td>n/a</td>" * 5
-    ci = stats.get("ci95")
-    interval = f" <span class=muted>[{fmt(ci[0])}, {fmt(ci[1])}]</span>" if ci else ""
-    return (f"<td>{fmt(stats.get('macro'))}{interval}</td><td>{fmt(stats.get('median'))}</td>"
-            f"<td>{fmt(stats.get('p05'))}</td><td>{fmt(stats.get('micro'))}</td><td>{stats.get('nan_images', 0)}</td>")
 
 
 def headline(summary: dict[str, Any]) -> str:

@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import preprocess
+from pipeline import imaging
 from pipeline.config import StorageConfig
 from pipeline.io import storage
-from pipeline.report.render import PREDICTION_COLOUR, TRUTH_COLOUR, cards_of, esc, figure_uri, fmt, pyplot, stats_cells
+from pipeline.report.parts import PREDICTION_COLOUR, TRUTH_COLOUR, cards_of, esc, figure_uri, fmt, pyplot, stats_cells
 
 LINE_COLOURS = ("#1f5fa8", "#e07b00", "#2a9d8f", "#9b2226", "#6a4c93", "#588157", "#bc6c25")
 
@@ -115,8 +115,8 @@ def worst_cards(objects: dict[str, Any], num_classes: int, storage_config: Stora
     """Return, for each worst image by DSB score, an overlay with every true and predicted object outlined."""
 
     def layers(row: dict[str, Any], sample: tuple[bytes, ...]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        image = preprocess.decode_image(sample[0])
-        predicted = preprocess.decode_instances(storage.read_bytes(row["instances_uri"], storage_config), image.shape[:2])
+        image = imaging.decode_image(sample[0])
+        predicted = imaging.decode_instances(storage.read_bytes(row["instances_uri"], storage_config), image.shape[:2])
         return image, true_labels(sample, num_classes, image.shape[:2]), predicted
 
     return cards_of(objects.get("worst") or [], layers, storage_config)
@@ -125,11 +125,11 @@ def worst_cards(objects: dict[str, Any], num_classes: int, storage_config: Stora
 def true_labels(sample: tuple[bytes, ...], num_classes: int, shape: tuple[int, int]) -> np.ndarray | None:
     """Return the sample's true objects as labels: its instance label image, else its mask's components."""
     if len(sample) > 2 and sample[2]:
-        return preprocess.decode_instances(sample[2], shape)
+        return imaging.decode_instances(sample[2], shape)
     if sample[1]:
         from pipeline.objects import label_objects
 
-        return label_objects(preprocess.decode_mask(sample[1], num_classes, shape), num_classes)[0]
+        return label_objects(imaging.decode_mask(sample[1], num_classes, shape), num_classes)[0]
     return None
 
 

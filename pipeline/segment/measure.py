@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline import instances, metrics, objects, preprocess, schema
+from pipeline import imaging, instances, metrics, objects, schema
 from pipeline.config import ObjectsConfig, StorageConfig
 from pipeline.io import layout, storage
 
@@ -69,11 +69,11 @@ def image_objects(key: str, predicted: np.ndarray, confidence: np.ndarray | None
     """
     labels, label_class = objects.label_objects(predicted, num_classes, config.connectivity, config.min_size,
                                                 config.split)
-    data, extension = preprocess.encode_instances(labels)
+    data, extension = imaging.encode_instances(labels)
     uri = layout.instances_url(output, key, extension)
     storage.write_bytes(uri, data, storage_config)
     if confidence is not None and confidence.dtype == np.uint8:
-        confidence = confidence / preprocess.SCORE_LEVELS
+        confidence = confidence / imaging.SCORE_LEVELS
     rows: dict[str, Any] = objects.object_rows(labels, label_class, confidence=confidence)
     record: dict[str, Any] = {
         "instances_uri": uri,

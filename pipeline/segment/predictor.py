@@ -1,4 +1,4 @@
-"""The actor that holds one model replica and predicts batches: at the tile, in windows, or whole.
+"""The actor that holds one model replica and runs it on blocks, as the run's inferer says.
 
 Ray Data creates one instance per actor in the pool (``map_batches(SegmentationPredictor,
 compute=ActorPoolStrategy(...))``); ``__init__`` loads the artifact once, ``__call__`` maps a
@@ -17,9 +17,8 @@ import numpy as np
 
 from pipeline.config import ConfigError, StorageConfig
 from pipeline.model import ModelInfo, build_model, encoder_input, load_artifact
-from pipeline.preprocess import decided, mask_from_scores, match_channels, normalise, quantise_scores
-from pipeline.segment.prepare import TILE_COLUMNS, stored_image, tile_pixels
-from pipeline.segment.tiling import padded_to_tile, segment_in_windows
+from pipeline.segment.inferers import Inferer, inferer_for
+from pipeline.segment.tiling import Tiling
 from pipeline.symmetry import offset_correction
 
 log = logging.getLogger(__name__)
@@ -89,53 +88,49 @@ def dihedral_mean(forward: Any, pixels: Any, symmetries: list[Symmetry]) -> Any:
 
 
 class SegmentationPredictor:
-    """Callable actor that runs the model on a batch, as the run's tiling says (:mod:`pipeline.segment.tiling`).
-
-    ``resize``: replaces the batch's tiles (:func:`pipeline.segment.prepare.prepare_batch`, normalised
-    here; or float32 ``pixels`` given as such) by ``scores`` (uint8 probability levels ``(n, h, w, K)``
-    at the tile). ``windows``: cuts every image of the batch (``image`` column) into windows of the tile, runs them ``batch_size`` at a time across images, blends their scores and adds
-    ``predicted`` (each image's mask at its size). ``whole``: runs a copy of the model with free
-    spatial dimensions on each whole image, padded by reflection to a multiple of the model's stride.
-    With ``confidence`` (objects asked for), windows and whole also add ``confidence``: each pixel's
-    probability of its class at the image's size, uint8 levels (:func:`pipeline.preprocess.decided`).
+    """Callable actor that loads the model once and runs it on each block through the run's inferer
+    (:mod:`pipeline.segment.inferers`): ``resize`` replaces the tiles by ``scores`` at the tile;
+    ``windows`` and ``whole`` add ``predicted`` (each image's mask at its size) and, with
+    ``confidence`` (objects asked for), ``confidence`` (each pixel's probability of its class,
+    uint8 levels). ``tiling`` defaults to resize at the model's tile.
     """
 
     def __init__(self, model_url: str, storage_config: StorageConfig | None = None, threads: int = 1,
-                 tta: bool = False, tiling: dict[str, Any] | None = None, batch_size: int = 16,
+                 tta: bool = False, tiling: Tiling | None = None, batch_size: int = 16,
                  confidence: bool = False, precision: str = "float32") -> None:
         started = time.perf_counter()
         self.events: dict[str, float] | None = {"actor_started": time.time()}
-        self.tiling = dict(tiling or {"mode": "resize"})
-        self.batch_size = batch_size
         self.confidence = confidence
         self.precision = precision
         loaded = load_artifact(model_url, storage_config, tensorflow_threads=threads, events=self.events)
         self.info = loaded.info
         spec = loaded.info.spec
-        self.window = tuple(self.tiling.get("window") or spec.input_size)
-        self.output_shape = (*spec.input_size, spec.output_channels)
+        tiling = tiling or Tiling(mode="resize", window=tuple(spec.input_size))
+        self.inferer: Inferer = inferer_for(tiling, loaded.info, batch_size)
         if spec.keras:
             self.scores = self.traced_forward(loaded, model_url, tta)
         else:
             self.scores = loaded.model.scores  # the K-means baseline: NumPy and SciPy, no TensorFlow
         self.events["traced"] = time.time()
-        self.counts = {"batches": 0, "windows": 0}
-        log.info("predictor ready (%s, %s) with %d thread(s) in %.1f s", spec.architecture, self.tiling["mode"], threads,
+        log.info("predictor ready (%s, %s) with %d thread(s) in %.1f s", spec.architecture, tiling.mode, threads,
                  time.perf_counter() - started)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Return the model calls (``batches``) and windows this actor has run."""
+        return self.inferer.counts
 
     def traced_forward(self, loaded: Any, model_url: str, tta: bool) -> Any:
         """Return ``pixels -> scores`` (NumPy) through a traced call of the Keras model, traced once now.
 
         The call applies the encoder's preprocessing and, for a model returning logits, the
         activation. A network segpipe builds runs through a copy with free spatial dimensions
-        when the windows differ from its tile or in whole mode (the same weights).
+        where the inferer asks for one (the same weights), and is rebuilt under another precision.
         """
         import tensorflow as tf
 
         info, spec, model = loaded.info, loaded.info.spec, loaded.model
-        shape: tuple[Any, ...] = spec.input_size
-        mode = self.tiling["mode"]
-        free = mode == "whole" or (mode == "windows" and self.window != spec.input_size)
+        free = self.inferer.free_size()
         if (free or self.precision != "float32") and spec.architecture != "imported":
             import keras
 
@@ -145,10 +140,8 @@ class SegmentationPredictor:
                 model.set_weights(loaded.model.get_weights())
             finally:
                 keras.mixed_precision.set_global_policy("float32")
-        if free:
-            shape = (None, None) if mode == "whole" else self.window
         self.model = model
-        signature = tf.TensorSpec((None, *shape, spec.channels), tf.float32)
+        signature = tf.TensorSpec((None, *self.inferer.traced_shape(), spec.channels), tf.float32)
         symmetries = tta_symmetries(info, model_url) if tta else []
 
         def once(pixels: Any) -> Any:
@@ -162,38 +155,15 @@ class SegmentationPredictor:
 
         # A traced function with a fixed signature avoids Model.predict's per-call set-up cost.
         forward = tf.function(call, input_signature=[signature])
-        forward(tf.zeros((1, *(self.window if mode == "windows" else spec.input_size), spec.channels)))
+        forward(tf.zeros((1, *self.inferer.warmup_shape(), spec.channels)))
         return lambda pixels: forward(pixels).numpy()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        """Return the batch with its model input replaced by the model's output; rows with an error get zeros."""
+        """Return the block with its model input replaced by the model's output; rows with an error get zeros."""
         started = time.perf_counter()
         called = time.time()
         usable = np.array([not e for e in batch["error"]], dtype=bool)
-        mode = self.tiling["mode"]
-        if mode == "resize":
-            scores = np.zeros((len(usable), *self.output_shape), dtype=np.uint8)
-            if usable.any():
-                pixels = (batch["pixels"][usable] if "pixels" in batch else  # float32 input given as such
-                          tile_pixels(batch, usable, self.info.normalization))
-                scores[usable] = quantise_scores(self.scores(pixels))
-            for name in ("pixels", *TILE_COLUMNS):
-                batch.pop(name, None)
-            batch["scores"] = scores
-        else:
-            stored, bits = batch.pop("image"), batch.pop("bits")
-            images = [stored_image(stored[i], bits[i]) if usable[i] else None for i in range(len(usable))]
-            ranges = [(float(low), float(high)) for low, high in zip(batch.pop("value_low"), batch.pop("value_high"))]
-            results = self.in_windows(images, ranges) if mode == "windows" else self.whole(images, ranges)
-            empty = np.zeros((1, 1), dtype=np.uint8)
-            predicted, confidence = np.empty(len(usable), dtype=object), np.empty(len(usable), dtype=object)
-            for index, result in enumerate(results):  # (mask, confidence) only when confidence was asked for
-                if result is None:
-                    result = (empty, empty)
-                predicted[index], confidence[index] = result if self.confidence else (result, empty)
-            batch["predicted"] = predicted
-            if self.confidence:
-                batch["confidence"] = confidence
+        batch = self.inferer.predict(batch, usable, self.scores, self.confidence)
         batch["seconds"] = batch["seconds"] + (time.perf_counter() - started) / max(1, len(usable))
         if self.events is not None and len(usable):  # the actor's start-up, once, with its first batch
             events = np.array(batch.get("events", [""] * len(usable)), dtype=object)
@@ -202,45 +172,3 @@ class SegmentationPredictor:
             batch["events"] = events
             self.events = None
         return batch
-
-    def model_input(self, image: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
-        """Return a cut of an image (own type and channels) as float32 model input."""
-        spec = self.info.spec
-        return normalise(match_channels(image, spec.channels), self.info.normalization, value_range)
-
-    def in_windows(self, images: list[np.ndarray | None], ranges: list[tuple[float, float]]) -> list[Any]:
-        """Return each image's mask (with confidence asked for, ``(mask, confidence)``) from blended windows
-        (:func:`pipeline.segment.tiling.segment_in_windows`)."""
-        spec = self.info.spec
-        masks, counts = segment_in_windows(
-            images, self.scores,
-            lambda index, window: self.model_input(window, ranges[index]), self.window, spec.output_channels,
-            self.batch_size, float(self.tiling.get("overlap", 0.25)), str(self.tiling.get("blend", "gaussian")),
-            self.info.threshold, confidence=self.confidence)
-        for name, value in counts.items():
-            self.counts[name] += value
-        return masks
-
-    def whole(self, images: list[np.ndarray | None], ranges: list[tuple[float, float]]) -> list[Any]:
-        """Return each image's mask (or ``(mask, confidence)``, as :meth:`in_windows`) from one model call on the whole
-        image, padded to a multiple of the model's stride;
-        an image larger than ``whole_max_pixels`` once padded is segmented in windows of the tile instead."""
-        step = self.info.spec.stride
-        limit = int(self.tiling.get("whole_max_pixels", 16 * 2**20))
-        padded_sizes = [None if image is None else (image.shape[0] + -image.shape[0] % step,
-                                                    image.shape[1] + -image.shape[1] % step) for image in images]
-        too_large = [size is not None and size[0] * size[1] > limit for size in padded_sizes]
-        masks: list[Any] = [None] * len(images)
-        if any(too_large):
-            in_windows = self.in_windows([image if large else None for image, large in zip(images, too_large)], ranges)
-            masks = [mask if large else None for mask, large in zip(in_windows, too_large)]
-        for index, (image, value_range) in enumerate(zip(images, ranges)):
-            if image is None or too_large[index]:
-                continue
-            height, width = image.shape[:2]
-            padded = padded_to_tile(image, padded_sizes[index])
-            scores = self.scores(self.model_input(padded, value_range)[np.newaxis])[0, :height, :width]
-            masks[index] = (decided(scores, self.info.threshold) if self.confidence else
-                            mask_from_scores(scores, self.info.threshold))
-            self.counts["batches"] += 1
-        return masks

@@ -22,12 +22,13 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 
-from pipeline import preprocess
+from pipeline import imaging
 from pipeline.config import StorageConfig
+from pipeline.errors import ErrorKind
 from pipeline.io import readers
 from pipeline.io.shards import Shard
 from pipeline.model import ModelInfo
@@ -54,11 +55,11 @@ def prepare_rows(batch: dict[str, np.ndarray], columns: dict[str, np.ndarray],
         key = batch["key"][index]
         try:
             heights[index], widths[index] = prepare_one(index)
-        except preprocess.SampleError as exc:
+        except imaging.SampleError as exc:
             errors[index], kinds[index] = f"{key}: {exc}", exc.kind
         except Exception as exc:  # an unexpected failure must still cost only this image
             errors[index] = f"{key}: unexpected {type(exc).__name__} while preparing the image: {exc}"
-            kinds[index] = "internal"
+            kinds[index] = ErrorKind.INTERNAL.value
             log.exception("preparing %s failed", key)
         seconds[index] = time.perf_counter() - started
     out = {name: batch[name] for name in ("key", "source", "shard", "shard_rows", "mask", "instances")}
@@ -69,13 +70,13 @@ def prepare_rows(batch: dict[str, np.ndarray], columns: dict[str, np.ndarray],
 def check_truth(batch: dict[str, np.ndarray], index: int, num_classes: int, size: tuple[int, int]) -> None:
     """Raise SampleError if row ``index``'s ground-truth mask or instance labels cannot be used with its image."""
     if len(batch["mask"][index]):
-        preprocess.decode_mask(batch["mask"][index], num_classes, size)
+        imaging.decode_mask(batch["mask"][index], num_classes, size)
     if len(batch["instances"][index]):
-        preprocess.decode_instances(batch["instances"][index], size)
+        imaging.decode_instances(batch["instances"][index], size)
 
 
 def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo,
-                  max_image_pixels: int | None = preprocess.DEFAULT_MAX_IMAGE_PIXELS,
+                  max_image_pixels: int | None = imaging.DEFAULT_MAX_IMAGE_PIXELS,
                   tiff_page: int | None = None) -> dict[str, np.ndarray]:
     """Return the batch with images decoded, masks checked, and each image resized to the model's tile
     in its own type, for the predictor to normalise (:func:`tile_pixels`): ``tiles`` uint8
@@ -85,7 +86,7 @@ def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo,
     Every block of a run then has the same column types, whatever its images' depths.
 
     The encoded ``image`` column is dropped; rows that fail get a zero tile, an error and its kind.
-    Each image is reduced to the tile before any copy of its size exists (:func:`preprocess.read_tile`),
+    Each image is reduced to the tile before any copy of its size exists (:func:`imaging.read_tile`),
     and an 8-bit tile travels to the model's actors at a quarter of float32's bytes.
     """
     spec = info.spec
@@ -98,7 +99,7 @@ def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo,
                "value_low": np.zeros(count, dtype=np.float64), "value_high": np.zeros(count, dtype=np.float64)}
 
     def prepare_one(index: int) -> tuple[int, int]:
-        tile, size, value_range = preprocess.read_tile(batch["image"][index], spec.input_size, spec.channels,
+        tile, size, value_range = imaging.read_tile(batch["image"][index], spec.input_size, spec.channels,
                                                        info.normalization, max_image_pixels, tiff_page)
         check_truth(batch, index, spec.num_classes, size)
         if tile.dtype == np.uint8:
@@ -107,16 +108,10 @@ def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo,
             wide[index] = np.ascontiguousarray(tile.astype(np.uint16)).view(np.uint8)
             columns["bits"][index] = 16
         if value_range is not None:
-            columns["value_low"][index], columns["value_high"][index] = extremes(value_range)
+            columns["value_low"][index], columns["value_high"][index] = imaging.extremes(value_range)
         return size
 
     return prepare_rows(batch, columns, prepare_one)
-
-
-def extremes(value_range: Any) -> tuple[float, float]:
-    """Return the overall ``(low, high)`` of an image's value range (one pair, or one pair per channel)."""
-    flat = np.asarray(value_range, dtype=np.float64).reshape(-1, 2)
-    return float(flat[:, 0].min()), float(flat[:, 1].max())
 
 
 TILE_COLUMNS = ("tiles", "wide", "bits", "value_low", "value_high")
@@ -128,17 +123,17 @@ def tile_pixels(batch: dict[str, np.ndarray], rows: np.ndarray, normalization: d
     tiles = np.asarray(batch["tiles"])[rows]
     if (bits == 8).all() and normalization.get("mode", "scale") == "scale" and \
             "mean" not in normalization and "std" not in normalization:
-        return tiles.astype(np.float32) * np.float32(1 / 255)  # the usual case, in one pass
+        return tiles.astype(np.float32) / np.float32(255)  # the usual case in one pass, as normalise divides
     wide = np.asarray(batch["wide"], dtype=object)[rows]
     low, high = np.asarray(batch["value_low"])[rows], np.asarray(batch["value_high"])[rows]
     minmax = normalization.get("mode") == "minmax"
-    return np.stack([preprocess.normalise(tile if int(depth) == 8 else stored_image(extra, 16), normalization,
+    return np.stack([imaging.tile_input(tile if int(depth) == 8 else stored_image(extra, 16), normalization,
                                           (lo, hi) if minmax else None)
                      for tile, extra, depth, lo, hi in zip(tiles, wide, bits, low, high)])
 
 
 def prepare_native_batch(batch: dict[str, np.ndarray], info: ModelInfo,
-                         max_image_pixels: int | None = preprocess.DEFAULT_MAX_IMAGE_PIXELS,
+                         max_image_pixels: int | None = imaging.DEFAULT_MAX_IMAGE_PIXELS,
                          tiff_page: int | None = None) -> dict[str, np.ndarray]:
     """Return the batch with images decoded at their own size and type, for windows or whole-image inference.
 
@@ -155,11 +150,11 @@ def prepare_native_batch(batch: dict[str, np.ndarray], info: ModelInfo,
                "value_low": np.zeros(count, dtype=np.float64), "value_high": np.zeros(count, dtype=np.float64)}
 
     def prepare_one(index: int) -> tuple[int, int]:
-        image, value_range = preprocess.read_native(batch["image"][index], info.normalization, max_image_pixels,
+        image, value_range = imaging.read_native(batch["image"][index], info.normalization, max_image_pixels,
                                                     tiff_page)
         check_truth(batch, index, info.spec.num_classes, image.shape[:2])
         if value_range is not None:
-            columns["value_low"][index], columns["value_high"][index] = extremes(value_range)
+            columns["value_low"][index], columns["value_high"][index] = imaging.extremes(value_range)
         columns["bits"][index] = 8 * image.dtype.itemsize
         images[index] = np.ascontiguousarray(image).view(np.uint8)
         return image.shape[:2]
@@ -176,14 +171,19 @@ def stored_image(stored: np.ndarray, bits: int) -> np.ndarray:
 ROW_COLUMNS = ("key", "source", "shard", "image", "mask", "instances", "error", "error_kind")
 
 
-def read_and_prepare(batch: dict[str, np.ndarray], info: ModelInfo, storage_config: StorageConfig | None,
-                     batch_size: int, taken: Mapping[str, Mapping[str, str]] | None = None,
-                     max_image_pixels: int | None = preprocess.DEFAULT_MAX_IMAGE_PIXELS,
-                     native: bool = False, block_bytes: int = 64 * 2**20,
+class PreparesRows(Protocol):
+    """What the read stage needs of the run's inferer (:mod:`pipeline.segment.inferers`)."""
+
+    def prepare(self, rows: list[dict], max_image_pixels: int | None,
+                tiff_page: int | None) -> Iterator[dict[str, np.ndarray]]: ...
+
+
+def read_and_prepare(batch: dict[str, np.ndarray], inferer: PreparesRows, storage_config: StorageConfig | None,
+                     taken: Mapping[str, Mapping[str, str]] | None = None,
+                     max_image_pixels: int | None = imaging.DEFAULT_MAX_IMAGE_PIXELS,
                      tiff_page: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """Read each shard named in ``batch["shard"]`` and yield its rows prepared, ``batch_size`` rows at a time:
-    reduced to the tile (:func:`prepare_batch`) or, with ``native``, decoded at their own size
-    (:func:`prepare_native_batch`), then as soon as the decoded images reach ``block_bytes``.
+    """Read each shard named in ``batch["shard"]`` and yield its rows prepared by the run's inferer,
+    a block at a time (:meth:`pipeline.segment.inferers.Inferer.prepare`).
 
     ``taken`` maps a shard name to the keys earlier shards hold (:func:`sources.keys_taken_earlier`):
     those images become ``duplicate_key`` rows.
@@ -194,33 +194,15 @@ def read_and_prepare(batch: dict[str, np.ndarray], info: ModelInfo, storage_conf
     """
     read_started = time.time()
     first = True
-
-    def timed(prepared: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        nonlocal first
-        prepared["events"] = np.full(len(prepared["key"]), "", dtype=object)
-        if first and len(prepared["key"]):
-            prepared["events"][0] = json.dumps({"read_started": read_started, "first_prepared": time.time()})
-            first = False
-        return prepared
-
     for text in batch["shard"]:
         shard = Shard.from_json(str(text))
         rows = readers.read_shard(shard, storage_config, (taken or {}).get(shard.name))
-        if not native:
-            for start in range(0, len(rows), batch_size):
-                yield timed(prepare_batch(columns_of(rows[start:start + batch_size]), info, max_image_pixels, tiff_page))
-            continue
-        # image by image, so a few huge images never sit in one task together
-        pending: list[dict[str, np.ndarray]] = []
-        size = 0
-        for row in rows:
-            pending.append(prepare_native_batch(columns_of([row]), info, max_image_pixels, tiff_page))
-            size += pending[-1]["image"][0].nbytes
-            if len(pending) == batch_size or size >= block_bytes:
-                yield timed(concatenate(pending))
-                pending, size = [], 0
-        if pending:
-            yield timed(concatenate(pending))
+        for prepared in inferer.prepare(rows, max_image_pixels, tiff_page):
+            prepared["events"] = np.full(len(prepared["key"]), "", dtype=object)
+            if first and len(prepared["key"]):
+                prepared["events"][0] = json.dumps({"read_started": read_started, "first_prepared": time.time()})
+                first = False
+            yield prepared
 
 
 def columns_of(rows: list[dict]) -> dict[str, np.ndarray]:

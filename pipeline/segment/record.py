@@ -10,16 +10,31 @@ import math
 import platform
 import time
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pipeline.config import SegmentConfig
 from pipeline.io import layout, storage
 from pipeline.segment.plan import RunPlan
 
-if TYPE_CHECKING:
-    from pipeline.segment.write import ShardWriter
-
 log = logging.getLogger(__name__)
+
+
+class ShardCounts(Protocol):
+    """What progress and the summary read of the driver's shard writer (:class:`pipeline.segment.write.ShardWriter`)."""
+
+    committed: dict[str, dict[str, int]]  # shard name -> rows, ok, errors, duplicate_keys
+    resumed: frozenset[str]  # shards an earlier attempt committed
+    pending: dict[str, list[dict[str, Any]]]  # rows of shards not yet complete
+    received: int  # rows received by this attempt
+    first_batch: tuple[float, int] | None  # (perf_counter time, rows) of the first batch
+    events: dict[str, float]  # the stages' start-up steps
+    last_commit: float
+
+    @property
+    def empty_shards(self) -> tuple[str, ...]: ...
+
+    @property
+    def duplicate_keys(self) -> int: ...
 
 
 VERSIONED_PACKAGES = ("segpipe", "ray", "tensorflow-cpu", "tensorflow", "keras", "numpy", "pyarrow", "pillow", "fsspec", "s3fs")
@@ -74,7 +89,7 @@ class Progress:
         self.last_line = self.clock
         self.last_json = -math.inf  # the first commit always updates run.json
 
-    def counts(self, writer: ShardWriter) -> dict[str, Any]:
+    def counts(self, writer: ShardCounts) -> dict[str, Any]:
         """Return the progress counts: shards, images, errors, rate and ETA."""
         elapsed = max(1e-9, time.perf_counter() - self.clock)
         images = sum(c["rows"] for c in writer.committed.values())
@@ -90,7 +105,7 @@ class Progress:
                 "errors": errors, "images_this_attempt": writer.received, "images_per_second": round(rate, 3),
                 "eta_seconds": None if eta is None else round(eta, 1), "updated": now_iso()}
 
-    def update(self, writer: ShardWriter, force: bool = False) -> None:
+    def update(self, writer: ShardCounts, force: bool = False) -> None:
         """Log a progress line if the interval has passed (or ``force``)."""
         now = time.perf_counter()
         if not force and now - self.last_line < self.cfg.progress_seconds:
@@ -102,7 +117,7 @@ class Progress:
                  c["committed_shards"], c["shards"], c["images"], c["images_this_attempt"], c["images_per_second"],
                  c["errors"], eta)
 
-    def after_commit(self, writer: ShardWriter) -> None:
+    def after_commit(self, writer: ShardCounts) -> None:
         """Rewrite run.json with the counts after a commit (throttled)."""
         now = time.perf_counter()
         if now - self.last_json < self.RUN_JSON_SECONDS:
@@ -148,7 +163,7 @@ def startup_line(steps: dict[str, float]) -> str:
     return "start-up: " + ", ".join(f"{name.replace('_', ' ')} {seconds:.1f} s" for name, seconds in steps.items())
 
 
-def run_summary(cfg: SegmentConfig, plan: RunPlan, writer: ShardWriter, started: float,
+def run_summary(cfg: SegmentConfig, plan: RunPlan, writer: ShardCounts, started: float,
                 events: dict[str, float] | None = None) -> RunSummary:
     """Return the run's summary from the committed shard counts and the timings.
 

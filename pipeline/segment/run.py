@@ -28,7 +28,8 @@ from pipeline.config import SegmentConfig
 from pipeline.io import storage
 from pipeline.io.keys import keys_taken_earlier
 from pipeline.io.shards import Shard, shard_dataset
-from pipeline.model import ModelArtifactError, ModelInfo
+from pipeline.model import ModelArtifactError
+from pipeline.segment.inferers import inferer_for
 from pipeline.segment.plan import CPU_STAGES, RunPlan, actor_resources, plan_run
 from pipeline.segment.predictor import SegmentationPredictor
 from pipeline.segment.prepare import read_and_prepare
@@ -131,24 +132,6 @@ def process_created() -> float:
         return 0.0
 
 
-def batch_block_bytes(batch_size: int, info: ModelInfo, native: bool = False) -> int:
-    """Return Ray Data's target block size for the run.
-
-    Resize: one batch of tiles (uint8, as they travel), at least 1 MiB; a larger block holds several
-    batches (without it, a whole shard), and the first results surface only once they have all
-    passed every stage.
-    Windows and whole images: decoded images (uint8) of about two batches of windows, 4 MiB to
-    256 MiB; the model's stage takes a block at a time and runs its windows ``batch_size`` at a
-    time, so a block must hold several batches of windows (only a call's last batch can be
-    short), yet few enough images that results stream: a 2000-px RGB image is a block of its own
-    for 256-px tiles in batches of 32.
-    """
-    tile = info.spec.input_size[0] * info.spec.input_size[1] * info.spec.channels
-    if native:
-        return min(256 * 1024**2, max(4 * 1024**2, 2 * batch_size * tile))
-    return max(1024**2, batch_size * tile)
-
-
 def reservation_ratio(stage_cpus: float) -> float:
     """Return the Ray Data reservation ratio that reserves exactly one stage task per CPU stage.
 
@@ -181,46 +164,44 @@ def data_context(**settings: Any) -> Iterator[None]:
 
 
 def build_dataset(cfg: SegmentConfig, plan: RunPlan, shards: list[Shard]) -> Any:
-    """Return the lazy Ray Dataset of metric rows (plus ``shard``, ``shard_rows``) for ``shards`` of the plan."""
+    """Return the lazy Ray Dataset of metric rows (plus ``shard``, ``shard_rows``) for ``shards`` of the plan.
+
+    The run's inferer (:mod:`pipeline.segment.inferers`) decides what each stage does with an
+    image and how large a block is; this function only wires the stages.
+    """
     from ray.data import ActorPoolStrategy
 
-    info = plan.model.info
+    inferer = inferer_for(plan.tiling, plan.model.info, cfg.batch_size)
     storage_config = cfg.storage
-    native = plan.tiling.mode != "resize"
-    block_bytes = batch_block_bytes(cfg.batch_size, info, native)
     settings = {
-        "target_max_block_size": block_bytes,
+        "target_max_block_size": inferer.block_bytes(),
         "op_resource_reservation_ratio": reservation_ratio(cfg.stage_cpus),
     }
     with data_context(**settings):
         dataset = shard_dataset(shards)
     dataset = dataset.map_batches(
-        read_and_prepare, fn_kwargs={"info": info, "storage_config": storage_config, "batch_size": cfg.batch_size,
-                                     "taken": plan.taken, "max_image_pixels": cfg.max_image_pixels,
-                                     "native": native, "block_bytes": block_bytes, "tiff_page": cfg.tiff_page},
+        read_and_prepare, fn_kwargs={"inferer": inferer, "storage_config": storage_config, "taken": plan.taken,
+                                     "max_image_pixels": cfg.max_image_pixels, "tiff_page": cfg.tiff_page},
         batch_size=1, num_cpus=cfg.stage_cpus,
     )
-    # At the tile a model batch is batch_size images; in windows or whole, the actor takes a block
-    # of images as it comes and fills its model batches with their windows.
-    images_per_call = None if native else cfg.batch_size
     dataset = dataset.map_batches(
         SegmentationPredictor,
         fn_constructor_kwargs={"model_url": cfg.model, "storage_config": storage_config, "threads": plan.actor_threads,
-                               "tta": cfg.tta, "tiling": plan.tiling.to_json(), "batch_size": cfg.batch_size,
+                               "tta": cfg.tta, "tiling": plan.tiling, "batch_size": cfg.batch_size,
                                "confidence": cfg.objects.enabled, "precision": cfg.precision},
         compute=ActorPoolStrategy(min_size=cfg.actors.min, max_size=cfg.actors.max),
-        batch_size=images_per_call,
+        batch_size=inferer.images_per_call,
         num_cpus=plan.actor_cpus,
         num_gpus=plan.actor_gpus or None,
         memory=int(cfg.actors.memory_gb * 1024**3) if cfg.actors.memory_gb else None,
     )
     return dataset.map_batches(
         MaskWriter,
-        fn_constructor_kwargs={"info": info, "output": cfg.output, "model_id": plan.model.model_id,
+        fn_constructor_kwargs={"inferer": inferer, "output": cfg.output, "model_id": plan.model.model_id,
                                "run_id": plan.run_id, "storage_config": storage_config,
                                "objects_config": cfg.objects},
         compute=ActorPoolStrategy(min_size=1, max_size=cfg.actors.max),
-        batch_size=images_per_call,
+        batch_size=inferer.images_per_call,
         num_cpus=cfg.stage_cpus,
         batch_format="numpy",
     )

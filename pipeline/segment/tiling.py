@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.preprocess import decided, mask_from_scores
+from pipeline.imaging import decided, mask_from_scores
 from pipeline.windows import padded_to_tile, window_grid
 
 TILINGS = ("auto", "windows", "resize", "whole")
@@ -92,7 +92,7 @@ class WindowBlender:
     scores; several channels take the class of highest blended score (ties to the lower class).
     With ``keep_scores`` the blended scores are kept too (float32, full size: for tests and small
     images); with ``keep_confidence``, :attr:`confidence` holds each pixel's probability of its class
-    (uint8 levels, see :func:`pipeline.preprocess.decided`).
+    (uint8 levels, see :func:`pipeline.imaging.decided`).
     """
 
     def __init__(self, height: int, width: int, tile: tuple[int, int], weights: np.ndarray, channels: int,

@@ -1,7 +1,7 @@
 """Finish and commit: masks and metric rows from the model's scores, then each shard committed once.
 
-The finish stage runs on a small actor pool (:class:`MaskWriter`) after the model's: it brings
-each image's scores back to its size, writes ``masks/<key>.png`` and computes the image's
+The finish stage runs on a small actor pool (:class:`MaskWriter`) after the model's: it asks the
+run's inferer for each image's mask at its size, writes ``masks/<key>.png`` and computes the image's
 metrics; with objects, it also labels, writes and measures the image's objects
 (:mod:`pipeline.segment.measure`). The driver's :class:`ShardWriter` collects the small metric
 rows (and object rows) and, once a shard's rows are all in, writes ``objects/<shard>.parquet``,
@@ -21,11 +21,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import metrics, preprocess, schema
+from pipeline import imaging, metrics, schema
 from pipeline.config import ObjectsConfig, StorageConfig
+from pipeline.errors import ErrorKind
 from pipeline.io import layout, storage
 from pipeline.io.shards import Shard
-from pipeline.model import ModelInfo
+from pipeline.segment.inferers import Inferer
 from pipeline.segment.measure import image_objects, table_bytes, table_from_bytes
 from pipeline.segment.record import Progress, now_iso
 
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 
 def finish_batch(
     batch: dict[str, np.ndarray],
-    info: ModelInfo,
+    inferer: Inferer,
     output: str,
     model_id: str,
     run_id: str,
@@ -43,7 +44,8 @@ def finish_batch(
 ) -> pa.Table:
     """Return the batch's metrics rows (``schema.METRICS_SCHEMA`` plus ``shard, shard_rows, objects``).
 
-    For each usable row: bring the scores back to the image's size, write ``masks/<key>.png``
+    For each usable row: the mask at the image's size from the inferer's output
+    (:meth:`pipeline.segment.inferers.Inferer.finish`), written to ``masks/<key>.png``
     under ``output``, count predicted pixels per class, and with ground truth compute TP/FP/FN,
     Dice and IoU (see :mod:`pipeline.metrics`). With ``objects_config.enabled`` each row's
     ``objects`` holds its object rows as Arrow IPC bytes (``b""`` for none).
@@ -51,7 +53,7 @@ def finish_batch(
     rows = []
     for index in range(len(batch["key"])):
         started = time.perf_counter()
-        row = finish_row({name: batch[name][index] for name in batch}, info, output, storage_config, objects_config)
+        row = finish_row({name: batch[name][index] for name in batch}, inferer, output, storage_config, objects_config)
         row.update(
             shard=batch["shard"][index],
             shard_rows=int(batch["shard_rows"][index]),
@@ -71,7 +73,7 @@ def finish_batch(
     return table
 
 
-def finish_row(item: dict[str, Any], info: ModelInfo, output: str, storage_config: StorageConfig | None,
+def finish_row(item: dict[str, Any], inferer: Inferer, output: str, storage_config: StorageConfig | None,
                objects_config: ObjectsConfig | None = None) -> dict[str, Any]:
     """Return the metrics fields of one row (with objects, ``objects``: its object rows as IPC bytes);
     failures become ``status="error"`` with the reason."""
@@ -81,23 +83,16 @@ def finish_row(item: dict[str, Any], info: ModelInfo, output: str, storage_confi
         return {**base, "status": schema.STATUS_ERROR, "error": str(item["error"]),
                 "error_kind": str(item["error_kind"])}
     height, width = int(item["height"]), int(item["width"])
-    num_classes = info.spec.num_classes
+    num_classes = inferer.info.spec.num_classes
     with_objects = objects_config is not None and objects_config.enabled
     try:
-        confidence = None
-        if "predicted" in item:  # windows or whole: decided at the image's size by the model's stage
-            predicted = np.asarray(item["predicted"], dtype=np.uint8)
-            confidence = item.get("confidence")
-        elif with_objects:
-            predicted, confidence = preprocess.mask_and_confidence_at_size(item["scores"], height, width, info.threshold)
-        else:
-            predicted = preprocess.mask_at_size(item["scores"], height, width, info.threshold)
+        predicted, confidence = inferer.finish(item, confidence=with_objects)
         mask_uri = layout.mask_url(output, key)
-        storage.write_bytes(mask_uri, preprocess.encode_png(predicted, compress_level=1), storage_config)
+        storage.write_bytes(mask_uri, imaging.encode_png(predicted, compress_level=1), storage_config)
         record: dict[str, Any] = {"class_pixels": metrics.class_counts(predicted, num_classes).tolist()}
-        truth = preprocess.decode_mask(item["mask"], num_classes, (height, width)) if len(item["mask"]) else None
+        truth = imaging.decode_mask(item["mask"], num_classes, (height, width)) if len(item["mask"]) else None
         encoded = item.get("instances", b"")
-        truth_labels = preprocess.decode_instances(encoded, (height, width)) if len(encoded) else None
+        truth_labels = imaging.decode_instances(encoded, (height, width)) if len(encoded) else None
         if truth is None and truth_labels is not None and num_classes == 2:
             truth = (truth_labels > 0).astype(np.uint8)  # a two-class model's mask is where the objects are
         if truth is not None:
@@ -110,7 +105,7 @@ def finish_row(item: dict[str, Any], info: ModelInfo, output: str, storage_confi
         log.exception("finishing %s failed", key)
         return {**base, "status": schema.STATUS_ERROR,
                 "error": f"{key}: {type(exc).__name__} while writing the mask or its objects: {exc}",
-                "error_kind": "write_failed", "height": height, "width": width}
+                "error_kind": ErrorKind.WRITE_FAILED.value, "height": height, "width": width}
     return {**base, **record, "status": schema.STATUS_OK, "height": height, "width": width, "mask_uri": mask_uri}
 
 
@@ -122,9 +117,9 @@ class MaskWriter:
     upstream stages run ahead, and each writer keeps its object-storage client warm.
     """
 
-    def __init__(self, info: ModelInfo, output: str, model_id: str, run_id: str,
+    def __init__(self, inferer: Inferer, output: str, model_id: str, run_id: str,
                  storage_config: StorageConfig | None = None, objects_config: ObjectsConfig | None = None) -> None:
-        self.arguments = {"info": info, "output": output, "model_id": model_id, "run_id": run_id,
+        self.arguments = {"inferer": inferer, "output": output, "model_id": model_id, "run_id": run_id,
                           "storage_config": storage_config, "objects_config": objects_config}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -198,7 +193,7 @@ class ShardWriter:
         self.write_parquet(layout.metrics_url(self.output, name), schema.metrics_table(rows))
         counts = {"rows": len(rows), "ok": sum(r["status"] == schema.STATUS_OK for r in rows)}
         counts["errors"] = counts["rows"] - counts["ok"]
-        counts["duplicate_keys"] = sum(r.get("error_kind") == "duplicate_key" for r in rows)
+        counts["duplicate_keys"] = sum(r.get("error_kind") == ErrorKind.DUPLICATE_KEY for r in rows)
         marker = {"shard": name, "source": self.shards[name].url, **counts, "run_id": self.run_id,
                   "model_id": self.model_id, "committed": now_iso()}
         storage.write_bytes(layout.marker_url(self.output, name), json.dumps(marker).encode(), self.storage_config)

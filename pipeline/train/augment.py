@@ -5,8 +5,9 @@ at its own resolution (:func:`native_windows`), as many per pass as the image ho
 area, and each window is augmented as below; an image smaller than the tile is padded by
 reflection and its padding labelled :data:`IGNORE`, so it counts in no loss and no metric.
 
-The pair is first resized to the tile exactly as inference resizes an image, so objects keep the
-scale the model meets at inference. Augmentation then flips both and turns them by a multiple of
+The data stage brings each pair to the tile through segmentation's own resize chain
+(:meth:`pipeline.train.data.DecodedSamples.decode`), so objects keep the scale, and pixels the
+values, the model meets at inference; :func:`resize_pair` here serves the random crop. Augmentation then flips both and turns them by a multiple of
 90 degrees (exact: no pixel is resampled) and jitters the image's brightness and contrast (the
 mask is left alone).
 
@@ -31,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.config import AugmentConfig
-from pipeline.preprocess import resize_channels
+from pipeline.imaging import resize_channels
 from pipeline.symmetry import move, offset_correction
 from pipeline.windows import padded_to_tile, window_grid
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import preprocess, raypatch
+from pipeline import imaging, raypatch
 from pipeline.config import AugmentConfig, TrainConfig
 from pipeline.io.readers import read_dataset
 from pipeline.io.shards import discover_shards
@@ -42,22 +42,24 @@ class DecodedSamples:
         self.bytes = 0
 
     def get(self, image: bytes, mask: bytes, spec: ModelSpec, normalization: dict[str, Any],
-            budget_bytes: int) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(normalised float32 image, uint8 mask)``; raise preprocess.SampleError if unusable.
+            budget_bytes: int, tile: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(normalised float32 image, uint8 mask)``, at ``tile`` if given (see :meth:`decode`);
+        raise imaging.SampleError if unusable.
 
         With ``budget_bytes`` 0 nothing is looked up or kept: every call decodes.
         """
         if budget_bytes <= 0:
-            return self.decode(image, mask, spec, normalization)
+            return self.decode(image, mask, spec, normalization, tile)
         digest = hashlib.blake2b(image, digest_size=16)
         digest.update(mask)
         # len(image) marks where the image's bytes end and the mask's begin in the one digest
-        key = (digest.digest(), len(image), spec.channels, spec.num_classes, json.dumps(normalization, sort_keys=True))
+        key = (digest.digest(), len(image), spec.channels, spec.num_classes, json.dumps(normalization, sort_keys=True),
+               tile)
         found = self.entries.get(key)
         if found is not None:
             self.entries.move_to_end(key)
             return found
-        pair = self.decode(image, mask, spec, normalization)
+        pair = self.decode(image, mask, spec, normalization, tile)
         size = pair[0].nbytes + pair[1].nbytes
         if size <= budget_bytes:
             for array in pair:
@@ -70,11 +72,23 @@ class DecodedSamples:
         return pair
 
     @staticmethod
-    def decode(image: bytes, mask: bytes, spec: ModelSpec, normalization: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        """Return the normalised image and its mask decoded from their bytes."""
-        decoded = preprocess.decode_image(image)
-        labels = preprocess.decode_mask(mask, spec.num_classes, decoded.shape[:2])
-        return preprocess.normalise(preprocess.match_channels(decoded, spec.channels), normalization), labels
+    def decode(image: bytes, mask: bytes, spec: ModelSpec, normalization: dict[str, Any],
+               tile: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Return the normalised image and its mask decoded from their bytes.
+
+        With ``tile`` both come at the tile: the image through segmentation's own resize chain
+        (:func:`pipeline.imaging.read_tile`, then :func:`pipeline.imaging.tile_input`), so a
+        model trained at ``scale: resize`` sees exactly the input it is segmented with; the mask
+        by nearest neighbour. Without, both at their own size, normalised as segmentation in
+        windows normalises (the image's own value range, before its channels are matched).
+        """
+        if tile is not None:
+            pixels, size, value_range = imaging.read_tile(image, tile, spec.channels, normalization)
+            labels = imaging.decode_mask(mask, spec.num_classes, size)
+            return imaging.tile_input(pixels, normalization, value_range), imaging.labels_at_size(labels, tile)
+        decoded, value_range = imaging.read_native(image, normalization)
+        labels = imaging.decode_mask(mask, spec.num_classes, decoded.shape[:2])
+        return imaging.normalise(imaging.match_channels(decoded, spec.channels), normalization, value_range), labels
 
 
 DECODED = DecodedSamples()
@@ -98,7 +112,7 @@ def native_batch(batch: dict[str, np.ndarray], spec: ModelSpec, normalization: d
             normalised, mask = DECODED.get(batch["image"][index], batch["mask"][index], spec, normalization,
                                            int(cache_mb * 2**20))
             windows.extend(augment.native_windows(normalised, mask, tile, rng, augmentation or AugmentConfig()))
-        except preprocess.SampleError as exc:
+        except imaging.SampleError as exc:
             log.warning("skipping training sample %s: %s", batch["key"][index], exc)
     pixels = np.zeros((len(windows), *tile, spec.channels), dtype=np.float32)
     labels = np.zeros((len(windows), *tile), dtype=np.uint8)
@@ -131,17 +145,19 @@ def training_batch(batch: dict[str, np.ndarray], spec: ModelSpec, normalization:
     labels = np.zeros((count, *shape), dtype=np.uint8)
     weights = np.zeros(count, dtype=np.float32)
     rng = np.random.default_rng() if augmentation or patch else None
+    # a random crop cuts the image at its own size before resizing; everything else starts at the tile
+    at_tile = None if augmentation is not None and augmentation.crop else tile
     for index in range(count):
         if batch["error"][index] or not len(batch["mask"][index]):
             continue
         try:
             normalised, mask = DECODED.get(batch["image"][index], batch["mask"][index], spec, normalization,
-                                           int(cache_mb * 2**20))
+                                           int(cache_mb * 2**20), at_tile)
             pair = augment.training_pair(normalised, mask, tile, rng if augmentation else None,
                                          augmentation or AugmentConfig())
             pixels[index], labels[index] = augment.random_patch(*pair, shape, rng) if patch else pair
             weights[index] = 1.0
-        except preprocess.SampleError as exc:
+        except imaging.SampleError as exc:
             log.warning("skipping training sample %s: %s", batch["key"][index], exc)
     return {"pixels": pixels, "labels": labels, "weights": weights}
 

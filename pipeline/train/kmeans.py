@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import metrics, preprocess
+from pipeline import imaging, metrics
 from pipeline.cluster import connect_ray
 from pipeline.config import TrainConfig
 from pipeline.io import storage
@@ -26,7 +26,7 @@ from pipeline.io.shards import discover_shards
 from pipeline.model import ModelInfo, ModelSpec, save_artifact
 from pipeline.model.kmeans import KMeansSegmenter, fit_kmeans, pixel_features, sample_pixels
 from pipeline.train.data import DecodedSamples
-from pipeline.train.run import TrainSummary
+from pipeline.train.summary import TrainSummary
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def labelled_pairs(batch: dict[str, np.ndarray], spec: ModelSpec, normalization:
             continue
         try:
             yield key, *DecodedSamples.decode(batch["image"][index], batch["mask"][index], spec, normalization)
-        except preprocess.SampleError as exc:
+        except imaging.SampleError as exc:
             log.warning("skipping training sample %s: %s", key, exc)
 
 

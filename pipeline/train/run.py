@@ -21,37 +21,17 @@ import time
 from typing import Any
 
 from pipeline.cluster import connect_ray, largest_node_cpus
-from pipeline.config import ConfigError, TrainConfig, ModelConfig
+from pipeline.config import ConfigError, ModelConfig, TrainConfig
 from pipeline.io import storage
 from pipeline.model import MODEL_FILE, ModelInfo, ModelSpec, encoder_preprocessing, load_keras_file, save_artifact
 from pipeline.train.data import training_dataset
 from pipeline.train.step import BEST_MODEL_FILE, STATE_FILE, train_loop_per_worker
+from pipeline.train.summary import TrainSummary
 
 log = logging.getLogger(__name__)
 
 
 CHECKPOINT_RUN_NAME = "checkpoints"
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSummary:
-    """What a training run produced."""
-
-    artifact: str
-    epochs: int
-    best_epoch: int
-    best_metrics: dict[str, Any]
-    history: list[dict[str, Any]]
-    seconds: float
-
-    def line(self) -> str:
-        """Return the one-line summary shown at the end of training."""
-        best = self.best_metrics
-        return (
-            f"trained {self.epochs} epochs in {self.seconds:.0f} s; best epoch {self.best_epoch}: "
-            f"val mean Dice {best.get('val_mean_dice', float('nan')):.3f}, "
-            f"pixel error {best.get('val_pixel_error', float('nan')):.4f}; model artifact in {self.artifact}"
-        )
 
 
 def model_spec(model: ModelConfig) -> ModelSpec:
@@ -147,7 +127,6 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
     connect_ray(cfg.address)
     cpus, threads = worker_resources(cfg)
     import ray
-
     from ray.train import DataConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import metrics, preprocess
+from pipeline import imaging, metrics
 from pipeline.model import MODEL_FILE, ModelSpec, build_model, configure_tensorflow, encoder_input, load_keras_file
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def validation_metrics(model: Any, dataset: Any, spec: ModelSpec, threshold: flo
         for index in np.flatnonzero(batch["weights"] > 0):
             labels = batch["labels"][index]
             labelled = labels < classes  # not the padding of a window larger than its image
-            predicted = preprocess.mask_from_scores(scores[index], threshold)[labelled]
+            predicted = imaging.mask_from_scores(scores[index], threshold)[labelled]
             result = metrics.image_metrics(predicted, labels[labelled], classes)
             tp, fp, fn = tp + result["tp"], fp + result["fp"], fn + result["fn"]
             per_image_dice.append(result["dice"])

@@ -11,11 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.imaging import encode_png
+from pipeline.io.formats.tar import split_member_name
 from pipeline.io.keys import keys_taken_earlier, shard_keys
-from pipeline.io.readers import read_shard, split_member_name
+from pipeline.io.readers import read_shard
 from pipeline.io.shards import InputError, Shard, discover_shards
 from pipeline.io.storage import StorageError
-from pipeline.preprocess import encode_png
 
 PNG = encode_png(np.zeros((4, 4), dtype=np.uint8))
 

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.preprocess import encode_png
+from pipeline.imaging import encode_png
 
 NUM_CLASSES = 3  # the test model's classes
 

@@ -23,10 +23,10 @@ import s3fs
 from PIL import Image
 
 from pipeline.config import ObjectsConfig, SampleDataConfig, SegmentConfig
+from pipeline.imaging import decode_instances, decode_mask
 from pipeline.instances import class_scores
 from pipeline.io import storage
 from pipeline.model import ModelInfo, build_unet, save_artifact
-from pipeline.preprocess import decode_instances, decode_mask
 from pipeline.sample_data import write_sample_data
 from pipeline.segment.measure import true_objects
 from pipeline.segment.run import run_segmentation

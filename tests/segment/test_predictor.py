@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from pipeline.model import ModelInfo, ModelSpec, build_unet, load_artifact, save
 from pipeline.sample_data import write_sample_data
 from pipeline.segment.predictor import SegmentationPredictor, dihedral_mean, moved, tta_symmetries
 from pipeline.segment.run import run_segmentation
+from pipeline.segment.tiling import Tiling
 
 SQUARE_SYMMETRIES = [
     (lambda a: a, lambda a: a),
@@ -142,7 +144,7 @@ def test_windows_and_whole_images_give_masks_at_the_images_size(tiny_model: str)
 
     rng = np.random.default_rng(5)
     images = [rng.integers(0, 255, (70, 45, 3), dtype=np.uint8), rng.integers(0, 255, (20, 100, 3), dtype=np.uint8)]
-    tiling = {"mode": "windows", "window": [32, 32], "overlap": 0.25, "blend": "gaussian"}
+    tiling = Tiling(mode="windows", window=(32, 32), overlap=0.25, blend="gaussian")
     predictor = SegmentationPredictor(tiny_model, tiling=tiling, batch_size=4)
     masks = predictor(native_batch(images))["predicted"]
     model = load_artifact(tiny_model).model
@@ -152,15 +154,15 @@ def test_windows_and_whole_images_give_masks_at_the_images_size(tiny_model: str)
     assert all(np.array_equal(m, e) for m, e in zip(masks, expected))
     assert predictor.counts["windows"] == 6 + 4 and predictor.counts["batches"] == 3  # windows of both in batches of 4
 
-    larger = SegmentationPredictor(tiny_model, tiling={**tiling, "window": [48, 48]}, batch_size=4)
+    larger = SegmentationPredictor(tiny_model, tiling=dataclasses.replace(tiling, window=(48, 48)), batch_size=4)
     assert [m.shape for m in larger(native_batch(images))["predicted"]] == [(70, 45), (20, 100)]
     assert larger.counts["windows"] == 2 + 3  # 48-px windows of the same weights: fewer of them
 
-    whole = SegmentationPredictor(tiny_model, tiling={"mode": "whole", "window": [32, 32]})
+    whole = SegmentationPredictor(tiny_model, tiling=Tiling(mode="whole", window=(32, 32)))
     whole_masks = whole(native_batch(images))["predicted"]
     assert [m.shape for m in whole_masks] == [(70, 45), (20, 100)] and whole.counts["batches"] == 2
     # an image above whole_max_pixels once padded (72 x 48 here) runs in windows; one at the limit, whole
-    capped = SegmentationPredictor(tiny_model, tiling={"mode": "whole", "window": [32, 32], "whole_max_pixels": 2000},
+    capped = SegmentationPredictor(tiny_model, tiling=Tiling(mode="whole", window=(32, 32), whole_max_pixels=2000),
                                    batch_size=4)
     capped_masks = capped(native_batch(images))["predicted"]
     assert np.array_equal(capped_masks[0], masks[0]) and np.array_equal(capped_masks[1], whole_masks[1])
@@ -185,7 +187,7 @@ def test_tta_composes_with_windows(tiny_model: str) -> None:
     from pipeline.segment.tiling import segment_in_windows
 
     image = np.random.default_rng(8).integers(0, 255, (50, 70, 3), dtype=np.uint8)
-    tiling = {"mode": "windows", "window": [32, 32], "overlap": 0.5, "blend": "gaussian"}
+    tiling = Tiling(mode="windows", window=(32, 32), overlap=0.5, blend="gaussian")
     predictor = SegmentationPredictor(tiny_model, tiling=tiling, tta=True, batch_size=8)
     mask = predictor(native_batch([image]))["predicted"][0]
     model = load_artifact(tiny_model).model

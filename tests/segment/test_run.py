@@ -15,9 +15,9 @@ import s3fs
 from PIL import Image
 
 from pipeline.config import ConfigError, SampleDataConfig, SegmentConfig, load_config
+from pipeline.imaging import decode_mask, encode_png
 from pipeline.io import storage
 from pipeline.metrics import image_metrics
-from pipeline.preprocess import decode_mask, encode_png
 from pipeline.sample_data import write_sample_data
 from pipeline.segment.run import run_segmentation
 from tests.conftest import FAKE_KEY, FAKE_SECRET

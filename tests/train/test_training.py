@@ -3,28 +3,30 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline import symmetry
 from pipeline.config import (
     AugmentConfig,
     ConfigError,
     LoaderConfig,
+    ModelConfig,
     OptimConfig,
     SampleDataConfig,
     SegmentConfig,
     TrainConfig,
-    ModelConfig,
     load_config,
 )
+from pipeline.imaging import SampleError, encode_png, model_input
 from pipeline.io.shards import InputError
 from pipeline.io.storage import StorageError
 from pipeline.model import ModelSpec, load_artifact
-from pipeline.preprocess import SampleError, encode_png, model_input
 from pipeline.sample_data import write_sample_data
 from pipeline.train import augment
 from pipeline.train.data import DecodedSamples, training_batch
@@ -163,12 +165,46 @@ def test_patch_cuts_image_and_mask_to_the_same_window_at_their_scale() -> None:
         augment.random_patch(image, mask, (16, 64), rng)
 
 
+@pytest.mark.parametrize("case", ["jpeg-larger-than-the-tile", "png-rgb-to-grey-minmax", "png-16-bit", "png-smaller"])
+def test_the_training_data_path_gives_the_model_input_segmentation_gives(case: str) -> None:
+    """One image through the training data stage without augmentation and through segmentation's
+    prepare stage and predictor: the same float32 model input, bit for bit."""
+    from pipeline.model import ModelInfo, ModelSpec
+    from pipeline.segment.prepare import prepare_batch, tile_pixels
+    from pipeline.train.data import training_batch
+
+    rng = np.random.default_rng(4)
+    smooth = np.linspace(0, 200, 300 * 260).reshape(300, 260)
+    images = {
+        "jpeg-larger-than-the-tile": (np.dstack([smooth, smooth[::-1], 255 - smooth]).astype(np.uint8), "JPEG",
+                                      3, {"mode": "scale"}),
+        "png-rgb-to-grey-minmax": (rng.integers(20, 200, (70, 50, 3), dtype=np.uint8), "PNG", 1, {"mode": "minmax"}),
+        "png-16-bit": ((smooth[:90, :75] * 300).astype(np.uint16), "PNG", 3, {"mode": "scale", "mean": 0.5}),
+        "png-smaller": (rng.integers(0, 255, (20, 24, 3), dtype=np.uint8), "PNG", 3, {"mode": "scale"}),
+    }
+    array, fmt, channels, normalization = images[case]
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    spec = ModelSpec(input_size=(32, 32), channels=channels, num_classes=2, depth=2, base_filters=4)
+    info = ModelInfo(spec=spec, class_names=("background", "object"), normalization=normalization)
+    mask = encode_png(((array[:, :, 0] if array.ndim == 3 else array) > 100).astype(np.uint8))
+    batch = {name: np.array(values, dtype=object) for name, values in {
+        "key": ["a"], "source": ["s"], "shard": ["s"], "image": [buffer.getvalue()], "mask": [mask],
+        "instances": [b""], "error": [""], "error_kind": [""]}.items()}
+    batch["shard_rows"] = np.ones(1, np.int64)
+    trained = training_batch(dict(batch), spec, normalization, None)
+    segmented = tile_pixels(prepare_batch(dict(batch), info), np.array([True]), normalization)
+    assert trained["weights"].tolist() == [1.0]
+    assert trained["pixels"].dtype == segmented.dtype == np.float32
+    assert np.array_equal(trained["pixels"], segmented)
+
+
 def test_training_pair_without_augmentation_is_the_inference_resize() -> None:
     image = np.random.default_rng(2).random((60, 80, 1), dtype=np.float32)
     mask = np.zeros((60, 80), np.uint8)
     mask[:, 40:] = 1
     tile_image, tile_mask = augment.training_pair(image, mask, (32, 32), None)
-    assert np.allclose(tile_image, model_input(image, (32, 32), 1, {"mode": "scale"}))  # already float: scaled by 1
+    assert np.array_equal(tile_image, model_input(image, (32, 32), 1, {"mode": "scale"}))  # already float: scaled by 1
     assert tile_mask[:, :15].max() == 0 and tile_mask[:, 17:].min() == 1
     warped_image, warped_mask = augment.training_pair(image, mask, (32, 32), np.random.default_rng(3))
     assert warped_image.shape == (32, 32, 1) and set(np.unique(warped_mask).tolist()) <= {0, 1}

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import preprocess
-from pipeline.preprocess import SampleError
+from pipeline import imaging
+from pipeline.imaging import SampleError
 
 
 def encoded(array_or_image: np.ndarray | Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:
@@ -21,87 +21,87 @@ def encoded(array_or_image: np.ndarray | Image.Image, fmt: str = "PNG", **kwargs
 
 def test_8bit_gray_and_rgb_decode_to_hwc_uint8() -> None:
     gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
-    assert preprocess.decode_image(encoded(gray)).shape == (3, 4, 1)
+    assert imaging.decode_image(encoded(gray)).shape == (3, 4, 1)
     rgb = np.zeros((3, 4, 3), dtype=np.uint8)
-    decoded = preprocess.decode_image(encoded(rgb))
+    decoded = imaging.decode_image(encoded(rgb))
     assert decoded.shape == (3, 4, 3) and decoded.dtype == np.uint8
 
 
 def test_16bit_gray_keeps_its_range() -> None:
     gray16 = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000)
-    decoded = preprocess.decode_image(encoded(gray16))
+    decoded = imaging.decode_image(encoded(gray16))
     assert decoded.dtype == np.uint16
     assert decoded[:, :, 0].tolist() == gray16.tolist()
-    scaled = preprocess.normalise(decoded, {"mode": "scale"})
+    scaled = imaging.normalise(decoded, {"mode": "scale"})
     assert scaled.max() == pytest.approx(55000 / 65535)
 
 
 def test_rgba_drops_alpha_and_palette_becomes_rgb() -> None:
     rgba = np.full((2, 2, 4), 200, dtype=np.uint8)
-    assert preprocess.decode_image(encoded(rgba)).shape == (2, 2, 3)
+    assert imaging.decode_image(encoded(rgba)).shape == (2, 2, 3)
     palette = Image.fromarray(np.zeros((2, 2, 3), dtype=np.uint8)).convert("P")
-    assert preprocess.decode_image(encoded(palette)).shape == (2, 2, 3)
+    assert imaging.decode_image(encoded(palette)).shape == (2, 2, 3)
 
 
 def test_unsupported_mode_names_the_mode_and_the_fix() -> None:
     cmyk = Image.new("CMYK", (4, 4))
     with pytest.raises(SampleError, match="unsupported image mode 'CMYK'.*convert"):
-        preprocess.decode_image(encoded(cmyk, "JPEG"))
+        imaging.decode_image(encoded(cmyk, "JPEG"))
 
 
 def test_corrupt_and_truncated_images_are_sample_errors() -> None:
     with pytest.raises(SampleError, match="not a recognised image format"):
-        preprocess.decode_image(b"this is not an image")
+        imaging.decode_image(b"this is not an image")
     with pytest.raises(SampleError, match="empty"):
-        preprocess.decode_image(b"")
+        imaging.decode_image(b"")
     whole = encoded(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     with pytest.raises(SampleError, match="corrupt or truncated"):
-        preprocess.decode_image(whole[: len(whole) // 2])
+        imaging.decode_image(whole[: len(whole) // 2])
 
 
 def test_model_input_matches_channels_and_tile() -> None:
     gray = np.full((10, 20, 1), 255, dtype=np.uint8)
-    tile = preprocess.model_input(gray, (8, 8), 3, {"mode": "scale"})
+    tile = imaging.model_input(gray, (8, 8), 3, {"mode": "scale"})
     assert tile.shape == (8, 8, 3) and tile.dtype == np.float32
     assert np.allclose(tile, 1.0)
     rgb = np.zeros((4, 4, 3), dtype=np.uint8)
     rgb[..., 1] = 255  # pure green: luma 0.587
-    assert preprocess.model_input(rgb, (4, 4), 1, {"mode": "scale"})[0, 0, 0] == pytest.approx(149 / 255)
+    assert imaging.model_input(rgb, (4, 4), 1, {"mode": "scale"})[0, 0, 0] == pytest.approx(149 / 255)
 
 
 def test_minmax_normalisation_and_constant_image() -> None:
     image = np.array([[[10], [20]], [[30], [50]]], dtype=np.uint8)
-    out = preprocess.normalise(image, {"mode": "minmax"})
+    out = imaging.normalise(image, {"mode": "minmax"})
     assert out.min() == 0.0 and out.max() == 1.0 and out[0, 1, 0] == pytest.approx(0.25)
-    assert not preprocess.normalise(np.full((2, 2, 1), 7, np.uint8), {"mode": "minmax"}).any()
+    assert not imaging.normalise(np.full((2, 2, 1), 7, np.uint8), {"mode": "minmax"}).any()
 
 
 def test_binary_0_255_mask_reads_as_classes_0_1() -> None:
     mask = np.array([[0, 255], [255, 0]], dtype=np.uint8)
-    assert preprocess.decode_mask(encoded(mask), 2, (2, 2)).tolist() == [[0, 1], [1, 0]]
+    assert imaging.decode_mask(encoded(mask), 2, (2, 2)).tolist() == [[0, 1], [1, 0]]
 
 
 def test_mask_with_unknown_classes_is_refused() -> None:
     mask = np.array([[0, 1], [2, 5]], dtype=np.uint8)
     with pytest.raises(SampleError, match=r"class values \[5\].*3 classes"):
-        preprocess.decode_mask(encoded(mask), 3, (2, 2))
+        imaging.decode_mask(encoded(mask), 3, (2, 2))
 
 
 def test_mask_of_other_size_is_refused() -> None:
     with pytest.raises(SampleError, match="mask size 3x2 differs from image size 4x4"):
-        preprocess.decode_mask(encoded(np.zeros((2, 3), np.uint8)), 2, (4, 4))
+        imaging.decode_mask(encoded(np.zeros((2, 3), np.uint8)), 2, (4, 4))
 
 
 def test_rgb_mask_is_refused() -> None:
     with pytest.raises(SampleError, match="single-channel"):
-        preprocess.decode_mask(encoded(np.zeros((2, 2, 3), np.uint8)), 2, (2, 2))
+        imaging.decode_mask(encoded(np.zeros((2, 2, 3), np.uint8)), 2, (2, 2))
 
 
 def test_scores_back_to_original_size() -> None:
     scores = np.zeros((4, 4, 3), dtype=np.float32)
     scores[:, :2, 1] = 1.0  # left half class 1
     scores[:, 2:, 2] = 1.0  # right half class 2
-    mask = preprocess.mask_at_size(scores, 6, 10, 0.5)
+    mask = imaging.mask_at_size(scores, 6, 10, 0.5)
     assert mask.shape == (6, 10)
     assert set(np.unique(mask[:, :4]).tolist()) == {1}
     assert set(np.unique(mask[:, 6:]).tolist()) == {2}
@@ -109,28 +109,28 @@ def test_scores_back_to_original_size() -> None:
 
 def test_sigmoid_scores_use_the_threshold() -> None:
     scores = np.array([[[0.2], [0.6]]], dtype=np.float32)
-    assert preprocess.mask_from_scores(scores, 0.5).tolist() == [[0, 1]]
-    assert preprocess.mask_from_scores(scores, 0.7).tolist() == [[0, 0]]
-    levels = preprocess.quantise_scores(scores)
+    assert imaging.mask_from_scores(scores, 0.5).tolist() == [[0, 1]]
+    assert imaging.mask_from_scores(scores, 0.7).tolist() == [[0, 0]]
+    levels = imaging.quantise_scores(scores)
     assert levels.dtype == np.uint8 and levels.ravel().tolist() == [51, 153]
-    assert preprocess.mask_from_scores(levels, 0.5).tolist() == [[0, 1]]
-    assert preprocess.mask_from_scores(levels, 0.7).tolist() == [[0, 0]]
+    assert imaging.mask_from_scores(levels, 0.5).tolist() == [[0, 1]]
+    assert imaging.mask_from_scores(levels, 0.7).tolist() == [[0, 0]]
 
 
 def test_quantised_scores_resize_like_float_scores() -> None:
     rng = np.random.default_rng(0)
     probabilities = rng.dirichlet(np.ones(3), size=(8, 8)).astype(np.float32)
-    from_float = preprocess.mask_at_size(probabilities, 13, 11, 0.5)
-    from_levels = preprocess.mask_at_size(preprocess.quantise_scores(probabilities), 13, 11, 0.5)
+    from_float = imaging.mask_at_size(probabilities, 13, 11, 0.5)
+    from_levels = imaging.mask_at_size(imaging.quantise_scores(probabilities), 13, 11, 0.5)
     assert from_levels.shape == (13, 11)
     assert (from_float == from_levels).mean() > 0.95  # only near-ties may differ
     sigmoid = rng.random((8, 8, 1)).astype(np.float32)
-    assert (preprocess.mask_at_size(sigmoid, 5, 7, 0.5) == preprocess.mask_at_size(preprocess.quantise_scores(sigmoid), 5, 7, 0.5)).mean() > 0.9
+    assert (imaging.mask_at_size(sigmoid, 5, 7, 0.5) == imaging.mask_at_size(imaging.quantise_scores(sigmoid), 5, 7, 0.5)).mean() > 0.9
 
 
 def test_encode_png_round_trips() -> None:
     mask = np.array([[0, 1, 2]], dtype=np.uint8)
-    assert np.asarray(Image.open(io.BytesIO(preprocess.encode_png(mask)))).tolist() == [[0, 1, 2]]
+    assert np.asarray(Image.open(io.BytesIO(imaging.encode_png(mask)))).tolist() == [[0, 1, 2]]
 
 
 def test_an_image_over_the_pixel_limit_is_refused_from_its_header() -> None:
@@ -139,37 +139,37 @@ def test_an_image_over_the_pixel_limit_is_refused_from_its_header() -> None:
     huge = png_header_only(40000, 40000)  # 1.6 gigapixels declared in 57 bytes
     too_large = r"40000x40000 = 1600 megapixels, more than max_image_pixels=268435456"
     with pytest.raises(SampleError, match=too_large) as info:
-        preprocess.read_model_input(huge, (8, 8), 3, {"mode": "scale"})
+        imaging.read_model_input(huge, (8, 8), 3, {"mode": "scale"})
     assert info.value.kind == "image_too_large" and "--max-image-pixels" in str(info.value)
     small = encoded(np.zeros((10, 11), np.uint8))
-    assert preprocess.read_model_input(small, (8, 8), 1, {"mode": "scale"}, max_pixels=110)[1] == (10, 11)
+    assert imaging.read_model_input(small, (8, 8), 1, {"mode": "scale"}, max_pixels=110)[1] == (10, 11)
     with pytest.raises(SampleError, match="more than max_image_pixels=109"):
-        preprocess.read_model_input(small, (8, 8), 1, {"mode": "scale"}, max_pixels=109)
+        imaging.read_model_input(small, (8, 8), 1, {"mode": "scale"}, max_pixels=109)
 
 
 def test_errors_carry_their_kind() -> None:
     cases = [(b"", "corrupt_image"), (encoded(Image.new("CMYK", (4, 4)), "JPEG"), "unsupported_image")]
     for data, kind in cases:
         with pytest.raises(SampleError) as info:
-            preprocess.read_model_input(data, (4, 4), 3, {"mode": "scale"})
+            imaging.read_model_input(data, (4, 4), 3, {"mode": "scale"})
         assert info.value.kind == kind
     mask_cases = [(encoded(np.zeros((3, 2), np.uint8)), "mask_size_mismatch"),
                   (encoded(np.full((2, 2), 9, np.uint8)), "mask_classes"), (b"nope", "bad_mask"),
                   (encoded(np.zeros((2, 2, 3), np.uint8)), "bad_mask")]
     for data, kind in mask_cases:
         with pytest.raises(SampleError) as info:
-            preprocess.decode_mask(data, 3, (2, 2))
+            imaging.decode_mask(data, 3, (2, 2))
         assert info.value.kind == kind, (kind, info.value)
 
 
 def test_model_input_from_bytes_matches_the_array_path() -> None:
     rng = np.random.default_rng(3)
     same = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
-    pixels, size = preprocess.read_model_input(encoded(same), (16, 16), 3, {"mode": "scale"})
-    assert size == (16, 16) and np.array_equal(pixels, preprocess.model_input(same, (16, 16), 3, {"mode": "scale"}))
+    pixels, size = imaging.read_model_input(encoded(same), (16, 16), 3, {"mode": "scale"})
+    assert size == (16, 16) and np.array_equal(pixels, imaging.model_input(same, (16, 16), 3, {"mode": "scale"}))
     large = rng.integers(0, 255, (90, 70), dtype=np.uint16) * 200  # 16-bit, resized in its own type
-    pixels, size = preprocess.read_model_input(encoded(large), (16, 16), 3, {"mode": "minmax"})
-    reference = preprocess.model_input(large[:, :, None], (16, 16), 3, {"mode": "minmax"})
+    pixels, size = imaging.read_model_input(encoded(large), (16, 16), 3, {"mode": "minmax"})
+    reference = imaging.model_input(large[:, :, None], (16, 16), 3, {"mode": "minmax"})
     assert size == (90, 70) and pixels.shape == (16, 16, 3) and np.abs(pixels - reference).max() < 0.02
 
 
@@ -183,7 +183,7 @@ def test_a_large_jpeg_is_decoded_reduced_and_no_full_float_copy_is_made() -> Non
     del gradient
     for data, limit in ((jpeg, 4 * 2**20), (png, 4 * 2**20)):
         tracemalloc.start()
-        pixels, size = preprocess.read_model_input(data, (64, 64), 3, {"mode": "scale"})
+        pixels, size = imaging.read_model_input(data, (64, 64), 3, {"mode": "scale"})
         _, peak = tracemalloc.get_traced_memory()  # NumPy's allocations; Pillow's own buffer is not traced
         tracemalloc.stop()
         assert size == (height, width) and pixels.shape == (64, 64, 3)
@@ -195,10 +195,10 @@ def test_scores_back_to_a_large_size_cost_a_few_bytes_per_pixel() -> None:
     import tracemalloc
 
     rng = np.random.default_rng(0)
-    scores = preprocess.quantise_scores(rng.dirichlet(np.ones(4), size=(32, 32)).astype(np.float32))
-    expected = np.argmax(preprocess.resize_channels(scores, 1500, 2000, Image.Resampling.BILINEAR), axis=-1)
+    scores = imaging.quantise_scores(rng.dirichlet(np.ones(4), size=(32, 32)).astype(np.float32))
+    expected = np.argmax(imaging.resize_channels(scores, 1500, 2000, Image.Resampling.BILINEAR), axis=-1)
     tracemalloc.start()
-    mask = preprocess.mask_at_size(scores, 1500, 2000, 0.5)
+    mask = imaging.mask_at_size(scores, 1500, 2000, 0.5)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert np.array_equal(mask, expected)  # the same argmax, ties to the lower class
@@ -219,52 +219,52 @@ def test_tiled_16_bit_and_bigtiff_files_are_read_at_their_type() -> None:
     for options in ({"tile": (32, 32)}, {"tile": (32, 32), "compression": "zlib"}, {"bigtiff": True},
                     {"compression": "lzw"}):
         data = tiff_bytes(gray16, **options)
-        assert preprocess.is_tiff(data)
-        decoded = preprocess.decode_image(data)
+        assert imaging.is_tiff(data)
+        decoded = imaging.decode_image(data)
         assert decoded.dtype == np.uint16 and np.array_equal(decoded[:, :, 0], gray16), options
-        native, value_range = preprocess.read_native(data, {"mode": "minmax"})
+        native, value_range = imaging.read_native(data, {"mode": "minmax"})
         assert np.array_equal(native[:, :, 0], gray16) and value_range == (gray16.min(), gray16.max())
-    pixels, size = preprocess.read_model_input(tiff_bytes(gray16, tile=(32, 32)), (16, 16), 1, {"mode": "scale"})
+    pixels, size = imaging.read_model_input(tiff_bytes(gray16, tile=(32, 32)), (16, 16), 1, {"mode": "scale"})
     assert size == (70, 90) and pixels.shape == (16, 16, 1) and 0.3 < pixels.mean() < 0.7
 
 
 def test_planar_rgb_and_alpha_tiffs_give_rgb() -> None:
     rgb = np.random.default_rng(5).integers(0, 255, (3, 20, 30), dtype=np.uint8)
-    planar = preprocess.decode_image(tiff_bytes(rgb, photometric="rgb", planarconfig="separate"))
+    planar = imaging.decode_image(tiff_bytes(rgb, photometric="rgb", planarconfig="separate"))
     assert planar.shape == (20, 30, 3) and np.array_equal(planar, np.moveaxis(rgb, 0, -1))
     rgba = np.random.default_rng(6).integers(0, 255, (20, 30, 4), dtype=np.uint8)
-    assert np.array_equal(preprocess.decode_image(tiff_bytes(rgba, photometric="rgb", extrasamples=["unassalpha"])),
+    assert np.array_equal(imaging.decode_image(tiff_bytes(rgba, photometric="rgb", extrasamples=["unassalpha"])),
                           rgba[:, :, :3])
 
 
 def test_a_multi_page_tiff_needs_a_page_and_its_size_is_checked_before_decoding() -> None:
     pages = np.stack([np.full((10, 12), value, np.uint8) for value in (10, 20, 30)])
     data = tiff_bytes(pages, photometric="minisblack")  # three pages, not one planar RGB page
-    with pytest.raises(preprocess.SampleError, match="3 pages.*tiff_page") as caught:
-        preprocess.decode_image(data)
+    with pytest.raises(imaging.SampleError, match="3 pages.*tiff_page") as caught:
+        imaging.decode_image(data)
     assert caught.value.kind == "multi_page_image"
-    assert (preprocess.decode_image(data, tiff_page=2) == 30).all()
-    with pytest.raises(preprocess.SampleError, match="tiff_page=3 does not exist"):
-        preprocess.read_native(data, {"mode": "scale"}, tiff_page=3)
-    with pytest.raises(preprocess.SampleError, match="max-image-pixels") as caught:
-        preprocess.read_native(tiff_bytes(np.zeros((100, 100), np.uint8)), {"mode": "scale"}, max_pixels=9999)
+    assert (imaging.decode_image(data, tiff_page=2) == 30).all()
+    with pytest.raises(imaging.SampleError, match="tiff_page=3 does not exist"):
+        imaging.read_native(data, {"mode": "scale"}, tiff_page=3)
+    with pytest.raises(imaging.SampleError, match="max-image-pixels") as caught:
+        imaging.read_native(tiff_bytes(np.zeros((100, 100), np.uint8)), {"mode": "scale"}, max_pixels=9999)
     assert caught.value.kind == "image_too_large"
-    with pytest.raises(preprocess.SampleError, match="float32") as caught:
-        preprocess.decode_image(tiff_bytes(np.zeros((8, 8), np.float32)))
+    with pytest.raises(imaging.SampleError, match="float32") as caught:
+        imaging.decode_image(tiff_bytes(np.zeros((8, 8), np.float32)))
     assert caught.value.kind == "unsupported_image"
-    with pytest.raises(preprocess.SampleError, match="TIFF") as caught:
-        preprocess.decode_image(tiff_bytes(np.zeros((64, 64), np.uint8))[:200])
+    with pytest.raises(imaging.SampleError, match="TIFF") as caught:
+        imaging.decode_image(tiff_bytes(np.zeros((64, 64), np.uint8))[:200])
     assert caught.value.kind == "corrupt_image"
 
 
 def test_tiff_masks_are_read_and_checked() -> None:
     mask = np.zeros((12, 10), np.uint8)
     mask[3:6] = 2
-    assert np.array_equal(preprocess.decode_mask(tiff_bytes(mask, tile=(16, 16)), 3, (12, 10)), mask)
-    with pytest.raises(preprocess.SampleError, match="differs from image size"):
-        preprocess.decode_mask(tiff_bytes(mask), 3, (10, 12))
-    with pytest.raises(preprocess.SampleError, match="class values"):
-        preprocess.decode_mask(tiff_bytes(mask), 2, (12, 10))
+    assert np.array_equal(imaging.decode_mask(tiff_bytes(mask, tile=(16, 16)), 3, (12, 10)), mask)
+    with pytest.raises(imaging.SampleError, match="differs from image size"):
+        imaging.decode_mask(tiff_bytes(mask), 3, (10, 12))
+    with pytest.raises(imaging.SampleError, match="class values"):
+        imaging.decode_mask(tiff_bytes(mask), 2, (12, 10))
 
 
 def test_instance_label_images_round_trip_and_bad_ones_are_refused() -> None:
@@ -273,7 +273,7 @@ def test_instance_label_images_round_trip_and_bad_ones_are_refused() -> None:
     import tifffile
     from PIL import Image
 
-    from pipeline.preprocess import decode_instances, encode_instances
+    from pipeline.imaging import decode_instances, encode_instances
 
     labels = np.arange(12, dtype=np.int64).reshape(3, 4) * 5000  # up to 55,000: 16-bit PNG
     data, ext = encode_instances(labels)
@@ -307,16 +307,16 @@ def test_unusable_instance_label_images_become_error_rows_of_their_kind() -> Non
     from pipeline.model import ModelInfo, ModelSpec
     from pipeline.segment.prepare import prepare_batch
 
-    image = preprocess.encode_png(np.zeros((20, 30, 3), np.uint8))
+    image = imaging.encode_png(np.zeros((20, 30, 3), np.uint8))
     floats = io.BytesIO()
     Image.fromarray(np.zeros((20, 30), np.float32)).save(floats, format="TIFF")
     full8 = np.arange(20 * 30).reshape(20, 30) % 256  # every 8-bit label used: it has wrapped
     cases = {
-        "ok": (preprocess.encode_png(np.ones((20, 30), np.uint16)), ""),
-        "small": (preprocess.encode_png(np.ones((10, 30), np.uint16)), "instances_size_mismatch"),
-        "wrapped": (preprocess.encode_png(full8.astype(np.uint8)), "bad_instances"),
+        "ok": (imaging.encode_png(np.ones((20, 30), np.uint16)), ""),
+        "small": (imaging.encode_png(np.ones((10, 30), np.uint16)), "instances_size_mismatch"),
+        "wrapped": (imaging.encode_png(full8.astype(np.uint8)), "bad_instances"),
         "float": (floats.getvalue(), "bad_instances"),
-        "colour": (preprocess.encode_png(np.zeros((20, 30, 3), np.uint8)), "bad_instances"),
+        "colour": (imaging.encode_png(np.zeros((20, 30, 3), np.uint8)), "bad_instances"),
         "corrupt": (b"\x89PNG\r\n\x1a\n broken", "bad_instances"),
     }
     keys = list(cases)
@@ -336,11 +336,11 @@ def test_tiles_at_their_own_type_normalise_as_the_float_path_does() -> None:
     from pipeline.segment.prepare import prepare_batch, tile_pixels
 
     rng = np.random.default_rng(2)
-    eight = preprocess.encode_png(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8))
+    eight = imaging.encode_png(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8))
     sixteen = io.BytesIO()
     Image.fromarray(rng.integers(0, 65536, (20, 50), dtype=np.uint16)).save(sixteen, format="PNG")
     for normalization in ({"mode": "scale"}, {"mode": "minmax"}, {"mode": "scale", "mean": 0.5, "std": 0.25}):
-        expected = [preprocess.read_model_input(data, (16, 16), 3, normalization)[0] for data in (eight, sixteen.getvalue())]
+        expected = [imaging.read_model_input(data, (16, 16), 3, normalization)[0] for data in (eight, sixteen.getvalue())]
         batch = {name: np.array(values, dtype=object) for name, values in {
             "key": ["eight", "sixteen"], "source": ["s"] * 2, "shard": ["s"] * 2, "image": [eight, sixteen.getvalue()],
             "mask": [b""] * 2, "instances": [b""] * 2, "error": [""] * 2, "error_kind": [""] * 2}.items()}

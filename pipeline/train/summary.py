@@ -1,0 +1,27 @@
+"""What a training run produced: the summary both the network runs and the K-means baseline return."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSummary:
+    """What a training run produced."""
+
+    artifact: str
+    epochs: int
+    best_epoch: int
+    best_metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    seconds: float
+
+    def line(self) -> str:
+        """Return the one-line summary shown at the end of training."""
+        best = self.best_metrics
+        return (
+            f"trained {self.epochs} epochs in {self.seconds:.0f} s; best epoch {self.best_epoch}: "
+            f"val mean Dice {best.get('val_mean_dice', float('nan')):.3f}, "
+            f"pixel error {best.get('val_pixel_error', float('nan')):.4f}; model artifact in {self.artifact}"
+        )
