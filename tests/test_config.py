@@ -72,3 +72,19 @@ def test_endpoint_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert StorageConfig().fsspec_options("s3")["endpoint_url"] == "http://127.0.0.1:9"
     assert StorageConfig(endpoint_url="http://x:1").fsspec_options("s3")["endpoint_url"] == "http://x:1"
     assert StorageConfig().fsspec_options("file") == {}
+
+
+def test_every_declared_choice_is_checked_with_the_key_named() -> None:
+    from pipeline.config import ImportConfig, ObjectsConfig, OptimConfig
+
+    with pytest.raises(ConfigError, match="blend='linear': choose gaussian or constant"):
+        SegmentConfig(input="i", model="m", output="o", blend="linear")
+    with pytest.raises(ConfigError, match="objects.connectivity=6: choose 4 or 8"):
+        ObjectsConfig(connectivity=6)
+    with pytest.raises(ConfigError, match="optim.loss='focal': choose ce, dice or ce\\+dice"):
+        OptimConfig(loss="focal")
+    with pytest.raises(ConfigError, match="normalization='zscore': choose scale or minmax"):
+        ImportConfig(keras="k.keras", output="o", classes="a,b", normalization="zscore")
+    assert ImportConfig(keras="k.keras", output="o", classes="a,b").scale == ""  # an unset default means "decide"
+    with pytest.raises(ConfigError, match="tiling='tiles'"):
+        load_config(SegmentConfig, options={"input": "i", "model": "m", "output": "o"}, overrides=["tiling=tiles"])

@@ -4,6 +4,7 @@ K-means baseline; imported Keras models; and the refusals of each, before any wo
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from pipeline.model import (
     read_info,
     save_artifact,
 )
+from pipeline.model.architectures import base_filters, check_model_config
 from pipeline.model.encoders import EncoderWeightsError, apply_encoder_weights, encoder_model, encoder_weights_bytes
 from pipeline.sample_data import write_sample_data
 from pipeline.segment.tiling import Tiling
@@ -130,21 +132,21 @@ def test_a_weights_file_of_another_encoder_or_shape_is_refused(tmp_path: Path) -
 
 def test_model_config_refusals() -> None:
     with pytest.raises(ConfigError, match="input_size=48 is not divisible by what unet-vgg16 takes = 32"):
-        ModelConfig(architecture="unet-vgg16", input_size=48)
+        check_model_config(ModelConfig(architecture="unet-vgg16", input_size=48))
     with pytest.raises(ConfigError, match="input_size=40 is not divisible by what deeplabv3plus takes = 16"):
-        ModelConfig(architecture="deeplabv3plus", input_size=40)
+        check_model_config(ModelConfig(architecture="deeplabv3plus", input_size=40))
     with pytest.raises(ConfigError, match="leave model.base_filters at 64"):
-        ModelConfig(architecture="fcn8", input_size=64, base_filters=8, encoder_weights="imagenet")
+        check_model_config(ModelConfig(architecture="fcn8", input_size=64, base_filters=8, encoder_weights="imagenet"))
     with pytest.raises(ConfigError, match="takes RGB input"):
-        ModelConfig(architecture="segnet", input_size=64, channels=1, encoder_weights="imagenet")
+        check_model_config(ModelConfig(architecture="segnet", input_size=64, channels=1, encoder_weights="imagenet"))
     with pytest.raises(ConfigError, match="width=0.4"):
-        ModelConfig(architecture="deeplabv3plus", input_size=64, width=0.4, encoder_weights="imagenet")
+        check_model_config(ModelConfig(architecture="deeplabv3plus", input_size=64, width=0.4, encoder_weights="imagenet"))
     with pytest.raises(ConfigError, match="has no pretrainable encoder"):
-        ModelConfig(architecture="unet", encoder_weights="s3://w/encoder.weights.h5")
+        check_model_config(ModelConfig(architecture="unet", encoder_weights="s3://w/encoder.weights.h5"))
     with pytest.raises(ConfigError, match="model.features"):
-        ModelConfig(architecture="kmeans", features="colour,edges")
+        check_model_config(ModelConfig(architecture="kmeans", features="colour,edges"))
     old = load_config(TrainConfig, None, ["data=d", "output=o", "unet.depth=2", "unet.input_size=32"])
-    assert (old.model.architecture, old.model.depth, old.model.filters()) == ("unet", 2, 16)  # the group's old name
+    assert (old.model.architecture, old.model.depth, base_filters(old.model.architecture, old.model.base_filters)) == ("unet", 2, 16)  # the group's old name
 
 
 def labelled_samples(root: Path, **overrides: object) -> dict[str, str]:
@@ -208,7 +210,13 @@ def test_each_network_trains_saves_and_segments_in_windows(architecture: str, tm
                                          tiling="windows", window=64))
     assert run.images == 6 and run.errors == 0
     rows = pq.read_table(tmp_path / "seg" / "metrics").to_pylist()
-    assert len(rows) == 6 and all(row["status"] == "ok" and row["dice"] for row in rows)
+    assert len(rows) == 6 and all(row["status"] == "ok" for row in rows)
+    for row in rows:  # Dice defined by its own counts, not just present
+        assert len(row["dice"]) == 3 and sum(row["class_pixels"]) == row["height"] * row["width"]
+        for tp, fp, fn, dice in zip(row["tp"], row["fp"], row["fn"], row["dice"], strict=True):
+            expected = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan
+            assert dice == pytest.approx(expected, nan_ok=True) and (math.isnan(dice) or 0 <= dice <= 1)
+        assert row["tp"][0] + row["fn"][0] > 0 and not math.isnan(row["dice"][0])  # every truth has background
 
 
 def two_colour_folder(root: Path, count: int, seed: int) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from jobs.benchmarks.quality_isbi import DEFAULT_DATASET, TRAIN_SLICES, VAL_SLICES, read_slice
-from pipeline import metrics, imaging
+from pipeline import imaging, metrics
 from pipeline.config import AugmentConfig
 from pipeline.model import ModelSpec, build_unet, configure_tensorflow
 from pipeline.train import augment

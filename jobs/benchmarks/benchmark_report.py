@@ -41,9 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a check
 
 from pipeline import schema  # noqa: E402
 from pipeline.config import SampleDataConfig  # noqa: E402
+from pipeline.imaging import encode_png  # noqa: E402
 from pipeline.io.readers import read_samples  # noqa: E402
 from pipeline.metrics import dice_from_counts, image_metrics, iou_from_counts  # noqa: E402
-from pipeline.imaging import encode_png  # noqa: E402
 from pipeline.sample_data import write_sample_data  # noqa: E402
 
 CLASSES = ("background", "nucleus", "membrane")

@@ -77,8 +77,8 @@ def write_images(folder: Path, side: int, count: int) -> float:
 
 def measure_bare(request: dict[str, Any]) -> dict[str, Any]:
     """Return the bare window loop's figures for ``request`` (model, folder, overlap, blend, batch); own process."""
-    from pipeline.model import configure_tensorflow, load_artifact
     from pipeline.imaging import match_channels, normalise, read_native
+    from pipeline.model import configure_tensorflow, load_artifact
     from pipeline.segment.tiling import segment_in_windows
 
     configure_tensorflow(os.cpu_count() or 1)

@@ -38,6 +38,7 @@ import numpy as np
 from jobs.benchmarks.quality_isbi import DEFAULT_DATASET, split_dataset
 from pipeline.config import ModelConfig, ReportConfig, SampleDataConfig, SegmentConfig, TrainConfig, load_config
 from pipeline.model import load_artifact
+from pipeline.model.architectures import ARCHITECTURES
 from pipeline.report.build import build_report
 from pipeline.sample_data import write_sample_data
 from pipeline.segment.run import run_segmentation
@@ -45,7 +46,6 @@ from pipeline.train.run import run_training
 
 log = logging.getLogger("compare_models")
 
-ARCHITECTURES = ("unet", "unet-vgg16", "fcn8", "segnet", "deeplabv3plus", "kmeans")
 WIDTHS: dict[str, dict[str, Any]] = {
     "unet": {"depth": 4, "base_filters": 16},
     "unet-vgg16": {"base_filters": 16},

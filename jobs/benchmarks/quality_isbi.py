@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import imaging
-from pipeline.config import ConfigError, ReportConfig, SegmentConfig, TrainConfig, ModelConfig, load_config
+from pipeline.config import ConfigError, ModelConfig, ReportConfig, SegmentConfig, TrainConfig, load_config
 from pipeline.model import load_artifact, read_info
 from pipeline.report.build import build_report
 from pipeline.segment.predictor import tta_symmetries

@@ -207,6 +207,20 @@ def set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
         node[leaf] = value
 
 
+def check_choices(config: Any, section: str = "") -> None:
+    """Raise ConfigError naming the key (``section`` + field) if a field declared with ``choices``
+    (:func:`option`) holds a value that is neither one of them nor the field's default (an unset
+    default such as ``""`` means "decide for me")."""
+    for field in dataclasses.fields(config):
+        choices = field.metadata.get("choices")
+        value = getattr(config, field.name)
+        if not choices or value in choices or value == field.default:
+            continue
+        shown = [str(choice) for choice in choices]
+        listed = shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " or " + shown[-1]
+        raise ConfigError(f"{section}{field.name}={value!r}: choose {listed}")
+
+
 def build_dataclass(cls: type[ConfigT], values: Mapping[str, Any], prefix: str = "") -> ConfigT:
     """Return ``cls(**values)`` with nested sections built recursively and values type-checked."""
     if not isinstance(values, Mapping):

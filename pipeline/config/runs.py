@@ -6,7 +6,7 @@ import dataclasses
 import os
 from typing import Any, ClassVar
 
-from pipeline.config.loading import ConfigError, option, public_dict
+from pipeline.config.loading import ConfigError, check_choices, option, public_dict
 
 # The checks before a run (input listing, model, output probe) make few, short attempts, so an
 # unreachable or stalled endpoint stops the run within seconds (StorageConfig.for_checks).
@@ -134,10 +134,7 @@ class ObjectsConfig:
     def __post_init__(self) -> None:
         if self.min_size < 0:
             raise ConfigError(f"objects.min_size={self.min_size}: pixels, 0 or more")
-        if self.split not in ("none", "watershed"):
-            raise ConfigError(f"objects.split={self.split!r}: choose none or watershed")
-        if self.connectivity not in (4, 8):
-            raise ConfigError(f"objects.connectivity={self.connectivity}: 4 or 8")
+        check_choices(self, "objects.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,18 +211,13 @@ class SegmentConfig:
             raise ConfigError(f"stage_cpus={self.stage_cpus}: must be a positive CPU share such as 0.25")
         if self.progress_seconds <= 0:
             raise ConfigError(f"progress_seconds={self.progress_seconds}: must be positive (seconds between progress lines)")
-        if self.tiling not in ("auto", "windows", "resize", "whole"):
-            raise ConfigError(f"tiling={self.tiling!r}: choose auto, windows, resize or whole")
+        check_choices(self)
         if not 0 <= self.overlap <= 0.9:
             raise ConfigError(f"overlap={self.overlap}: a fraction of the tile from 0 to 0.9, e.g. 0.25")
         if self.window is not None and self.window < 1:
             raise ConfigError(f"window={self.window}: the window's side in pixels, or unset for the model's tile")
         if self.whole_max_pixels < 1:
             raise ConfigError(f"whole_max_pixels={self.whole_max_pixels}: the most pixels one whole-image call may take")
-        if self.precision not in ("float32", "mixed_float16"):
-            raise ConfigError(f"precision={self.precision!r}: choose float32 or mixed_float16")
-        if self.blend not in ("gaussian", "constant"):
-            raise ConfigError(f"blend={self.blend!r}: choose gaussian or constant")
         if self.tiff_page is not None and self.tiff_page < 0:
             raise ConfigError(f"tiff_page={self.tiff_page}: a 0-based page number, or unset")
         if self.max_image_pixels < 1:
@@ -259,12 +251,9 @@ class SampleDataConfig:
     storage: StorageConfig = option(default_factory=StorageConfig, help="object storage access")
 
     def __post_init__(self) -> None:
-        if self.scale not in ("resize", "native"):
-            raise ConfigError(f"scale={self.scale!r}: choose resize or native")
+        check_choices(self)
         if not 4 <= self.object_size <= 512:
             raise ConfigError(f"object_size={self.object_size}: objects' width in pixels, 4 to 512")
-        if self.layout not in ("tar", "folder", "parquet"):
-            raise ConfigError(f"layout={self.layout!r}: choose tar, folder or parquet")
         if not self.output:
             raise ConfigError("'output' is not set; give --output URL")
         if self.num_images < 1 or self.num_shards < 1:
@@ -335,8 +324,7 @@ class ImportConfig:
             raise ConfigError(f"classes={self.classes!r}: background plus at least one class, comma-separated")
         if self.tile < 0 or self.multiple_of < 1:
             raise ConfigError(f"tile={self.tile}, multiple_of={self.multiple_of}: positive numbers of pixels")
-        if self.scale not in ("", "resize", "native"):
-            raise ConfigError(f"scale={self.scale!r}: choose resize or native")
+        check_choices(self)
 
     def class_names(self) -> tuple[str, ...]:
         """Return the class names."""

@@ -19,59 +19,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from pipeline.config.loading import ConfigError, option, public_dict
+from pipeline.config.loading import ConfigError, check_choices, option, public_dict
 from pipeline.config.runs import StorageConfig
 
 MAX_LABEL_OFFSET = 4.0  # pixels; a larger label offset is a unit mistake, not an annotation habit
-
-
-ARCHITECTURES = ("unet", "unet-vgg16", "fcn8", "segnet", "deeplabv3plus", "kmeans")  # what `segpipe train` builds
-VGG_FAMILY = ("unet-vgg16", "fcn8", "segnet")  # on VGG16's convolutional blocks: five poolings
-MOBILENET_WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)  # the widths Keras publishes ImageNet weights of MobileNetV2 for
-DEFAULT_BASE_FILTERS = {"unet": 16, "unet-vgg16": 64, "fcn8": 64, "segnet": 64}  # 64: VGG16 itself
-
-
-def architecture_stride(architecture: str, depth: int = 3) -> int:
-    """Return what an architecture's input sides must be multiples of: ``2**depth`` for the U-Net,
-    32 on VGG16 (five poolings), 16 for DeepLabv3+ (its encoder stops at output stride 16), else 1."""
-    if architecture == "unet":
-        return 2**depth
-    if architecture in VGG_FAMILY:
-        return 32
-    if architecture == "deeplabv3plus":
-        return 16
-    return 1
-
-
-def architecture_problem(architecture: str, input_size: tuple[int, int], channels: int, num_classes: int, depth: int,
-                         output_activation: str) -> str | None:
-    """Return what is wrong with a model's shape (naming its ``model.*`` keys), or None.
-
-    The one check of a model's fields, for the training config and for a model artifact's spec.
-    """
-    step = architecture_stride(architecture, depth)
-    if architecture not in (*ARCHITECTURES, "imported"):
-        return f"model.architecture={architecture!r}: choose one of {', '.join(ARCHITECTURES)}"
-    if architecture != "imported" and any(side < step or side % step for side in input_size):
-        why = "2**model.depth" if architecture == "unet" else f"what {architecture} takes"
-        return (f"model.input_size={input_size[0] if input_size[0] == input_size[1] else input_size} is not divisible "
-                f"by {why} = {step}: it must be a multiple of {why}")
-    if output_activation not in ("softmax", "sigmoid"):
-        return f"model.output_activation={output_activation!r}: choose softmax or sigmoid"
-    if num_classes < 2:
-        return f"model.num_classes={num_classes}: background plus at least one class"
-    if output_activation == "sigmoid" and num_classes != 2:
-        return "model.output_activation=sigmoid output needs num_classes=2; use softmax for more classes"
-    if channels not in (1, 3):
-        return f"model.channels={channels}: 1 (gray) or 3 (RGB)"
-    return None
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The model to train: its architecture, square tiles of ``input_size`` pixels, its classes and encoder."""
 
-    architecture: str = option("unet", flag="--architecture", choices=ARCHITECTURES,
+    architecture: str = option("unet", flag="--architecture",
                                help="unet; unet-vgg16 (a U-Net decoder on VGG16's convolutional blocks); fcn8 (FCN-8s "
                                     "on VGG16); segnet (VGG16-style encoder with batch norm, decoder upsampling with the "
                                     "encoder's pooling indices); deeplabv3plus (ASPP at rates 6/12/18 plus image pooling "
@@ -90,7 +48,7 @@ class ModelConfig:
     dropout: float = option(0.0, help="dropout rate at the bottom of the U (unet, unet-vgg16) or after fc6/fc7 (fcn8)")
     fc_filters: int = option(1024, help="filters of fcn8's fc6 (7x7) and fc7 (1x1) convolutions (the paper: 4096)")
     width: float = option(1.0, help="deeplabv3plus: MobileNetV2's width multiplier (ImageNet weights exist for "
-                                    + ", ".join(f"{w:g}" for w in MOBILENET_WIDTHS) + ")")
+                                    "0.35, 0.5, 0.75, 1, 1.3, 1.4)")
     aspp_filters: int = option(256, help="deeplabv3plus: filters of the ASPP branches and the decoder")
     encoder_weights: str = option("none", flag="--encoder-weights",
                                   help="the encoder's initial weights (VGG16-based and deeplabv3plus): none (random), "
@@ -107,55 +65,20 @@ class ModelConfig:
     class_names: str = option("", default_text="background, class_1, ...", help="comma-separated class names")
 
     def __post_init__(self) -> None:
-        problem = architecture_problem(self.architecture, (self.input_size, self.input_size), self.channels,
-                                       self.num_classes, self.depth, self.output_activation)
-        if problem:
-            raise ConfigError(problem)
+        check_choices(self, "model.")
+        # What needs the architecture registry (shapes, encoders, features) is checked by
+        # pipeline.model.architectures.check_model_config, before any training work.
         names = self.names()
         if len(names) != self.num_classes:
             raise ConfigError(f"model.class_names gives {len(names)} names for model.num_classes={self.num_classes}")
         if self.encoder_trainable_after < 0:
             raise ConfigError(f"model.encoder_trainable_after={self.encoder_trainable_after}: epochs, 0 or more")
-        self.check_encoder()
-        if self.architecture == "kmeans":
-            unknown = set(self.feature_list()) - {"colour", "position", "texture"}
-            if unknown or not self.feature_list():
-                raise ConfigError(f"model.features={self.features!r}: comma-separated from colour, position, texture")
-            if not 2 <= self.clusters <= 256:
-                raise ConfigError(f"model.clusters={self.clusters}: 2 to 256")
-
-    def check_encoder(self) -> None:
-        """Raise ConfigError if the encoder settings do not fit the architecture."""
-        weights, pretrained = self.encoder_weights, self.encoder_weights not in ("none", "")
-        has_encoder = self.architecture in (*VGG_FAMILY, "deeplabv3plus")
-        if (pretrained or self.encoder_trainable_after) and not has_encoder:
-            raise ConfigError(f"model.encoder_weights / encoder_trainable_after: architecture {self.architecture} has no "
-                              f"pretrainable encoder; use one of {', '.join((*VGG_FAMILY, 'deeplabv3plus'))}")
-        if weights == "imagenet":
-            if self.channels != 3:
-                raise ConfigError("model.encoder_weights=imagenet takes RGB input: set model.channels=3 (gray images "
-                                  "are then given as three equal channels)")
-            if self.architecture in VGG_FAMILY and self.filters() != 64:
-                raise ConfigError(f"model.encoder_weights=imagenet is VGG16's own weights: leave model.base_filters at 64, "
-                                  f"not {self.filters()}")
-            if self.architecture == "deeplabv3plus" and self.width not in MOBILENET_WIDTHS:
-                raise ConfigError(f"model.width={self.width:g}: ImageNet weights of MobileNetV2 exist for widths "
-                                  + ", ".join(f"{w:g}" for w in MOBILENET_WIDTHS))
-        if self.architecture in VGG_FAMILY and self.filters() < 1:
-            raise ConfigError(f"model.base_filters={self.base_filters}: at least 1")
-
-    def filters(self) -> int:
-        """Return the first level's filters: ``base_filters``, or the architecture's default."""
-        return self.base_filters or DEFAULT_BASE_FILTERS.get(self.architecture, 16)
+        if self.architecture == "kmeans" and not 2 <= self.clusters <= 256:
+            raise ConfigError(f"model.clusters={self.clusters}: 2 to 256")
 
     def feature_list(self) -> tuple[str, ...]:
         """Return kmeans' pixel features."""
         return tuple(name.strip() for name in self.features.split(",") if name.strip())
-
-    @property
-    def stride(self) -> int:
-        """Return what the tile's sides must be multiples of."""
-        return architecture_stride(self.architecture, self.depth)
 
     def names(self) -> tuple[str, ...]:
         """Return the class names: ``class_names`` split at commas, or background, class_1, ..."""
@@ -216,12 +139,9 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"optim.batch_size={self.batch_size}: at least 1")
-        if self.loss not in ("ce", "dice", "ce+dice"):
-            raise ConfigError(f"optim.loss={self.loss!r}: choose ce, dice or ce+dice")
+        check_choices(self, "optim.")
         if self.learning_rate <= 0:
             raise ConfigError(f"optim.learning_rate={self.learning_rate}: must be positive")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ConfigError(f"optim.lr_schedule={self.lr_schedule!r}: choose constant or cosine")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"optim.ema={self.ema}: a momentum in [0, 1) such as 0.99 (0 turns the average off)")
 
@@ -247,8 +167,7 @@ class LoaderConfig:
     def __post_init__(self) -> None:
         if self.passes_per_epoch < 1:
             raise ConfigError(f"loader.passes_per_epoch={self.passes_per_epoch}: at least 1")
-        if self.normalization not in ("scale", "minmax"):
-            raise ConfigError(f"loader.normalization={self.normalization!r}: choose scale or minmax")
+        check_choices(self, "loader.")
         if self.decoded_cache_mb < 0:
             raise ConfigError(f"loader.decoded_cache_mb={self.decoded_cache_mb}: MB of decoded samples to keep per "
                               "data-stage process, 0 or more (0 decodes every time)")
@@ -311,18 +230,10 @@ class TrainConfig:
         if batch < self.num_workers or batch % self.num_workers:
             raise ConfigError(f"optim.batch_size={batch} is the global batch: it must be a multiple of "
                               f"num_workers={self.num_workers}")
-        if self.scale not in ("resize", "native"):
-            raise ConfigError(f"scale={self.scale!r}: choose resize or native")
+        check_choices(self)
         if self.scale == "native" and (self.loader.patch_size or self.augment.crop):
             raise ConfigError("scale=native trains on windows of the tile at the images' own resolution: leave "
                               "loader.patch_size at 0 and augment.crop off (the window already is the patch)")
-        step, patch = self.model.stride, self.loader.patch_size
-        if patch and not (0 < patch <= self.model.input_size and patch % step == 0):
-            raise ConfigError(
-                f"loader.patch_size={patch}: a multiple of {step} (what the model's input sides must be multiples of) "
-                f"up to input_size={self.model.input_size}, "
-                "or 0 to train on whole tiles"
-            )
 
     def to_public_dict(self) -> dict[str, Any]:
         """Return the config as plain data with credentials redacted."""

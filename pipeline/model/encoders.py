@@ -14,7 +14,7 @@ import os
 import tempfile
 from typing import Any
 
-from pipeline.config.training import VGG_FAMILY
+from pipeline.model.architectures import VGG_FAMILY
 from pipeline.model.spec import ModelSpec
 
 WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".hdf5", ".keras")

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config.training import VGG_FAMILY, architecture_problem, architecture_stride
+from pipeline.model.architectures import ENCODER_ARCHITECTURES, VGG_FAMILY, architecture_problem, architecture_stride
 
 # The encoders' own input preprocessing, on model input already scaled to [0, 1] by the artifact's
 # normalisation. ``caffe`` is VGG16's (Keras' ``vgg16.preprocess_input``): RGB to BGR, then the ImageNet
@@ -81,7 +81,7 @@ class ModelSpec:
     @property
     def has_encoder(self) -> bool:
         """Return whether the architecture has a pretrainable encoder (VGG16 or MobileNetV2)."""
-        return self.architecture in (*VGG_FAMILY, "deeplabv3plus")
+        return self.architecture in ENCODER_ARCHITECTURES
 
     def takes_size(self, size: tuple[int, int]) -> bool:
         """Return whether the model (or the free-size copy segmentation builds of it) takes inputs of ``size``."""

@@ -8,7 +8,6 @@ stages around it (:mod:`pipeline.segment.prepare`, :mod:`pipeline.segment.write`
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 from pipeline.config import ConfigError, StorageConfig
 from pipeline.model import ModelInfo, build_model, encoder_input, load_artifact
 from pipeline.segment.inferers import Inferer, inferer_for
+from pipeline.segment.telemetry import send_events
 from pipeline.segment.tiling import Tiling
 from pipeline.symmetry import offset_correction
 
@@ -97,8 +97,9 @@ class SegmentationPredictor:
 
     def __init__(self, model_url: str, storage_config: StorageConfig | None = None, threads: int = 1,
                  tta: bool = False, tiling: Tiling | None = None, batch_size: int = 16,
-                 confidence: bool = False, precision: str = "float32") -> None:
+                 confidence: bool = False, precision: str = "float32", telemetry_channel: str = "") -> None:
         started = time.perf_counter()
+        self.telemetry_channel = telemetry_channel
         self.events: dict[str, float] | None = {"actor_started": time.time()}
         self.confidence = confidence
         self.precision = precision
@@ -166,9 +167,6 @@ class SegmentationPredictor:
         batch = self.inferer.predict(batch, usable, self.scores, self.confidence)
         batch["seconds"] = batch["seconds"] + (time.perf_counter() - started) / max(1, len(usable))
         if self.events is not None and len(usable):  # the actor's start-up, once, with its first batch
-            events = np.array(batch.get("events", [""] * len(usable)), dtype=object)
-            earlier = json.loads(events[0]) if events[0] else {}
-            events[0] = json.dumps({**earlier, **self.events, "first_called": called, "first_predicted": time.time()})
-            batch["events"] = events
+            send_events(self.telemetry_channel, {**self.events, "first_called": called, "first_predicted": time.time()})
             self.events = None
         return batch

@@ -6,9 +6,8 @@ keeps its row, with ``error`` saying what went wrong with which key and ``error_
 
 Internal columns between stages: ``key, source, shard, shard_rows, error, error_kind`` (``""`` =
 none), ``mask`` and ``instances`` (encoded ground truth: class mask and instance labels, ``b""`` =
-none), ``height, width`` (original size), ``seconds`` (compute time spent on the row so far),
-``events`` (``""``, or on the first row a stage's first batch carries, a JSON object of when its
-start-up steps ended: see :func:`pipeline.segment.record.startup_breakdown`). Then at the tile,
+none), ``height, width`` (original size), ``seconds`` (compute time spent on the row so far).
+(The stages' start-up timings travel beside the data: :mod:`pipeline.segment.telemetry`.) Then at the tile,
 ``tiles`` and ``wide`` (each image resized to the tile in its own type: :func:`prepare_batch`),
 ``bits``, ``value_low``, ``value_high`` and, once the model ran, ``scores`` (its output at the
 tile); for windows and whole images ``image`` (the decoded image's bytes as uint8
@@ -18,7 +17,6 @@ extremes, for ``minmax``) and ``predicted`` (the mask at the image's size).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -32,6 +30,7 @@ from pipeline.errors import ErrorKind
 from pipeline.io import readers
 from pipeline.io.shards import Shard
 from pipeline.model import ModelInfo
+from pipeline.segment.telemetry import send_events
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +180,7 @@ class PreparesRows(Protocol):
 def read_and_prepare(batch: dict[str, np.ndarray], inferer: PreparesRows, storage_config: StorageConfig | None,
                      taken: Mapping[str, Mapping[str, str]] | None = None,
                      max_image_pixels: int | None = imaging.DEFAULT_MAX_IMAGE_PIXELS,
-                     tiff_page: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+                     tiff_page: int | None = None, telemetry_channel: str = "") -> Iterator[dict[str, np.ndarray]]:
     """Read each shard named in ``batch["shard"]`` and yield its rows prepared by the run's inferer,
     a block at a time (:meth:`pipeline.segment.inferers.Inferer.prepare`).
 
@@ -198,9 +197,8 @@ def read_and_prepare(batch: dict[str, np.ndarray], inferer: PreparesRows, storag
         shard = Shard.from_json(str(text))
         rows = readers.read_shard(shard, storage_config, (taken or {}).get(shard.name))
         for prepared in inferer.prepare(rows, max_image_pixels, tiff_page):
-            prepared["events"] = np.full(len(prepared["key"]), "", dtype=object)
-            if first and len(prepared["key"]):
-                prepared["events"][0] = json.dumps({"read_started": read_started, "first_prepared": time.time()})
+            if first and len(prepared["key"]):  # this task's start-up, once
+                send_events(telemetry_channel, {"read_started": read_started, "first_prepared": time.time()})
                 first = False
             yield prepared
 

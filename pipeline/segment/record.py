@@ -27,7 +27,7 @@ class ShardCounts(Protocol):
     pending: dict[str, list[dict[str, Any]]]  # rows of shards not yet complete
     received: int  # rows received by this attempt
     first_batch: tuple[float, int] | None  # (perf_counter time, rows) of the first batch
-    events: dict[str, float]  # the stages' start-up steps
+    events: dict[str, float]  # the driver's start-up steps seen while rows arrive
     last_commit: float
 
     @property
@@ -147,8 +147,8 @@ STARTUP_STEPS = (  # (name, from event, to event): the start-up of a run, step b
 def startup_breakdown(events: dict[str, float]) -> dict[str, float]:
     """Return the seconds of each of :data:`STARTUP_STEPS` whose two events happened (``time.time()`` values).
 
-    The driver notes its own events; the read stage and the predictor send theirs with their first
-    batch (the earliest of each across tasks and actors). ``first_result`` and ``first_commit``
+    The driver notes its own events; the read stage and the predictor send theirs beside the data
+    (:mod:`pipeline.segment.telemetry`: the earliest of each across tasks and actors). ``first_result`` and ``first_commit``
     count from the process's start when the process was started for the run (``segpipe segment``
     notes ``process_created``), else from the call (a notebook, a test: no ``cli_import`` then);
     the actor's steps overlap the reads.

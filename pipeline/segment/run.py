@@ -35,6 +35,8 @@ from pipeline.segment.predictor import SegmentationPredictor
 from pipeline.segment.prepare import read_and_prepare
 from pipeline.segment.record import Progress, RunSummary, now_iso, run_summary, startup_line, write_run_json
 from pipeline.segment.resume import prepare_output
+from pipeline.segment.telemetry import channel_of as telemetry_channel
+from pipeline.segment.telemetry import gather_events
 from pipeline.segment.write import MaskWriter, ShardWriter
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ def run_segmentation(cfg: SegmentConfig, own_process: bool = False) -> RunSummar
     else:
         log.info("every shard of %s is already committed under %s; nothing to do", cfg.input, cfg.output)
     write_run_json(cfg, plan, {"status": "running", "started": started_at})
+    channel = telemetry_channel(plan.run_id)
     clock = time.perf_counter()
     progress = Progress(cfg, plan, started_at)
     writer = ShardWriter(cfg.output, cfg.storage, plan.shards, prior.committed, plan.run_id, plan.model.model_id, progress,
@@ -79,7 +82,7 @@ def run_segmentation(cfg: SegmentConfig, own_process: bool = False) -> RunSummar
     try:
         if todo:
             events["stream_started"] = time.time()
-            for table in build_dataset(cfg, plan, todo).iter_batches(batch_format="pyarrow", batch_size=None):
+            for table in build_dataset(cfg, plan, todo, channel).iter_batches(batch_format="pyarrow", batch_size=None):
                 writer.add(table)
         writer.finish()
     except BaseException as exc:
@@ -91,6 +94,7 @@ def run_segmentation(cfg: SegmentConfig, own_process: bool = False) -> RunSummar
         if refused is not None:  # the actors' full load refused the model: one message, like the driver's checks
             raise refused from None
         raise
+    events.update(gather_events(channel))
     summary = run_summary(cfg, plan, writer, clock, events)
     write_run_json(cfg, plan, {"status": "finished", "started": started_at, "ended": now_iso(), "summary": dataclasses.asdict(summary)})
     if summary.startup:
@@ -163,11 +167,12 @@ def data_context(**settings: Any) -> Iterator[None]:
             setattr(context, name, value)
 
 
-def build_dataset(cfg: SegmentConfig, plan: RunPlan, shards: list[Shard]) -> Any:
+def build_dataset(cfg: SegmentConfig, plan: RunPlan, shards: list[Shard], channel: str = "") -> Any:
     """Return the lazy Ray Dataset of metric rows (plus ``shard``, ``shard_rows``) for ``shards`` of the plan.
 
     The run's inferer (:mod:`pipeline.segment.inferers`) decides what each stage does with an
-    image and how large a block is; this function only wires the stages.
+    image and how large a block is; this function only wires the stages. The stages send their
+    start-up timings on ``channel`` (:mod:`pipeline.segment.telemetry`).
     """
     from ray.data import ActorPoolStrategy
 
@@ -181,14 +186,16 @@ def build_dataset(cfg: SegmentConfig, plan: RunPlan, shards: list[Shard]) -> Any
         dataset = shard_dataset(shards)
     dataset = dataset.map_batches(
         read_and_prepare, fn_kwargs={"inferer": inferer, "storage_config": storage_config, "taken": plan.taken,
-                                     "max_image_pixels": cfg.max_image_pixels, "tiff_page": cfg.tiff_page},
+                                     "max_image_pixels": cfg.max_image_pixels, "tiff_page": cfg.tiff_page,
+                                     "telemetry_channel": channel},
         batch_size=1, num_cpus=cfg.stage_cpus,
     )
     dataset = dataset.map_batches(
         SegmentationPredictor,
         fn_constructor_kwargs={"model_url": cfg.model, "storage_config": storage_config, "threads": plan.actor_threads,
                                "tta": cfg.tta, "tiling": plan.tiling, "batch_size": cfg.batch_size,
-                               "confidence": cfg.objects.enabled, "precision": cfg.precision},
+                               "confidence": cfg.objects.enabled, "precision": cfg.precision,
+                               "telemetry_channel": channel},
         compute=ActorPoolStrategy(min_size=cfg.actors.min, max_size=cfg.actors.max),
         batch_size=inferer.images_per_call,
         num_cpus=plan.actor_cpus,

@@ -65,9 +65,7 @@ def finish_batch(
     table = schema.metrics_table(rows)
     extra = {"shard": pa.array([r["shard"] for r in rows], pa.string()),
              "shard_rows": pa.array([r["shard_rows"] for r in rows], pa.int64()),
-             "objects": pa.array([r.get("objects", b"") for r in rows], pa.binary()),
-             "events": pa.array([str(batch["events"][i]) if "events" in batch else "" for i in range(len(rows))],
-                                pa.string())}
+             "objects": pa.array([r.get("objects", b"") for r in rows], pa.binary())}
     for name, column in extra.items():
         table = table.append_column(name, column)
     return table
@@ -154,7 +152,7 @@ class ShardWriter:
         self.resumed = frozenset(self.committed)
         self.received = 0
         self.first_batch: tuple[float, int] | None = None  # (perf_counter time, rows) of the first batch
-        self.events: dict[str, float] = {}  # the stages' start-up steps: the earliest of each
+        self.events: dict[str, float] = {}  # the driver's own steps: first result, first commit
         self.last_commit = 0.0
 
     def add(self, table: pa.Table) -> None:
@@ -167,7 +165,6 @@ class ShardWriter:
             name = row.pop("shard")
             expected = row.pop("shard_rows")
             found = row.pop("objects", b"")
-            self.note_events(row.pop("events", ""))
             if found:
                 self.pending_objects[name].append(table_from_bytes(found))
             self.pending[name].append(row)
@@ -175,12 +172,6 @@ class ShardWriter:
                 self.commit(name, self.pending.pop(name), self.pending_objects.pop(name, []))
         if self.progress:
             self.progress.update(self)
-
-    def note_events(self, text: str) -> None:
-        """Keep the earliest time of each start-up step a row reports (see :func:`pipeline.segment.record.startup_breakdown`)."""
-        if text:
-            for step, when in json.loads(text).items():
-                self.events[step] = min(when, self.events.get(step, when))
 
     def commit(self, name: str, rows: list[dict[str, Any]], found: list[pa.Table] | None = None) -> None:
         """Write ``objects/<name>.parquet`` (with objects: rows by key, then label), ``metrics/<name>.parquet``

@@ -11,7 +11,6 @@ model is written as a model artifact (``model.keras`` + ``model.json``) under th
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -24,8 +23,9 @@ from pipeline.cluster import connect_ray, largest_node_cpus
 from pipeline.config import ConfigError, ModelConfig, TrainConfig
 from pipeline.io import storage
 from pipeline.model import MODEL_FILE, ModelInfo, ModelSpec, encoder_preprocessing, load_keras_file, save_artifact
+from pipeline.model.architectures import base_filters, check_model_config, check_training_config
 from pipeline.train.data import training_dataset
-from pipeline.train.step import BEST_MODEL_FILE, STATE_FILE, train_loop_per_worker
+from pipeline.train.step import BEST_MODEL_FILE, STATE_FILE, WorkerConfig, train_loop_per_worker
 from pipeline.train.summary import TrainSummary
 
 log = logging.getLogger(__name__)
@@ -35,10 +35,11 @@ CHECKPOINT_RUN_NAME = "checkpoints"
 
 
 def model_spec(model: ModelConfig) -> ModelSpec:
-    """Return the architecture and shape the config asks for."""
+    """Return the architecture and shape the config asks for; raise ConfigError if they make no model."""
+    check_model_config(model)
     return ModelSpec(
         architecture=model.architecture, input_size=(model.input_size, model.input_size), channels=model.channels,
-        num_classes=model.num_classes, depth=model.depth, base_filters=model.filters(), batch_norm=model.batch_norm,
+        num_classes=model.num_classes, depth=model.depth, base_filters=base_filters(model.architecture, model.base_filters), batch_norm=model.batch_norm,
         dropout=model.dropout, output_activation=model.output_activation, fc_filters=model.fc_filters,
         width=model.width, aspp_filters=model.aspp_filters,
     )
@@ -107,6 +108,7 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
     output or the cluster cannot serve the run.
     """
     started = time.perf_counter()
+    check_training_config(cfg)
     spec = model_spec(cfg.model)
     if not spec.keras:
         from pipeline.train.kmeans import run_kmeans_training
@@ -134,15 +136,13 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
     optim = cfg.optim
     trainer = TensorflowTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "spec": dataclasses.asdict(spec), "threads": threads, "seed": cfg.seed, "epochs": cfg.epochs,
-            "batch_size": optim.batch_size, "learning_rate": optim.learning_rate, "loss": optim.loss,
-            "lr_schedule": optim.lr_schedule, "has_val": val_data is not None, "threshold": 0.5, "xla": optim.xla,
-            "patch": cfg.loader.patch_size, "ema": optim.ema, "max_minutes": cfg.max_minutes,
-            "preprocessing": encoder_preprocessing(spec.architecture, cfg.model.encoder_weights),
-            "encoder_weights": None if weights is None else (ray.put(weights[0]), weights[1]),
-            "encoder_trainable_after": cfg.model.encoder_trainable_after,
-        },
+        train_loop_config={"worker": WorkerConfig(
+            spec=spec, threads=threads, seed=cfg.seed, epochs=cfg.epochs, batch_size=optim.batch_size,
+            learning_rate=optim.learning_rate, loss=optim.loss, lr_schedule=optim.lr_schedule,
+            has_val=val_data is not None, threshold=0.5, xla=optim.xla, patch=cfg.loader.patch_size, ema=optim.ema,
+            max_minutes=cfg.max_minutes, preprocessing=encoder_preprocessing(spec.architecture, cfg.model.encoder_weights),
+            encoder_weights=None if weights is None else (ray.put(weights[0]), weights[1]),
+            encoder_trainable_after=cfg.model.encoder_trainable_after)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cpus}),
         dataset_config=DataConfig(datasets_to_split=["train"]),
         datasets=datasets,

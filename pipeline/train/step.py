@@ -203,11 +203,11 @@ def report_epoch(model: Any, optimizer: Any, state: dict[str, Any], epoch_metric
         ray.train.report(epoch_metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
-def epoch_learning_rate(config: dict[str, Any], epoch: int) -> float:
+def epoch_learning_rate(learning_rate: float, schedule: str, epochs: int, epoch: int) -> float:
     """Return the learning rate of ``epoch``: constant, or cosine decay from the set rate towards 0."""
-    if config.get("lr_schedule", "constant") == "cosine":
-        return config["learning_rate"] * 0.5 * (1.0 + math.cos(math.pi * epoch / config["epochs"]))
-    return config["learning_rate"]
+    if schedule == "cosine":
+        return learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    return learning_rate
 
 
 def past_budget(strategy: Any, elapsed: float, minutes: float) -> bool:
@@ -230,9 +230,86 @@ def load_encoder_weights(model: Any, spec: ModelSpec, weights: Any) -> None:
     log.info("encoder weights from %s copied into %d layers", name, layers)
 
 
+@dataclasses.dataclass(frozen=True)
+class WorkerConfig:
+    """What each Ray Train worker needs of the run, as the driver resolved it (``train_loop_config["worker"]``)."""
+
+    spec: ModelSpec
+    threads: int  # TensorFlow's intra-op threads
+    seed: int
+    epochs: int
+    batch_size: int  # the global batch, over all workers
+    learning_rate: float
+    loss: str
+    lr_schedule: str
+    has_val: bool
+    threshold: float = 0.5
+    xla: bool = True
+    patch: int = 0  # train on random patch x patch windows of each tile (0: the whole tile)
+    ema: float = 0.0
+    max_minutes: float | None = None
+    preprocessing: str = "none"  # the encoder's input preprocessing
+    encoder_weights: tuple[Any, str] | None = None  # (object ref of the weights file's bytes, its name)
+    encoder_trainable_after: int = 0
+
+
+@dataclasses.dataclass
+class WorkerModels:
+    """The models one worker keeps: ``model`` (checkpointed), ``trained`` (its patch-size twin, or itself),
+    ``evaluated`` (the moving average with ``ema``, or ``model``) and the optimizer."""
+
+    model: Any
+    trained: Any
+    evaluated: Any
+    optimizer: Any
+
+
+def worker_models(settings: WorkerConfig, strategy: Any) -> WorkerModels:
+    """Return the worker's models built under ``strategy``, with encoder weights and the last checkpoint's state."""
+    spec = settings.spec
+    with strategy.scope():
+        model = build_model(spec)
+        # Training on patches: a twin of the model at the patch size is trained; its weights are
+        # copied into the full-tile model (checkpoints) after each epoch.
+        trained = patch_twin(spec, settings.patch) if settings.patch else model
+        # With ema the optimizer keeps a moving average of the trained weights (Keras' own, updated in
+        # apply_gradients); the average goes into a third model that is validated and kept as the best.
+        # It is built for every weight, the encoder's too, before any is frozen.
+        optimizer = adam(settings.learning_rate, settings.ema, trained)
+        evaluated = build_model(spec) if settings.ema else model
+    if settings.encoder_weights:
+        load_encoder_weights(model, spec, settings.encoder_weights)
+    return WorkerModels(model, trained, evaluated, optimizer)
+
+
+def train_epoch(step: Any, models: WorkerModels, train_data: Any, settings: WorkerConfig, world: int) -> dict[str, Any]:
+    """Run one pass over this worker's share; return the epoch's training figures (the models synced after it)."""
+    started = time.perf_counter()
+    global_batch = settings.batch_size
+    losses, images, skipped = [], 0, 0
+    for batch in train_data.iter_batches(batch_size=global_batch // world, drop_last=True, batch_format="numpy",
+                                         local_shuffle_buffer_size=4 * global_batch):
+        losses.append(float(step(batch["pixels"], batch["labels"], batch["weights"])))
+        images += len(batch["weights"])
+        skipped += int((batch["weights"] == 0).sum())
+    seconds = time.perf_counter() - started
+    if models.trained is not models.model:
+        models.model.set_weights(models.trained.get_weights())
+    if models.evaluated is not models.model:
+        models.evaluated.set_weights(models.model.get_weights())  # the batch-norm statistics as trained
+        models.optimizer.finalize_variable_values(models.evaluated.trainable_variables)  # the averaged weights
+    return {"loss": float(np.mean(losses)) if losses else float("nan"), "steps": len(losses),
+            "images": images * world, "skipped_samples": skipped, "epoch_seconds": seconds,
+            "train_images_per_second": images * world / seconds if seconds > 0 else 0.0}
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Train on this worker's share of the data for the configured epochs (runs inside Ray Train)."""
-    configure_tensorflow(config["threads"])
+    """Train on this worker's share of the data for the configured epochs (runs inside Ray Train).
+
+    ``config["worker"]`` is the run's :class:`WorkerConfig`.
+    """
+    settings: WorkerConfig = config["worker"]
+    configure_tensorflow(settings.threads)
     import keras
     import ray.train
     import tensorflow as tf
@@ -241,68 +318,37 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    spec = ModelSpec(**config["spec"])
-    keras.utils.set_random_seed(config["seed"])
+    spec = settings.spec
+    keras.utils.set_random_seed(settings.seed)
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    ema = config.get("ema", 0.0)
-    preprocessing = config.get("preprocessing", "none")
-    with strategy.scope():
-        model = build_model(spec)
-        # Training on patches: a twin of the model at the patch size is trained; its weights are
-        # copied into the full-tile model (checkpoints) after each epoch.
-        patch = config.get("patch", 0)
-        trained = patch_twin(spec, patch) if patch else model
-        # With ema the optimizer keeps a moving average of the trained weights (Keras' own, updated in
-        # apply_gradients); the average goes into a third model that is validated and kept as the best.
-        # It is built for every weight, the encoder's too, before any is frozen.
-        optimizer = adam(config["learning_rate"], ema, trained)
-        evaluated = build_model(spec) if ema else model
-    if config.get("encoder_weights"):
-        load_encoder_weights(model, spec, config["encoder_weights"])
-    state = restore_state(model, optimizer)
-    if trained is not model:
-        trained.set_weights(model.get_weights())
-    global_batch = config["batch_size"]
-    frozen_until = config.get("encoder_trainable_after", 0)
+    models = worker_models(settings, strategy)
+    state = restore_state(models.model, models.optimizer)
+    if models.trained is not models.model:
+        models.trained.set_weights(models.model.get_weights())
     step, frozen = None, None
     train_data = ray.train.get_dataset_shard("train")
-    val_data = ray.train.get_dataset_shard("val") if config["has_val"] else None
+    val_data = ray.train.get_dataset_shard("val") if settings.has_val else None
     loop_started = time.perf_counter()
-    for epoch in range(state["epoch"], config["epochs"]):
-        if step is None or frozen != (epoch < frozen_until):
-            frozen = epoch < frozen_until
+    for epoch in range(state["epoch"], settings.epochs):
+        if step is None or frozen != (epoch < settings.encoder_trainable_after):
+            frozen = epoch < settings.encoder_trainable_after
             if frozen or step is not None:
-                set_encoder_trainable(trained, spec, not frozen)
+                set_encoder_trainable(models.trained, spec, not frozen)
                 log.info("epoch %d: encoder %s", epoch, "frozen" if frozen else "trainable")
-            step = make_train_step(strategy, trained, optimizer, spec, config["loss"], global_batch,
-                                   config.get("xla", True), preprocessing)
-        optimizer.learning_rate.assign(epoch_learning_rate(config, epoch))
-        started = time.perf_counter()
-        losses, images, skipped = [], 0, 0
-        for batch in train_data.iter_batches(batch_size=global_batch // world, drop_last=True, batch_format="numpy",
-                                             local_shuffle_buffer_size=4 * global_batch):
-            losses.append(float(step(batch["pixels"], batch["labels"], batch["weights"])))
-            images += len(batch["weights"])
-            skipped += int((batch["weights"] == 0).sum())
-        seconds = time.perf_counter() - started
-        if trained is not model:
-            model.set_weights(trained.get_weights())
-        if evaluated is not model:
-            evaluated.set_weights(model.get_weights())  # the batch-norm statistics as trained
-            optimizer.finalize_variable_values(evaluated.trainable_variables)  # the averaged weights
-        epoch_metrics: dict[str, Any] = {
-            "epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"), "steps": len(losses),
-            "images": images * world, "skipped_samples": skipped, "epoch_seconds": seconds,
-            "train_images_per_second": images * world / seconds if seconds > 0 else 0.0,
-        }
+            step = make_train_step(strategy, models.trained, models.optimizer, spec, settings.loss,
+                                   settings.batch_size, settings.xla, settings.preprocessing)
+        models.optimizer.learning_rate.assign(
+            epoch_learning_rate(settings.learning_rate, settings.lr_schedule, settings.epochs, epoch))
+        epoch_metrics: dict[str, Any] = {"epoch": epoch, **train_epoch(step, models, train_data, settings, world)}
         if spec.has_encoder:
             epoch_metrics["encoder_frozen"] = bool(frozen)
         if rank == 0 and val_data is not None:
-            epoch_metrics.update(validation_metrics(evaluated, val_data, spec, config["threshold"], preprocessing))
+            epoch_metrics.update(validation_metrics(models.evaluated, val_data, spec, settings.threshold,
+                                                    settings.preprocessing))
         epoch_metrics["elapsed_seconds"] = time.perf_counter() - loop_started  # this session, validation included
         state["epoch"] = epoch + 1
         state["history"].append({k: v for k, v in epoch_metrics.items() if not isinstance(v, list)})
-        report_epoch(model, optimizer, state, epoch_metrics, rank, evaluated)
-        if config.get("max_minutes") and past_budget(strategy, time.perf_counter() - loop_started, config["max_minutes"]):
-            log.info("stopping after epoch %d: past max_minutes=%g", epoch, config["max_minutes"])
+        report_epoch(models.model, models.optimizer, state, epoch_metrics, rank, models.evaluated)
+        if settings.max_minutes and past_budget(strategy, time.perf_counter() - loop_started, settings.max_minutes):
+            log.info("stopping after epoch %d: past max_minutes=%g", epoch, settings.max_minutes)
             break

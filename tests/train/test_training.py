@@ -27,6 +27,7 @@ from pipeline.imaging import SampleError, encode_png, model_input
 from pipeline.io.shards import InputError
 from pipeline.io.storage import StorageError
 from pipeline.model import ModelSpec, load_artifact
+from pipeline.model.architectures import check_model_config, check_training_config
 from pipeline.sample_data import write_sample_data
 from pipeline.train import augment
 from pipeline.train.data import DecodedSamples, training_batch
@@ -317,10 +318,10 @@ def test_config_checks() -> None:
     with pytest.raises(ConfigError, match="multiple of num_workers"):
         TrainConfig(data="d", output="o", num_workers=2, optim=OptimConfig(batch_size=3))
     with pytest.raises(ConfigError, match="multiple of 2\\*\\*model.depth"):
-        ModelConfig(input_size=30, depth=2)
+        check_model_config(ModelConfig(input_size=30, depth=2))
     for patch in (10, 64):
         with pytest.raises(ConfigError, match=f"patch_size={patch}: a multiple of 4 .what the model.s input sides must be multiples of. up to input_size=32"):
-            TrainConfig(data="d", output="o", loader=LoaderConfig(patch_size=patch), model=TINY)
+            check_training_config(TrainConfig(data="d", output="o", loader=LoaderConfig(patch_size=patch), model=TINY))
     for momentum in (-0.1, 1.0):
         with pytest.raises(ConfigError, match=f"ema={momentum}: a momentum in \\[0, 1\\)"):
             OptimConfig(ema=momentum)
@@ -465,11 +466,10 @@ def test_train_from_and_to_s3_then_segment(s3_bucket: str) -> None:
 def test_cosine_schedule_decays_from_the_set_rate_towards_zero() -> None:
     from pipeline.train.step import epoch_learning_rate
 
-    config = {"learning_rate": 0.01, "epochs": 10, "lr_schedule": "cosine"}
-    rates = [epoch_learning_rate(config, epoch) for epoch in range(10)]
+    rates = [epoch_learning_rate(0.01, "cosine", 10, epoch) for epoch in range(10)]
     assert rates[0] == pytest.approx(0.01) and rates[5] == pytest.approx(0.005)
     assert all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] > 0
-    assert epoch_learning_rate({**config, "lr_schedule": "constant"}, 7) == 0.01
+    assert epoch_learning_rate(0.01, "constant", 10, 7) == 0.01
 
 
 def test_native_windows_come_in_proportion_to_area_at_the_images_scale() -> None:
