@@ -54,6 +54,10 @@ class Inferer:
         """Return how many images the model's stage takes per call (None: a block as it comes)."""
         raise NotImplementedError
 
+    def model_problem(self, model_url: str) -> str | None:
+        """Return why the model cannot run in this mode (naming the setting to change), else None."""
+        return None
+
     # -- the model's actor: how the traced call is shaped -----------------------------------------
     def free_size(self) -> bool:
         """Return whether the model runs through a copy with free spatial dimensions (the same weights)."""
@@ -215,6 +219,16 @@ class WindowsInferer(NativeInferer):
 
     mode = "windows"
 
+    def model_problem(self, model_url: str) -> str | None:
+        spec, window = self.info.spec, self.tiling.window
+        if spec.takes_size(window):
+            return None
+        if spec.architecture == "imported" and not spec.free_input:
+            return (f"window={window[0]}: model {model_url} (imported) takes only its tile, "
+                    f"{spec.input_size[0]}x{spec.input_size[1]}: leave window unset")
+        return (f"window={window[0]}: model {model_url} ({spec.architecture}) takes sides that are a multiple of "
+                f"{spec.stride}, so a window's side must be one")
+
     def free_size(self) -> bool:
         return self.tiling.window != tuple(self.info.spec.input_size)
 
@@ -234,6 +248,13 @@ class WholeInferer(NativeInferer):
     an image above ``whole_max_pixels`` once padded runs in windows of the tile instead."""
 
     mode = "whole"
+
+    def model_problem(self, model_url: str) -> str | None:
+        spec = self.info.spec
+        if spec.architecture == "imported" and not spec.free_input:
+            return (f"tiling=whole: model {model_url} is an imported model of fixed input size "
+                    f"{spec.input_size[0]}x{spec.input_size[1]}; use tiling resize or windows")
+        return None
 
     def free_size(self) -> bool:
         return True

@@ -18,6 +18,7 @@ from pipeline.config import ConfigError, SegmentConfig
 from pipeline.io import storage
 from pipeline.io.shards import Shard, discover_shards
 from pipeline.model import LoadedModel, inspect_artifact
+from pipeline.segment.inferers import inferer_for
 from pipeline.segment.predictor import tta_symmetries
 from pipeline.segment.tiling import Tiling, resolve_tiling
 
@@ -65,14 +66,9 @@ def plan_run(cfg: SegmentConfig) -> RunPlan:
     requested = "whole" if cfg.tiling == "auto" and not spec.keras else cfg.tiling
     tiling = resolve_tiling(requested, model.info.scale, spec.input_size, cfg.overlap, cfg.blend,
                             cfg.window, cfg.whole_max_pixels)
-    if tiling.mode == "windows" and not spec.takes_size(tiling.window):
-        fixed = spec.architecture == "imported" and not spec.free_input
-        raise ConfigError(f"window={cfg.window}: model {cfg.model} ({spec.architecture}) takes "
-                          + (f"only its tile, {spec.input_size[0]}x{spec.input_size[1]}: leave window unset" if fixed else
-                             f"sides that are a multiple of {spec.stride}, so a window's side must be one"))
-    if tiling.mode == "whole" and spec.architecture == "imported" and not spec.free_input:
-        raise ConfigError(f"tiling=whole: model {cfg.model} is an imported model of fixed input size "
-                          f"{spec.input_size[0]}x{spec.input_size[1]}; use tiling resize or windows")
+    problem = inferer_for(tiling, model.info, cfg.batch_size).model_problem(cfg.model)
+    if problem:
+        raise ConfigError(problem)
     with storage.reaching(cfg.output, cfg.storage):
         storage.check_writable(cfg.output, checks)
     run_id = cfg.run_id or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
