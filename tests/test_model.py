@@ -81,6 +81,7 @@ def test_inspecting_an_artifact_checks_it_without_tensorflow(tiny_model: str, tm
     assert done.stdout.split() == ["False", "False"]
     info = json.loads(Path(tiny_model, "model.json").read_text())
     info["num_classes"], info["class_names"] = 2, ["bg", "fg"]  # the file gives 3 channels
+    del info["model_sha256"]  # as written before model.json recorded it: the shapes are still checked
     Path(tmp_path, "model.json").write_text(json.dumps(info))
     Path(tmp_path, "model.keras").write_bytes(Path(tiny_model, "model.keras").read_bytes())
     with pytest.raises(ModelArtifactError, match="gives 3 channels.*do not belong together"):
@@ -88,3 +89,23 @@ def test_inspecting_an_artifact_checks_it_without_tensorflow(tiny_model: str, tm
     Path(tmp_path, "model.keras").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(ModelArtifactError, match="cannot be loaded"):
         inspect_artifact(str(tmp_path))
+
+
+def test_weights_swapped_under_model_json_are_refused_before_any_work(tiny_model: str, tmp_path: Path) -> None:
+    """model.json records the sha256 of the model.keras saved with it; other weights are refused, by the
+    driver's check and by the actors' full load alike, naming both files and the fix."""
+    from pipeline.model import ModelInfo, ModelSpec, build_unet, inspect_artifact, save_artifact
+
+    recorded = json.loads(Path(tiny_model, "model.json").read_text())["model_sha256"]
+    assert recorded == load_artifact(tiny_model).sha256
+    other = tmp_path / "other"
+    spec = ModelSpec(input_size=(32, 32), channels=3, num_classes=3, depth=2, base_filters=4)
+    save_artifact(build_unet(spec), ModelInfo(spec=spec, class_names=("a", "b", "c")), str(other))
+    swapped = tmp_path / "swapped"
+    swapped.mkdir()
+    Path(swapped, "model.json").write_text(Path(tiny_model, "model.json").read_text())
+    Path(swapped, "model.keras").write_bytes(Path(other, "model.keras").read_bytes())
+    for check in (inspect_artifact, load_artifact):
+        with pytest.raises(ModelArtifactError, match=r"model.keras has sha256 .* but model.json was written for "
+                                                     + recorded[:12] + r".*put back"):
+            check(str(swapped))

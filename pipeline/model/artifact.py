@@ -53,6 +53,7 @@ class ModelInfo:
     scale: str = "resize"  # what the model was trained on: whole images resized to the tile, or native-scale windows
     preprocessing: str = "none"  # the encoder's input preprocessing (pipeline.model.spec.encoder_input)
     kmeans: dict[str, Any] | None = None  # the K-means baseline's clusters (pipeline.model.kmeans)
+    model_sha256: str = ""  # the sha256 of model.keras as saved beside this model.json ("" before it was recorded)
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON-ready mapping written as ``model.json``."""
@@ -74,6 +75,8 @@ class ModelInfo:
         }
         if self.kmeans is not None:
             data["kmeans"] = self.kmeans
+        if self.model_sha256:
+            data["model_sha256"] = self.model_sha256
         return data
 
     @classmethod
@@ -104,6 +107,7 @@ class ModelInfo:
                 scale=str(data.get("scale", "resize")),
                 preprocessing=str(data.get("preprocessing", "none")),
                 kmeans=data.get("kmeans"),
+                model_sha256=str(data.get("model_sha256", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelArtifactError(f"{url}/{INFO_FILE} is invalid ({type(exc).__name__}: {exc})") from exc
@@ -177,9 +181,31 @@ def save_artifact(model: Any, info: ModelInfo, url: str, storage_config: Storage
         model.save(local)
         with open(local, "rb") as handle:
             data = handle.read()
+    return write_artifact_files(data, info, url, storage_config)
+
+
+def write_artifact_files(data: bytes, info: ModelInfo, url: str, storage_config: StorageConfig | None = None) -> str:
+    """Write ``model.keras`` (``data``) and then ``model.json`` recording its sha256 under ``url``; return the sha256."""
+    digest = hashlib.sha256(data).hexdigest()
+    described = json.dumps(dataclasses.replace(info, model_sha256=digest).to_json(), indent=2).encode()
     storage.write_bytes(storage.join_url(url, MODEL_FILE), data, storage_config)
     storage.write_bytes(storage.join_url(url, INFO_FILE), described, storage_config)
-    return hashlib.sha256(data).hexdigest()
+    return digest
+
+
+def checked_sha256(data: bytes, info: ModelInfo, url: str) -> str:
+    """Return the sha256 of ``model.keras``'s bytes; raise ModelArtifactError if model.json records another.
+
+    Artifacts written before model.json recorded it (no ``model_sha256``) are taken as they are.
+    """
+    digest = hashlib.sha256(data).hexdigest()
+    if info.model_sha256 and digest != info.model_sha256:
+        raise ModelArtifactError(
+            f"{url}/{MODEL_FILE} has sha256 {digest[:12]}…, but {INFO_FILE} was written for {info.model_sha256[:12]}…: "
+            f"the weights were replaced after the model was saved, so {INFO_FILE} (classes, normalisation, training "
+            f"history) describes another model; put back the {MODEL_FILE} saved with it, or train or import the "
+            "model again")
+    return digest
 
 
 def read_info(url: str, storage_config: StorageConfig | None = None) -> ModelInfo:
@@ -251,7 +277,7 @@ def load_artifact(url: str, storage_config: StorageConfig | None = None,
             ) from exc
     check_shapes(model, info, url)
     events["model_loaded"] = time.time()
-    loaded = LoadedModel(model=model, info=info, sha256=hashlib.sha256(data).hexdigest())
+    loaded = LoadedModel(model=model, info=info, sha256=checked_sha256(data, info, url))
     log.info("loaded model %s from %s", loaded.model_id, url)
     return loaded
 
@@ -268,6 +294,7 @@ def inspect_artifact(url: str, storage_config: StorageConfig | None = None) -> L
     if not info.spec.keras:
         return LoadedModel(model=None, info=info, sha256=hashlib.sha256(described).hexdigest())
     data = read_model_file(url, storage_config)
+    digest = checked_sha256(data, info, url)
     got_in, channels = keras_file_shapes(data, url)
     size = (None, None) if info.spec.free_input else info.spec.input_size
     expected_in = (*size, info.spec.channels)
@@ -276,7 +303,7 @@ def inspect_artifact(url: str, storage_config: StorageConfig | None = None) -> L
         raise ModelArtifactError(
             f"{url}: model.keras {got}, but model.json says {expected_in} -> {info.spec.output_channels} channels; "
             "the two files do not belong together")
-    return LoadedModel(model=None, info=info, sha256=hashlib.sha256(data).hexdigest())
+    return LoadedModel(model=None, info=info, sha256=digest)
 
 
 SHAPE_KEEPING = ("Activation", "Softmax", "ReLU", "Rescaling", "Identity", "Dropout", "SpatialDropout2D",

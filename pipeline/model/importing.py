@@ -10,7 +10,6 @@ output is logits, which the predictor then turns into probabilities.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -18,7 +17,13 @@ from typing import Any
 
 from pipeline.config import ImportConfig
 from pipeline.io import storage
-from pipeline.model.artifact import INFO_FILE, MODEL_FILE, ModelArtifactError, ModelInfo, check_shapes
+from pipeline.model.artifact import (
+    MODEL_FILE,
+    ModelArtifactError,
+    ModelInfo,
+    check_shapes,
+    write_artifact_files,
+)
 from pipeline.model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -108,9 +113,7 @@ def import_model(cfg: ImportConfig) -> ModelInfo:
                      training={"trained": True, "imported_from": cfg.keras})
     check_shapes(model, info, cfg.keras)
     storage.check_writable(cfg.output, cfg.storage)
-    storage.write_bytes(storage.join_url(cfg.output, MODEL_FILE), data, cfg.storage)
-    storage.write_bytes(storage.join_url(cfg.output, INFO_FILE), json.dumps(info.to_json(), indent=2).encode(),
-                        cfg.storage)
+    write_artifact_files(data, info, cfg.output, cfg.storage)
     log.info("imported %s as %s (%s, %d classes)", cfg.keras, cfg.output, "any size" if spec.free_input
              else f"{spec.input_size[0]}x{spec.input_size[1]}", spec.num_classes)
     return info

@@ -217,6 +217,10 @@ def test_a_model_only_the_actors_can_refuse_fails_the_run_with_one_message(tmp_p
         for name in source.namelist():  # the config (what the driver checks) intact, the weights not
             target.writestr(name, b"not HDF5" if name.endswith(".h5") else source.read(name))
     (broken / "model.keras").write_bytes(buffer.getvalue())
+    # as an artifact from before model.json recorded the weights' sha256 (else the driver refuses it first)
+    described = json.loads((broken / "model.json").read_text())
+    del described["model_sha256"]
+    (broken / "model.json").write_text(json.dumps(described))
     data, output = tmp_path / "data", tmp_path / "out"
     write_sample_data(SampleDataConfig(output=str(data), num_images=4, num_shards=2, min_size=32, max_size=40))
     with pytest.raises(ModelArtifactError, match=r"model.keras cannot be loaded"):
