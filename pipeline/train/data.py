@@ -105,20 +105,38 @@ def native_batch(batch: dict[str, np.ndarray], spec: ModelSpec, normalization: d
     tile = spec.input_size
     rng = np.random.default_rng() if augmentation else None
     windows: list[tuple[np.ndarray, np.ndarray]] = []
+    reasons: list[str] = []  # one zero-weight row per skipped sample, so the step counts it
     for index in range(len(batch["key"])):
-        if batch["error"][index] or not len(batch["mask"][index]):
-            continue
-        try:
-            normalised, mask = DECODED.get(batch["image"][index], batch["mask"][index], spec, normalization,
-                                           int(cache_mb * 2**20))
-            windows.extend(augment.native_windows(normalised, mask, tile, rng, augmentation or AugmentConfig()))
-        except imaging.SampleError as exc:
-            log.warning("skipping training sample %s: %s", batch["key"][index], exc)
-    pixels = np.zeros((len(windows), *tile, spec.channels), dtype=np.float32)
-    labels = np.zeros((len(windows), *tile), dtype=np.uint8)
+        reason = unusable_reason(batch, index)
+        if not reason:
+            try:
+                normalised, mask = DECODED.get(batch["image"][index], batch["mask"][index], spec, normalization,
+                                               int(cache_mb * 2**20))
+                windows.extend(augment.native_windows(normalised, mask, tile, rng, augmentation or AugmentConfig()))
+                continue
+            except imaging.SampleError as exc:
+                log.warning("skipping training sample %s: %s", batch["key"][index], exc)
+                reason = exc.kind
+        reasons.append(reason)
+    count = len(windows) + len(reasons)
+    pixels = np.zeros((count, *tile, spec.channels), dtype=np.float32)
+    labels = np.zeros((count, *tile), dtype=np.uint8)
     for index, (image, mask) in enumerate(windows):
         pixels[index], labels[index] = image, mask
-    return {"pixels": pixels, "labels": labels, "weights": np.ones(len(windows), dtype=np.float32)}
+    weights = np.concatenate([np.ones(len(windows), np.float32), np.zeros(len(reasons), np.float32)])
+    return {"pixels": pixels, "labels": labels, "weights": weights,
+            "skip_reason": np.array([""] * len(windows) + reasons, dtype=object)}
+
+
+def unusable_reason(batch: dict[str, np.ndarray], index: int) -> str:
+    """Return why row ``index`` cannot train before it is decoded (its error's kind, or ``no_mask``), else ""."""
+    if batch["error"][index]:
+        kinds = batch.get("error_kind")
+        return (str(kinds[index]) if kinds is not None else "") or "unreadable"
+    return "" if len(batch["mask"][index]) else NO_MASK
+
+
+NO_MASK = "no_mask"  # a training sample without a ground-truth mask (not an error row: segmentation takes it)
 
 
 def training_batch(batch: dict[str, np.ndarray], spec: ModelSpec, normalization: dict[str, Any],
@@ -131,8 +149,9 @@ def training_batch(batch: dict[str, np.ndarray], spec: ModelSpec, normalization:
     With ``cache_mb`` this process keeps up to that many MB of decoded samples (:class:`DecodedSamples`).
 
     A sample that cannot be used (unreadable, no mask, mask of another size or with unknown
-    classes) keeps its place with weight 0: it adds nothing to the loss and is counted as skipped,
-    and every worker still gets the same number of rows, which the synchronous strategy needs.
+    classes) keeps its place with weight 0 and its reason in ``skip_reason`` (the error kind, or
+    ``no_mask``): it adds nothing to the loss and is counted as skipped, and every worker still
+    gets the same number of rows, which the synchronous strategy needs.
 
     With ``native`` the pairs are cut into windows at their own scale instead (:func:`native_batch`).
     """
@@ -144,11 +163,13 @@ def training_batch(batch: dict[str, np.ndarray], spec: ModelSpec, normalization:
     pixels = np.zeros((count, *shape, spec.channels), dtype=np.float32)
     labels = np.zeros((count, *shape), dtype=np.uint8)
     weights = np.zeros(count, dtype=np.float32)
+    reasons = np.full(count, "", dtype=object)
     rng = np.random.default_rng() if augmentation or patch else None
     # a random crop cuts the image at its own size before resizing; everything else starts at the tile
     at_tile = None if augmentation is not None and augmentation.crop else tile
     for index in range(count):
-        if batch["error"][index] or not len(batch["mask"][index]):
+        reasons[index] = unusable_reason(batch, index)
+        if reasons[index]:
             continue
         try:
             normalised, mask = DECODED.get(batch["image"][index], batch["mask"][index], spec, normalization,
@@ -159,7 +180,8 @@ def training_batch(batch: dict[str, np.ndarray], spec: ModelSpec, normalization:
             weights[index] = 1.0
         except imaging.SampleError as exc:
             log.warning("skipping training sample %s: %s", batch["key"][index], exc)
-    return {"pixels": pixels, "labels": labels, "weights": weights}
+            reasons[index] = exc.kind
+    return {"pixels": pixels, "labels": labels, "weights": weights, "skip_reason": reasons}
 
 
 def training_dataset(url: str, cfg: TrainConfig, spec: ModelSpec, augmented: bool, passes: int = 1,

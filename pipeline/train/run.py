@@ -11,6 +11,7 @@ model is written as a model artifact (``model.keras`` + ``model.json``) under th
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ from typing import Any
 from pipeline.cluster import connect_ray, largest_node_cpus
 from pipeline.config import ConfigError, ModelConfig, TrainConfig
 from pipeline.io import storage
+from pipeline.io.shards import InputError
 from pipeline.model import MODEL_FILE, ModelInfo, ModelSpec, encoder_preprocessing, load_keras_file, save_artifact
 from pipeline.model.architectures import base_filters, check_model_config, check_training_config
 from pipeline.train.data import training_dataset
@@ -153,6 +155,29 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
     return write_final_artifact(cfg, spec, result, time.perf_counter() - started)
 
 
+def skipped_samples(cfg: TrainConfig, history: list[dict[str, Any]]) -> str:
+    """Return what the last epoch skipped, as the summary line says it ("" for nothing); raise InputError,
+    before any artifact is written, if it trained on no sample at all, and warn if on fewer than half.
+
+    Every epoch reads the same samples, so the last one's counts are the data set's. The rank-0
+    worker reports its own skipped rows against all workers' rows, hence the scaling.
+    """
+    last = history[-1] if history else {}
+    rows = last.get("images", 0) / cfg.num_workers
+    skipped = last.get("skipped_samples", 0)
+    reasons = ", ".join(f"{kind} ({count})" for kind, count in
+                        collections.Counter(last.get("skip_reasons") or {}).most_common(3))
+    if rows <= 0 or skipped >= rows:
+        raise InputError(
+            f"training data {cfg.data}: no sample could be trained on ({int(skipped)} of {int(rows)} read were skipped"
+            f"{'; most common: ' + reasons if reasons else ''}), so no model was written to {cfg.output}; fix the "
+            "samples (docs/segmentation.md says what each kind means: no_mask is an image without a mask) and train again")
+    if skipped / rows > 0.5:
+        log.warning("training data %s: %d of %d samples were skipped (%.0f %%; most common: %s); the model learnt from "
+                    "the rest only", cfg.data, skipped, rows, 100 * skipped / rows, reasons)
+    return f"{int(skipped)} of {int(rows)} samples skipped ({reasons})" if skipped else ""
+
+
 def write_final_artifact(cfg: TrainConfig, spec: ModelSpec, result: Any, seconds: float) -> TrainSummary:
     """Write the best epoch's model from the last checkpoint as the run's artifact; return the summary."""
     if result.checkpoint is None:
@@ -165,6 +190,7 @@ def write_final_artifact(cfg: TrainConfig, spec: ModelSpec, result: Any, seconds
             with open(os.path.join(folder, BEST_MODEL_FILE), "rb") as source, open(best_path, "wb") as target:
                 target.write(source.read())
             model = load_keras_file(best_path)
+    skipped = skipped_samples(cfg, state["history"])
     best = state["best"]
     info = ModelInfo(
         spec=spec, class_names=cfg.model.names(), normalization={"mode": cfg.loader.normalization}, threshold=0.5,
@@ -178,7 +204,7 @@ def write_final_artifact(cfg: TrainConfig, spec: ModelSpec, result: Any, seconds
     save_artifact(model, info, cfg.output, cfg.storage)
     summary = TrainSummary(
         artifact=cfg.output, epochs=state["epoch"], best_epoch=int(best.get("epoch", -1)), best_metrics=best,
-        history=state["history"], seconds=seconds,
+        history=state["history"], seconds=seconds, skipped=skipped,
     )
     log.info("%s", summary.line())
     return summary

@@ -10,6 +10,7 @@ trains the Keras 3 model under the strategy and keeps the Keras 3 artifact.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -287,11 +288,13 @@ def train_epoch(step: Any, models: WorkerModels, train_data: Any, settings: Work
     started = time.perf_counter()
     global_batch = settings.batch_size
     losses, images, skipped = [], 0, 0
+    reasons: collections.Counter[str] = collections.Counter()
     for batch in train_data.iter_batches(batch_size=global_batch // world, drop_last=True, batch_format="numpy",
                                          local_shuffle_buffer_size=4 * global_batch):
         losses.append(float(step(batch["pixels"], batch["labels"], batch["weights"])))
         images += len(batch["weights"])
         skipped += int((batch["weights"] == 0).sum())
+        reasons.update(str(reason) for reason in batch.get("skip_reason", ()) if reason)
     seconds = time.perf_counter() - started
     if models.trained is not models.model:
         models.model.set_weights(models.trained.get_weights())
@@ -299,7 +302,8 @@ def train_epoch(step: Any, models: WorkerModels, train_data: Any, settings: Work
         models.evaluated.set_weights(models.model.get_weights())  # the batch-norm statistics as trained
         models.optimizer.finalize_variable_values(models.evaluated.trainable_variables)  # the averaged weights
     return {"loss": float(np.mean(losses)) if losses else float("nan"), "steps": len(losses),
-            "images": images * world, "skipped_samples": skipped, "epoch_seconds": seconds,
+            "images": images * world, "skipped_samples": skipped, "skip_reasons": dict(reasons),
+            "epoch_seconds": seconds,
             "train_images_per_second": images * world / seconds if seconds > 0 else 0.0}
 
 

@@ -16,6 +16,7 @@ class TrainSummary:
     best_metrics: dict[str, Any]
     history: list[dict[str, Any]]
     seconds: float
+    skipped: str = ""  # what the last epoch skipped, e.g. "3 of 40 samples skipped (no_mask (3))"
 
     def line(self) -> str:
         """Return the one-line summary shown at the end of training."""
@@ -23,5 +24,6 @@ class TrainSummary:
         return (
             f"trained {self.epochs} epochs in {self.seconds:.0f} s; best epoch {self.best_epoch}: "
             f"val mean Dice {best.get('val_mean_dice', float('nan')):.3f}, "
-            f"pixel error {best.get('val_pixel_error', float('nan')):.4f}; model artifact in {self.artifact}"
+            f"pixel error {best.get('val_pixel_error', float('nan')):.4f}; "
+            + (f"{self.skipped}; " if self.skipped else "") + f"model artifact in {self.artifact}"
         )

@@ -263,6 +263,10 @@ def test_bad_samples_get_weight_zero() -> None:
     }
     out = training_batch(batch, spec, {"mode": "scale"}, AugmentConfig())
     assert out["weights"].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
+    assert out["skip_reason"].tolist() == ["", "no_mask", "mask_classes", "corrupt_image", "unreadable"]
+    native = training_batch(batch, spec, {"mode": "scale"}, None, native=True)  # one zero-weight row per skipped sample
+    assert native["weights"].tolist() == [1.0] * 4 + [0.0] * 4  # the good sample's 4 windows of 16 px
+    assert native["skip_reason"].tolist()[4:] == ["no_mask", "mask_classes", "corrupt_image", "unreadable"]
     assert out["pixels"].shape == (5, 16, 16, 3) and out["labels"].shape == (5, 16, 16)
     patches = training_batch(batch, spec, {"mode": "scale"}, None, patch=8)
     assert patches["weights"].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
@@ -346,6 +350,25 @@ def tiny_train_config(labelled: dict[str, str], output: Path, **overrides: objec
               "cpus_per_worker": 0.5, "epochs": 1, "batch_size": 8, "unet": TINY}
     values.update(overrides)
     return load_config(TrainConfig, options=values)  # flat keys such as batch_size are TrainConfig.ALIASES
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_training_that_skips_every_sample_publishes_no_model(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_sample_data(SampleDataConfig(output=str(data), num_images=6, num_shards=1, num_classes=2, min_size=32,
+                                       max_size=40, layout="folder"))
+    for path in (data / "masks").glob("*.png"):  # an ignore label (255) beside the classes: not a binary mask
+        mask = np.array(Image.open(path))
+        mask[0, 0] = 255
+        path.write_bytes(encode_png(mask))
+    cfg = load_config(TrainConfig, options={"data": str(data), "output": str(tmp_path / "model"), "num_workers": 1,
+                                            "cpus_per_worker": 1.0, "epochs": 1, "batch_size": 2,
+                                            "unet": dataclasses.replace(TINY, num_classes=2)})
+    with pytest.raises(InputError, match=r"no sample could be trained on \(6 of 6 read were skipped; most common: "
+                                         r"mask_classes \(6\)\), so no model was written"):
+        run_training(cfg)
+    assert not (tmp_path / "model" / "model.json").exists() and not (tmp_path / "model" / "model.keras").exists()
 
 
 @pytest.mark.slow
