@@ -10,6 +10,7 @@ import argparse
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -222,6 +223,19 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return ConfigError, InputError, ModelArtifactError, StorageError, ReportError
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM): an interruption like Ctrl-C, recorded and resumable as one."""
+
+
+def terminate(signum: int, frame: Any) -> None:
+    """SIGTERM's handler: raise :class:`Terminated` in the main thread."""
+    raise Terminated(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``segpipe`` console script; return the process exit status."""
     args = build_parser().parse_args(argv)
@@ -231,17 +245,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     handler: Callable[[argparse.Namespace], int] = args.handler
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, terminate)  # a scheduler's stop is an interruption, as Ctrl-C is
     try:
         return handler(args)
     except user_errors() as exc:
         command = " ".join(filter(None, (args.command, getattr(args, "model_command", None))))
         print(f"segpipe {command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+    except KeyboardInterrupt as exc:
+        for stop in (signal.SIGINT, signal.SIGTERM):  # a second stop must not cut the clean-up short
+            signal.signal(stop, signal.SIG_IGN)
         resume = "; re-run the same command to resume" if args.command in ("segment", "train") else ""
-        print(f"segpipe {args.command}: interrupted{resume}", file=sys.stderr)
-        return 130
+        by = " (SIGTERM)" if isinstance(exc, Terminated) else ""
+        print(f"segpipe {args.command}: interrupted{by}{resume}", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     finally:
         shutdown_local_ray()
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 
 LOCAL_OBJECT_STORE_BYTES = 2 * 1024**3
 
@@ -18,12 +20,17 @@ def connect_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
+    previous = signal.getsignal(signal.SIGTERM)
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, logging_level=logging.WARNING)
     else:
         ray.init(address="local", object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False,
                  logging_level=logging.WARNING)
         _started_local = True
+    # ray.init makes SIGTERM a bare sys.exit in the driver; a caller that chose its own handler
+    # (segpipe's command line: an interruption, as Ctrl-C) keeps it.
+    if callable(previous) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, previous)
 
 
 def shutdown_local_ray() -> None:

@@ -159,7 +159,10 @@ def test_killing_actors_mid_run_loses_nothing(tmp_path: Path, tiny_model: str) -
     assert_exactly_once(output, sample_keys(40))
 
 
-def test_ctrl_c_stops_with_one_line_records_interrupted_and_leaves_no_ray_behind(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_with_one_line_records_interrupted_and_leaves_no_ray_behind(tmp_path: Path, stop: str) -> None:
+    """Ctrl-C (SIGINT to the terminal's whole foreground group) and a scheduler's SIGTERM (to the
+    command alone) both interrupt: one line, run.json says interrupted, no Ray left, it resumes."""
     import psutil
 
     data, output, model = tmp_path / "data", tmp_path / "out", str(tmp_path / "model")
@@ -178,11 +181,15 @@ def test_ctrl_c_stops_with_one_line_records_interrupted_and_leaves_no_ray_behind
     assert process.poll() is None, "the run ended before Ctrl-C"
     ray_processes = psutil.Process(process.pid).children(recursive=True)
     assert ray_processes  # the local Ray it started: GCS, raylet, workers
-    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole foreground group
+    if stop == "ctrl-c":
+        os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole foreground group
+    else:
+        os.kill(process.pid, signal.SIGTERM)  # what a scheduler (Kubernetes, Slurm, systemd) sends the command
     _, stderr = process.communicate(timeout=120)
 
-    assert process.returncode == 130, stderr[-3000:]
-    assert stderr.strip().splitlines()[-1] == "segpipe segment: interrupted; re-run the same command to resume"
+    assert process.returncode == (130 if stop == "ctrl-c" else 143), stderr[-3000:]
+    by = " (SIGTERM)" if stop == "sigterm" else ""
+    assert stderr.strip().splitlines()[-1] == f"segpipe segment: interrupted{by}; re-run the same command to resume"
     assert "Traceback" not in stderr
     assert run_record(output)["status"] == "interrupted"
     gone, alive = psutil.wait_procs(ray_processes, timeout=10)
