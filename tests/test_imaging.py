@@ -352,3 +352,11 @@ def test_tiles_at_their_own_type_normalise_as_the_float_path_does() -> None:
         got = tile_pixels(prepared, np.array([True, True]), normalization)
         assert got.dtype == np.float32 and np.allclose(got, np.stack(expected), atol=1e-6), normalization
         assert np.allclose(tile_pixels(prepared, np.array([True, False]), normalization), expected[:1], atol=1e-6)
+
+
+def test_a_mask_with_classes_the_model_lacks_names_them_cut_with_an_ellipsis_and_the_fix() -> None:
+    mask = np.arange(20, dtype=np.uint8).reshape(4, 5)  # classes 3..19 beyond a 3-class model
+    with pytest.raises(SampleError, match=r"class values \[3, 4, 5, 6, 7, …\] but the model has 3 classes .*relabel"):
+        imaging.decode_mask(imaging.encode_png(mask), 3, (4, 5))
+    with pytest.raises(SampleError, match=r"class values \[3\] but"):
+        imaging.decode_mask(imaging.encode_png(np.full((4, 5), 3, np.uint8)), 3, (4, 5))

@@ -69,10 +69,12 @@ def checked_classes(mask: np.ndarray, num_classes: int) -> np.ndarray:
     if highest == 255 and np.count_nonzero(mask) == np.count_nonzero(mask == 255):
         return (mask == 255).astype(np.uint8)
     if highest >= num_classes:
-        bad = np.unique(mask[mask >= num_classes])[:5].tolist()
+        bad = np.unique(mask[mask >= num_classes])
+        shown = ", ".join(str(value) for value in bad[:5].tolist()) + (", …" if len(bad) > 5 else "")
         raise SampleError(
-            f"mask holds class values {bad} but the model has {num_classes} classes (0..{num_classes - 1})",
-            ErrorKind.MASK_CLASSES)
+            f"mask holds class values [{shown}] but the model has {num_classes} classes (0..{num_classes - 1}); "
+            "relabel the mask to the model's classes (a binary mask may hold 0 and 255 only), or use a model "
+            "trained with these classes", ErrorKind.MASK_CLASSES)
     return mask.astype(np.uint8, copy=False)
 
 

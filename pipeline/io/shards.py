@@ -41,9 +41,10 @@ def discover_shards(url: str, storage_config: StorageConfig | None = None, folde
         shards = fmt.find_shards(url, relative, folder_shard_size)
         if shards:
             return shards
+    named = ", ".join(repr(path) for path in relative[:3]) + (", …" if len(relative) > 3 else "")
     raise InputError(
-        f"input {url} holds no images: expected *.tar shards, an images/ folder, or *.parquet files "
-        f"(found {len(relative)} other files)"
+        f"input {url} holds no images: expected *.tar shards, an images/ folder, or *.parquet files; "
+        + (f"found {len(relative)} other file(s), none of them named so: {named}" if relative else "it is empty")
     )
 
 

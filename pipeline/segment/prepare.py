@@ -55,7 +55,7 @@ def prepare_rows(batch: dict[str, np.ndarray], columns: dict[str, np.ndarray],
         try:
             heights[index], widths[index] = prepare_one(index)
         except imaging.SampleError as exc:
-            errors[index], kinds[index] = f"{key}: {exc}", exc.kind
+            errors[index], kinds[index] = f"{key} ({batch['source'][index]}): {exc}", exc.kind
         except Exception as exc:  # an unexpected failure must still cost only this image
             errors[index] = f"{key}: unexpected {type(exc).__name__} while preparing the image: {exc}"
             kinds[index] = ErrorKind.INTERNAL.value

@@ -100,7 +100,10 @@ def finish_row(item: dict[str, Any], inferer: Inferer, output: str, storage_conf
                                          output, storage_config)
             record.update(found, objects=table_bytes(table))
     except Exception as exc:
-        log.exception("finishing %s failed", key)
+        if isinstance(exc, OSError):  # the store refused the write (a full disk, a name too long): said in the row
+            log.warning("writing the outputs of %s failed: %s", key, exc)
+        else:
+            log.exception("finishing %s failed", key)
         return {**base, "status": schema.STATUS_ERROR,
                 "error": f"{key}: {type(exc).__name__} while writing the mask or its objects: {exc}",
                 "error_kind": ErrorKind.WRITE_FAILED.value, "height": height, "width": width}

@@ -211,7 +211,7 @@ def test_missing_and_imageless_inputs_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="does not exist"):
         discover_shards(str(tmp_path / "nope"))
     (tmp_path / "readme.txt").write_text("x")
-    with pytest.raises(InputError, match="holds no images"):
+    with pytest.raises(InputError, match="holds no images.*found 1 other file.*'readme.txt'"):
         discover_shards(str(tmp_path))
 
 
