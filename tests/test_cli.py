@@ -123,11 +123,16 @@ def test_missing_model_stops_before_work(tmp_path: Path, sample_tars: Path, caps
 def test_invalid_model_stops_before_work(tmp_path: Path, sample_tars: Path, tiny_model: str, capsys: pytest.CaptureFixture[str]) -> None:
     broken = tmp_path / "broken-model"
     broken.mkdir()
-    (broken / "model.json").write_text(Path(tiny_model, "model.json").read_text())
+    described = json.loads(Path(tiny_model, "model.json").read_text())
+    del described["model_sha256"]  # as written before model.json recorded it: the file itself is checked
+    (broken / "model.json").write_text(json.dumps(described))
     (broken / "model.keras").write_bytes(b"PK\x03\x04 truncated")
     out = tmp_path / "out"
     status, text = run_cli(capsys, "segment", "--input", str(sample_tars), "--model", str(broken), "--output", str(out))
     assert_refused(status, text, "cannot be loaded", out)
+    (broken / "model.json").write_text(Path(tiny_model, "model.json").read_text())  # as saved: the weights' hash differs
+    status, text = run_cli(capsys, "segment", "--input", str(sample_tars), "--model", str(broken), "--output", str(out))
+    assert_refused(status, text, "were replaced after the model was saved", out)
 
 
 def test_unwritable_output_stops_before_work(tmp_path: Path, sample_tars: Path, tiny_model: str, capsys: pytest.CaptureFixture[str]) -> None:
