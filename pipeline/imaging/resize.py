@@ -39,6 +39,12 @@ def value_range_of(image: np.ndarray, normalization: Mapping[str, Any]) -> Value
     return (float(image.min()), float(image.max())) if image.size else (0.0, 0.0)
 
 
+def picture_range(picture: Image.Image, normalization: Mapping[str, Any]) -> ValueRange | None:
+    """Return a decoded picture's overall ``(low, high)`` for the ``minmax`` normalisation, else None
+    (Pillow's ``getextrema``: no array of the picture's size)."""
+    return extremes(picture.getextrema()) if normalization.get("mode") == "minmax" else None
+
+
 def read_tile(data: bytes, tile: tuple[int, int], channels: int, normalization: Mapping[str, Any],
               max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
               tiff_page: int | None = None) -> tuple[np.ndarray, tuple[int, int], ValueRange | None]:
@@ -58,7 +64,7 @@ def read_tile(data: bytes, tile: tuple[int, int], channels: int, normalization: 
     if picture.size != target:
         picture.draft(picture.mode, target)  # JPEG only: a DCT-domain reduction, never below the tile
     picture = usable_picture(load_picture(picture))
-    value_range = extremes(picture.getextrema()) if normalization.get("mode") == "minmax" else None
+    value_range = picture_range(picture, normalization)
     if picture.size != target:  # in Pillow, in the picture's own mode: no array of the image's size
         picture = picture.resize(target, Image.Resampling.BILINEAR)
     return match_channels(picture_array(picture), channels), size, value_range
@@ -117,7 +123,7 @@ def read_native(data: bytes, normalization: Mapping[str, Any], max_pixels: int |
         image = read_tiff(data, "image", max_pixels, tiff_page)
         return image, value_range_of(image, normalization)
     picture = usable_picture(open_image(data, "image", max_pixels))
-    value_range = extremes(picture.getextrema()) if normalization.get("mode") == "minmax" else None
+    value_range = picture_range(picture, normalization)
     return picture_array(picture), value_range
 
 

@@ -107,7 +107,7 @@ def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo,
             wide[index] = np.ascontiguousarray(tile.astype(np.uint16)).view(np.uint8)
             columns["bits"][index] = 16
         if value_range is not None:
-            columns["value_low"][index], columns["value_high"][index] = imaging.extremes(value_range)
+            columns["value_low"][index], columns["value_high"][index] = value_range  # (low, high)
         return size
 
     return prepare_rows(batch, columns, prepare_one)
@@ -153,7 +153,7 @@ def prepare_native_batch(batch: dict[str, np.ndarray], info: ModelInfo,
                                                     tiff_page)
         check_truth(batch, index, info.spec.num_classes, image.shape[:2])
         if value_range is not None:
-            columns["value_low"][index], columns["value_high"][index] = imaging.extremes(value_range)
+            columns["value_low"][index], columns["value_high"][index] = value_range  # (low, high)
         columns["bits"][index] = 8 * image.dtype.itemsize
         images[index] = np.ascontiguousarray(image).view(np.uint8)
         return image.shape[:2]
