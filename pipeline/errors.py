@@ -46,13 +46,15 @@ MEANINGS = {
                           "backslash, control characters, '::' or '://')",
     ErrorKind.MISSING_KEY: "a Parquet row has no key",
     ErrorKind.MISSING_IMAGE: "a mask without an image of the same key",
-    ErrorKind.DUPLICATE_KEY: "the key was already taken by an earlier image (sorted shard order, then member order)",
+    ErrorKind.DUPLICATE_KEY: "the key was already taken by an earlier image of the same shard (its mask would take "
+                             "the same name); the same key in another shard is kept, and reported in run.json",
     ErrorKind.UNSUPPORTED_MEMBER: "a tar member named like an image is a symlink, device, FIFO or directory "
                                   "(never followed)",
     ErrorKind.CORRUPT_IMAGE: "the image file is empty, truncated, corrupt or cannot be read",
     ErrorKind.UNSUPPORTED_IMAGE: "the image decodes but its mode or channels cannot be used (CMYK, float, ...)",
     ErrorKind.IMAGE_TOO_LARGE: "the image header declares more pixels than max_image_pixels",
-    ErrorKind.MULTI_PAGE_IMAGE: "a TIFF of several pages and no tiff_page chosen (or the chosen page is not there)",
+    ErrorKind.MULTI_PAGE_IMAGE: "a TIFF of several pages and no tiff_page chosen (or the chosen page is not there), "
+                                "or an animated GIF, PNG or WebP",
     ErrorKind.BAD_MASK: "the mask file is empty, corrupt, or not a single-channel image",
     ErrorKind.MASK_SIZE_MISMATCH: "the mask's size differs from its image's",
     ErrorKind.MASK_CLASSES: "the mask holds class values the model does not have",

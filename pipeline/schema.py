@@ -15,7 +15,9 @@ row of ``objects/<shard>.parquet`` (:data:`OBJECTS_SCHEMA`).
 
 An error row carries ``error`` (the human message, naming the key and the fix) and ``error_kind``
 (one of :class:`pipeline.errors.ErrorKind`'s values, set where the error is raised), so reports count kinds from the
-column, never from the wording.
+column, never from the wording. Ground truth that cannot be used (unreadable, another size,
+unexpected class values) is not an image error: the row stays ``ok`` with its mask, its
+``truth_error``/``truth_error_kind`` say why, and its ground-truth metrics are null.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ METRICS_SCHEMA = pa.schema(
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
         pa.field("error_kind", pa.string()),
+        pa.field("truth_error", pa.string()),
+        pa.field("truth_error_kind", pa.string()),
         pa.field("height", pa.int32()),
         pa.field("width", pa.int32()),
         pa.field("mask_uri", pa.string()),

@@ -279,7 +279,7 @@ def test_demo_command_runs_end_to_end(tmp_path: Path) -> None:
     assert dice, result.stdout
     assert float(dice.group(1)) > float(dice.group(2)) + 0.2  # training clearly beats random weights
     assert (tmp_path / "demo" / "run" / "run.json").exists()
-    assert len(list((tmp_path / "demo" / "run" / "masks").glob("*.png"))) == 32
+    assert len(list((tmp_path / "demo" / "run" / "masks").rglob("*.png"))) == 32
     summary = json.loads((tmp_path / "demo" / "run" / "report" / "summary.json").read_text())
     assert summary["counts"]["images"] == 32 and summary["baseline"]["images_matched"] == 32
     assert f"{summary['foreground']['dice']['macro']:.3f}" == dice.group(1)  # the printed figure is the report's

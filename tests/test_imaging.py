@@ -303,7 +303,7 @@ def test_instance_label_images_round_trip_and_bad_ones_are_refused() -> None:
         assert kind is None or caught.value.kind == kind, (kind, caught.value.kind, str(caught.value))
 
 
-def test_unusable_instance_label_images_become_error_rows_of_their_kind() -> None:
+def test_unusable_instance_label_images_are_truth_errors_of_their_kind_and_the_image_is_kept() -> None:
     from pipeline.model import ModelInfo, ModelSpec
     from pipeline.segment.prepare import prepare_batch
 
@@ -323,12 +323,14 @@ def test_unusable_instance_label_images_become_error_rows_of_their_kind() -> Non
     batch = {name: np.array(values, dtype=object) for name, values in {
         "key": keys, "source": ["s"] * len(keys), "shard": ["s"] * len(keys), "image": [image] * len(keys),
         "mask": [b""] * len(keys), "instances": [cases[k][0] for k in keys], "error": [""] * len(keys),
-        "error_kind": [""] * len(keys)}.items()}
+        "error_kind": [""] * len(keys), "truth_error": [""] * len(keys), "truth_error_kind": [""] * len(keys)}.items()}
     batch["shard_rows"] = np.full(len(keys), len(keys))
     spec = ModelSpec(input_size=(32, 32), channels=3, num_classes=2, depth=2, base_filters=4)
     out = prepare_batch(batch, ModelInfo(spec=spec, class_names=("background", "cell")))
-    assert dict(zip(keys, out["error_kind"])) == {k: kind for k, (_, kind) in cases.items()}
-    assert all(key in error for key, error in zip(keys, out["error"]) if error)
+    assert not any(out["error"]) and out["height"].tolist() == [20] * len(keys)  # every image is kept
+    assert dict(zip(keys, out["truth_error_kind"])) == {k: kind for k, (_, kind) in cases.items()}
+    assert all(key in error and "segmented but not scored" in error for key, error in zip(keys, out["truth_error"]) if error)
+    assert [len(labels) > 0 for labels in out["instances"]] == [key == "ok" for key in keys]  # bad ones dropped
 
 
 def test_tiles_at_their_own_type_normalise_as_the_float_path_does() -> None:
@@ -343,7 +345,8 @@ def test_tiles_at_their_own_type_normalise_as_the_float_path_does() -> None:
         expected = [imaging.read_model_input(data, (16, 16), 3, normalization)[0] for data in (eight, sixteen.getvalue())]
         batch = {name: np.array(values, dtype=object) for name, values in {
             "key": ["eight", "sixteen"], "source": ["s"] * 2, "shard": ["s"] * 2, "image": [eight, sixteen.getvalue()],
-            "mask": [b""] * 2, "instances": [b""] * 2, "error": [""] * 2, "error_kind": [""] * 2}.items()}
+            "mask": [b""] * 2, "instances": [b""] * 2, "error": [""] * 2, "error_kind": [""] * 2,
+            "truth_error": [""] * 2, "truth_error_kind": [""] * 2}.items()}
         batch["shard_rows"] = np.full(2, 2)
         info = ModelInfo(spec=ModelSpec(input_size=(16, 16), channels=3, num_classes=2, depth=2, base_filters=4),
                          class_names=("background", "cell"), normalization=normalization)
@@ -360,3 +363,16 @@ def test_a_mask_with_classes_the_model_lacks_names_them_cut_with_an_ellipsis_and
         imaging.decode_mask(imaging.encode_png(mask), 3, (4, 5))
     with pytest.raises(SampleError, match=r"class values \[3\] but"):
         imaging.decode_mask(imaging.encode_png(np.full((4, 5), 3, np.uint8)), 3, (4, 5))
+
+
+def test_an_animated_gif_png_or_webp_is_a_multi_page_row_and_a_still_gif_is_read() -> None:
+    frames = [Image.fromarray(np.full((6, 8), value, np.uint8)) for value in (0, 255)]
+    still = io.BytesIO()
+    frames[0].save(still, format="GIF")
+    assert imaging.decode_image(still.getvalue()).shape == (6, 8, 3)  # a palette image, expanded
+    for fmt in ("GIF", "PNG", "WEBP"):
+        animated = io.BytesIO()
+        frames[0].save(animated, format=fmt, save_all=True, append_images=frames[1:], duration=100)
+        with pytest.raises(SampleError, match=rf"animated {fmt} of 2 frames") as caught:
+            imaging.decode_image(animated.getvalue())
+        assert caught.value.kind == "multi_page_image"

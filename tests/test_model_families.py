@@ -289,9 +289,11 @@ def test_an_imported_model_segments_end_to_end(tmp_path: Path) -> None:
     from pipeline.io.shards import discover_shards
 
     row = next(iter(read_shard(discover_shards(str(data))[0], None)))
-    direct = model(decode_image(row["image"])[np.newaxis].astype(np.float32) / 255).numpy()[0].argmax(-1)
-    written = decode_mask((tmp_path / "seg" / "masks" / f"{row['key']}.png").read_bytes(), 3, (32, 32))
-    assert (written == direct).mean() > 0.95  # the predictor's scores are quantised to 1/255 before the argmax
+    scores = model(decode_image(row["image"])[np.newaxis].astype(np.float32) / 255).numpy()[0]
+    written = decode_mask((tmp_path / "seg" / "masks" / row["shard"] / f"{row['key']}.png").read_bytes(), 3, (32, 32))
+    top = np.sort(scores, axis=-1)
+    clear = top[..., -1] - top[..., -2] > 2 / 255  # the predictor quantises scores to 1/255: near-ties may flip
+    assert clear.sum() > 100 and (written == scores.argmax(-1))[clear].all()
 
 
 def test_an_imported_model_with_logits_gets_softmax_in_the_predictor(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Decoding images (PNG, JPEG, BMP, WebP through Pillow; TIFF through tifffile) and encoding PNGs.
+"""Decoding images (PNG, JPEG, BMP, WebP, GIF through Pillow; TIFF through tifffile) and encoding PNGs.
 
 Array conventions: a decoded image is ``(H, W, C)`` with ``C`` in {1, 3}, ``uint8`` or ``uint16``
 as the file holds it (alpha dropped, palettes expanded).
@@ -40,7 +40,7 @@ def open_header(data: bytes, what: str = "image", max_pixels: int | None = DEFAU
         picture = Image.open(io.BytesIO(data))
     except Image.UnidentifiedImageError as exc:
         raise SampleError(
-            f"{what} cannot be decoded: not a recognised image format (PNG, JPEG, TIFF, BMP, WebP) or corrupt", bad
+            f"{what} cannot be decoded: not a recognised image format (PNG, JPEG, TIFF, BMP, WebP, GIF) or corrupt", bad
         ) from exc
     except Exception as exc:  # PIL raises several types for corrupt headers
         raise SampleError(f"{what} cannot be decoded ({type(exc).__name__}: {exc}); the header is corrupt",
@@ -48,7 +48,14 @@ def open_header(data: bytes, what: str = "image", max_pixels: int | None = DEFAU
     width, height = picture.size
     if max_pixels is not None and width * height > max_pixels:
         raise SampleError(too_large_message(what, width, height, max_pixels), ErrorKind.IMAGE_TOO_LARGE)
+    frames = getattr(picture, "n_frames", 1) if picture.format in ANIMATED_FORMATS else 1
+    if frames > 1:
+        raise SampleError(f"{what} is an animated {picture.format} of {frames} frames; segpipe reads still images: "
+                          "save the frame to segment on its own (e.g. as PNG)", ErrorKind.MULTI_PAGE_IMAGE)
     return picture
+
+
+ANIMATED_FORMATS = ("GIF", "PNG", "WEBP")  # formats whose extra frames are an animation (a JPEG's are not: MPO)
 
 
 def too_large_message(what: str, width: int, height: int, max_pixels: int) -> str:

@@ -2,8 +2,9 @@
 
 ::
 
-    <output>/masks/<key>.png          the predicted class-index mask of each ok image
-    <output>/instances/<key>.png      with objects: the predicted objects' 16-bit label image (.tif
+    <output>/masks/<shard>/<key>.png  the predicted class-index mask of each ok image
+    <output>/instances/<shard>/<key>.png
+                                      with objects: the predicted objects' 16-bit label image (.tif
                                       when an image holds more than 65,535 objects)
     <output>/objects/<shard>.parquet  with objects: one row per predicted object of the shard
     <output>/metrics/<shard>.parquet  one row per input image of the shard
@@ -11,9 +12,13 @@
     <output>/run.json                 the run record: config, model, versions, times, counts
     <output>/report/                  summary.json and report.html (``segpipe report``)
 
-A key becomes a path by appending ``.png`` under ``masks/`` (keys are checked first:
-:func:`pipeline.io.storage.key_problem`); a shard's name is derived from the input, so every
-re-run writes the same names.
+A key becomes a path by appending ``.png`` under its shard's folder of ``masks/`` (keys are
+checked first: :func:`pipeline.io.storage.key_problem`). Each shard writes under its own folders,
+so two shards holding the same key never write the same file, whatever order they run in; a
+shard's name is derived from the input, so every re-run writes the same names.
+
+:data:`VERSION` is recorded in run.json: outputs of an older layout (``masks/<key>.png``) are
+not continued.
 """
 
 from __future__ import annotations
@@ -27,18 +32,29 @@ OBJECTS = "objects"
 METRICS = "metrics"
 MARKERS = "_done"
 RUN_RECORD = "run.json"
+VERSION = 2  # 2: masks and instances under a folder per shard
 REPORT = "report"
 PARTS = (METRICS, MARKERS, MASKS, INSTANCES, OBJECTS, REPORT, RUN_RECORD)  # all a run writes: what --overwrite removes
 
 
-def mask_url(output: str, key: str) -> str:
-    """Return the URL of the predicted mask of ``key``."""
-    return join_url(output, MASKS, f"{key}.png")
+def mask_url(output: str, shard: str, key: str) -> str:
+    """Return the URL of the predicted mask of ``key`` in ``shard``."""
+    return join_url(output, MASKS, shard, f"{key}.png")
 
 
-def instances_url(output: str, key: str, extension: str = "png") -> str:
-    """Return the URL of the predicted instance label image of ``key`` (``png``, or ``tif`` beyond 65,535 objects)."""
-    return join_url(output, INSTANCES, f"{key}.{extension}")
+def instances_url(output: str, shard: str, key: str, extension: str = "png") -> str:
+    """Return the URL of the predicted instance label image of ``key`` in ``shard`` (``png``, or ``tif``
+    beyond 65,535 objects)."""
+    return join_url(output, INSTANCES, shard, f"{key}.{extension}")
+
+
+SHARD_PARTS = (MARKERS, METRICS, OBJECTS, MASKS, INSTANCES)  # a shard's outputs, its marker first
+
+
+def shard_parts(output: str, shard: str) -> list[str]:
+    """Return the URLs of a shard's outputs, its commit marker first (removed first when it is redone)."""
+    return [marker_url(output, shard), metrics_url(output, shard), objects_url(output, shard),
+            join_url(output, MASKS, shard), join_url(output, INSTANCES, shard)]
 
 
 def objects_url(output: str, shard: str) -> str:

@@ -26,25 +26,24 @@ log = logging.getLogger(__name__)
 
 
 def sample_row(shard: Shard, key: str, image: bytes = b"", mask: bytes | None = None, error: str = "",
-               kind: ErrorKind | str = "", instances: bytes | None = None) -> dict[str, Any]:
+               kind: ErrorKind | str = "", instances: bytes | None = None,
+               truth: Occurrence | None = None) -> dict[str, Any]:
     """Return one input row. Empty ``mask`` means no ground-truth mask, empty ``instances`` no instance
     label image; a non-empty ``error`` means the sample is unusable and says why, and ``kind`` names
-    it (:class:`pipeline.errors.ErrorKind`). (Empty values, not None, keep the columns' types stable.)"""
+    it (:class:`pipeline.errors.ErrorKind`). ``truth``: a ground-truth file that cannot be read (the
+    image is still segmented; the row's ``truth_error``/``truth_error_kind`` say why it is not scored).
+    (Empty values, not None, keep the columns' types stable.)"""
     return {"key": key, "source": shard.url, "shard": shard.name, "image": image, "mask": mask or b"",
-            "instances": instances or b"", "error": error, "error_kind": str(kind) if error else ""}
+            "instances": instances or b"", "error": error, "error_kind": str(kind) if error else "",
+            "truth_error": truth.error if truth else "", "truth_error_kind": str(truth.kind) if truth else ""}
 
 
-def read_shard(shard: Shard, storage_config: StorageConfig | None = None,
-               taken: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+def read_shard(shard: Shard, storage_config: StorageConfig | None = None) -> list[dict[str, Any]]:
     """Return the shard's rows (one per image, and one per ground truth without an image), each tagged with
-    ``shard_rows`` = the shard's row count.
-
-    ``taken`` maps keys an earlier shard already holds to that shard's URL (see
-    :func:`keys_taken_earlier`); their images here become ``duplicate_key`` error rows.
-    """
+    ``shard_rows`` = the shard's row count."""
     try:
         occurrences, truth, cut = format_of(shard).contents(shard, storage_config)
-        rows = list(paired_rows(shard, occurrences, truth, taken or {}))
+        rows = list(paired_rows(shard, occurrences, truth))
         if cut:
             rows.append(sample_row(shard, shard.name, error=cut, kind=ErrorKind.UNREADABLE_SHARD))
     except Exception as exc:  # the whole shard is unreadable: keep a trace of it as one error row
@@ -58,12 +57,13 @@ def read_shard(shard: Shard, storage_config: StorageConfig | None = None,
     return rows
 
 
-def paired_rows(shard: Shard, occurrences: list[Occurrence], truth: Truth,
-                taken: Mapping[str, str]) -> Iterator[dict[str, Any]]:
+def paired_rows(shard: Shard, occurrences: list[Occurrence], truth: Truth) -> Iterator[dict[str, Any]]:
     """Yield one row per image occurrence (with its key's ground truth), then one per ground truth without an image.
 
-    The first occurrence of a key that claims it is segmented; a later one, in this shard or after
-    an earlier shard (``taken``), is a ``duplicate_key`` error row naming where the key was first.
+    The first occurrence of a key that claims it is segmented; a later one in the same shard is a
+    ``duplicate_key`` error row naming the first (its mask would take the same name). The same key
+    in another shard is no error: each shard writes under its own folder
+    (:mod:`pipeline.io.layout`), and the run reports keys repeated across shards.
     """
     first: dict[str, str] = {}
     for item in occurrences:
@@ -72,11 +72,6 @@ def paired_rows(shard: Shard, occurrences: list[Occurrence], truth: Truth,
             yield sample_row(shard, item.key, error=f"key {item.key!r} ({item.member}) in {shard.url} cannot name an "
                              f"output file: {problem}; rename it", kind=ErrorKind.UNSAFE_KEY)
             continue
-        if item.claims and item.key in taken:
-            yield sample_row(shard, item.key, error=f"key {item.key!r} ({item.member}) in {shard.url} was already "
-                             f"taken by the earlier shard {taken[item.key]}; keys must be unique across the input: "
-                             "rename one of them", kind=ErrorKind.DUPLICATE_KEY)
-            continue
         if item.claims and item.key in first:
             yield sample_row(shard, item.key, error=f"key {item.key!r} ({item.member}) in {shard.url} repeats "
                              f"{first[item.key]} of the same shard; keep one image per key", kind=ErrorKind.DUPLICATE_KEY)
@@ -84,12 +79,12 @@ def paired_rows(shard: Shard, occurrences: list[Occurrence], truth: Truth,
         if item.claims:
             first[item.key] = item.member
         labels = truth.get(item.key, {})
-        failed = item if item.error else next((found for found in labels.values() if found.error), None)
-        if failed is not None:
-            yield sample_row(shard, item.key, error=failed.error, kind=failed.kind)
-        else:
+        if item.error:
+            yield sample_row(shard, item.key, error=item.error, kind=item.kind)
+        else:  # a ground-truth file that cannot be read costs the image only its scores
             yield sample_row(shard, item.key, image=item.content, mask=content_of(labels, "mask"),
-                             instances=content_of(labels, "instances"))
+                             instances=content_of(labels, "instances"),
+                             truth=next((found for found in labels.values() if found.error), None))
     with_image = {item.key for item in occurrences}
     for key in sorted(set(truth) - with_image):
         problem = storage.key_problem(key)

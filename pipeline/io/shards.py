@@ -9,7 +9,10 @@ name is derived from the input (never random), so a re-run writes the same outpu
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import posixpath
+from collections.abc import Mapping
 from typing import Any
 
 from pipeline.config import StorageConfig
@@ -30,22 +33,54 @@ def discover_shards(url: str, storage_config: StorageConfig | None = None, folde
     fs, root = storage.filesystem_for(url, storage_config)
     try:
         if fs.isfile(root):
-            return [single_file_shard(url)]
-        paths = fs.find(root) if fs.exists(root) else None
+            shard = single_file_shard(url)
+            return [dataclasses.replace(shard, identity=shard_identity(shard, {url: fs.info(root)}))]
+        listing = fs.find(root, detail=True) if fs.exists(root) else None
     except (PermissionError, OSError) as exc:
         raise InputError(f"input {url} cannot be listed ({type(exc).__name__}: {exc}); check the URL and credentials") from exc
-    if paths is None:
+    if listing is None:
         raise InputError(f"input {url} does not exist; check the URL (local path, file:// or s3://)")
-    relative = sorted(posixpath.relpath(p, root) for p in paths)
+    details = {posixpath.relpath(path, root): info for path, info in listing.items()}
+    relative = sorted(details)
     for fmt in FORMATS.values():
         shards = fmt.find_shards(url, relative, folder_shard_size)
         if shards:
-            return shards
+            check_names(url, shards)
+            by_url = {storage.join_url(url, path): info for path, info in details.items()}
+            return [dataclasses.replace(shard, identity=shard_identity(shard, by_url)) for shard in shards]
     named = ", ".join(repr(path) for path in relative[:3]) + (", …" if len(relative) > 3 else "")
     raise InputError(
         f"input {url} holds no images: expected *.tar shards, an images/ folder, or *.parquet files; "
         + (f"found {len(relative)} other file(s), none of them named so: {named}" if relative else "it is empty")
     )
+
+
+def check_names(url: str, shards: list[Shard]) -> None:
+    """Raise InputError if two shards would write under one name (``a/b.tar`` and ``a__b.tar``)."""
+    seen: dict[str, str] = {}
+    for shard in shards:
+        other = seen.setdefault(shard.name, shard.url)
+        if other != shard.url:
+            raise InputError(f"input {url}: shards {other} and {shard.url} would both write their outputs as "
+                             f"{shard.name!r}; rename one of them")
+
+
+def file_identity(info: Mapping[str, Any]) -> str:
+    """Return what a listing says of one file's bytes: its size and ETag (object stores) or modification time."""
+    tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
+    return f"{info.get('size')}:{str(tag).strip(chr(34))}"
+
+
+def shard_identity(shard: Shard, infos: Mapping[str, Mapping[str, Any]]) -> str:
+    """Return the shard's identity from the listing of its files (``{URL: info}``): the file's own for a
+    shard of one file, a digest of its members' names and identities for a folder slice."""
+    files = shard.files()
+    if len(files) == 1 and not shard.members:
+        return file_identity(infos.get(files[0], {}))
+    digest = hashlib.sha256()
+    for url in files:
+        digest.update(f"{url}\t{file_identity(infos.get(url, {}))}\n".encode())
+    return f"{len(files)} files:{digest.hexdigest()[:32]}"
 
 
 def single_file_shard(url: str) -> Shard:
@@ -54,7 +89,7 @@ def single_file_shard(url: str) -> Shard:
         shard = fmt.single_file_shard(url)
         if shard is not None:
             return shard
-    suffixes = " or ".join(fmt.file_suffix for fmt in FORMATS.values() if fmt.file_suffix)
+    suffixes = " or ".join(suffix for fmt in FORMATS.values() for suffix in fmt.file_suffixes)
     raise InputError(f"input {url} is a single file but not {suffixes}; point --input at a folder or shard")
 
 

@@ -8,6 +8,7 @@ environment and never appear in messages.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import posixpath
@@ -38,6 +39,13 @@ def quiet_credential_loggers() -> None:
 
 class StorageError(RuntimeError):
     """Object storage cannot be used as asked; the message names the URL and the fix."""
+
+
+class OutputFullError(StorageError):
+    """The output's file system refuses every write (full, over quota, read-only): the run stops, resumable."""
+
+
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})  # the output as a whole cannot take writes
 
 
 def filesystem_for(url: str, storage: StorageConfig | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -84,12 +92,34 @@ def read_bytes(url: str, storage: StorageConfig | None = None) -> bytes:
 
 
 def write_bytes(url: str, data: bytes, storage: StorageConfig | None = None) -> None:
-    """Write ``data`` to ``url``, creating parent folders on local filesystems."""
+    """Write ``data`` to ``url`` whole or not at all: no reader ever sees part of it under its name.
+
+    On a local file system the bytes go to a hidden temporary name in the same folder, renamed
+    over ``url`` once written (parent folders are created); an object store's PUT is already
+    whole. A file system that refuses every write (full, over quota, read-only: :data:`FULL_ERRNOS`)
+    raises :class:`OutputFullError` naming the URL and the fix, the temporary file removed; other
+    failures (a name too long, say) raise their OSError.
+    """
     fs, path = filesystem_for(url, storage)
+    if not is_local(fs):
+        fs.pipe_file(path, data)
+        return
     parent = posixpath.dirname(path)
-    if parent and is_local(fs):  # object stores have no folders; makedirs there would create buckets
-        fs.makedirs(parent, exist_ok=True)
-    fs.pipe_file(path, data)
+    temporary = posixpath.join(parent, f".{posixpath.basename(path)}.partial-{os.getpid()}")
+    try:
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        if exc.errno in FULL_ERRNOS:
+            raise OutputFullError(f"cannot write {url}: {exc.strerror or exc}; free space on (or make writable) the "
+                                  "output's file system, then re-run the same command: the shards committed so far "
+                                  "are kept") from exc
+        raise
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:

@@ -55,6 +55,8 @@ class Aggregator:
         self.without_truth = 0
         self.error_kinds: Counter[str] = Counter()
         self.errors: list[dict[str, Any]] = []
+        self.truth_error_kinds: Counter[str] = Counter()  # ok rows whose ground truth could not be used
+        self.truth_errors: list[dict[str, Any]] = []
         self.model_ids: Counter[str] = Counter()
         self.run_ids: Counter[str] = Counter()
         self.keys: list[pa.Array] = []
@@ -85,6 +87,7 @@ class Aggregator:
         ok = pc.fill_null(pc.equal(batch.column("status"), schema.STATUS_OK), False)
         errors = pc.invert(ok)
         self.collect_errors(batch.filter(errors))
+        self.collect_truth_errors(batch.filter(pc.and_(ok, batch.column("truth_error_kind").is_valid())))
         self.ok += int(pc.sum(ok).as_py() or 0)
         latencies = batch.column("seconds").filter(ok).to_numpy(zero_copy_only=False)
         self.chunks["seconds"].append(np.asarray(latencies, dtype=np.float64))
@@ -127,6 +130,14 @@ class Aggregator:
             self.error_kinds[kind] += 1
             if len(self.errors) < KEPT_ERRORS:
                 self.errors.append({"key": key, "source": source, "kind": kind, "error": message})
+
+    def collect_truth_errors(self, rows: pa.RecordBatch) -> None:
+        """Count segmented rows whose ground truth was unusable, by kind, and keep the first :data:`KEPT_ERRORS`."""
+        for key, source, message, kind in zip(*(rows.column(c).to_pylist()
+                                                for c in ("key", "source", "truth_error", "truth_error_kind"))):
+            self.truth_error_kinds[kind] += 1
+            if len(self.truth_errors) < KEPT_ERRORS:
+                self.truth_errors.append({"key": key, "source": source, "kind": kind, "error": message})
 
     def collect_worst(self, rows: pa.RecordBatch, scores: np.ndarray) -> None:
         """Keep the ``worst_n`` rows of lowest foreground mean Dice (NaN rows are never "worst"); ties by key."""

@@ -81,7 +81,7 @@ SUMMARY_SCHEMA: dict[str, Any] = {  # the documented keys of summary.json (READM
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
     "required": ["format", "definitions", "run", "counts", "ground_truth", "classes", "foreground",
-                 "pixel_accuracy", "worst", "errors", "errors_truncated", "report"],
+                 "pixel_accuracy", "worst", "errors", "errors_truncated", "truth_errors", "report"],
     "properties": {
         "format": {"const": "segpipe-report/1"},
         "definitions": {"type": "object", "additionalProperties": {"type": "string"}},
@@ -89,9 +89,11 @@ SUMMARY_SCHEMA: dict[str, Any] = {  # the documented keys of summary.json (READM
                                                 "images_per_second", "image_seconds", "config", "versions"]},
         "counts": {
             "type": "object",
-            "required": ["images", "ok", "errors", "errors_by_kind", "with_ground_truth", "without_ground_truth",
-                         "distinct_keys", "shards", "committed_shards", "metrics_files"],
-            "properties": {"errors_by_kind": {"type": "object", "additionalProperties": {"type": "integer"}}},
+            "required": ["images", "ok", "errors", "errors_by_kind", "truth_errors", "truth_errors_by_kind",
+                         "with_ground_truth", "without_ground_truth", "distinct_keys", "shards", "committed_shards",
+                         "metrics_files"],
+            "properties": {"errors_by_kind": {"type": "object", "additionalProperties": {"type": "integer"}},
+                           "truth_errors_by_kind": {"type": "object", "additionalProperties": {"type": "integer"}}},
         },
         "ground_truth": {"type": "boolean"},
         "classes": {"type": "array", "items": {
@@ -106,6 +108,7 @@ SUMMARY_SCHEMA: dict[str, Any] = {  # the documented keys of summary.json (READM
         "worst": {"type": "array", "items": {"type": "object", "required": ["key", "source", "mask_uri", "mean_dice", "dice"]}},
         "errors": {"type": "array", "items": {"type": "object", "required": ["key", "source", "kind", "error"]}},
         "errors_truncated": {"type": "integer"},
+        "truth_errors": {"type": "array", "items": {"type": "object", "required": ["key", "source", "kind", "error"]}},
         "baseline": {"type": "object", "required": ["url", "classes", "foreground", "pixel_accuracy", "images_matched",
                                                     "only_in_run", "only_in_baseline", "most_worse"]},
         "report": {"type": "object", "required": ["generated", "worst", "bootstrap_resamples", "seed"]},
@@ -135,6 +138,8 @@ def summary_document(agg: Aggregator, run: RunFiles, cfg: ReportConfig, class_na
         "counts": {
             "images": agg.rows, "ok": agg.ok, "errors": agg.rows - agg.ok,
             "errors_by_kind": dict(sorted(agg.error_kinds.items())),
+            "truth_errors": sum(agg.truth_error_kinds.values()),
+            "truth_errors_by_kind": dict(sorted(agg.truth_error_kinds.items())),
             "with_ground_truth": with_truth, "without_ground_truth": agg.without_truth,
             "distinct_keys": agg.distinct_keys(), "shards": run.shards, "committed_shards": run.committed,
             "metrics_files": len(run.metrics_files),
@@ -146,6 +151,7 @@ def summary_document(agg: Aggregator, run: RunFiles, cfg: ReportConfig, class_na
         "worst": agg.worst.rows(),
         "errors": agg.errors,
         "errors_truncated": max(0, (agg.rows - agg.ok) - len(agg.errors)),
+        "truth_errors": agg.truth_errors,
     }
     if with_truth:
         document["foreground"] = {
@@ -196,6 +202,9 @@ def run_section(agg: Aggregator, run: RunFiles) -> dict[str, Any]:
                           "median": finite_or_none(np.median(seconds)) if seconds.size else None,
                           "p95": finite_or_none(np.percentile(seconds, 95)) if seconds.size else None},
         "config": run_json.get("config"), "versions": run_json.get("versions"),
+        "repeated_keys": recorded.get("repeated_keys") or {"count": 0, "examples": []},
+        "changed_shards": run_json.get("changed_shards") or [],
+        "removed_shards": run_json.get("removed_shards") or [],
     }
 
 

@@ -185,6 +185,43 @@ def gallery(cards: list[dict[str, Any]]) -> str:
 
 
 def error_table(summary: dict[str, Any]) -> str:
+    """Return the error counts by kind and the kept error rows, then the images whose ground truth was
+    unusable and what changed in the input between attempts."""
+    return image_errors(summary) + truth_errors(summary) + input_notes(summary["run"])
+
+
+def truth_errors(summary: dict[str, Any]) -> str:
+    """Return the segmented images whose ground truth could not be used (not scored), by kind and the kept rows."""
+    counts = summary["counts"]
+    if not counts.get("truth_errors"):
+        return ""
+    kinds = ", ".join(f"{esc(kind)} {count}" for kind, count in counts["truth_errors_by_kind"].items())
+    rows = "".join(f"<tr><td class=l>{esc(e['kind'])}</td><td class=l><code>{esc(e['key'])}</code></td>"
+                   f"<td class=l>{esc(e['error'])}</td></tr>" for e in summary.get("truth_errors", []))
+    return (f"<p class=bad>{counts['truth_errors']} image(s) were segmented, but their ground truth could not be used, "
+            f"so they are not scored ({kinds}):</p>"
+            f"<table><tr><th class=l>kind</th><th class=l>key</th><th class=l>ground truth problem</th></tr>{rows}</table>")
+
+
+def input_notes(run: dict[str, Any]) -> str:
+    """Return what the run record says about the input across attempts: repeated keys, changed and removed shards."""
+    notes = []
+    repeated = run.get("repeated_keys") or {}
+    if repeated.get("count"):
+        examples = "; ".join(f"<code>{esc(e['key'])}</code> in {esc(', '.join(e['shards']))}"
+                             for e in repeated.get("examples", [])[:5])
+        notes.append(f"{repeated['count']} key(s) are held by more than one shard; each image was segmented and kept "
+                     f"under its shard's folder (e.g. {examples}).")
+    if run.get("changed_shards"):
+        notes.append(f"{len(run['changed_shards'])} shard(s) changed since an earlier attempt committed them and were "
+                     f"segmented again: {esc(', '.join(run['changed_shards'][:10]))}.")
+    if run.get("removed_shards"):
+        notes.append(f"{len(run['removed_shards'])} committed shard(s) are no longer in the input; their rows are still "
+                     f"counted here: {esc(', '.join(run['removed_shards'][:10]))}.")
+    return "".join(f"<p class=muted>{note}</p>" for note in notes)
+
+
+def image_errors(summary: dict[str, Any]) -> str:
     """Return the error counts by kind and the kept error rows."""
     counts = summary["counts"]
     if not counts["errors"]:

@@ -58,19 +58,19 @@ def true_objects(truth: np.ndarray | None, labels: np.ndarray | None, num_classe
     return found, label_class, "components"
 
 
-def image_objects(key: str, predicted: np.ndarray, confidence: np.ndarray | None, truth: np.ndarray | None,
+def image_objects(key: str, shard: str, predicted: np.ndarray, confidence: np.ndarray | None, truth: np.ndarray | None,
                   truth_labels: np.ndarray | None, num_classes: int, config: ObjectsConfig, output: str,
                   storage_config: StorageConfig | None) -> tuple[dict[str, Any], pa.Table]:
     """Return the metrics fields of one image's objects and its rows of :data:`pipeline.schema.OBJECTS_SCHEMA`.
 
-    Writes ``instances/<key>.<png|tif>`` under ``output``. ``confidence`` ``(h, w)`` gives each
+    Writes ``instances/<shard>/<key>.<png|tif>`` under ``output``. ``confidence`` ``(h, w)`` gives each
     object's ``mean_score``; ``truth`` (class mask) and ``truth_labels`` (instance labels), either
     or both None, the true objects (:func:`true_objects`).
     """
     labels, label_class = objects.label_objects(predicted, num_classes, config.connectivity, config.min_size,
                                                 config.split)
     data, extension = imaging.encode_instances(labels)
-    uri = layout.instances_url(output, key, extension)
+    uri = layout.instances_url(output, shard, key, extension)
     storage.write_bytes(uri, data, storage_config)
     if confidence is not None and confidence.dtype == np.uint8:
         confidence = confidence / imaging.SCORE_LEVELS

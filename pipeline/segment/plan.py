@@ -33,7 +33,8 @@ class RunPlan:
     shards: list[Shard]
     model: LoadedModel
     tiling: Tiling
-    taken: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # see keys_taken_earlier
+    changed_shards: tuple[str, ...] = ()  # committed earlier, replaced since: redone (pipeline.segment.resume)
+    removed_shards: tuple[str, ...] = ()  # committed earlier, no longer in the input
     actor_cpus: float = 1.0
     actor_gpus: float = 0.0
     actor_threads: int = 1

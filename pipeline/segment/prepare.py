@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import numpy as np
@@ -61,17 +61,28 @@ def prepare_rows(batch: dict[str, np.ndarray], columns: dict[str, np.ndarray],
             kinds[index] = ErrorKind.INTERNAL.value
             log.exception("preparing %s failed", key)
         seconds[index] = time.perf_counter() - started
-    out = {name: batch[name] for name in ("key", "source", "shard", "shard_rows", "mask", "instances")}
+    out = {name: batch[name] for name in ("key", "source", "shard", "shard_rows", "mask", "instances", "truth_error",
+                                          "truth_error_kind")}
     out.update(columns, height=heights, width=widths, error=errors, error_kind=kinds, seconds=seconds)
     return out
 
 
 def check_truth(batch: dict[str, np.ndarray], index: int, num_classes: int, size: tuple[int, int]) -> None:
-    """Raise SampleError if row ``index``'s ground-truth mask or instance labels cannot be used with its image."""
-    if len(batch["mask"][index]):
-        imaging.decode_mask(batch["mask"][index], num_classes, size)
-    if len(batch["instances"][index]):
-        imaging.decode_instances(batch["instances"][index], size)
+    """Set row ``index``'s ``truth_error`` and ``truth_error_kind`` and drop its ground truth if the mask or
+    instance labels cannot be used with its image: the image is still segmented, just not scored."""
+    decoders = {"mask": lambda data: imaging.decode_mask(data, num_classes, size),
+                "instances": lambda data: imaging.decode_instances(data, size)}
+    for role, decode in decoders.items():
+        if not len(batch[role][index]):
+            continue
+        try:
+            decode(batch[role][index])
+        except imaging.SampleError as exc:
+            what = "mask" if role == "mask" else "instance label image"
+            batch["truth_error"][index] = (f"{batch['key'][index]} ({batch['source'][index]}): the ground-truth {what} "
+                                           f"cannot be used, so the image is segmented but not scored: {exc}")
+            batch["truth_error_kind"][index] = exc.kind
+            batch[role][index] = b""
 
 
 def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo,
@@ -167,7 +178,8 @@ def stored_image(stored: np.ndarray, bits: int) -> np.ndarray:
     return stored.view(np.uint16) if int(bits) == 16 else stored
 
 
-ROW_COLUMNS = ("key", "source", "shard", "image", "mask", "instances", "error", "error_kind")
+ROW_COLUMNS = ("key", "source", "shard", "image", "mask", "instances", "error", "error_kind", "truth_error",
+               "truth_error_kind")
 
 
 class PreparesRows(Protocol):
@@ -178,14 +190,10 @@ class PreparesRows(Protocol):
 
 
 def read_and_prepare(batch: dict[str, np.ndarray], inferer: PreparesRows, storage_config: StorageConfig | None,
-                     taken: Mapping[str, Mapping[str, str]] | None = None,
                      max_image_pixels: int | None = imaging.DEFAULT_MAX_IMAGE_PIXELS,
                      tiff_page: int | None = None, telemetry_channel: str = "") -> Iterator[dict[str, np.ndarray]]:
     """Read each shard named in ``batch["shard"]`` and yield its rows prepared by the run's inferer,
     a block at a time (:meth:`pipeline.segment.inferers.Inferer.prepare`).
-
-    ``taken`` maps a shard name to the keys earlier shards hold (:func:`sources.keys_taken_earlier`):
-    those images become ``duplicate_key`` rows.
 
     Reading and decoding in one CPU task spares a stage boundary: the encoded images never become
     Arrow rows in the object store only to be turned back into arrays by the next task (that round
@@ -195,7 +203,7 @@ def read_and_prepare(batch: dict[str, np.ndarray], inferer: PreparesRows, storag
     first = True
     for text in batch["shard"]:
         shard = Shard.from_json(str(text))
-        rows = readers.read_shard(shard, storage_config, (taken or {}).get(shard.name))
+        rows = readers.read_shard(shard, storage_config)
         for prepared in inferer.prepare(rows, max_image_pixels, tiff_page):
             if first and len(prepared["key"]):  # this task's start-up, once
                 send_events(telemetry_channel, {"read_started": read_started, "first_prepared": time.time()})

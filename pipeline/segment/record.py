@@ -29,6 +29,7 @@ class ShardCounts(Protocol):
     first_batch: tuple[float, int] | None  # (perf_counter time, rows) of the first batch
     events: dict[str, float]  # the driver's start-up steps seen while rows arrive
     last_commit: float
+    repeated: dict[str, Any]  # keys held by more than one shard: count and examples
 
     @property
     def empty_shards(self) -> tuple[str, ...]: ...
@@ -53,7 +54,10 @@ class RunSummary:
     ok: int
     errors: int
     empty_shards: tuple[str, ...]
-    duplicate_keys: int
+    duplicate_keys: int  # rows whose key an earlier image of the same shard took
+    repeated_keys: dict[str, Any]  # keys held by more than one shard (each image kept): count, examples
+    changed_shards: tuple[str, ...]  # committed earlier, replaced since: redone by this run
+    removed_shards: tuple[str, ...]  # committed earlier, no longer in the input
     resumed_shards: int
     wall_seconds: float
     startup_seconds: float
@@ -64,10 +68,15 @@ class RunSummary:
     def line(self) -> str:
         """Return the one-line summary shown at the end of a run."""
         resumed = f" ({self.resumed_shards} committed by an earlier attempt)" if self.resumed_shards else ""
+        notes = [f"{count} {what}" for count, what in (
+            (self.repeated_keys.get("count", 0), "key(s) held by more than one shard"),
+            (len(self.changed_shards), "shard(s) changed since their commit and redone"),
+            (len(self.removed_shards), "committed shard(s) no longer in the input")) if count]
         return (
             f"{self.images} images ({self.ok} ok, {self.errors} errors) from {self.shards} shards{resumed} in "
             f"{self.wall_seconds:.1f} s, {self.images_per_second:.1f} images/s "
             f"({self.steady_images_per_second:.1f} after {self.startup_seconds:.1f} s start-up); outputs in {self.output}"
+            + (f"; {', '.join(notes)} (see run.json)" if notes else "")
         )
 
 
@@ -188,6 +197,9 @@ def run_summary(cfg: SegmentConfig, plan: RunPlan, writer: ShardCounts, started:
         errors=images - ok,
         empty_shards=writer.empty_shards,
         duplicate_keys=writer.duplicate_keys,
+        repeated_keys=writer.repeated,
+        changed_shards=plan.changed_shards,
+        removed_shards=plan.removed_shards,
         resumed_shards=len(writer.resumed),
         wall_seconds=round(wall, 3),
         startup_seconds=round(startup, 3),
@@ -210,6 +222,9 @@ def write_run_json(cfg: SegmentConfig, plan: RunPlan, state: dict[str, Any]) -> 
         "actors": {"cpus": plan.actor_cpus, "gpus": plan.actor_gpus, "threads": plan.actor_threads,
                    "min": cfg.actors.min, "max": cfg.actors.max},
         "shards": len(plan.shards),
+        "changed_shards": list(plan.changed_shards),
+        "removed_shards": list(plan.removed_shards),
+        "layout": layout.VERSION,
         "versions": package_versions(),
     }
     storage.write_bytes(layout.run_record_url(cfg.output), json.dumps(record, indent=2).encode(), cfg.storage)

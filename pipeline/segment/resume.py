@@ -6,6 +6,11 @@ re-run of the same command on the same output therefore skips committed shards a
 rest; a shard that was half-written (masks or Parquet without a marker) is redone and its files
 are overwritten under the same deterministic names, so no row is duplicated.
 
+A marker records the shard's identity (:attr:`Shard.identity`: size and ETag or modification
+time). A shard replaced under the same name since it was committed is redone: its marker is
+removed first, then its outputs, so a crash in between leaves it simply uncommitted. A shard
+committed earlier but no longer in the input is reported (its rows stay in the output).
+
 An output is continued only by the same run: same input URL, same model (sha256 of the
 artifact), same folder shard size (it decides shard names), same tta, precision, tiling and objects. Anything else is refused before work
 starts unless ``overwrite`` is set, which first removes the previous outputs.
@@ -20,15 +25,19 @@ from typing import Any
 
 from pipeline.config import ConfigError, SegmentConfig
 from pipeline.io import layout, storage
+from pipeline.io.shards import Shard
 
 log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class PriorOutput:
-    """What an output URL already holds: the previous run's id and its committed shards' markers."""
+    """What an output URL already holds for this run: the previous run's id, the markers of the shards
+    it may keep, and the shards it committed that changed since (now redone) or left the input."""
 
     run_id: str | None
     committed: dict[str, dict[str, Any]]
+    changed: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
 
 
 def read_markers(cfg: SegmentConfig) -> dict[str, dict[str, Any]]:
@@ -83,10 +92,12 @@ def clear_output(cfg: SegmentConfig) -> None:
     log.info("overwrite: removed the previous outputs under %s", cfg.output)
 
 
-def prepare_output(cfg: SegmentConfig, model_sha256: str, overwrite: bool, tiling: dict[str, Any]) -> PriorOutput:
-    """Return what the output already holds for this run; raise ConfigError if it belongs to another run.
+def prepare_output(cfg: SegmentConfig, model_sha256: str, overwrite: bool, tiling: dict[str, Any],
+                   shards: list[Shard]) -> PriorOutput:
+    """Return what the output already holds for this run's ``shards``; raise ConfigError if it belongs to another run.
 
-    With ``overwrite`` the previous outputs are removed first and nothing is resumed.
+    With ``overwrite`` the previous outputs are removed first and nothing is resumed. Shards whose
+    identity changed since their commit lose their outputs here and are redone.
     """
     run_url = layout.run_record_url(cfg.output)
     try:
@@ -104,6 +115,10 @@ def prepare_output(cfg: SegmentConfig, model_sha256: str, overwrite: bool, tilin
     if run_json is None:
         raise ConfigError(f"output {cfg.output} holds commit markers but no run.json; it was not written by "
                           "'segpipe segment' or is damaged: choose another output or pass --overwrite")
+    if markers and run_json.get("layout") != layout.VERSION:
+        raise ConfigError(f"output {cfg.output} holds run {run_json.get('run_id')}, written by an earlier segpipe "
+                          "with another output layout (masks/<key>.png, commit markers without shard identity); it "
+                          "cannot be continued: pass --overwrite to redo it here, or choose another output")
     wanted, found = identity(cfg, model_sha256, tiling), prior_identity(run_json)
     different = [f"{key}: {found[key]!r} there, {wanted[key]!r} now" for key in wanted if found[key] != wanted[key]]
     if different:
@@ -117,6 +132,35 @@ def prepare_output(cfg: SegmentConfig, model_sha256: str, overwrite: bool, tilin
     if cfg.run_id and run_json.get("run_id") and cfg.run_id != run_json["run_id"]:
         raise ConfigError(f"output {cfg.output} holds run {run_json['run_id']}, not run_id={cfg.run_id}; "
                           "leave run_id unset to continue it, or pass --overwrite")
-    if markers:
-        log.info("output %s: continuing run %s, %d shard(s) already committed", cfg.output, run_json.get("run_id"), len(markers))
-    return PriorOutput(run_json.get("run_id"), markers)
+    current = {shard.name: shard for shard in shards}
+    removed = tuple(sorted(set(markers) - set(current)))
+    changed = tuple(sorted(name for name, marker in markers.items()
+                           if name in current and marker.get("identity") != current[name].identity))
+    if removed:
+        log.warning("%d shard(s) committed under %s are no longer in the input (%s); their rows stay in the "
+                    "output and its report: pass --overwrite to start the output afresh", len(removed), cfg.output,
+                    listed(removed))
+    if changed:
+        log.warning("%d shard(s) changed since they were committed (%s): their outputs are removed and the "
+                    "shards segmented again", len(changed), listed(changed))
+        for name in changed:
+            clear_shard(cfg, name)
+    kept = {name: marker for name, marker in markers.items() if name in current and name not in changed}
+    if kept:
+        log.info("output %s: continuing run %s, %d shard(s) already committed", cfg.output, run_json.get("run_id"), len(kept))
+    return PriorOutput(run_json.get("run_id"), kept, changed, removed)
+
+
+def listed(names: tuple[str, ...], most: int = 5) -> str:
+    """Return up to ``most`` names, comma-separated, with "…" when there are more."""
+    return ", ".join(names[:most]) + (", …" if len(names) > most else "")
+
+
+def clear_shard(cfg: SegmentConfig, name: str) -> None:
+    """Remove one shard's outputs, its commit marker first (:func:`pipeline.io.layout.shard_parts`)."""
+    fs, _ = storage.filesystem_for(cfg.output, cfg.storage)
+    for url in layout.shard_parts(cfg.output, name):
+        _, path = storage.filesystem_for(url, cfg.storage)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    fs.invalidate_cache()

@@ -13,7 +13,6 @@ names and resumes (:mod:`pipeline.segment.resume`).
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import logging
@@ -26,7 +25,6 @@ from pipeline import raypatch
 from pipeline.cluster import connect_ray
 from pipeline.config import SegmentConfig
 from pipeline.io import storage
-from pipeline.io.keys import keys_taken_earlier
 from pipeline.io.shards import Shard, shard_dataset
 from pipeline.model import ModelArtifactError
 from pipeline.segment.inferers import inferer_for
@@ -58,19 +56,16 @@ def run_segmentation(cfg: SegmentConfig, own_process: bool = False) -> RunSummar
     plan = plan_run(cfg)
     events["planned"] = time.time()
     with storage.reaching(cfg.output, cfg.storage):
-        prior = prepare_output(cfg, plan.model.sha256, cfg.overwrite, plan.tiling.to_json())
-    plan = dataclasses.replace(plan, run_id=prior.run_id or plan.run_id)
+        prior = prepare_output(cfg, plan.model.sha256, cfg.overwrite, plan.tiling.to_json(), plan.shards)
+    plan = dataclasses.replace(plan, run_id=prior.run_id or plan.run_id, changed_shards=prior.changed,
+                               removed_shards=prior.removed)
     todo = [shard for shard in plan.shards if shard.name not in prior.committed]
     if todo:
-        # Indexing the shards' keys (one read of each shard's headers) needs only storage: it runs
-        # while Ray starts.
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="keys") as pool:
-            taken = pool.submit(keys_taken_earlier, plan.shards, cfg.storage)
-            events["ray_started"] = time.time()
-            connect_ray(cfg.address)
-            events["ray_ready"] = time.time()
-            raypatch.install()  # this driver drives the stream: its idle scheduling loop must not spin
-            plan = dataclasses.replace(plan, taken=taken.result(), **actor_resources(cfg))
+        events["ray_started"] = time.time()
+        connect_ray(cfg.address)
+        events["ray_ready"] = time.time()
+        raypatch.install()  # this driver drives the stream: its idle scheduling loop must not spin
+        plan = dataclasses.replace(plan, **actor_resources(cfg))
     else:
         log.info("every shard of %s is already committed under %s; nothing to do", cfg.input, cfg.output)
     write_run_json(cfg, plan, {"status": "running", "started": started_at})
@@ -89,7 +84,10 @@ def run_segmentation(cfg: SegmentConfig, own_process: bool = False) -> RunSummar
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         failure = {"status": status, "started": started_at, "ended": now_iso(),
                    "error": f"{type(exc).__name__}: {exc}", "progress": progress.counts(writer)}
-        write_run_json(cfg, plan, failure)
+        try:
+            write_run_json(cfg, plan, failure)
+        except storage.OutputFullError:  # the output that stopped the run cannot take its record either
+            log.warning("run.json could not record the failure: the output takes no writes")
         refused = model_error_in(exc)
         if refused is not None:  # the actors' full load refused the model: one message, like the driver's checks
             raise refused from None
@@ -185,7 +183,7 @@ def build_dataset(cfg: SegmentConfig, plan: RunPlan, shards: list[Shard], channe
     with data_context(**settings):
         dataset = shard_dataset(shards)
     dataset = dataset.map_batches(
-        read_and_prepare, fn_kwargs={"inferer": inferer, "storage_config": storage_config, "taken": plan.taken,
+        read_and_prepare, fn_kwargs={"inferer": inferer, "storage_config": storage_config,
                                      "max_image_pixels": cfg.max_image_pixels, "tiff_page": cfg.tiff_page,
                                      "telemetry_channel": channel},
         batch_size=1, num_cpus=cfg.stage_cpus,

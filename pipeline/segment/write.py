@@ -10,6 +10,8 @@ rows (and object rows) and, once a shard's rows are all in, writes ``objects/<sh
 
 from __future__ import annotations
 
+import concurrent.futures
+import hashlib
 import io
 import json
 import logging
@@ -42,13 +44,15 @@ def finish_batch(
     storage_config: StorageConfig | None = None,
     objects_config: ObjectsConfig | None = None,
 ) -> pa.Table:
-    """Return the batch's metrics rows (``schema.METRICS_SCHEMA`` plus ``shard, shard_rows, objects``).
+    """Return the batch's metrics rows (``schema.METRICS_SCHEMA`` plus ``shard, shard_rows, objects, output_full``).
 
     For each usable row: the mask at the image's size from the inferer's output
     (:meth:`pipeline.segment.inferers.Inferer.finish`), written to ``masks/<key>.png``
-    under ``output``, count predicted pixels per class, and with ground truth compute TP/FP/FN,
+    under ``output`` (``masks/<shard>/<key>.png``), count predicted pixels per class, and with ground truth compute TP/FP/FN,
     Dice and IoU (see :mod:`pipeline.metrics`). With ``objects_config.enabled`` each row's
-    ``objects`` holds its object rows as Arrow IPC bytes (``b""`` for none).
+    ``objects`` holds its object rows as Arrow IPC bytes (``b""`` for none). ``output_full`` says
+    why the output took no write (:class:`pipeline.io.storage.OutputFullError`), else ``""``: the
+    driver then stops the run rather than commit the shard.
     """
     rows = []
     for index in range(len(batch["key"])):
@@ -65,7 +69,8 @@ def finish_batch(
     table = schema.metrics_table(rows)
     extra = {"shard": pa.array([r["shard"] for r in rows], pa.string()),
              "shard_rows": pa.array([r["shard_rows"] for r in rows], pa.int64()),
-             "objects": pa.array([r.get("objects", b"") for r in rows], pa.binary())}
+             "objects": pa.array([r.get("objects", b"") for r in rows], pa.binary()),
+             "output_full": pa.array([r.get("output_full", "") for r in rows], pa.string())}
     for name, column in extra.items():
         table = table.append_column(name, column)
     return table
@@ -75,8 +80,9 @@ def finish_row(item: dict[str, Any], inferer: Inferer, output: str, storage_conf
                objects_config: ObjectsConfig | None = None) -> dict[str, Any]:
     """Return the metrics fields of one row (with objects, ``objects``: its object rows as IPC bytes);
     failures become ``status="error"`` with the reason."""
-    key = str(item["key"])
-    base = {"key": key, "source": str(item["source"])}
+    key, shard = str(item["key"]), str(item["shard"])
+    base = {"key": key, "source": str(item["source"]), "truth_error": str(item["truth_error"]) or None,
+            "truth_error_kind": str(item["truth_error_kind"]) or None}
     if item["error"]:
         return {**base, "status": schema.STATUS_ERROR, "error": str(item["error"]),
                 "error_kind": str(item["error_kind"])}
@@ -85,7 +91,7 @@ def finish_row(item: dict[str, Any], inferer: Inferer, output: str, storage_conf
     with_objects = objects_config is not None and objects_config.enabled
     try:
         predicted, confidence = inferer.finish(item, confidence=with_objects)
-        mask_uri = layout.mask_url(output, key)
+        mask_uri = layout.mask_url(output, shard, key)
         storage.write_bytes(mask_uri, imaging.encode_png(predicted, compress_level=1), storage_config)
         record: dict[str, Any] = {"class_pixels": metrics.class_counts(predicted, num_classes).tolist()}
         truth = imaging.decode_mask(item["mask"], num_classes, (height, width)) if len(item["mask"]) else None
@@ -96,11 +102,14 @@ def finish_row(item: dict[str, Any], inferer: Inferer, output: str, storage_conf
         if truth is not None:
             record.update({k: np.asarray(v).tolist() for k, v in metrics.image_metrics(predicted, truth, num_classes).items()})
         if with_objects:
-            found, table = image_objects(key, predicted, confidence, truth, truth_labels, num_classes, objects_config,
+            found, table = image_objects(key, shard, predicted, confidence, truth, truth_labels, num_classes, objects_config,
                                          output, storage_config)
             record.update(found, objects=table_bytes(table))
+    except storage.OutputFullError as exc:  # the output takes no writes at all: the driver stops the run
+        return {**base, "status": schema.STATUS_ERROR, "error": str(exc), "error_kind": ErrorKind.WRITE_FAILED.value,
+                "height": height, "width": width, "output_full": str(exc)}
     except Exception as exc:
-        if isinstance(exc, OSError):  # the store refused the write (a full disk, a name too long): said in the row
+        if isinstance(exc, OSError):  # the store refused this file (a name too long): said in the row
             log.warning("writing the outputs of %s failed: %s", key, exc)
         else:
             log.exception("finishing %s failed", key)
@@ -108,6 +117,14 @@ def finish_row(item: dict[str, Any], inferer: Inferer, output: str, storage_conf
                 "error": f"{key}: {type(exc).__name__} while writing the mask or its objects: {exc}",
                 "error_kind": ErrorKind.WRITE_FAILED.value, "height": height, "width": width}
     return {**base, **record, "status": schema.STATUS_OK, "height": height, "width": width, "mask_uri": mask_uri}
+
+
+def key_hashes(keys: Any, unique: bool = True) -> np.ndarray:
+    """Return 8-byte hashes of ``keys`` as uint64 (distinct and sorted when ``unique``): a shard's keys,
+    held compactly on the driver until every shard is committed."""
+    digests = b"".join(hashlib.blake2b(str(key).encode(), digest_size=8).digest() for key in keys)
+    values = np.frombuffer(digests, dtype=np.uint64)
+    return np.unique(values) if unique else values
 
 
 class MaskWriter:
@@ -157,6 +174,8 @@ class ShardWriter:
         self.first_batch: tuple[float, int] | None = None  # (perf_counter time, rows) of the first batch
         self.events: dict[str, float] = {}  # the driver's own steps: first result, first commit
         self.last_commit = 0.0
+        self.key_hashes: dict[str, np.ndarray] = {}  # shard name -> hashes of its keys, as shards commit
+        self.repeated: dict[str, Any] = {"count": 0, "examples": []}  # keys repeated across shards (finish)
 
     def add(self, table: pa.Table) -> None:
         """Take a batch of rows; commit every shard it completes."""
@@ -165,6 +184,8 @@ class ShardWriter:
             self.events["first_result"] = time.time()
         self.received += table.num_rows
         for row in table.to_pylist():
+            if row.pop("output_full", ""):
+                raise storage.OutputFullError(row["error"])  # nothing of the shard is committed: a re-run redoes it
             name = row.pop("shard")
             expected = row.pop("shard_rows")
             found = row.pop("objects", b"")
@@ -188,10 +209,12 @@ class ShardWriter:
         counts = {"rows": len(rows), "ok": sum(r["status"] == schema.STATUS_OK for r in rows)}
         counts["errors"] = counts["rows"] - counts["ok"]
         counts["duplicate_keys"] = sum(r.get("error_kind") == ErrorKind.DUPLICATE_KEY for r in rows)
-        marker = {"shard": name, "source": self.shards[name].url, **counts, "run_id": self.run_id,
+        marker = {"shard": name, "source": self.shards[name].url, "identity": self.shards[name].identity, **counts,
+                  "run_id": self.run_id,
                   "model_id": self.model_id, "committed": now_iso()}
         storage.write_bytes(layout.marker_url(self.output, name), json.dumps(marker).encode(), self.storage_config)
         self.committed[name] = counts
+        self.key_hashes[name] = key_hashes(r["key"] for r in rows if r.get("error_kind") != ErrorKind.UNREADABLE_SHARD)
         self.events.setdefault("first_commit", time.time())
         self.last_commit = time.time()
         if self.progress:
@@ -211,8 +234,61 @@ class ShardWriter:
         for name in sorted(set(self.shards) - set(self.committed)):
             log.warning("shard %s holds no images; committing it empty", self.shards[name].url)
             self.commit(name, [])
+        self.repeated = self.repeated_keys()
         if self.progress:
             self.progress.update(self, force=True)
+
+    def repeated_keys(self, most: int = 20) -> dict[str, Any]:
+        """Return ``{"count": keys held by more than one shard, "examples": [{"key", "shards"}, ...]}``.
+
+        Each shard's images are kept under its own folder, so a repeated key loses nothing; it is
+        reported because a user who meant keys to be unique wants to know. Found once every shard
+        is committed, from the keys' 8-byte hashes (shards resumed from an earlier attempt give
+        theirs from their metrics files), so the answer does not depend on the order shards ran in.
+        """
+        resumed = [name for name in self.committed if name not in self.key_hashes]
+        for name, keys in zip(resumed, self.keys_of(resumed)):
+            self.key_hashes[name] = key_hashes(keys)
+        names = sorted(self.key_hashes)
+        if len(names) < 2:
+            return {"count": 0, "examples": []}
+        hashes = np.concatenate([self.key_hashes[name] for name in names])
+        owners = np.concatenate([np.full(len(self.key_hashes[name]), index) for index, name in enumerate(names)])
+        order = np.argsort(hashes, kind="stable")
+        hashes, owners = hashes[order], owners[order]
+        repeated = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+        if not len(repeated):
+            return {"count": 0, "examples": []}
+        examples: dict[int, list[str]] = {}
+        for value in repeated[:most]:
+            start, end = np.searchsorted(hashes, value, "left"), np.searchsorted(hashes, value, "right")
+            examples[int(value)] = [names[i] for i in sorted(owners[start:end])]
+        involved = sorted({name for shards in examples.values() for name in shards})
+        found: dict[int, str] = {}
+        for keys in self.keys_of(involved):
+            found.update({int(h): key for key, h in zip(keys, key_hashes(keys, unique=False)) if int(h) in examples})
+        listed = [{"key": found.get(value, "?"), "shards": shards} for value, shards in examples.items()]
+        log.warning("%d key(s) are held by more than one shard, e.g. %s; each image is kept, under its shard's "
+                    "folder (masks/<shard>/<key>.png)", len(repeated),
+                    "; ".join(f"{e['key']!r} in {', '.join(e['shards'])}" for e in listed[:3]))
+        return {"count": int(len(repeated)), "examples": listed}
+
+    def keys_of(self, names: list[str]) -> list[list[str]]:
+        """Return the keys of committed shards, read from their metrics files (whole-shard error rows left out)."""
+        def read(name: str) -> list[str]:
+            data = storage.read_bytes(layout.metrics_url(self.output, name), self.storage_config)
+            table = pq.read_table(io.BytesIO(data), columns=["key", "error_kind"])
+            kinds = table.column("error_kind").to_pylist()
+            return [key for key, kind in zip(table.column("key").to_pylist(), kinds)
+                    if kind != ErrorKind.UNREADABLE_SHARD]
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            return list(pool.map(read, names))
+
+    @property
+    def repeated_count(self) -> int:
+        """Return how many keys more than one shard holds (known once :meth:`finish` ran)."""
+        return int(self.repeated["count"])
 
     @property
     def duplicate_keys(self) -> int:

@@ -133,6 +133,9 @@ def unusable_reason(batch: dict[str, np.ndarray], index: int) -> str:
     if batch["error"][index]:
         kinds = batch.get("error_kind")
         return (str(kinds[index]) if kinds is not None else "") or "unreadable"
+    truth = batch.get("truth_error_kind")
+    if truth is not None and truth[index]:
+        return str(truth[index])
     return "" if len(batch["mask"][index]) else NO_MASK
 
 

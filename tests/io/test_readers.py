@@ -13,10 +13,8 @@ import pytest
 
 from pipeline.imaging import encode_png
 from pipeline.io.formats.tar import split_member_name
-from pipeline.io.keys import keys_taken_earlier, shard_keys
 from pipeline.io.readers import read_shard
 from pipeline.io.shards import InputError, Shard, discover_shards
-from pipeline.io.storage import StorageError
 
 PNG = encode_png(np.zeros((4, 4), dtype=np.uint8))
 
@@ -111,7 +109,6 @@ def test_links_devices_fifos_and_folders_named_like_images_get_error_rows(tmp_pa
     for key, fragment in expected.items():
         assert rows[key]["error_kind"] == "unsupported_member" and fragment in rows[key]["error"], rows[key]["error"]
         assert f"member '{key}" in rows[key]["error"] and rows[key]["image"] == b""
-    assert shard_keys(shard) == ["real", "copy"]  # what the headers alone say claims a key
 
 
 def test_a_truncated_tar_keeps_the_rows_of_the_members_before_the_cut(tmp_path: Path) -> None:
@@ -130,21 +127,29 @@ def test_a_truncated_tar_keeps_the_rows_of_the_members_before_the_cut(tmp_path: 
     assert not rows["a"]["error"] and "probably cut off" in rows["cut"]["error"]
 
 
-def test_keys_repeated_across_shards_are_taken_by_the_first_shard_in_sorted_order(tmp_path: Path) -> None:
-    write_tar(tmp_path / "b.tar", {"x.png": PNG, "y.png": PNG})
+def test_a_shard_s_identity_follows_its_bytes_not_its_name(tmp_path: Path) -> None:
     write_tar(tmp_path / "a.tar", {"x.png": PNG})
-    (tmp_path / "c").mkdir()
-    write_tar(tmp_path / "c" / "d.tar", {"y.png": PNG, "x.png": PNG, "z.png": PNG})
-    shards = discover_shards(str(tmp_path))
-    taken = keys_taken_earlier(shards)
-    assert taken == {"b": {"x": shards[0].url}, "c__d": {"x": shards[0].url, "y": shards[1].url}}
-    assert taken == keys_taken_earlier(shards)  # the same on every run
-    rows = {row["key"]: row for row in read_shard(shards[2], taken=taken["c__d"])}
-    assert rows["z"]["error"] == ""
-    for key, first in (("x", shards[0].url), ("y", shards[1].url)):
-        assert rows[key]["error_kind"] == "duplicate_key"
-        assert f"already taken by the earlier shard {first}" in rows[key]["error"]
-        assert shards[2].url in rows[key]["error"]
+    first = discover_shards(str(tmp_path))[0]
+    assert first.identity and discover_shards(str(tmp_path))[0].identity == first.identity  # stable
+    assert Shard.from_json(first.to_json()) == first
+    write_tar(tmp_path / "a.tar", {"x.png": PNG, "y.png": PNG})  # replaced under the same name
+    assert discover_shards(str(tmp_path))[0].identity != first.identity
+    folder = tmp_path / "folder"
+    for role in ("images", "masks"):
+        (folder / role).mkdir(parents=True)
+        for key in ("p", "q"):
+            (folder / role / f"{key}.png").write_bytes(PNG)
+    before = [shard.identity for shard in discover_shards(str(folder), folder_shard_size=1)]
+    (folder / "masks" / "q.png").write_bytes(PNG + b"\0")  # one mask of the second slice changed
+    after = [shard.identity for shard in discover_shards(str(folder), folder_shard_size=1)]
+    assert before[0] == after[0] and before[1] != after[1]
+
+
+def test_a_key_repeated_in_another_shard_is_no_error_when_read(tmp_path: Path) -> None:
+    write_tar(tmp_path / "a.tar", {"x.png": PNG})
+    write_tar(tmp_path / "b.tar", {"x.png": PNG, "y.png": PNG})
+    for shard in discover_shards(str(tmp_path)):
+        assert all(not row["error"] for row in read_shard(shard))
 
 
 def test_folder_duplicates_and_masks_without_images_get_error_rows(tmp_path: Path) -> None:
@@ -154,8 +159,9 @@ def test_folder_duplicates_and_masks_without_images_get_error_rows(tmp_path: Pat
         (tmp_path / "images" / name).write_bytes(PNG)
     (tmp_path / "masks" / "orphan.png").write_bytes(PNG)
     (tmp_path / "masks" / "ok.png").write_bytes(PNG)
-    shards = discover_shards(str(tmp_path), folder_shard_size=2)
-    rows = [row for shard in shards for row in read_shard(shard, taken=keys_taken_earlier(shards).get(shard.name))]
+    shards = discover_shards(str(tmp_path), folder_shard_size=1)  # a key's images stay in one shard
+    assert [[member[0] for member in shard.members] for shard in shards] == [["ok", "ok"], ["orphan"], ["solo"]]
+    rows = [row for shard in shards for row in read_shard(shard)]
     kinds = sorted((row["key"], row["error_kind"]) for row in rows)
     assert kinds == [("ok", ""), ("ok", "duplicate_key"), ("orphan", "missing_image"), ("solo", "")]
     first = next(row for row in rows if row["key"] == "ok" and not row["error"])
@@ -215,15 +221,6 @@ def test_missing_and_imageless_inputs_are_refused(tmp_path: Path) -> None:
         discover_shards(str(tmp_path))
 
 
-def test_keys_of_a_shard_that_cannot_be_parsed_are_none_but_a_storage_failure_stops_the_run(tmp_path: Path) -> None:
-    (tmp_path / "broken.tar").write_bytes(b"\x01" * 700)
-    (tmp_path / "broken.parquet").write_bytes(b"not parquet")
-    assert shard_keys(Shard("broken", "tar", str(tmp_path / "broken.tar"))) == []
-    assert shard_keys(Shard("broken", "parquet", str(tmp_path / "broken.parquet"))) == []
-    with pytest.raises(StorageError, match="the keys of shard .*gone.tar cannot be read"):
-        shard_keys(Shard("gone", "tar", str(tmp_path / "gone.tar")))
-
-
 @pytest.mark.parametrize("layout", ["tar", "folder", "parquet"])
 def test_samples_are_read_for_the_asked_keys_only_as_a_run_reads_them(tmp_path: Path, layout: str) -> None:
     from pipeline.config import SampleDataConfig
@@ -261,3 +258,53 @@ def test_instances_without_an_image_is_an_orphan_row(tmp_path: Path) -> None:
     rows = rows_by_key(discover_shards(str(tmp_path))[0])
     assert rows["a"]["instances"] == PNG and not rows["a"]["error"]
     assert rows["lost"]["error_kind"] == "missing_image" and "instances but no image" in rows["lost"]["error"]
+
+
+def test_compressed_tar_shards_are_read_beside_plain_ones_and_a_cut_one_keeps_its_first_members(tmp_path: Path) -> None:
+    import gzip
+
+    write_tar(tmp_path / "a.tar", {"x.png": PNG})
+    write_tar(tmp_path / "plain.tar", {"y.png": PNG, "y.mask.png": PNG})
+    (tmp_path / "b.tar.gz").write_bytes(gzip.compress((tmp_path / "plain.tar").read_bytes()))
+    (tmp_path / "c.tgz").write_bytes(gzip.compress((tmp_path / "plain.tar").read_bytes()))
+    (tmp_path / "plain.tar").unlink()
+    shards = discover_shards(str(tmp_path))
+    assert [shard.name for shard in shards] == ["a", "b.tar.gz", "c.tgz"]
+    for shard in shards[1:]:
+        rows = rows_by_key(shard)
+        assert set(rows) == {"y"} and rows["y"]["image"] == PNG and rows["y"]["mask"] == PNG and not rows["y"]["error"]
+    write_tar(tmp_path / "big.tar", {"first.png": PNG, "second.png": bytes(np.random.default_rng(0).integers(0, 255, 20000, dtype=np.uint8))})
+    packed = gzip.compress((tmp_path / "big.tar").read_bytes())
+    (tmp_path / "big.tar").unlink()
+    (tmp_path / "cut.tgz").write_bytes(packed[: len(packed) // 2])
+    rows = rows_by_key(next(s for s in discover_shards(str(tmp_path)) if s.name == "cut.tgz"))
+    assert rows["first"]["image"] == PNG and not rows["first"]["error"]
+    assert rows["cut.tgz"]["error_kind"] == "unreadable_shard" and "gzip stream cut off" in rows["cut.tgz"]["error"]
+    assert discover_shards(str(tmp_path / "c.tgz"))[0].name == "c.tgz"  # one compressed shard as the input
+
+
+def test_masks_in_any_image_format_pair_with_their_images(tmp_path: Path) -> None:
+    from PIL import Image
+
+    jpeg = io.BytesIO()
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(jpeg, format="JPEG")
+    (tmp_path / "t").mkdir()
+    write_tar(tmp_path / "t" / "s.tar",
+              {"a.png": PNG, "a.mask.jpg": jpeg.getvalue(), "b.gif": PNG})
+    rows = rows_by_key(discover_shards(str(tmp_path / "t"))[0])
+    assert set(rows) == {"a", "b"} and rows["a"]["mask"] == jpeg.getvalue() and not rows["a"]["error"]
+    folder = tmp_path / "f"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    (folder / "images" / "k.png").write_bytes(PNG)
+    (folder / "masks" / "k.jpg").write_bytes(jpeg.getvalue())
+    rows = rows_by_key(discover_shards(str(folder))[0])
+    assert rows["k"]["mask"] == jpeg.getvalue()
+
+
+def test_two_shards_that_would_write_under_one_name_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    write_tar(tmp_path / "a" / "b.tar", {"x.png": PNG})
+    write_tar(tmp_path / "a__b.tar", {"y.png": PNG})
+    with pytest.raises(InputError, match=r"would both write their outputs as 'a__b'; rename one"):
+        discover_shards(str(tmp_path))

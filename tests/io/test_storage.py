@@ -3,6 +3,7 @@ what an object-storage failure tells the user."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,36 @@ def test_storage_failures_are_explained_with_the_fix() -> None:
     assert unreachable is not None
     assert "endpoint http://nowhere:9 does not answer (EndpointConnectionError)" in unreachable
     assert storage.explain("s3://b/x", ValueError("something else"), None) is None
+
+
+def test_a_write_is_whole_or_absent_and_a_full_disk_names_the_output_and_the_fix(tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import io
+
+    target = tmp_path / "metrics" / "s.parquet"
+    storage.write_bytes(str(target), b"first")
+    assert target.read_bytes() == b"first" and os.listdir(target.parent) == ["s.parquet"]
+
+    class FullFile(io.BytesIO):  # takes a few bytes, then the file system is full
+        def __init__(self, path: str, mode: str) -> None:
+            super().__init__()
+            self.path = path
+
+        def write(self, data: bytes) -> int:
+            with open(self.path, "wb") as handle:
+                handle.write(data[:2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __exit__(self, *args: object) -> None:
+            return None
+
+    monkeypatch.setattr(storage, "open", FullFile, raising=False)
+    with pytest.raises(storage.OutputFullError, match=rf"cannot write {target}: No space left on device; free space.*"
+                                                      "re-run the same command"):
+        storage.write_bytes(str(target), b"second, longer")
+    assert target.read_bytes() == b"first" and os.listdir(target.parent) == ["s.parquet"]  # no partial file anywhere
+    monkeypatch.setattr(storage, "open", lambda path, mode: (_ for _ in ()).throw(OSError(errno.ENAMETOOLONG, "too long")),
+                        raising=False)
+    with pytest.raises(OSError, match="too long"):  # one file's problem stays an OSError: its row says so
+        storage.write_bytes(str(target), b"third")

@@ -70,21 +70,27 @@ HAND_ROWS = {
     "s1": [
         row("d", pixels=[3, 1]),                                    # no ground truth
         row("e", error="e: image cannot be decoded (OSError: broken); the file is corrupt or truncated"),
-        row("f", error="f: mask size 10x10 differs from image size 50x40; masks must match their images",
-            kind="mask_size_mismatch"),
+        {**row("f", pixels=[4, 0]), "truth_error_kind": "mask_size_mismatch",  # segmented, its truth unusable
+         "truth_error": "f: the ground-truth mask cannot be used: mask size 10x10 differs from image size 2x2"},
     ],
 }
 
 
 def test_summary_matches_a_hand_computation(tmp_path: Path) -> None:
     run = write_run(tmp_path / "run", HAND_ROWS)
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    record["summary"]["repeated_keys"] = {"count": 1, "examples": [{"key": "a", "shards": ["s0", "s9"]}]}
+    record.update(changed_shards=["s1"], removed_shards=["s9"])
+    (tmp_path / "run" / "run.json").write_text(json.dumps(record))
     result = report.build_report(ReportConfig(run=run, worst=2))
     summary = json.loads(Path(result.summary_url).read_text())
 
-    assert summary["counts"] | {"errors_by_kind": None} == {
-        "images": 6, "ok": 4, "errors": 2, "errors_by_kind": None, "with_ground_truth": 3, "without_ground_truth": 1,
+    assert summary["counts"] == {
+        "images": 6, "ok": 5, "errors": 1, "errors_by_kind": {"corrupt_image": 1}, "truth_errors": 1,
+        "truth_errors_by_kind": {"mask_size_mismatch": 1}, "with_ground_truth": 3, "without_ground_truth": 2,
         "distinct_keys": 6, "shards": 2, "committed_shards": 2, "metrics_files": 2}
-    assert summary["counts"]["errors_by_kind"] == {"corrupt_image": 1, "mask_size_mismatch": 1}
+    assert [(e["key"], e["kind"]) for e in summary["truth_errors"]] == [("f", "mask_size_mismatch")]
+    assert summary["run"]["changed_shards"] == ["s1"] and summary["run"]["repeated_keys"]["count"] == 1
     cell = summary["classes"][1]
     assert cell["name"] == "cell"
     assert cell["dice"]["macro"] == pytest.approx((4 / 6 + 6 / 7) / 2, abs=1e-6)
@@ -102,13 +108,15 @@ def test_summary_matches_a_hand_computation(tmp_path: Path) -> None:
     assert summary["foreground"]["dice"]["micro"] == pytest.approx(cell["dice"]["micro"], abs=1e-6)
     assert summary["pixel_accuracy"] == pytest.approx((6 + 2 + 4 + 0 + 0 + 3) / (10 + 4 + 4), abs=1e-6)
     assert cell["true_fraction"] == pytest.approx((2 + 1 + 0 + 3 + 1) / 18, abs=1e-6)
-    assert cell["predicted_fraction"] == pytest.approx((3 + 0 + 3 + 1) / (10 + 4 + 4 + 4), abs=1e-6)
+    assert cell["predicted_fraction"] == pytest.approx((3 + 0 + 3 + 1 + 0) / (10 + 4 + 4 + 4 + 4), abs=1e-6)
     assert [w["key"] for w in summary["worst"]] == ["a", "c"]
     assert sum(cell["dice"]["histogram"]["counts"]) == 2
     assert summary["run"]["images_per_second"] == 12.5 and summary["run"]["model_id"] == "unet-test"
     jsonschema.validate(summary, report.SUMMARY_SCHEMA)
     html = Path(result.html_url).read_text()
     assert "mask_size_mismatch" in html and "overlay unavailable" in html  # the sources here do not exist
+    assert "1 image(s) were segmented, but their ground truth could not be used" in html
+    assert "1 key(s) are held by more than one shard" in html and "no longer in the input" in html
 
 
 def test_summary_schema_catches_a_missing_key(tmp_path: Path) -> None:

@@ -3,15 +3,17 @@
 :func:`write_hostile_input` writes, from a seed, tar shards (or an image folder, or Parquet
 files) where good images sit among corrupt, truncated, empty, CMYK and float images, path
 escapes, wrong-size and wrong-class masks, hard links, symbolic links, directories, FIFOs and
-devices named like images, keys repeated within and across shards, masks without images, keys
+devices named like images, keys repeated within shards (errors) and across shards (kept),
+animated GIF/APNG/WebP, still GIFs, JPEG masks, gzip-compressed tar shards, masks without images, keys
 with spaces and colons, misnamed members and headers that declare 40000 x 40000 pixels, in
-random proportions. It returns what a run must produce: the ``(key, error_kind)`` of every row
-(``""`` for ok rows) and the size of every image that must be segmented.
+random proportions. It returns what a run must produce: the ``(key, error_kind, truth_error_kind)`` of every row
+(``""`` for none) and the size of every image that must be segmented.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import io
 import struct
 import tarfile
@@ -53,16 +55,16 @@ class Member:
 class Expected:
     """What a run over the hostile input must give."""
 
-    rows: Counter = dataclasses.field(default_factory=Counter)  # (key, error_kind) -> count
-    sizes: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)  # ok key -> (height, width)
+    rows: Counter = dataclasses.field(default_factory=Counter)  # (key, error_kind, truth_error_kind) -> count
+    sizes: dict[str, list[tuple[int, int]]] = dataclasses.field(default_factory=dict)  # ok key -> its images' sizes
     image_named: int = 0  # image-named members and files (plus masks without image), each owed one row
 
-    def ok(self, key: str, size: tuple[int, int]) -> None:
-        self.rows[(key, "")] += 1
-        self.sizes[key] = size
+    def ok(self, key: str, size: tuple[int, int], truth_kind: str = "") -> None:
+        self.rows[(key, "", truth_kind)] += 1
+        self.sizes.setdefault(key, []).append(size)
 
     def error(self, key: str, kind: str) -> None:
-        self.rows[(key, kind)] += 1
+        self.rows[(key, kind, "")] += 1
 
 
 class ShardBuilder:
@@ -142,7 +144,7 @@ class ShardBuilder:
         mask = np.zeros((height + 1, width), np.uint8) if wrong_size else np.full((height, width), 7, np.uint8)
         self.add(Member(f"{key}.png", data))
         self.members.append(Member(f"{key}.mask.png", encode_png(mask)))
-        self.expected.error(key, "mask_size_mismatch" if wrong_size else "mask_classes")
+        self.expected.ok(key, (height, width), "mask_size_mismatch" if wrong_size else "mask_classes")  # not scored
 
     def escape(self) -> None:
         key = self.key("escape")
@@ -182,12 +184,14 @@ class ShardBuilder:
         self.keys.append(key)
 
     def repeated_from_earlier_shard(self) -> None:
-        if not self.earlier_keys:
+        candidates = [key for key in self.earlier_keys if key not in self.keys]  # not twice in this shard
+        if not candidates:
             return self.good()
-        key = self.earlier_keys[int(self.rng.integers(0, len(self.earlier_keys)))]
-        data, _, _ = self.picture()
+        key = candidates[int(self.rng.integers(0, len(candidates)))]
+        data, size, _ = self.picture()
         self.add(Member(f"{key}.png", data))
-        self.expected.error(key, "duplicate_key")
+        self.expected.ok(key, size)  # kept under its own shard's folder; the run reports the repeat
+        self.keys.append(key)
         return None
 
     def repeated_extensions(self) -> None:
@@ -202,9 +206,37 @@ class ShardBuilder:
         self.expected.error(key, "duplicate_key")
         self.keys.append(key)
 
+    def animated(self) -> None:
+        key = self.key("animated")
+        frames = [Image.fromarray(self.rng.integers(0, 255, (12, 16), dtype=np.uint8)) for _ in range(3)]
+        fmt, extension = [("GIF", "gif"), ("PNG", "png"), ("WEBP", "webp")][int(self.rng.integers(0, 3))]
+        buffer = io.BytesIO()
+        frames[0].save(buffer, format=fmt, save_all=True, append_images=frames[1:], duration=50)
+        self.add(Member(f"{key}.{extension}", buffer.getvalue()))
+        self.expected.error(key, "multi_page_image")
+
+    def still_gif(self) -> None:
+        key = self.key("gif")
+        data, size, _ = self.picture()
+        buffer = io.BytesIO()
+        Image.open(io.BytesIO(data)).convert("RGB").save(buffer, format="GIF")
+        self.add(Member(f"{key}.gif", buffer.getvalue()))
+        self.expected.ok(key, size)
+        self.keys.append(key)
+
+    def jpeg_mask(self) -> None:
+        key = self.key("jpegmask")
+        data, size, _ = self.picture()
+        buffer = io.BytesIO()
+        Image.fromarray(np.zeros(size, np.uint8)).save(buffer, format="JPEG")  # all background: exact in JPEG
+        self.add(Member(f"{key}.png", data))
+        self.members.append(Member(f"{key}.mask.jpg", buffer.getvalue()))
+        self.expected.ok(key, size)
+        self.keys.append(key)
+
     def keyless_row(self) -> None:
         data, _, _ = self.picture()
-        row = sum(1 for m in self.members if not m.name.endswith(".mask.png"))
+        row = sum(1 for m in self.members if ".mask." not in m.name)
         self.add(Member("", data))
         self.expected.error(f"shard-{self.index:03d}#row{row}", "missing_key")
 
@@ -219,10 +251,11 @@ CASES: tuple[Callable[[ShardBuilder], None], ...] = (
     ShardBuilder.good, ShardBuilder.spaced_and_coloned_key, ShardBuilder.broken, ShardBuilder.too_large,
     ShardBuilder.bad_mask, ShardBuilder.escape, ShardBuilder.hard_link, ShardBuilder.special, ShardBuilder.misnamed,
     ShardBuilder.repeated_here, ShardBuilder.repeated_from_earlier_shard, ShardBuilder.repeated_extensions,
-    ShardBuilder.orphan_mask,
+    ShardBuilder.orphan_mask, ShardBuilder.animated, ShardBuilder.still_gif, ShardBuilder.jpeg_mask,
 )
 FOLDER_CASES = (ShardBuilder.good, ShardBuilder.spaced_and_coloned_key, ShardBuilder.broken, ShardBuilder.too_large,
-                ShardBuilder.bad_mask, ShardBuilder.repeated_extensions, ShardBuilder.orphan_mask)
+                ShardBuilder.bad_mask, ShardBuilder.repeated_extensions, ShardBuilder.orphan_mask,
+                ShardBuilder.animated, ShardBuilder.still_gif, ShardBuilder.jpeg_mask)
 PARQUET_CASES = (ShardBuilder.good, ShardBuilder.broken, ShardBuilder.too_large, ShardBuilder.bad_mask,
                  ShardBuilder.repeated_here, ShardBuilder.repeated_from_earlier_shard, ShardBuilder.keyless_row)
 
@@ -260,6 +293,11 @@ def write_hostile_input(folder: Path, seed: int, layout: str = "tar", shards: in
     for builder in built:
         if layout == "folder":
             write_folder_files(folder, builder.members)
+        elif layout == "tar" and builder.index % 2:  # every other tar shard gzip-compressed
+            write_tar_shard(folder / f"shard-{builder.index:03d}.tar", builder.members)
+            plain = folder / f"shard-{builder.index:03d}.tar"
+            (folder / f"shard-{builder.index:03d}.tar.gz").write_bytes(gzip.compress(plain.read_bytes()))
+            plain.unlink()
         else:
             writers[layout](folder / f"shard-{builder.index:03d}.{layout}", builder.members)
     return expected
@@ -275,8 +313,9 @@ def write_tar_shard(path: Path, members: list[Member]) -> None:
 
 def write_folder_files(folder: Path, members: list[Member]) -> None:
     for member in members:
-        if member.name.endswith(".mask.png"):
-            path = folder / "masks" / (member.name[: -len(".mask.png")] + ".png")
+        if ".mask." in member.name:
+            stem, extension = member.name.split(".mask.")
+            path = folder / "masks" / f"{stem}.{extension}"
         else:
             path = folder / "images" / member.name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -284,8 +323,8 @@ def write_folder_files(folder: Path, members: list[Member]) -> None:
 
 
 def write_parquet_shard(path: Path, members: list[Member]) -> None:
-    rows = [(m.name.split(".", 1)[0] or None, m.data) for m in members if not m.name.endswith(".mask.png")]
-    masks = {m.name[: -len(".mask.png")]: m.data for m in members if m.name.endswith(".mask.png")}
+    rows = [(m.name.split(".", 1)[0] or None, m.data) for m in members if ".mask." not in m.name]
+    masks = {m.name.split(".mask.")[0]: m.data for m in members if ".mask." in m.name}
     table = pa.table({"key": pa.array([key for key, _ in rows], pa.string()),
                       "image": pa.array([data for _, data in rows], pa.binary()),
                       "mask": pa.array([masks.get(key) if key else None for key, _ in rows], pa.binary())})

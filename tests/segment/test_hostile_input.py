@@ -10,6 +10,7 @@ driver is killed mid-run and the run resumed.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -52,19 +53,26 @@ def check_outputs(output: Path, expected: Expected) -> None:
     """Assert the run's committed rows and masks are exactly what the hostile input calls for."""
     rows = metrics_rows(output)
     assert len(rows) == expected.image_named == sum(expected.rows.values())
-    assert Counter((row["key"], row["error_kind"] or "") for row in rows) == expected.rows
+    assert Counter((row["key"], row["error_kind"] or "", row["truth_error_kind"] or "") for row in rows) == expected.rows
+    for row in rows:
+        if row["truth_error_kind"]:
+            assert row["dice"] is None and row["key"] in row["truth_error"]
     ok = [row for row in rows if row["status"] == "ok"]
-    assert len({row["key"] for row in ok}) == len(ok)
+    assert len({(row["source"], row["key"]) for row in ok}) == len(ok)
     for row in ok:
         mask = Image.open(row["mask_uri"])
-        assert (mask.height, mask.width) == (row["height"], row["width"]) == expected.sizes[row["key"]], row["key"]
+        assert (mask.height, mask.width) == (row["height"], row["width"])
+        assert (mask.height, mask.width) in expected.sizes[row["key"]], row["key"]
         assert int(np.asarray(mask).max()) < 3
         assert Path(row["mask_uri"]).resolve().is_relative_to((output / "masks").resolve())
     for row in rows:
         if row["status"] == "error":
             assert row["error"] and row["error_kind"] and row["mask_uri"] is None
-    written = {str(p.relative_to(output / "masks"))[: -len(".png")] for p in (output / "masks").rglob("*.png")}
-    assert written == {row["key"] for row in ok}
+    written = {p.resolve() for p in (output / "masks").rglob("*.png")}
+    assert written == {Path(row["mask_uri"]).resolve() for row in ok} and len(written) == len(ok)  # none overwritten
+    repeated = {key for key, sizes in expected.sizes.items() if len(sizes) > 1}
+    summary = json.loads((output / "run.json").read_text())["summary"]
+    assert summary["repeated_keys"]["count"] == len(repeated)
 
 
 @pytest.mark.parametrize(("layout", "seed"), [("tar", 1), ("tar", 2), ("tar", 3), ("folder", 4), ("parquet", 5)])

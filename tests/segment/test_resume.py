@@ -3,18 +3,24 @@ lose nothing, and outputs of another run are refused (a killed driver: tests/seg
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -88,6 +94,104 @@ def test_rerun_skips_committed_shards_and_redoes_a_half_written_one(tmp_path: Pa
     assert run["status"] == "finished" and run["summary"]["resumed_shards"] == 4
 
 
+def retar(path: Path, members: dict[str, bytes]) -> None:
+    """Write a tar at ``path`` holding ``members`` (name -> bytes)."""
+    with tarfile.open(path, "w") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+
+
+def tar_members(path: Path) -> dict[str, bytes]:
+    with tarfile.open(path) as archive:
+        return {m.name: archive.extractfile(m).read() for m in archive.getmembers()}
+
+
+def outcome(output: Path) -> Counter:
+    """Return the committed rows as (shard file, key, status) with each ok row's mask bytes."""
+    return Counter((Path(row["source"]).name, row["key"], row["status"],
+                    Path(row["mask_uri"]).read_bytes() if row["mask_uri"] else b"") for row in metrics_rows(output))
+
+
+def test_a_replaced_an_added_and_a_removed_shard_are_noticed_on_resume(tmp_path: Path, tiny_model: str) -> None:
+    data, output = tmp_path / "data", tmp_path / "out"
+    write_sample_data(SampleDataConfig(output=str(data), num_images=8, num_shards=2, min_size=32, max_size=48))
+    cfg = SegmentConfig(input=str(data), model=tiny_model, output=str(output), batch_size=4)
+    run_segmentation(cfg)
+    kept_mask = (output / "masks" / "shard-00001" / "sample-000004.png").read_bytes()
+    kept_marker = (output / "_done" / "shard-00001.json").read_text()
+    # shard 0 replaced under its name by other images; a shard that sorts first added, repeating a key of shard 1
+    pictures = list(tar_members(data / "shard-00000.tar").values())
+    retar(data / "shard-00000.tar", {"new-a.png": pictures[2], "new-b.png": pictures[0]})
+    retar(data / "a-first.tar", {"sample-000004.png": pictures[0]})
+
+    second = run_segmentation(cfg)
+
+    assert second.changed_shards == ("shard-00000",) and second.resumed_shards == 1 and second.images == 7
+    assert (output / "_done" / "shard-00001.json").read_text() == kept_marker
+    assert (output / "masks" / "shard-00001" / "sample-000004.png").read_bytes() == kept_mask  # never overwritten
+    assert sorted(p.name for p in (output / "masks" / "shard-00000").iterdir()) == ["new-a.png", "new-b.png"]
+    assert (output / "masks" / "a-first" / "sample-000004.png").is_file()
+    assert second.repeated_keys == {"count": 1, "examples": [{"key": "sample-000004",
+                                                              "shards": ["a-first", "shard-00001"]}]}
+    assert json.loads((output / "run.json").read_text())["changed_shards"] == ["shard-00000"]
+    # a fresh run over today's input gives the same rows and masks as the resumed one
+    fresh = run_segmentation(replace(cfg, output=str(tmp_path / "fresh")))
+    assert fresh.repeated_keys == second.repeated_keys
+    assert outcome(tmp_path / "fresh") == outcome(output)
+
+    (data / "shard-00001.tar").unlink()
+    third = run_segmentation(cfg)
+    assert third.removed_shards == ("shard-00001",) and third.changed_shards == () and third.resumed_shards == 2
+    record = json.loads((output / "run.json").read_text())
+    assert record["removed_shards"] == ["shard-00001"] and "no longer in the input" in third.line()
+
+
+@contextlib.contextmanager
+def small_file_system(path: Path, size: str) -> Iterator[None]:
+    """Mount a tmpfs of ``size`` at ``path`` (skip where this machine does not let the test mount one)."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("mounting a tmpfs needs root here; tests/io/test_storage.py covers a full disk with a fake file")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_full_output_disk_stops_with_one_message_and_resumes_once_there_is_space(
+        tmp_path: Path, tiny_model: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from jobs import cli
+
+    data, output = tmp_path / "data", tmp_path / "small" / "out"
+    write_sample_data(SampleDataConfig(output=str(data), num_images=16, num_shards=8, min_size=32, max_size=48))
+    arguments = ["segment", "--input", str(data), "--model", tiny_model, "--output", str(output), "--batch-size", "2"]
+    with small_file_system(tmp_path / "small", "2m"):
+        filler = tmp_path / "small" / "filler"
+        free = os.statvfs(filler.parent)
+        filler.write_bytes(b"\0" * (free.f_bavail * free.f_frsize - 48 * 1024))  # room for about two shards
+
+        assert cli.main(arguments) == 2
+        err = capsys.readouterr().err  # (in this process Ray Data's own log lines go to stderr too)
+        message = [line for line in err.splitlines() if line.startswith("segpipe")]
+        assert "Traceback" not in err and len(message) == 1, err
+        assert "No space left on device" in message[0] and str(output) in message[0]
+        assert "re-run the same command" in message[0]
+        done = {p.stem for p in (output / "_done").glob("*.json")} if (output / "_done").exists() else set()
+        assert len(done) < 8
+        for name in done:  # what is committed is whole; nothing half-written sits under a final name
+            json.loads((output / "_done" / f"{name}.json").read_text())
+            assert pq.read_table(output / "metrics" / f"{name}.parquet").num_rows == 2
+        assert not [p for p in output.rglob("*") if ".partial-" in p.name]
+
+        filler.unlink()
+        assert cli.main(arguments) == 0
+        assert_exactly_once(output, sample_keys(16))
+
+
 def test_another_model_or_input_is_refused_unless_overwrite(tmp_path: Path, tiny_model: str) -> None:
     data, output = tmp_path / "data", tmp_path / "out"
     write_sample_data(SampleDataConfig(output=str(data), num_images=4, num_shards=1, min_size=32, max_size=48))
@@ -116,7 +220,13 @@ def test_another_model_or_input_is_refused_unless_overwrite(tmp_path: Path, tiny
     replaced = run_segmentation(SegmentConfig(input=str(other_data), model=other_model, output=str(output), overwrite=True))
     assert replaced.images == 2 and replaced.resumed_shards == 0
     assert_exactly_once(output, sample_keys(2))
-    assert len(list((output / "masks").glob("*.png"))) == 2  # the old run's masks are gone
+    assert len(list((output / "masks").rglob("*.png"))) == 2  # the old run's masks are gone
+
+    record = json.loads((output / "run.json").read_text())
+    del record["layout"]  # an output of the layout before per-shard folders
+    (output / "run.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"earlier segpipe with another output layout.*--overwrite"):
+        run_segmentation(SegmentConfig(input=str(other_data), model=other_model, output=str(output)))
 
 
 def alive_actor_pids(name_part: str) -> list[int]:

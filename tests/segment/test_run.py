@@ -133,8 +133,8 @@ def mixed_tar(path: Path) -> dict[str, str]:
 
 
 MIXED_KINDS = {"corrupt": "corrupt_image", "truncated": "corrupt_image", "cmyk": "unsupported_image",
-               "wrongsize": "mask_size_mismatch", "badclass": "mask_classes", "../escape": "unsafe_key",
-               "/absolute": "unsafe_key"}
+               "../escape": "unsafe_key", "/absolute": "unsafe_key"}
+TRUTH_KINDS = {"wrongsize": "mask_size_mismatch", "badclass": "mask_classes"}  # the image is still segmented
 
 
 def test_bad_samples_become_error_rows_and_the_run_continues(tmp_path: Path, tiny_model: str) -> None:
@@ -151,7 +151,12 @@ def test_bad_samples_become_error_rows_and_the_run_continues(tmp_path: Path, tin
     assert set(rows) == set(expected)
     for key, fragment in expected.items():
         row = rows[key]
-        if fragment:
+        if key in TRUTH_KINDS:
+            assert row["status"] == "ok" and Image.open(row["mask_uri"]).size == (row["width"], row["height"])
+            assert row["truth_error_kind"] == TRUTH_KINDS[key] and fragment in row["truth_error"], row
+            assert key in row["truth_error"] and "mixed.tar" in row["truth_error"]
+            assert row["dice"] is None and row["tp"] is None and row["class_pixels"] is not None
+        elif fragment:
             assert row["status"] == "error" and fragment in row["error"], (key, row["error"])
             assert row["error_kind"] == MIXED_KINDS[key], (key, row["error_kind"])
             assert row["mask_uri"] is None
@@ -160,9 +165,9 @@ def test_bad_samples_become_error_rows_and_the_run_continues(tmp_path: Path, tin
             assert Image.open(row["mask_uri"]).size == (row["width"], row["height"])
     assert rows["rgb"]["dice"] is not None  # the 0/255 mask was read as classes {0, 1}
     assert rows["gray16"]["dice"] is None and rows["gray16"]["class_pixels"] is not None  # no ground truth
-    assert summary.empty_shards == ("empty",) and summary.errors == 7
-    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.png"))
-    assert written == ["out/masks/gray16.png", "out/masks/gray8.png", "out/masks/rgb.png"]
+    assert summary.empty_shards == ("empty",) and summary.errors == 5
+    written = sorted(str(p.relative_to(output / "masks" / "mixed")) for p in tmp_path.rglob("*.png"))
+    assert written == ["badclass.png", "gray16.png", "gray8.png", "rgb.png", "wrongsize.png"]
     assert (output / "_done" / "empty.json").exists() and (output / "metrics" / "empty.parquet").exists()
 
 
@@ -189,19 +194,23 @@ def test_asking_for_gpus_the_cluster_lacks_stops_before_work(tmp_path: Path, tin
     assert not (tmp_path / "out" / "run.json").exists()
 
 
-def test_keys_repeated_across_shards_are_segmented_once(tmp_path: Path, tiny_model: str) -> None:
+def test_keys_repeated_across_shards_keep_every_image_and_are_reported(tmp_path: Path, tiny_model: str) -> None:
     data = tmp_path / "data"
     write_sample_data(SampleDataConfig(output=str(data), num_images=3, num_shards=1))
     (data / "shard-copy.tar").write_bytes((data / "shard-00000.tar").read_bytes())
     summary = run_segmentation(SegmentConfig(input=str(data), model=tiny_model, output=str(tmp_path / "out")))
     rows = read_metrics(str(tmp_path / "out"))
-    assert summary.images == 6 and summary.duplicate_keys == 3
-    ok = {row["key"]: row["source"] for row in rows if row["status"] == "ok"}
-    # "shard-00000" sorts before "shard-copy", so it keeps the keys
-    assert len(ok) == 3 and set(ok.values()) == {str(data / "shard-00000.tar")}
-    duplicates = [row for row in rows if row["status"] == "error"]
-    assert {row["error_kind"] for row in duplicates} == {"duplicate_key"} and len(duplicates) == 3
-    assert all(str(data / "shard-00000.tar") in row["error"] for row in duplicates)
+    assert summary.images == 6 and summary.ok == 6 and summary.duplicate_keys == 0
+    masks = {(row["source"], row["key"]): row["mask_uri"] for row in rows}
+    assert len(set(masks.values())) == 6  # each shard writes under its own folder: nothing overwritten
+    for (source, key), uri in masks.items():
+        shard = Path(source).stem
+        assert uri == str(tmp_path / "out" / "masks" / shard / f"{key}.png") and Path(uri).is_file()
+    assert summary.repeated_keys["count"] == 3
+    assert sorted(e["key"] for e in summary.repeated_keys["examples"]) == sorted({row["key"] for row in rows})
+    assert all(e["shards"] == ["shard-00000", "shard-copy"] for e in summary.repeated_keys["examples"])
+    recorded = json.loads((tmp_path / "out" / "run.json").read_text())["summary"]["repeated_keys"]
+    assert recorded == summary.repeated_keys and "3 key(s) held by more than one shard" in summary.line()
 
 
 def test_a_model_only_the_actors_can_refuse_fails_the_run_with_one_message(tmp_path: Path, tiny_model: str) -> None:

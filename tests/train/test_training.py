@@ -191,7 +191,7 @@ def test_the_training_data_path_gives_the_model_input_segmentation_gives(case: s
     mask = encode_png(((array[:, :, 0] if array.ndim == 3 else array) > 100).astype(np.uint8))
     batch = {name: np.array(values, dtype=object) for name, values in {
         "key": ["a"], "source": ["s"], "shard": ["s"], "image": [buffer.getvalue()], "mask": [mask],
-        "instances": [b""], "error": [""], "error_kind": [""]}.items()}
+        "instances": [b""], "error": [""], "error_kind": [""], "truth_error": [""], "truth_error_kind": [""]}.items()}
     batch["shard_rows"] = np.ones(1, np.int64)
     trained = training_batch(dict(batch), spec, normalization, None)
     segmented = tile_pixels(prepare_batch(dict(batch), info), np.array([True]), normalization)

@@ -28,5 +28,5 @@ def format_of(shard: Shard | str) -> InputFormat:
 def format_of_source(source: str) -> InputFormat:
     """Return the format of a metrics row's ``source``: the one whose shard files end like it, else the folder layout."""
     lowered = source.lower()
-    return next((fmt for fmt in FORMATS.values() if fmt.file_suffix and lowered.endswith(fmt.file_suffix)),
-                next(fmt for fmt in FORMATS.values() if fmt.file_suffix is None))
+    return next((fmt for fmt in FORMATS.values() if fmt.file_suffixes and lowered.endswith(fmt.file_suffixes)),
+                next(fmt for fmt in FORMATS.values() if not fmt.file_suffixes))

@@ -16,8 +16,8 @@ from typing import ClassVar
 from pipeline.config import StorageConfig
 from pipeline.io import storage
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
-MASK_SUFFIX = ".mask.png"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif")
+MASK_SUFFIX = ".mask.png"  # what segpipe writes; a mask is read in any of IMAGE_EXTENSIONS
 INSTANCES_SUFFIXES = (".instances.png", ".instances.tif", ".instances.tiff")
 
 
@@ -27,12 +27,24 @@ class InputError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Shard:
-    """One unit of input. ``members`` lists ``(key, image_url, mask_url|None, instances_url|None)`` for folder shards."""
+    """One unit of input. ``members`` lists ``(key, image_url, mask_url|None, instances_url|None)`` for folder shards.
+
+    ``identity`` says which bytes the shard held when it was listed (size and ETag or modification
+    time of its files, :func:`pipeline.io.shards.discover_shards`): a commit marker records it, so
+    a re-run notices a shard replaced under the same name.
+    """
 
     name: str
     kind: str  # the format's kind: "tar" | "parquet" | "folder"
     url: str
     members: tuple[tuple[str, str | None, str | None, str | None], ...] = ()
+    identity: str = ""
+
+    def files(self) -> list[str]:
+        """Return the URLs of the files the shard reads: its own file, or its members' files."""
+        if not self.members:
+            return [self.url]
+        return [url for member in self.members for url in member[1:] if url]
 
     def to_json(self) -> str:
         """Return the shard as a JSON string (a plain column value for Ray Data)."""
@@ -42,7 +54,8 @@ class Shard:
     def from_json(cls, text: str) -> Shard:
         """Return the shard encoded by :meth:`to_json`."""
         data = json.loads(text)
-        return cls(data["name"], data["kind"], data["url"], tuple(tuple(m) for m in data["members"]))
+        return cls(data["name"], data["kind"], data["url"], tuple(tuple(m) for m in data["members"]),
+                   data.get("identity", ""))
 
 
 def shard_name(relative_path: str) -> str:
@@ -56,9 +69,9 @@ class Occurrence:
     """One image (or mask, or instance label image) of a key in a shard, in the shard's order.
 
     ``member`` names it (tar member, file URL or Parquet row); ``error``/``kind`` say why it cannot
-    be read. ``claims``: whether it takes its key, so that a later image of the same key is a
-    duplicate; every occurrence does except those refused before reading (an unsafe key, a link
-    or special file, a row without a key), the same whether the shard is read whole or for its keys.
+    be read. ``claims``: whether it takes its key, so that a later image of the same key in the
+    shard is a duplicate; every occurrence does except those refused before reading (an unsafe
+    key, a link or special file, a row without a key).
     """
 
     key: str
@@ -75,23 +88,20 @@ Sample = tuple[str, dict[str, bytes]]  # a key and its encoded files by role: "i
 
 
 class InputFormat:
-    """One input format. Subclasses set ``kind`` and ``file_suffix`` and implement the four methods."""
+    """One input format. Subclasses set ``kind`` and ``file_suffixes`` and implement the four methods."""
 
     kind: ClassVar[str]
-    file_suffix: ClassVar[str | None] = None  # a shard is one file of this suffix (None: a folder layout)
+    file_suffixes: ClassVar[tuple[str, ...]] = ()  # a shard is one file of these suffixes (none: a folder layout)
 
     def find_shards(self, url: str, relative: list[str], folder_shard_size: int) -> list[Shard]:
         """Return the input's shards of this format from the input's sorted file paths (relative to
         ``url``), in a stable order; ``[]`` when it holds none."""
         raise NotImplementedError
 
-    def contents(self, shard: Shard, storage_config: StorageConfig | None, with_content: bool = True,
+    def contents(self, shard: Shard, storage_config: StorageConfig | None,
                  wanted: Collection[str] | None = None) -> Contents:
-        """Return the shard's image occurrences (its order), ground truth and cut-off message (empty if whole).
-
-        Without ``with_content`` only the keys are read (no image data), with the same keys and
-        ``claims``; with ``wanted`` only those keys' bytes.
-        """
+        """Return the shard's image occurrences (its order), ground truth and cut-off message (empty if whole);
+        with ``wanted`` only those keys' bytes."""
         raise NotImplementedError
 
     def source_shard(self, source: str, keys: Collection[str], storage_config: StorageConfig | None) -> Shard:
@@ -116,6 +126,6 @@ class InputFormat:
 
     def single_file_shard(self, url: str) -> Shard | None:
         """Return the shard of an input URL that names one file of this format, else None."""
-        if self.file_suffix is None or not url.lower().endswith(self.file_suffix):
+        if not self.file_suffixes or not url.lower().endswith(self.file_suffixes):
             return None
-        return Shard(shard_name(url.rstrip("/").rsplit("/", 1)[-1]), self.kind, url)
+        return self.find_shards(url.rstrip("/").rsplit("/", 1)[0], [url.rstrip("/").rsplit("/", 1)[-1]], 0)[0]

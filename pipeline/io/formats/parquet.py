@@ -19,27 +19,25 @@ class ParquetFormat(InputFormat):
     """Parquet files of encoded images, one shard per file."""
 
     kind = "parquet"
-    file_suffix = ".parquet"
+    file_suffixes = (".parquet",)
 
     def find_shards(self, url: str, relative: list[str], folder_shard_size: int) -> list[Shard]:
         return [Shard(shard_name(p), self.kind, storage.join_url(url, p)) for p in relative
                 if p.lower().endswith(".parquet")]
 
-    def contents(self, shard: Shard, storage_config: StorageConfig | None, with_content: bool = True,
+    def contents(self, shard: Shard, storage_config: StorageConfig | None,
                  wanted: Collection[str] | None = None) -> Contents:
-        return parquet_contents(shard, storage_config, with_content, wanted)
+        return parquet_contents(shard, storage_config, wanted)
 
     def write(self, output: str, shards: Iterable[list[Sample]], storage_config: StorageConfig | None) -> list[str]:
         return self.write_files(output, shards, storage_config, "part-{:05d}.parquet", parquet_bytes)
 
 
-def parquet_contents(shard: Shard, storage_config: StorageConfig | None, with_content: bool = True,
-                     wanted: Collection[str] | None = None) -> Contents:
+def parquet_contents(shard: Shard, storage_config: StorageConfig | None, wanted: Collection[str] | None = None) -> Contents:
     """Return a Parquet shard's image occurrences (row order) and ground truth; columns ``key``, ``image``,
     optional ``mask`` and ``instances``.
 
-    Without ``with_content`` only the ``key`` column is read (for :func:`pipeline.io.keys.shard_keys`);
-    with ``wanted`` only the rows of those keys.
+    With ``wanted`` only the rows of those keys.
     """
     fs, path = storage.filesystem_for(shard.url, storage_config)
     with fs.open(path, "rb") as handle:
@@ -50,13 +48,13 @@ def parquet_contents(shard: Shard, storage_config: StorageConfig | None, with_co
             raise InputError(f"Parquet shard {shard.url} lacks column(s) {sorted(missing)}; "
                              "it needs key, image[, mask][, instances]")
         extra = [name for name in ("mask", "instances") if name in names]
-        columns = ["key", "image", *extra] if with_content else ["key"]
+        columns = ["key", "image", *extra]
         if wanted is None:
             table = parquet.read(columns=columns)
         else:  # batch by batch, keeping only the wanted rows
             table = pq.read_table(handle, columns=columns, filters=[("key", "in", sorted(wanted))])
     keys = table.column("key").to_pylist()
-    images = table.column("image").to_pylist() if with_content else [b""] * len(keys)
+    images = table.column("image").to_pylist()
     truth_columns = {role: table.column(role).to_pylist() if role in table.column_names else [None] * len(keys)
                      for role in ("mask", "instances")}
     occurrences: list[Occurrence] = []

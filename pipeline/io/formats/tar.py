@@ -1,10 +1,12 @@
-"""WebDataset tar shards: ``<url>/*.tar``, members ``<key>.<png|jpg|tif|bmp|webp>`` with optional
-``<key>.mask.png`` and ``<key>.instances.png|tif``. A key ends at the first dot of the member's base name."""
+"""WebDataset tar shards: ``<url>/*.tar`` (or gzip-compressed ``.tar.gz``/``.tgz``), members
+``<key>.<png|jpg|tif|bmp|webp|gif>`` with optional ``<key>.mask.<image extension>`` and
+``<key>.instances.png|tif``. A key ends at the first dot of the member's base name."""
 
 from __future__ import annotations
 
 import io
 import tarfile
+import zlib
 from collections.abc import Collection, Iterable, Mapping
 
 from pipeline.config import StorageConfig
@@ -13,7 +15,6 @@ from pipeline.io import storage
 from pipeline.io.formats.base import (
     IMAGE_EXTENSIONS,
     INSTANCES_SUFFIXES,
-    MASK_SUFFIX,
     Contents,
     InputFormat,
     Occurrence,
@@ -23,22 +24,46 @@ from pipeline.io.formats.base import (
     shard_name,
 )
 
+GZIP_MAGIC = b"\x1f\x8b"
+
 
 class TarFormat(InputFormat):
     """WebDataset-style tar shards, one shard per ``.tar`` file."""
 
     kind = "tar"
-    file_suffix = ".tar"
+    file_suffixes = (".tar", ".tar.gz", ".tgz")
 
     def find_shards(self, url: str, relative: list[str], folder_shard_size: int) -> list[Shard]:
-        return [Shard(shard_name(p), self.kind, storage.join_url(url, p)) for p in relative if p.lower().endswith(".tar")]
+        return [Shard(tar_shard_name(p), self.kind, storage.join_url(url, p)) for p in relative
+                if p.lower().endswith(self.file_suffixes)]
 
-    def contents(self, shard: Shard, storage_config: StorageConfig | None, with_content: bool = True,
+    def contents(self, shard: Shard, storage_config: StorageConfig | None,
                  wanted: Collection[str] | None = None) -> Contents:
-        return tar_contents(shard, storage_config, with_content, wanted)
+        return tar_contents(shard, storage_config, wanted)
 
     def write(self, output: str, shards: Iterable[list[Sample]], storage_config: StorageConfig | None) -> list[str]:
         return self.write_files(output, shards, storage_config, "shard-{:05d}.tar", tar_bytes)
+
+
+def tar_shard_name(relative_path: str) -> str:
+    """Return a tar shard's name: ``a/b.tar`` → ``a__b``; a compressed shard keeps its suffix
+    (``b.tar.gz`` → ``b.tar.gz``), so that it never takes the name of a ``b.tar`` beside it."""
+    if relative_path.lower().endswith(".tar"):
+        return shard_name(relative_path)
+    return relative_path.replace("/", "__")
+
+
+def gunzip(data: bytes) -> tuple[bytes, str]:
+    """Return gzip ``data`` decompressed, and why it stops early ("" when whole): a cut-off or damaged
+    stream keeps what decompressed before the damage."""
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        out = inflater.decompress(data)
+    except zlib.error as exc:
+        return b"", f"is not readable gzip ({exc})"
+    if not inflater.eof:
+        return out, "is a gzip stream cut off before its end"
+    return out, ""
 
 
 def split_member_name(name: str) -> tuple[str, str]:
@@ -58,7 +83,7 @@ def member_role(name: str) -> str | None:
     ``"misnamed"`` (an image extension after another component, e.g. ``a.b.png`` or ``a.mask.jpg``),
     else None (ignored)."""
     _, extension = split_member_name(name)
-    if extension == MASK_SUFFIX[1:]:
+    if extension.startswith("mask.") and "." + extension[len("mask."):] in IMAGE_EXTENSIONS:
         return "mask"
     if "." + extension in INSTANCES_SUFFIXES:
         return "instances"
@@ -87,30 +112,36 @@ def member_problem(member: tarfile.TarInfo, regular: Mapping[str, tarfile.TarInf
     return f"is {kind}, not a file"
 
 
-def tar_contents(shard: Shard, storage_config: StorageConfig | None, with_content: bool = True,
+def tar_contents(shard: Shard, storage_config: StorageConfig | None,
                  wanted: Collection[str] | None = None) -> Contents:
     """Return a tar shard's image occurrences (member order), ground truth and cut-off message (empty if whole).
 
-    Without ``with_content`` only the headers are read (for :func:`pipeline.io.keys.shard_keys`): occurrences carry
-    no bytes but the same keys and ``claims``. With ``wanted`` only those keys' bytes are read,
-    seeking past the rest; otherwise the shard is fetched in one read.
+    The shard is fetched in one read; with ``wanted`` only those keys' bytes are read, seeking past
+    the rest.
     """
-    if with_content and wanted is None:
-        whole = io.BytesIO(storage.read_bytes(shard.url, storage_config))  # one request for the whole shard
+    if wanted is None:
+        data = storage.read_bytes(shard.url, storage_config)  # one request for the whole shard
+        damaged = ""
+        if data[:2] == GZIP_MAGIC:
+            data, damaged = gunzip(data)
+        whole = io.BytesIO(data)
         with tarfile.open(fileobj=whole, mode="r:") as archive:
-            occurrences, truth, cut = tar_members(shard, archive, with_content, wanted)
-            if not cut and whole.getbuffer().nbytes - archive.offset < tarfile.BLOCKSIZE:
+            occurrences, truth, cut = tar_members(shard, archive, wanted)
+            if damaged:  # the tar's own complaint follows from the compression's
+                cut = (f"shard {shard.url} {damaged} after member "
+                       f"{archive.members[-1].name if archive.members else '(none)'}; the members read are kept: "
+                       "copy the shard again to read the rest")
+            elif not cut and whole.getbuffer().nbytes - archive.offset < tarfile.BLOCKSIZE:
                 cut = (f"shard {shard.url} ends without tar's end-of-archive blocks after member "
                        f"{archive.members[-1].name if archive.members else '(none)'}, so it was probably cut off; "
                        "the members read are kept: copy the shard again to read the rest")
         return occurrences, truth, cut
     fs, path = storage.filesystem_for(shard.url, storage_config)
-    with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as archive:
-        return tar_members(shard, archive, with_content, wanted)
+    with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r:*") as archive:
+        return tar_members(shard, archive, wanted)
 
 
-def tar_members(shard: Shard, archive: tarfile.TarFile, with_content: bool,
-                wanted: Collection[str] | None = None) -> Contents:
+def tar_members(shard: Shard, archive: tarfile.TarFile, wanted: Collection[str] | None = None) -> Contents:
     """Return :func:`tar_contents` for an open archive."""
     occurrences: list[Occurrence] = []
     truth: Truth = {}
@@ -131,7 +162,7 @@ def tar_members(shard: Shard, archive: tarfile.TarFile, with_content: bool,
         role = member_role(member.name)
         if role is not None:
             item = tar_occurrence(shard, archive, member, role, regular,
-                                  with_content and (wanted is None or split_member_name(member.name)[0] in wanted))
+                                  wanted is None or split_member_name(member.name)[0] in wanted)
             if role in ("mask", "instances"):
                 truth.setdefault(item.key, {}).setdefault(role, item)
             else:
@@ -141,13 +172,14 @@ def tar_members(shard: Shard, archive: tarfile.TarFile, with_content: bool,
 
 def tar_occurrence(shard: Shard, archive: tarfile.TarFile, member: tarfile.TarInfo, role: str,
                    regular: Mapping[str, tarfile.TarInfo], with_content: bool) -> Occurrence:
-    """Return the occurrence of one image-named tar member, its bytes read if ``with_content``."""
+    """Return the occurrence of one image-named tar member, its bytes read if ``with_content`` (else only
+    its key and whether it claims it)."""
     key, extension = split_member_name(member.name)
     name = f"member {member.name!r} of {shard.url}"
     if role == "misnamed":
         return Occurrence(key, member.name, error=f"{name} is named like an image, but a key ends at the first dot "
                           f"of the name, leaving the component {extension!r}, which segpipe does not read; name images "
-                          "<key>.<png|jpg|tif|bmp|webp>, masks <key>.mask.png and instance labels <key>.instances.png", kind=ErrorKind.UNSUPPORTED_MEMBER,
+                          "<key>.<png|jpg|tif|bmp|webp|gif>, masks <key>.mask.png and instance labels <key>.instances.png", kind=ErrorKind.UNSUPPORTED_MEMBER,
                           claims=False)
     problem = member_problem(member, regular)
     if problem:
