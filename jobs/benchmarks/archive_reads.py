@@ -1,6 +1,6 @@
 """Object-storage bytes a segmentation run reads, and its time to first result, as the archive grows.
 
-    python jobs/benchmarks/archive_reads.py                         # 40 shards, then 4,000 small ones
+    python jobs/benchmarks/archive_reads.py                         # 40 large shards; 40 and 4,000 tiny ones
     python jobs/benchmarks/archive_reads.py --checkout ../other     # the same, run by another checkout too
 
 Starts ``moto_server`` on loopback behind a counting TCP proxy and writes synthetic tar shards
@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 
-from pipeline.config import SampleDataConfig  # noqa: E402
+from pipeline.config import SampleDataConfig, StorageConfig  # noqa: E402
 from pipeline.io.local_s3 import create_bucket, local_s3_server  # noqa: E402
 from pipeline.model import ModelInfo, ModelSpec, build_unet, save_artifact  # noqa: E402
 from pipeline.sample_data import write_sample_data  # noqa: E402
@@ -119,8 +119,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkout", action="append", type=Path, default=[],
                         help="another checkout whose segpipe runs the same archives (repeatable)")
-    parser.add_argument("--large-shards", type=int, default=40, help="shards of the bytes archive (default 40)")
-    parser.add_argument("--many-shards", type=int, default=4000, help="shards of the many-shards archive (default 4000)")
+    parser.add_argument("--large-shards", type=int, default=40,
+                        help="shards of the bytes archive, four 384-768 px images each (default 40)")
+    parser.add_argument("--tiny-shards", type=int, nargs="*", default=[40, 4000],
+                        help="shard counts of the first-result archives, one 32-40 px image each (default 40 4000)")
     args = parser.parse_args()
     checkouts = [ROOT, *[c.resolve() for c in args.checkout]]
     work = Path(tempfile.mkdtemp(prefix="archive-reads-"))
@@ -130,14 +132,15 @@ def main() -> None:
             proxy = CountingProxy((host, int(port)))
             endpoint = f"http://127.0.0.1:{proxy.port}"
             bucket = create_bucket(endpoint, "archive")
-            archives = {
-                "large": SampleDataConfig(output=f"{bucket}/large", num_images=args.large_shards * 4,
-                                          num_shards=args.large_shards, min_size=384, max_size=768, seed=1),
-                "many": SampleDataConfig(output=f"{bucket}/many", num_images=args.many_shards,
-                                         num_shards=args.many_shards, min_size=32, max_size=40, seed=2),
-            }
+            through = StorageConfig(endpoint_url=endpoint)
+            archives = {"large": SampleDataConfig(output=f"{bucket}/large", num_images=args.large_shards * 4,
+                                                  num_shards=args.large_shards, min_size=384, max_size=768, seed=1,
+                                                  storage=through)}
+            for count in args.tiny_shards:
+                archives[f"tiny-{count}"] = SampleDataConfig(output=f"{bucket}/tiny-{count}", num_images=count,
+                                                             num_shards=count, min_size=32, max_size=40, seed=2,
+                                                             storage=through)
             for cfg in archives.values():
-                cfg.storage.endpoint_url = endpoint
                 write_sample_data(cfg)
             model = tiny_model(work / "model")
             results = []

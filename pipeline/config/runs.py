@@ -159,7 +159,8 @@ class SegmentConfig:
                                                        "run ends")
     overwrite: bool = option(False, flag="--overwrite",
                              help="replace what the output holds from another run (by default a re-run continues the "
-                                  "same run, skipping committed shards, and refuses an output of another input or model)")
+                                  "same run, skipping committed shards, and refuses an output of another input or model); "
+                                  "also takes the output from a run that still holds it")
     progress_seconds: float = option(30.0, help="seconds between progress lines in the log")
     tta: bool = option(False, flag="--tta",
                        help="test-time augmentation: average each image's scores over the flips and 90-degree turns "

@@ -10,6 +10,7 @@
     <output>/metrics/<shard>.parquet  one row per input image of the shard
     <output>/_done/<shard>.json       the shard's commit marker, written after the files above
     <output>/run.json                 the run record: config, model, versions, times, counts
+    <output>/_lease.json              while a run writes the output: which run, since when, its heartbeat
     <output>/report/                  summary.json and report.html (``segpipe report``)
 
 A key becomes a path by appending ``.png`` under its shard's folder of ``masks/`` (keys are
@@ -32,6 +33,7 @@ OBJECTS = "objects"
 METRICS = "metrics"
 MARKERS = "_done"
 RUN_RECORD = "run.json"
+LEASE = "_lease.json"  # the live run's hold on the output (pipeline.segment.lease); --overwrite leaves it
 VERSION = 2  # 2: masks and instances under a folder per shard
 REPORT = "report"
 PARTS = (METRICS, MARKERS, MASKS, INSTANCES, OBJECTS, REPORT, RUN_RECORD)  # all a run writes: what --overwrite removes
@@ -80,6 +82,11 @@ def folder_url(output: str, part: str) -> str:
 def run_record_url(output: str) -> str:
     """Return the URL of the run record."""
     return join_url(output, RUN_RECORD)
+
+
+def lease_url(output: str) -> str:
+    """Return the URL of the output's lease (:mod:`pipeline.segment.lease`)."""
+    return join_url(output, LEASE)
 
 
 def report_url(output: str) -> str:

@@ -18,6 +18,7 @@ starts unless ``overwrite`` is set, which first removes the previous outputs.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -40,16 +41,22 @@ class PriorOutput:
     removed: tuple[str, ...] = ()
 
 
+MARKER_THREADS = 32  # markers are read this many at a time: on an object store each is one GET
+
+
 def read_markers(cfg: SegmentConfig) -> dict[str, dict[str, Any]]:
     """Return ``{shard name: marker}`` for every commit marker under the output."""
-    markers = {}
-    for url in layout.marker_urls(cfg.output, cfg.storage):
-        name = layout.shard_of(url)
+    def read(url: str) -> dict[str, Any] | None:
         try:
-            markers[name] = json.loads(storage.read_bytes(url, cfg.storage))
+            return json.loads(storage.read_bytes(url, cfg.storage))
         except (OSError, ValueError) as exc:  # a torn marker is no commit: the shard is redone
             log.warning("commit marker %s is unreadable (%s); its shard will be redone", url, exc)
-    return markers
+            return None
+
+    urls = layout.marker_urls(cfg.output, cfg.storage)
+    with concurrent.futures.ThreadPoolExecutor(MARKER_THREADS) as pool:
+        found = list(pool.map(read, urls))
+    return {layout.shard_of(url): marker for url, marker in zip(urls, found) if marker is not None}
 
 
 def identity(cfg: SegmentConfig, model_sha256: str, tiling: dict[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from pipeline.config import SegmentConfig
 from pipeline.io import storage
 from pipeline.io.shards import Shard, shard_dataset
 from pipeline.model import ModelArtifactError
+from pipeline.segment import lease
 from pipeline.segment.inferers import inferer_for
 from pipeline.segment.plan import CPU_STAGES, RunPlan, actor_resources, plan_run
 from pipeline.segment.predictor import SegmentationPredictor
@@ -56,6 +57,17 @@ def run_segmentation(cfg: SegmentConfig, own_process: bool = False) -> RunSummar
     plan = plan_run(cfg)
     events["planned"] = time.time()
     with storage.reaching(cfg.output, cfg.storage):
+        held = lease.take(cfg.output, cfg.storage, plan.run_id, cfg.overwrite)
+    try:
+        return segment_held_output(cfg, plan, held, started_at, events)
+    finally:
+        held.release()
+
+
+def segment_held_output(cfg: SegmentConfig, plan: RunPlan, held: lease.Lease, started_at: str,
+                        events: dict[str, float]) -> RunSummary:
+    """Run the checked ``plan`` on the output this run holds (:func:`run_segmentation`'s body)."""
+    with storage.reaching(cfg.output, cfg.storage):
         prior = prepare_output(cfg, plan.model.sha256, cfg.overwrite, plan.tiling.to_json(), plan.shards)
     plan = dataclasses.replace(plan, run_id=prior.run_id or plan.run_id, changed_shards=prior.changed,
                                removed_shards=prior.removed)
@@ -68,6 +80,7 @@ def run_segmentation(cfg: SegmentConfig, own_process: bool = False) -> RunSummar
         plan = dataclasses.replace(plan, **actor_resources(cfg))
     else:
         log.info("every shard of %s is already committed under %s; nothing to do", cfg.input, cfg.output)
+    held.confirm()  # by now (Ray started) a run that took the output at the same moment has written its lease
     write_run_json(cfg, plan, {"status": "running", "started": started_at})
     channel = telemetry_channel(plan.run_id)
     clock = time.perf_counter()
@@ -78,6 +91,7 @@ def run_segmentation(cfg: SegmentConfig, own_process: bool = False) -> RunSummar
         if todo:
             events["stream_started"] = time.time()
             for table in build_dataset(cfg, plan, todo, channel).iter_batches(batch_format="pyarrow", batch_size=None):
+                held.check()
                 writer.add(table)
         writer.finish()
     except BaseException as exc:

@@ -109,6 +109,9 @@ def test_objects_s3_to_s3_resume_after_a_driver_kill_without_duplicate_rows(s3_b
     # With the tiny model all shards commit within a few tenths of a second of the first, too close
     # for the kill to land between them; at 256x256 and 16 filters they come ~0.4 s apart.
     spec = replace(TINY_UNET, input_size=(256, 256), depth=3, base_filters=16)
+    import keras
+
+    keras.utils.set_random_seed(3)  # an untrained model that predicts some foreground, whatever ran before
     save_artifact(build_unet(spec), ModelInfo(spec=spec, class_names=TINY_CLASSES), model)
     command = [sys.executable, "-m", "jobs.cli", "segment", "--input", data, "--model", model, "--output", output,
                "--batch-size", "4", "--objects", "--split", "watershed", "stage_cpus=0.2"]
