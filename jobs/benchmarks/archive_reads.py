@@ -105,7 +105,7 @@ def segment(checkout: Path, bucket: str, name: str, model: str, output: Path, en
     record = json.loads((output / "run.json").read_text())
     startup = (record.get("summary") or {}).get("startup") or {}
     return {"served": served, "gets": gets, "wall_s": round(wall, 1), "first_result_s": startup.get("first_result"),
-            "images": (record.get("summary") or {}).get("images")}
+            "images": (record.get("summary") or {}).get("images"), "startup": startup}
 
 
 def archive_bytes(endpoint: str, bucket: str, name: str) -> int:
@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--checkout", action="append", type=Path, default=[],
                         help="another checkout whose segpipe runs the same archives (repeatable)")
     parser.add_argument("--large-shards", type=int, default=40,
-                        help="shards of the bytes archive, four 384-768 px images each (default 40)")
+                        help="shards of the bytes archive, four 384-768 px images each (default 40; 0: none)")
     parser.add_argument("--tiny-shards", type=int, nargs="*", default=[40, 4000],
                         help="shard counts of the first-result archives, one 32-40 px image each (default 40 4000)")
     args = parser.parse_args()
@@ -135,7 +135,7 @@ def main() -> None:
             through = StorageConfig(endpoint_url=endpoint)
             archives = {"large": SampleDataConfig(output=f"{bucket}/large", num_images=args.large_shards * 4,
                                                   num_shards=args.large_shards, min_size=384, max_size=768, seed=1,
-                                                  storage=through)}
+                                                  storage=through)} if args.large_shards else {}
             for count in args.tiny_shards:
                 archives[f"tiny-{count}"] = SampleDataConfig(output=f"{bucket}/tiny-{count}", num_images=count,
                                                              num_shards=count, min_size=32, max_size=40, seed=2,
