@@ -1,8 +1,10 @@
 """The per-image metrics table written to ``<output>/metrics/<shard>.parquet``.
 
-One row per input image, success or failure. Per-class columns are lists indexed by class
-(``dice[1]`` is class 1), so the schema is the same for every model; they are null when the image
-has no ground truth (``tp``, ``fp``, ``fn``, ``dice``, ``iou``) or failed (all of them).
+One row per input image, success or failure. ``height`` and ``width`` are the image as displayed:
+an EXIF ``orientation`` (1..8, recorded; 1 = as stored) is applied before anything else, to the
+image and to its mask, and the predicted mask is in that orientation. Per-class columns are
+lists indexed by class (``dice[1]`` is class 1), so the schema is the same for every model; they
+are null when the image has no ground truth (``tp``, ``fp``, ``fn``, ``dice``, ``iou``) or failed (all of them).
 ``class_pixels`` counts predicted pixels per class, with or without ground truth.
 
 With objects (``segment --objects``) a row also carries ``instances_uri``, ``objects_predicted``
@@ -41,6 +43,7 @@ METRICS_SCHEMA = pa.schema(
         pa.field("truth_error_kind", pa.string()),
         pa.field("height", pa.int32()),
         pa.field("width", pa.int32()),
+        pa.field("orientation", pa.int8()),
         pa.field("mask_uri", pa.string()),
         pa.field("class_pixels", pa.list_(pa.int64())),
         pa.field("tp", pa.list_(pa.int64())),

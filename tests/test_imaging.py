@@ -376,3 +376,43 @@ def test_an_animated_gif_png_or_webp_is_a_multi_page_row_and_a_still_gif_is_read
         with pytest.raises(SampleError, match=rf"animated {fmt} of 2 frames") as caught:
             imaging.decode_image(animated.getvalue())
         assert caught.value.kind == "multi_page_image"
+
+
+INVERSE_TRANSPOSES = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                      4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90,
+                      7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_270}  # displayed -> stored
+
+
+def stored_with_orientation(shown: np.ndarray, orientation: int, fmt: str = "PNG") -> bytes:
+    """Return ``shown`` (as a viewer displays it) stored turned back, with the EXIF orientation that undoes it."""
+    picture = Image.fromarray(shown)
+    if INVERSE_TRANSPOSES[orientation] is not None:
+        picture = picture.transpose(INVERSE_TRANSPOSES[orientation])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    picture.save(buffer, format=fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_an_exif_orientation_is_applied_to_the_image_and_its_mask_as_viewers_show_them(orientation: int) -> None:
+    rng = np.random.default_rng(orientation)
+    shown = rng.integers(0, 256, (6, 10, 3), dtype=np.uint8)  # displayed: 6 rows, 10 columns
+    mask = rng.integers(0, 3, (6, 10), dtype=np.uint8)
+    data = stored_with_orientation(shown, orientation)
+    assert imaging.image_orientation(data) == orientation
+    assert np.array_equal(imaging.decode_image(data), shown)
+    assert np.array_equal(imaging.read_native(data, {"mode": "scale"})[0], shown)
+    tile, size, _ = imaging.read_tile(data, (6, 10), 3, {"mode": "scale"})
+    assert size == (6, 10) and np.array_equal(tile, shown)
+    assert np.array_equal(imaging.decode_mask(imaging.encode_png(mask), 3, size), mask)  # drawn on the displayed photo
+    assert np.array_equal(imaging.decode_mask(stored_with_orientation(mask, orientation), 3, size), mask)  # or oriented
+
+
+def test_a_large_turned_jpeg_is_reduced_and_sized_as_displayed() -> None:
+    shown = np.zeros((400, 200, 3), np.uint8)
+    shown[:100] = 255  # the top quarter white, as displayed
+    tile, size, _ = imaging.read_tile(stored_with_orientation(shown, 6, "JPEG"), (32, 32), 3, {"mode": "scale"})
+    assert size == (400, 200) and tile.shape == (32, 32, 3)
+    assert tile[:6].mean() > 200 and tile[10:].mean() < 30

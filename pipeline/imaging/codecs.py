@@ -65,6 +65,48 @@ def too_large_message(what: str, width: int, height: int, max_pixels: int) -> st
             f"(segpipe segment --max-image-pixels N, or max_image_pixels: N in the config)")
 
 
+ORIENTATION_TAG = 0x0112  # EXIF's Orientation: how a viewer turns the stored pixels to display them
+TRANSPOSES = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}  # as Pillow's ImageOps.exif_transpose turns them
+
+
+def orientation_of(picture: Image.Image) -> int:
+    """Return an opened picture's EXIF orientation, 1..8 (1: shown as stored, also when it has none or a
+    broken one), from the EXIF its header carries (JPEG, PNG, WebP), without decoding a pixel."""
+    raw = picture.info.get("exif")
+    if not raw:
+        return 1
+    try:
+        exif = Image.Exif()
+        exif.load(raw)
+        value = int(exif.get(ORIENTATION_TAG, 1))
+    except Exception:  # noqa: BLE001 - a broken EXIF block is no reason to refuse the pixels
+        return 1
+    return value if value in TRANSPOSES else 1
+
+
+def displayed(picture: Image.Image, orientation: int) -> Image.Image:
+    """Return a decoded picture turned as viewers display it (its EXIF ``orientation``)."""
+    return picture.transpose(TRANSPOSES[orientation]) if orientation in TRANSPOSES else picture
+
+
+def displayed_size(picture: Image.Image, orientation: int) -> tuple[int, int]:
+    """Return ``(width, height)`` of a picture as displayed: orientations 5 to 8 swap the sides."""
+    return (picture.height, picture.width) if orientation >= 5 else (picture.width, picture.height)
+
+
+def image_orientation(data: bytes) -> int:
+    """Return the EXIF orientation of an encoded image (1 for TIFF, read as stored, and for a file
+    Pillow cannot open: reading it says why)."""
+    if is_tiff(data):
+        return 1
+    try:
+        return orientation_of(Image.open(io.BytesIO(data)))
+    except Exception:  # noqa: BLE001 - the read itself reports an unreadable file
+        return 1
+
+
 def load_picture(picture: Image.Image, what: str = "image") -> Image.Image:
     """Return ``picture`` with its pixels decoded; raise SampleError if the data is corrupt or truncated."""
     try:
@@ -189,11 +231,13 @@ def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 
     Accepts 1-bit, 8-bit and 16-bit grayscale, palette, RGB and RGBA (alpha dropped). Other modes
     (CMYK, float, YCbCr, ...) raise SampleError saying how to convert them; so does an image of
-    more than ``max_pixels`` pixels, before it is decoded. TIFFs are read by :func:`read_tiff`.
+    more than ``max_pixels`` pixels, before it is decoded. An EXIF orientation is applied, so the
+    array is the image as viewers display it. TIFFs are read by :func:`read_tiff`, as stored.
     """
     if is_tiff(data):
         return read_tiff(data, "image", max_pixels, tiff_page)
-    return picture_array(usable_picture(open_image(data, "image", max_pixels)))
+    opened = open_image(data, "image", max_pixels)
+    return picture_array(displayed(usable_picture(opened), orientation_of(opened)))
 
 
 def encode_png(array: np.ndarray, compress_level: int = 6) -> bytes:

@@ -11,7 +11,16 @@ import io
 import numpy as np
 
 from pipeline.errors import ErrorKind, SampleError
-from pipeline.imaging.codecs import encode_png, is_tiff, load_picture, open_header, read_tiff
+from pipeline.imaging.codecs import (
+    displayed,
+    displayed_size,
+    encode_png,
+    is_tiff,
+    load_picture,
+    open_header,
+    orientation_of,
+    read_tiff,
+)
 
 MASK_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B")
 
@@ -26,13 +35,15 @@ def decode_mask(data: bytes, num_classes: int, image_shape: tuple[int, int]) -> 
     if is_tiff(data):
         return checked_classes(tiff_mask(data, image_shape), num_classes)
     picture = open_header(data, "mask", max_pixels=None)  # its size must equal the image's, checked next
-    if picture.size != (image_shape[1], image_shape[0]):
+    orientation = orientation_of(picture)  # a mask that carries one is turned as its image is
+    width, height = displayed_size(picture, orientation)
+    if (width, height) != (image_shape[1], image_shape[0]):
         raise SampleError(
-            f"mask size {picture.width}x{picture.height} differs from image size "
+            f"mask size {width}x{height} differs from image size "
             f"{image_shape[1]}x{image_shape[0]}; masks must match their images pixel for pixel", ErrorKind.MASK_SIZE_MISMATCH)
     if picture.mode not in MASK_MODES:
         raise SampleError(f"mask has mode {picture.mode!r}; save masks as single-channel class-index PNGs", ErrorKind.BAD_MASK)
-    load_picture(picture, "mask")
+    picture = displayed(load_picture(picture, "mask"), orientation)
     if picture.mode == "I" and picture.width and picture.height:
         low, high = picture.getextrema()
         if low < 0 or high > 65535:
@@ -123,8 +134,7 @@ def decode_instances(data: bytes, image_shape: tuple[int, int]) -> np.ndarray:
             raise SampleError(f"instance label image has mode {picture.mode!r}; save instance labels as one channel "
                               "of integers (16-bit PNG, 32-bit TIFF beyond 65,535 objects), not float or colour",
                               ErrorKind.BAD_INSTANCES)
-        load_picture(picture, "instance label image")
-        labels = np.asarray(picture)
+        labels = np.asarray(displayed(load_picture(picture, "instance label image"), orientation_of(picture)))
     if labels.shape != tuple(image_shape):
         raise SampleError(f"instance label image size {labels.shape[1]}x{labels.shape[0]} differs from image size "
                           f"{image_shape[1]}x{image_shape[0]}", ErrorKind.INSTANCES_SIZE_MISMATCH)

@@ -19,10 +19,13 @@ from PIL import Image
 
 from pipeline.imaging.codecs import (
     DEFAULT_MAX_IMAGE_PIXELS,
+    displayed,
+    displayed_size,
     is_tiff,
     load_picture,
     open_header,
     open_image,
+    orientation_of,
     picture_array,
     read_tiff,
     usable_picture,
@@ -51,6 +54,7 @@ def read_tile(data: bytes, tile: tuple[int, int], channels: int, normalization: 
     """Return ``(tile, (height, width), value range)``: an encoded image resized to the model's tile
     ``(tile_h, tile_w, channels)`` in its own type (uint8 or uint16), the image's own size, and for
     the ``minmax`` normalisation its extremes before the resize (else None), for :func:`tile_input`.
+    An EXIF orientation is applied first: the tile and the size are the image as displayed.
 
     Memory stays near one copy of the decoded image at its own dtype: no float32 array of the
     image's size exists, and a JPEG larger than the tile is decoded reduced (``draft``).
@@ -59,15 +63,17 @@ def read_tile(data: bytes, tile: tuple[int, int], channels: int, normalization: 
         image = read_tiff(data, "image", max_pixels, tiff_page)
         return match_channels(resize_image(image, tile), channels), image.shape[:2], value_range_of(image, normalization)
     picture = open_header(data, "image", max_pixels)
-    size = (picture.height, picture.width)
+    orientation = orientation_of(picture)
+    width, height = displayed_size(picture, orientation)
     target = (tile[1], tile[0])  # Pillow sizes are (width, height)
-    if picture.size != target:
-        picture.draft(picture.mode, target)  # JPEG only: a DCT-domain reduction, never below the tile
-    picture = usable_picture(load_picture(picture))
+    stored_target = target if orientation < 5 else (tile[0], tile[1])  # the tile's sides as the pixels are stored
+    if picture.size != stored_target:
+        picture.draft(picture.mode, stored_target)  # JPEG only: a DCT-domain reduction, never below the tile
+    picture = displayed(usable_picture(load_picture(picture)), orientation)
     value_range = picture_range(picture, normalization)
     if picture.size != target:  # in Pillow, in the picture's own mode: no array of the image's size
         picture = picture.resize(target, Image.Resampling.BILINEAR)
-    return match_channels(picture_array(picture), channels), size, value_range
+    return match_channels(picture_array(picture), channels), (height, width), value_range
 
 
 def extremes(value_range: Any) -> ValueRange:
@@ -114,7 +120,8 @@ def model_input(image: np.ndarray, tile: tuple[int, int], channels: int, normali
 def read_native(data: bytes, normalization: Mapping[str, Any], max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
                 tiff_page: int | None = None) -> tuple[np.ndarray, ValueRange | None]:
     """Return ``(image, value range)``: the decoded ``(H, W, C)`` image at its own size and type (uint8 or
-    uint16, the channels it has) and, for the ``minmax`` normalisation, its extremes (else None).
+    uint16, the channels it has; as displayed, its EXIF orientation applied) and, for the ``minmax``
+    normalisation, its extremes (else None).
 
     Inference in windows normalises each window from this one copy (:func:`normalise` with the
     range), so no float32 copy of the whole image is ever made.
@@ -122,7 +129,8 @@ def read_native(data: bytes, normalization: Mapping[str, Any], max_pixels: int |
     if is_tiff(data):
         image = read_tiff(data, "image", max_pixels, tiff_page)
         return image, value_range_of(image, normalization)
-    picture = usable_picture(open_image(data, "image", max_pixels))
+    opened = open_image(data, "image", max_pixels)
+    picture = displayed(usable_picture(opened), orientation_of(opened))
     value_range = picture_range(picture, normalization)
     return picture_array(picture), value_range
 

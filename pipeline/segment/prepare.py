@@ -106,9 +106,11 @@ def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo,
     for index in range(count):
         wide[index] = np.zeros((1, 1, 1), dtype=np.uint8)
     columns = {"tiles": tiles, "wide": wide, "bits": np.full(count, 8, dtype=np.int8),
-               "value_low": np.zeros(count, dtype=np.float64), "value_high": np.zeros(count, dtype=np.float64)}
+               "value_low": np.zeros(count, dtype=np.float64), "value_high": np.zeros(count, dtype=np.float64),
+               "orientation": np.ones(count, dtype=np.int8)}
 
     def prepare_one(index: int) -> tuple[int, int]:
+        columns["orientation"][index] = imaging.image_orientation(batch["image"][index])
         tile, size, value_range = imaging.read_tile(batch["image"][index], spec.input_size, spec.channels,
                                                        info.normalization, max_image_pixels, tiff_page)
         check_truth(batch, index, spec.num_classes, size)
@@ -157,9 +159,11 @@ def prepare_native_batch(batch: dict[str, np.ndarray], info: ModelInfo,
     for index in range(count):
         images[index] = np.zeros((1, 1, 1), dtype=np.uint8)
     columns = {"image": images, "bits": np.full(count, 8, dtype=np.int8),
-               "value_low": np.zeros(count, dtype=np.float64), "value_high": np.zeros(count, dtype=np.float64)}
+               "value_low": np.zeros(count, dtype=np.float64), "value_high": np.zeros(count, dtype=np.float64),
+               "orientation": np.ones(count, dtype=np.int8)}
 
     def prepare_one(index: int) -> tuple[int, int]:
+        columns["orientation"][index] = imaging.image_orientation(batch["image"][index])
         image, value_range = imaging.read_native(batch["image"][index], info.normalization, max_image_pixels,
                                                     tiff_page)
         check_truth(batch, index, info.spec.num_classes, image.shape[:2])

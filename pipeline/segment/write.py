@@ -116,7 +116,8 @@ def finish_row(item: dict[str, Any], inferer: Inferer, output: str, storage_conf
         return {**base, "status": schema.STATUS_ERROR,
                 "error": f"{key}: {type(exc).__name__} while writing the mask or its objects: {exc}",
                 "error_kind": ErrorKind.WRITE_FAILED.value, "height": height, "width": width}
-    return {**base, **record, "status": schema.STATUS_OK, "height": height, "width": width, "mask_uri": mask_uri}
+    return {**base, **record, "status": schema.STATUS_OK, "height": height, "width": width, "mask_uri": mask_uri,
+            "orientation": int(item.get("orientation", 1))}
 
 
 def key_hashes(keys: Any, unique: bool = True) -> np.ndarray:

@@ -249,3 +249,27 @@ def test_run_json_breaks_the_start_up_down(tmp_path: Path, tiny_model: str) -> N
         assert 0 <= steps[step] < 120, step
     assert steps["first_result"] <= steps["first_commit"]
     assert "cli_import" not in steps  # a run inside a longer-lived process counts from the call
+
+
+@pytest.mark.parametrize("tiling", ["resize", "whole"])
+def test_a_phone_photo_turned_by_exif_is_segmented_and_scored_as_displayed(tmp_path: Path, tiny_model: str,
+                                                                           tiling: str) -> None:
+    from tests.test_imaging import stored_with_orientation
+
+    rng = np.random.default_rng(5)
+    shown = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)  # as a phone's viewer shows it: landscape
+    truth = np.zeros((30, 50), np.uint8)
+    truth[:, 25:] = 1  # the mask was drawn on the displayed photo
+    members = {"photo.jpg": stored_with_orientation(shown, 6, "JPEG"), "photo.mask.png": encode_png(truth)}
+    (tmp_path / "in").mkdir()
+    with tarfile.open(tmp_path / "in" / "phone.tar", "w") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    run_segmentation(SegmentConfig(input=str(tmp_path / "in"), model=tiny_model, output=str(tmp_path / "out"),
+                                   tiling=tiling))
+    (row,) = read_metrics(str(tmp_path / "out"))
+    assert row["status"] == "ok" and row["truth_error"] is None and row["dice"] is not None
+    assert (row["height"], row["width"], row["orientation"]) == (30, 50, 6)
+    assert Image.open(row["mask_uri"]).size == (50, 30)
