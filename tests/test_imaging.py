@@ -416,3 +416,35 @@ def test_a_large_turned_jpeg_is_reduced_and_sized_as_displayed() -> None:
     tile, size, _ = imaging.read_tile(stored_with_orientation(shown, 6, "JPEG"), (32, 32), 3, {"mode": "scale"})
     assert size == (400, 200) and tile.shape == (32, 32, 3)
     assert tile[:6].mean() > 200 and tile[10:].mean() < 30
+
+
+def jpeg_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    picture = Image.fromarray(array)
+    (picture.convert(mode) if mode else picture).save(buffer, format="JPEG", quality=75)
+    return buffer.getvalue()
+
+
+def test_a_jpeg_mask_is_snapped_to_its_classes_with_the_count_and_a_photo_saved_as_one_is_refused() -> None:
+    yy, xx = np.mgrid[:48, :64]
+    binary = ((yy - 24) ** 2 + (xx - 30) ** 2 < 15 ** 2).astype(np.uint8)  # a disc, saved as 0/255
+    for mode in (None, "RGB"):  # grey, or a colour JPEG of a grey mask
+        data = jpeg_bytes(binary * 255, mode)
+        stored = np.asarray(Image.open(io.BytesIO(data)).convert("L")).astype(int)
+        mask, snapped = imaging.decode_mask_counted(data, 2, (48, 64))
+        assert snapped == int(np.count_nonzero((stored != 0) & (stored != 255))) > 0
+        assert set(np.unique(mask)) == {0, 1} and (mask == binary).mean() > 0.99
+    indices = np.zeros((48, 64), np.uint8)
+    indices[:, 32:] = 2  # a three-class index mask: snapped to the nearest index
+    mask, _ = imaging.decode_mask_counted(jpeg_bytes(indices), 3, (48, 64))
+    assert (mask == indices).mean() > 0.95
+    photo = np.random.default_rng(0).integers(0, 256, (48, 64), dtype=np.uint8)
+    with pytest.raises(SampleError, match=r"lossy \(JPEG\) image whose pixels are not class values: .* looks like a "
+                                          r"photo, not a mask: save masks as PNG") as caught:
+        imaging.decode_mask_counted(jpeg_bytes(photo), 2, (48, 64))
+    assert caught.value.kind == "bad_mask"
+    noisy = np.asarray(Image.open(io.BytesIO(jpeg_bytes(binary * 255))))  # JPEG damage saved losslessly: strict
+    with pytest.raises(SampleError) as caught:
+        imaging.decode_mask(imaging.encode_png(noisy), 2, (48, 64))
+    assert caught.value.kind == "mask_classes"
+    assert imaging.decode_mask_counted(imaging.encode_png(binary * 255), 2, (48, 64))[1] == 0

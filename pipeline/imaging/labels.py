@@ -26,14 +26,21 @@ MASK_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B")
 
 
 def decode_mask(data: bytes, num_classes: int, image_shape: tuple[int, int]) -> np.ndarray:
-    """Return a ground-truth mask as uint8 ``(H, W)`` class indices.
+    """Return a ground-truth mask as uint8 ``(H, W)`` class indices (:func:`decode_mask_counted`)."""
+    return decode_mask_counted(data, num_classes, image_shape)[0]
+
+
+def decode_mask_counted(data: bytes, num_classes: int, image_shape: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """Return ``(mask, snapped pixels)``: a ground-truth mask as uint8 ``(H, W)`` class indices, and how
+    many of its pixels a lossy format had moved off a class value.
 
     The file must be a single-channel image of the image's size (checked from its header, before
-    decoding). A binary mask holding only 0 and 255 is read as classes {0, 1}. Values outside
-    ``0..num_classes-1`` raise SampleError.
+    decoding). A binary mask holding only 0 and 255 is read as classes {0, 1}. A lossless mask with
+    values outside ``0..num_classes-1`` raises SampleError; a JPEG mask is snapped to the nearest
+    class value instead (:func:`snapped_classes`).
     """
     if is_tiff(data):
-        return checked_classes(tiff_mask(data, image_shape), num_classes)
+        return checked_classes(tiff_mask(data, image_shape), num_classes), 0
     picture = open_header(data, "mask", max_pixels=None)  # its size must equal the image's, checked next
     orientation = orientation_of(picture)  # a mask that carries one is turned as its image is
     width, height = displayed_size(picture, orientation)
@@ -41,14 +48,48 @@ def decode_mask(data: bytes, num_classes: int, image_shape: tuple[int, int]) -> 
         raise SampleError(
             f"mask size {width}x{height} differs from image size "
             f"{image_shape[1]}x{image_shape[0]}; masks must match their images pixel for pixel", ErrorKind.MASK_SIZE_MISMATCH)
-    if picture.mode not in MASK_MODES:
+    lossy = picture.format in LOSSY_FORMATS
+    if picture.mode not in MASK_MODES and not (lossy and picture.mode == "RGB"):
         raise SampleError(f"mask has mode {picture.mode!r}; save masks as single-channel class-index PNGs", ErrorKind.BAD_MASK)
     picture = displayed(load_picture(picture, "mask"), orientation)
+    if lossy:  # a grey JPEG, or a colour one of a grey mask (as some tools save them)
+        return snapped_classes(np.asarray(picture.convert("L")), num_classes)
     if picture.mode == "I" and picture.width and picture.height:
         low, high = picture.getextrema()
         if low < 0 or high > 65535:
             raise SampleError("mask holds values outside 0..65535; save masks as 8-bit class-index PNGs", ErrorKind.BAD_MASK)
-    return checked_classes(np.asarray(picture.convert("L") if picture.mode == "1" else picture), num_classes)
+    return checked_classes(np.asarray(picture.convert("L") if picture.mode == "1" else picture), num_classes), 0
+
+
+LOSSY_FORMATS = ("JPEG", "MPO")  # formats whose pixels move off the values saved
+FAR_SHARE = 0.05  # a lossy "mask" with more of its pixels far from every class value is no mask
+
+
+def snapped_classes(values: np.ndarray, num_classes: int) -> tuple[np.ndarray, int]:
+    """Return ``(class indices, snapped pixels)`` of a mask saved in a lossy format.
+
+    A two-class mask holding more than 0 and 1 is read on the 0/255 scale (each pixel to the nearer of 0 and 255,
+    pixels more than 64 levels from both counting as far); otherwise each pixel goes to the nearest
+    of the class indices ``0..num_classes-1`` (far: beyond the last by more than half a level).
+    Pixels not exactly on a class value are counted as snapped. Over :data:`FAR_SHARE` of the
+    pixels far from every class value means the file is not a class mask (a photo saved as one):
+    SampleError ``bad_mask``.
+    """
+    values = values.astype(np.int16)
+    binary = num_classes == 2 and values.size > 0 and int(values.max()) > 1
+    if binary:
+        classes, exact = (values >= 128).astype(np.uint8), (values == 0) | (values == 255)
+        far = np.abs(values - 255 * classes) > 64
+    else:
+        classes = np.clip(values, 0, num_classes - 1).astype(np.uint8)
+        exact, far = values < num_classes, values > num_classes - 0.5
+    share = float(far.mean()) if values.size else 0.0
+    if share > FAR_SHARE:
+        scale = "0 and 255" if binary else f"0..{num_classes - 1}"
+        raise SampleError(f"mask is a lossy (JPEG) image whose pixels are not class values: {share:.0%} of them lie "
+                          f"far from every class value ({scale}); it looks like a photo, not a mask: save masks as "
+                          "PNG class indices", ErrorKind.BAD_MASK)
+    return classes, int(np.count_nonzero(~exact))
 
 
 def labels_at_size(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -94,7 +94,9 @@ def finish_row(item: dict[str, Any], inferer: Inferer, output: str, storage_conf
         mask_uri = layout.mask_url(output, shard, key)
         storage.write_bytes(mask_uri, imaging.encode_png(predicted, compress_level=1), storage_config)
         record: dict[str, Any] = {"class_pixels": metrics.class_counts(predicted, num_classes).tolist()}
-        truth = imaging.decode_mask(item["mask"], num_classes, (height, width)) if len(item["mask"]) else None
+        truth, snapped = (imaging.decode_mask_counted(item["mask"], num_classes, (height, width)) if len(item["mask"])
+                          else (None, None))
+        record["snapped_pixels"] = snapped
         encoded = item.get("instances", b"")
         truth_labels = imaging.decode_instances(encoded, (height, width)) if len(encoded) else None
         if truth is None and truth_labels is not None and num_classes == 2:

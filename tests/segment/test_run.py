@@ -273,3 +273,31 @@ def test_a_phone_photo_turned_by_exif_is_segmented_and_scored_as_displayed(tmp_p
     assert row["status"] == "ok" and row["truth_error"] is None and row["dice"] is not None
     assert (row["height"], row["width"], row["orientation"]) == (30, 50, 6)
     assert Image.open(row["mask_uri"]).size == (50, 30)
+
+
+def test_a_jpeg_mask_is_scored_after_snapping_and_the_row_counts_the_snapped_pixels(tmp_path: Path,
+                                                                                   tiny_model: str) -> None:
+    from tests.test_imaging import jpeg_bytes
+
+    yy, xx = np.mgrid[:40, :48]
+    disc = ((yy - 20) ** 2 + (xx - 24) ** 2 < 12 ** 2).astype(np.uint8)
+    folder = tmp_path / "in"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    (folder / "images" / "horse.png").write_bytes(encode_png(np.dstack([disc * 200] * 3).astype(np.uint8)))
+    (folder / "images" / "plain.png").write_bytes(encode_png(disc * 200))
+    (folder / "masks" / "horse.jpg").write_bytes(jpeg_bytes(disc * 255))  # as the Weizmann horses are kept
+    (folder / "masks" / "plain.png").write_bytes(encode_png(disc))
+    two_class = tmp_path / "model2"
+    from dataclasses import replace
+
+    from pipeline.model import ModelInfo, build_unet, save_artifact
+    from tests.conftest import TINY_UNET
+
+    spec = replace(TINY_UNET, num_classes=2)
+    save_artifact(build_unet(spec), ModelInfo(spec=spec, class_names=("background", "horse")), str(two_class))
+    run_segmentation(SegmentConfig(input=str(folder), model=str(two_class), output=str(tmp_path / "out")))
+    rows = {row["key"]: row for row in read_metrics(str(tmp_path / "out"))}
+    assert rows["horse"]["status"] == "ok" and rows["horse"]["truth_error"] is None
+    assert rows["horse"]["snapped_pixels"] > 0 and rows["horse"]["dice"] is not None
+    assert rows["plain"]["snapped_pixels"] == 0
