@@ -72,6 +72,8 @@ def measure(image_path: str, mask_path: str, tile: int) -> dict[str, float]:
 
     from pipeline.model import ModelInfo, ModelSpec
     from pipeline.segment import prepare, write
+    from pipeline.segment.inferers import inferer_for
+    from pipeline.segment.tiling import resolve_tiling
 
     info = ModelInfo(spec=ModelSpec(input_size=(tile, tile), channels=3, num_classes=2, depth=4), class_names=("bg", "fg"))
     image, mask = Path(image_path).read_bytes(), Path(mask_path).read_bytes()
@@ -79,14 +81,17 @@ def measure(image_path: str, mask_path: str, tile: int) -> dict[str, float]:
     baseline = rss_mb("VmRSS")
     batch = {"key": np.array(["big"], dtype=object), "source": np.array(["bench"], dtype=object),
              "shard": np.array(["s"], dtype=object), "shard_rows": np.array([1]), "image": np.array([image], dtype=object),
-             "mask": np.array([mask], dtype=object), "error": np.array([""], dtype=object),
-             "error_kind": np.array([""], dtype=object)}
+             "mask": np.array([mask], dtype=object), "instances": np.array([b""], dtype=object),
+             "error": np.array([""], dtype=object),
+             "error_kind": np.array([""], dtype=object), "truth_error": np.array([""], dtype=object),
+             "truth_error_kind": np.array([""], dtype=object)}
     prepared = prepare.prepare_batch(batch, info)
     after_prepare = rss_mb("VmHWM")
     scores = np.random.default_rng(0).integers(0, 256, (tile, tile, 2), dtype=np.uint8)
     item = {name: prepared[name][0] for name in prepared if name != "pixels"}
     with tempfile.TemporaryDirectory() as output:
-        row = write.finish_row({**item, "scores": scores}, info, output, None)
+        inferer = inferer_for(resolve_tiling("resize", "resize", (tile, tile)), info, 1)
+        row = write.finish_row({**item, "scores": scores}, inferer, output, None)
     peak = rss_mb("VmHWM")
     megapixels = int(item["height"]) * int(item["width"]) / 1e6
     return {"status": row["status"], "error": row.get("error"), "megapixels": megapixels,
