@@ -95,6 +95,7 @@ def segment_held_output(cfg: SegmentConfig, plan: RunPlan, held: lease.Lease, st
                 writer.add(table)
         writer.finish()
     except BaseException as exc:
+        writer.close()
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         failure = {"status": status, "started": started_at, "ended": now_iso(),
                    "error": f"{type(exc).__name__}: {exc}", "progress": progress.counts(writer)}

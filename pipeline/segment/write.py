@@ -5,7 +5,8 @@ run's inferer for each image's mask at its size, writes ``masks/<key>.png`` and 
 metrics; with objects, it also labels, writes and measures the image's objects
 (:mod:`pipeline.segment.measure`). The driver's :class:`ShardWriter` collects the small metric
 rows (and object rows) and, once a shard's rows are all in, writes ``objects/<shard>.parquet``,
-``metrics/<shard>.parquet`` and then its commit marker (see :mod:`pipeline.io.layout`).
+``metrics/<shard>.parquet`` and then its commit marker (see :mod:`pipeline.io.layout`), on one
+of a few threads while rows keep arriving.
 """
 
 from __future__ import annotations
@@ -148,8 +149,14 @@ class MaskWriter:
         return finish_batch(batch, **self.arguments)
 
 
+COMMIT_THREADS = 8  # shards committed at once: on an object store each of a commit's writes is a round trip
+
+
 class ShardWriter:
     """Collects metric rows on the driver and commits each shard once all its rows have arrived.
+
+    A complete shard is written by one of :data:`COMMIT_THREADS` threads while rows keep arriving;
+    the driver notes it as committed once its marker is written.
 
     ``committed`` holds the markers of shards an earlier attempt already committed (they are
     counted, not redone). With ``objects``, each shard's object rows are written to
@@ -178,6 +185,8 @@ class ShardWriter:
         self.events: dict[str, float] = {}  # the driver's own steps: first result, first commit
         self.last_commit = 0.0
         self.key_hashes: dict[str, np.ndarray] = {}  # shard name -> hashes of its keys, as shards commit
+        self.pool = concurrent.futures.ThreadPoolExecutor(COMMIT_THREADS, thread_name_prefix="commit")
+        self.writing: dict[str, concurrent.futures.Future] = {}  # shards being committed
         self.repeated: dict[str, Any] = {"count": 0, "examples": []}  # keys repeated across shards (finish)
 
     def add(self, table: pa.Table) -> None:
@@ -196,13 +205,41 @@ class ShardWriter:
                 self.pending_objects[name].append(table_from_bytes(found))
             self.pending[name].append(row)
             if len(self.pending[name]) == expected:
-                self.commit(name, self.pending.pop(name), self.pending_objects.pop(name, []))
+                self.writing[name] = self.pool.submit(self.write_shard, name, self.pending.pop(name),
+                                                      self.pending_objects.pop(name, []))
+        self.collect()
         if self.progress:
             self.progress.update(self)
 
+    def collect(self, wait: bool = False) -> None:
+        """Note the shards whose commit has finished (every one with ``wait``); raise the first failure."""
+        if wait:
+            concurrent.futures.wait(list(self.writing.values()))
+        for name, future in list(self.writing.items()):
+            if future.done():
+                del self.writing[name]
+                self.note_commit(name, *future.result())
+
     def commit(self, name: str, rows: list[dict[str, Any]], found: list[pa.Table] | None = None) -> None:
+        """Commit one shard now, in this thread (:meth:`write_shard`, then :meth:`note_commit`)."""
+        self.note_commit(name, *self.write_shard(name, rows, found))
+
+    def note_commit(self, name: str, counts: dict[str, int], hashes: np.ndarray) -> None:
+        """Count a committed shard (its rows and key hashes) and keep run.json's progress current."""
+        self.committed[name] = counts
+        self.key_hashes[name] = hashes
+        self.events.setdefault("first_commit", time.time())
+        self.last_commit = time.time()
+        if self.progress:
+            self.progress.after_commit(self)
+
+    def write_shard(self, name: str, rows: list[dict[str, Any]],
+                    found: list[pa.Table] | None = None) -> tuple[dict[str, int], np.ndarray]:
         """Write ``objects/<name>.parquet`` (with objects: rows by key, then label), ``metrics/<name>.parquet``
-        (rows sorted by key), then the marker ``_done/<name>.json``."""
+        (rows sorted by key), then the marker ``_done/<name>.json``; return the shard's counts and key hashes.
+
+        Runs on the commit threads (:data:`COMMIT_THREADS`): it reads only what never changes during a run.
+        """
         if self.objects:
             table = pa.concat_tables([schema.objects_table({"key": []}), *(found or [])])
             self.write_parquet(layout.objects_url(self.output, name),
@@ -216,12 +253,7 @@ class ShardWriter:
                   "run_id": self.run_id,
                   "model_id": self.model_id, "committed": now_iso()}
         storage.write_bytes(layout.marker_url(self.output, name), json.dumps(marker).encode(), self.storage_config)
-        self.committed[name] = counts
-        self.key_hashes[name] = key_hashes(r["key"] for r in rows if r.get("error_kind") != ErrorKind.UNREADABLE_SHARD)
-        self.events.setdefault("first_commit", time.time())
-        self.last_commit = time.time()
-        if self.progress:
-            self.progress.after_commit(self)
+        return counts, key_hashes(r["key"] for r in rows if r.get("error_kind") != ErrorKind.UNREADABLE_SHARD)
 
     def write_parquet(self, url: str, table: pa.Table) -> None:
         """Write ``table`` as one Parquet file at ``url``."""
@@ -234,12 +266,18 @@ class ShardWriter:
         if self.pending:
             partial = {name: len(rows) for name, rows in self.pending.items()}
             raise RuntimeError(f"shards ended with rows missing (rows received: {partial}); re-run the same command")
+        self.collect(wait=True)
+        self.close()
         for name in sorted(set(self.shards) - set(self.committed)):
             log.warning("shard %s holds no images; committing it empty", self.shards[name].url)
             self.commit(name, [])
         self.repeated = self.repeated_keys()
         if self.progress:
             self.progress.update(self, force=True)
+
+    def close(self) -> None:
+        """Let the commits under way finish (a run that fails still commits what it had written) and stop the threads."""
+        self.pool.shutdown(wait=True)
 
     def repeated_keys(self, most: int = 20) -> dict[str, Any]:
         """Return ``{"count": keys held by more than one shard, "examples": [{"key", "shards"}, ...]}``.
