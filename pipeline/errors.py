@@ -8,6 +8,7 @@ docs/segmentation.md lists the same kinds with what they mean (a test checks bot
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 
 
 class ErrorKind(str, enum.Enum):
@@ -82,3 +83,8 @@ def unreadable_kind(what: str) -> ErrorKind:
     if what == "image":
         return ErrorKind.CORRUPT_IMAGE
     return ErrorKind.BAD_INSTANCES if "instance" in what else ErrorKind.BAD_MASK
+
+
+def cut_list(items: Sequence[str], most: int) -> str:
+    """Return the first ``most`` of ``items`` comma-separated, with "…" when there are more (for messages)."""
+    return ", ".join(items[:most]) + (", …" if len(items) > most else "")

@@ -10,7 +10,7 @@ import io
 
 import numpy as np
 
-from pipeline.errors import ErrorKind, SampleError
+from pipeline.errors import ErrorKind, SampleError, cut_list
 from pipeline.imaging.codecs import (
     displayed,
     displayed_size,
@@ -122,7 +122,7 @@ def checked_classes(mask: np.ndarray, num_classes: int) -> np.ndarray:
         return (mask == 255).astype(np.uint8)
     if highest >= num_classes:
         bad = np.unique(mask[mask >= num_classes])
-        shown = ", ".join(str(value) for value in bad[:5].tolist()) + (", …" if len(bad) > 5 else "")
+        shown = cut_list([str(value) for value in bad.tolist()], 5)
         raise SampleError(
             f"mask holds class values [{shown}] but the model has {num_classes} classes (0..{num_classes - 1}); "
             "relabel the mask to the model's classes (a binary mask may hold 0 and 255 only), or use a model "

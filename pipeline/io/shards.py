@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipeline.config import StorageConfig
+from pipeline.errors import cut_list
 from pipeline.io import storage
 from pipeline.io.formats import FORMATS
 from pipeline.io.formats.base import IMAGE_EXTENSIONS, INSTANCES_SUFFIXES, MASK_SUFFIX, InputError, Shard, shard_name
@@ -48,7 +49,7 @@ def discover_shards(url: str, storage_config: StorageConfig | None = None, folde
             check_names(url, shards)
             by_url = {storage.join_url(url, path): info for path, info in details.items()}
             return [dataclasses.replace(shard, identity=shard_identity(shard, by_url)) for shard in shards]
-    named = ", ".join(repr(path) for path in relative[:3]) + (", …" if len(relative) > 3 else "")
+    named = cut_list([repr(path) for path in relative], 3)
     raise InputError(
         f"input {url} holds no images: expected *.tar shards, an images/ folder, or *.parquet files; "
         + (f"found {len(relative)} other file(s), none of them named so: {named}" if relative else "it is empty")

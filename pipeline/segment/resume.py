@@ -25,6 +25,7 @@ import logging
 from typing import Any
 
 from pipeline.config import ConfigError, SegmentConfig
+from pipeline.errors import cut_list
 from pipeline.io import layout, storage
 from pipeline.io.shards import Shard
 
@@ -90,12 +91,7 @@ def prior_identity(run_json: dict[str, Any]) -> dict[str, Any]:
 
 def clear_output(cfg: SegmentConfig) -> None:
     """Remove a previous run's outputs (masks, metrics, markers, report, run.json) under the output URL."""
-    fs, root = storage.filesystem_for(cfg.output, cfg.storage)
-    for part in layout.PARTS:
-        path = f"{root.rstrip('/')}/{part}"
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-    fs.invalidate_cache()
+    remove(cfg, [layout.folder_url(cfg.output, part) for part in layout.PARTS])
     log.info("overwrite: removed the previous outputs under %s", cfg.output)
 
 
@@ -146,10 +142,10 @@ def prepare_output(cfg: SegmentConfig, model_sha256: str, overwrite: bool, tilin
     if removed:
         log.warning("%d shard(s) committed under %s are no longer in the input (%s); their rows stay in the "
                     "output and its report: pass --overwrite to start the output afresh", len(removed), cfg.output,
-                    listed(removed))
+                    cut_list(removed, 5))
     if changed:
         log.warning("%d shard(s) changed since they were committed (%s): their outputs are removed and the "
-                    "shards segmented again", len(changed), listed(changed))
+                    "shards segmented again", len(changed), cut_list(changed, 5))
         for name in changed:
             clear_shard(cfg, name)
     kept = {name: marker for name, marker in markers.items() if name in current and name not in changed}
@@ -158,15 +154,15 @@ def prepare_output(cfg: SegmentConfig, model_sha256: str, overwrite: bool, tilin
     return PriorOutput(run_json.get("run_id"), kept, changed, removed)
 
 
-def listed(names: tuple[str, ...], most: int = 5) -> str:
-    """Return up to ``most`` names, comma-separated, with "…" when there are more."""
-    return ", ".join(names[:most]) + (", …" if len(names) > most else "")
-
-
 def clear_shard(cfg: SegmentConfig, name: str) -> None:
     """Remove one shard's outputs, its commit marker first (:func:`pipeline.io.layout.shard_parts`)."""
+    remove(cfg, layout.shard_parts(cfg.output, name))
+
+
+def remove(cfg: SegmentConfig, urls: list[str]) -> None:
+    """Remove the files and folders at ``urls`` under the output, in order (those that exist)."""
     fs, _ = storage.filesystem_for(cfg.output, cfg.storage)
-    for url in layout.shard_parts(cfg.output, name):
+    for url in urls:
         _, path = storage.filesystem_for(url, cfg.storage)
         if fs.exists(path):
             fs.rm(path, recursive=True)

@@ -48,8 +48,8 @@ def finish_batch(
     """Return the batch's metrics rows (``schema.METRICS_SCHEMA`` plus ``shard, shard_rows, objects, output_full``).
 
     For each usable row: the mask at the image's size from the inferer's output
-    (:meth:`pipeline.segment.inferers.Inferer.finish`), written to ``masks/<key>.png``
-    under ``output`` (``masks/<shard>/<key>.png``), count predicted pixels per class, and with ground truth compute TP/FP/FN,
+    (:meth:`pipeline.segment.inferers.Inferer.finish`), written to ``masks/<shard>/<key>.png``
+    under ``output``, count predicted pixels per class, and with ground truth compute TP/FP/FN,
     Dice and IoU (see :mod:`pipeline.metrics`). With ``objects_config.enabled`` each row's
     ``objects`` holds its object rows as Arrow IPC bytes (``b""`` for none). ``output_full`` says
     why the output took no write (:class:`pipeline.io.storage.OutputFullError`), else ``""``: the
