@@ -17,6 +17,7 @@ from typing import Any
 from pipeline.cluster import shutdown_local_ray
 from pipeline.config import (
     ConfigError,
+    ExportConfig,
     ImportConfig,
     ReportConfig,
     SampleDataConfig,
@@ -55,6 +56,10 @@ COMMANDS = {  # name -> (config class, one-line help, description)
                "<run>/report/summary.json (counts, macro/micro Dice and IoU per class with 95% bootstrap intervals, "
                "pixel accuracy, errors by kind) and report.html (tables, plots, the worst images as overlays, errors, "
                "run metadata). With --baseline, per-class changes and the images that got most worse."),
+    "export": (ExportConfig, "a run's predicted objects as a COCO results file (for COCOeval)",
+               "Write the objects of a run segmented with --objects as a COCO results file: one entry per object "
+               "with its RLE segmentation, category id and score. Where the run's input was a COCO annotations file, "
+               "its image and category ids are used, so pycocotools' COCOeval scores the file against it."),
     "model import": (ImportConfig, "make a Keras model trained elsewhere into an artifact segment runs",
                      "Check that a .keras file loads with safe_mode=True (no custom code), takes (H, W, C) or any size "
                      "and gives one score channel per class, then write it with its model.json under --output."),
@@ -116,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     handlers = {"segment": run_segment_command, "train": run_train_command, "sample-data": run_sample_command,
-                "report": run_report_command, "model import": run_import_command}
+                "report": run_report_command, "export": run_export_command, "model import": run_import_command}
     model = commands.add_parser("model", help="model artifacts: import a Keras model",
                                 description="Work on model artifacts.")
     model_commands = model.add_subparsers(dest="model_command", required=True, metavar="MODEL_COMMAND")
@@ -167,6 +172,14 @@ def run_report_command(args: argparse.Namespace) -> int:
     from pipeline.report.build import build_report
 
     print(build_report(config_from_args(args)).line())
+    return 0
+
+
+def run_export_command(args: argparse.Namespace) -> int:
+    """Run ``segpipe export``; return the exit status."""
+    from pipeline.report.export import export_run
+
+    print(export_run(config_from_args(args)).line())
     return 0
 
 

@@ -29,6 +29,7 @@ class ErrorKind(str, enum.Enum):
     MASK_CLASSES = "mask_classes"
     BAD_INSTANCES = "bad_instances"
     INSTANCES_SIZE_MISMATCH = "instances_size_mismatch"
+    BAD_ANNOTATION = "bad_annotation"
     WRITE_FAILED = "write_failed"
     INTERNAL = "internal"
 
@@ -58,10 +59,13 @@ MEANINGS = {
                                 "or an animated GIF, PNG or WebP",
     ErrorKind.BAD_MASK: "the mask file is empty, corrupt, or not a single-channel image",
     ErrorKind.MASK_SIZE_MISMATCH: "the mask's size differs from its image's",
-    ErrorKind.MASK_CLASSES: "the mask holds class values the model does not have",
+    ErrorKind.MASK_CLASSES: "the mask holds values (or colours) its label map does not declare, or class values the "
+                            "model does not have",
     ErrorKind.BAD_INSTANCES: "the instance label image is corrupt, not one channel of integers (float, colour), "
                              "or an 8-bit image whose labels have run out",
     ErrorKind.INSTANCES_SIZE_MISMATCH: "the instance label image's size differs from its image's",
+    ErrorKind.BAD_ANNOTATION: "a COCO annotation of the image cannot be drawn (a polygon of under 3 points, an RLE "
+                              "of another size, an unknown category, an image entry without its size)",
     ErrorKind.WRITE_FAILED: "the predicted mask could not be written",
     ErrorKind.INTERNAL: "an unexpected failure while preparing the image (a bug: please report it)",
 }

@@ -9,6 +9,8 @@ Conventions (the report states the same):
 * When ``TP + FP + FN == 0`` (class absent from both prediction and truth) the value is **NaN**
   (undefined), as nnU-Net does; it is neither a perfect 1 nor a 0. Averages skip NaN and the
   report counts such cases.
+* A truth pixel outside ``0..C-1`` (255: not labelled, as the data set's label map declares) is
+  left out of TP, FP and FN whatever was predicted there; ``ignored_pixels`` counts them.
 * The per-image ``mean_dice`` / ``mean_iou`` average the foreground classes ``1..C-1`` (class 0 is
   background), skipping NaN; with a single class they average class 0. They are NaN when every
   class they average is NaN.
@@ -37,8 +39,8 @@ def confusion_counts(prediction: np.ndarray, truth: np.ndarray, num_classes: int
     """Return ``(tp, fp, fn)``, each int64 of shape ``(num_classes,)``, for two class-index masks.
 
     ``prediction`` and ``truth`` are integer arrays of the same shape with values in
-    ``0..num_classes-1``. The pairs are counted in chunks, so the memory used does not grow
-    with the image.
+    ``0..num_classes-1``; truth pixels beyond (255: not labelled) count nowhere. The pairs are
+    counted in chunks, so the memory used does not grow with the image.
     """
     if prediction.shape != truth.shape:
         raise ValueError(f"prediction shape {prediction.shape} differs from truth shape {truth.shape}")
@@ -46,7 +48,11 @@ def confusion_counts(prediction: np.ndarray, truth: np.ndarray, num_classes: int
     matrix = np.zeros(num_classes * num_classes, dtype=np.int64)
     for start in range(0, truth_flat.size, COUNT_CHUNK):
         stop = start + COUNT_CHUNK
-        pairs = truth_flat[start:stop].astype(np.int64) * num_classes + prediction_flat[start:stop]
+        truth_chunk, predicted_chunk = truth_flat[start:stop], prediction_flat[start:stop]
+        labelled = truth_chunk < num_classes
+        if not labelled.all():
+            truth_chunk, predicted_chunk = truth_chunk[labelled], predicted_chunk[labelled]
+        pairs = truth_chunk.astype(np.int64) * num_classes + predicted_chunk
         matrix += np.bincount(pairs, minlength=num_classes * num_classes)
     matrix = matrix.reshape(num_classes, num_classes)
     tp = np.diag(matrix).copy()
@@ -81,8 +87,10 @@ def foreground_mean(values: np.ndarray) -> float:
 
 def image_metrics(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -> dict[str, np.ndarray | float]:
     """Return the per-image metric record: ``tp, fp, fn`` (int64), ``dice, iou`` (float64, per
-    class) and ``mean_dice, mean_iou`` (foreground means), following the module's conventions."""
+    class), ``mean_dice, mean_iou`` (foreground means) and ``ignored_pixels`` (truth pixels not
+    labelled, counted nowhere), following the module's conventions."""
     tp, fp, fn = confusion_counts(prediction, truth, num_classes)
+    ignored = int(truth.size - (tp.sum() + fn.sum()))
     dice = dice_from_counts(tp, fp, fn)
     iou = iou_from_counts(tp, fp, fn)
     return {
@@ -93,4 +101,5 @@ def image_metrics(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -
         "iou": iou,
         "mean_dice": foreground_mean(dice),
         "mean_iou": foreground_mean(iou),
+        "ignored_pixels": ignored,
     }

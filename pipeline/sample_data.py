@@ -82,11 +82,14 @@ def write_sample_data(cfg: SampleDataConfig) -> list[str]:
       ``instances/<key>.png``); returns the image URLs.
     - ``parquet``: ``<output>/part-00000.parquet`` … with columns ``key``, ``image``, ``mask``
       (and ``instances``; encoded PNG bytes); returns the file URLs.
+    - ``coco``: ``<output>/<key>.png`` and ``<output>/annotations.json`` (each object an RLE
+      annotation of its class); returns the image URLs and the annotations file's.
 
     Keys are ``sample-000000``, ``sample-000001``, … (global index). Shards hold consecutive keys and
     ``min(num_shards, num_images)`` of them are written. The same config gives byte-identical files.
     """
-    units = {"tar": "tar shard(s)", "folder": "image/mask file pair(s)", "parquet": "Parquet file(s)"}
+    units = {"tar": "tar shard(s)", "folder": "image/mask file pair(s)", "parquet": "Parquet file(s)",
+             "coco": "files (the images and annotations.json)"}
     shards = (shard_samples(cfg, indices) for indices in shard_ranges(cfg.num_images, cfg.num_shards))
     urls = sorted(FORMATS[cfg.layout].write(cfg.output, shards, cfg.storage))
     logger.info(

@@ -4,7 +4,8 @@ One row per input image, success or failure. ``height`` and ``width`` are the im
 an EXIF ``orientation`` (1..8, recorded; 1 = as stored) is applied before anything else, to the
 image and to its mask, and the predicted mask is in that orientation. ``snapped_pixels``: of a
 mask saved in a lossy format (JPEG), the pixels moved back onto a class value (0 for a lossless
-mask, null without one). Per-class columns are
+mask, null without one). ``ignored_pixels``: the mask's pixels its label map declares not
+labelled (``labels.ignore``), left out of every count (null without a mask). Per-class columns are
 lists indexed by class (``dice[1]`` is class 1), so the schema is the same for every model; they
 are null when the image has no ground truth (``tp``, ``fp``, ``fn``, ``dice``, ``iou``) or failed (all of them).
 ``class_pixels`` counts predicted pixels per class, with or without ground truth.
@@ -47,6 +48,7 @@ METRICS_SCHEMA = pa.schema(
         pa.field("width", pa.int32()),
         pa.field("orientation", pa.int8()),
         pa.field("snapped_pixels", pa.int64()),
+        pa.field("ignored_pixels", pa.int64()),
         pa.field("mask_uri", pa.string()),
         pa.field("class_pixels", pa.list_(pa.int64())),
         pa.field("tp", pa.list_(pa.int64())),

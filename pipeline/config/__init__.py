@@ -7,7 +7,10 @@
 from pipeline.config.loading import ConfigError, load_config, option_fields, public_dict, reference_markdown
 from pipeline.config.runs import (
     ActorConfig,
+    CocoConfig,
+    ExportConfig,
     ImportConfig,
+    LabelsConfig,
     ObjectsConfig,
     ReportConfig,
     SampleDataConfig,
@@ -17,7 +20,7 @@ from pipeline.config.runs import (
 from pipeline.config.training import AugmentConfig, LoaderConfig, ModelConfig, OptimConfig, TrainConfig
 
 __all__ = [
-    "ActorConfig", "AugmentConfig", "ConfigError", "ImportConfig", "LoaderConfig", "ModelConfig", "ObjectsConfig",
+    "ActorConfig", "AugmentConfig", "CocoConfig", "ExportConfig", "ConfigError", "ImportConfig", "LabelsConfig", "LoaderConfig", "ModelConfig", "ObjectsConfig",
     "OptimConfig", "ReportConfig", "SampleDataConfig", "SegmentConfig", "StorageConfig", "TrainConfig", "load_config",
     "option_fields", "public_dict", "reference_markdown",
 ]

@@ -138,11 +138,38 @@ class ObjectsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LabelsConfig:
+    """How the input's masks store their classes (its label map); unset: the input's ``labels.yaml``,
+    else plain class indices (docs/segmentation.md, "Label maps")."""
+
+    classes: Any = option(None, default_text="the model's", help="class names in index order, background first "
+                                                                   "(a list, or comma-separated)")
+    values: Any = option(None, default_text="the class indices",
+                         help="stored mask value -> class (index or name), e.g. {0: 0, 38: 1}; any other value is an error")
+    colors: Any = option(None, help="colour -> class for colour masks (RGB or palette PNGs), e.g. {'128,0,0': 1}")
+    ignore: Any = option(None, help="stored values (or 'R,G,B' colours) that mean 'not labelled', e.g. 255 (PASCAL "
+                                    "VOC): left out of every loss, metric and count")
+
+    def given(self) -> dict[str, Any]:
+        """Return the keys that are set, as a label map mapping."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
+                if getattr(self, field.name) not in (None, "", [], {})}
+
+
+@dataclasses.dataclass(frozen=True)
+class CocoConfig:
+    """A COCO input (``--input URL/annotations.json``)."""
+
+    images: str = option("", default_text="the annotations file's folder",
+                         help="URL the images' file_name entries are relative to")
+
+
+@dataclasses.dataclass(frozen=True)
 class SegmentConfig:
     """Everything a segmentation run needs; saved (credentials redacted) in ``<output>/run.json``."""
 
     input: str = option("", flag="--input", default_text="required",
-                        help="URL of tar shards, an images/ folder or Parquet files")
+                        help="URL of tar shards, an images/ folder, Parquet files or a COCO annotations .json")
     model: str = option("", flag="--model", default_text="required",
                         help="URL of a model artifact (folder with model.keras + model.json)")
     output: str = option("", flag="--output", default_text="required",
@@ -195,6 +222,8 @@ class SegmentConfig:
     tiff_page: int | None = option(None, flag="--tiff-page", default_text="none: multi-page TIFFs are error rows",
                                    help="the page (0-based) to segment of each multi-page TIFF")
     objects: ObjectsConfig = option(default_factory=ObjectsConfig, help="objects and instance metrics")
+    labels: LabelsConfig = option(default_factory=LabelsConfig, help="how the input's masks store their classes")
+    coco: CocoConfig = option(default_factory=CocoConfig, help="a COCO annotations file as the input")
     actors: ActorConfig = option(default_factory=ActorConfig, help="the predictor actor pool")
     storage: StorageConfig = option(default_factory=StorageConfig, help="object storage access")
 
@@ -241,7 +270,8 @@ class SampleDataConfig:
     min_size: int = option(48, flag="--min-size", help="smallest image side")
     max_size: int = option(96, flag="--max-size", help="largest image side")
     seed: int = option(0, flag="--seed", help="random seed")
-    layout: str = option("tar", flag="--layout", choices=("tar", "folder", "parquet"), help="input shape to write")
+    layout: str = option("tar", flag="--layout", choices=("tar", "folder", "parquet", "coco"),
+                         help="input shape to write (coco: the images and an annotations.json of their objects as RLE)")
     scale: str = option("resize", flag="--scale", choices=("resize", "native"),
                         help="resize: objects sized with the image (5-20% of its side); native: objects of a fixed "
                              "pixel size (--object-size), as many as the image's area holds, for large images")
@@ -288,6 +318,25 @@ class ReportConfig:
             raise ConfigError(f"worst={self.worst}: show 0..200 worst images")
         if self.bootstrap_resamples < 100:
             raise ConfigError(f"bootstrap_resamples={self.bootstrap_resamples}: at least 100")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """A run's predicted objects written in another tool's format."""
+
+    run: str = option("", positional=True, default_text="required",
+                      help="URL of a segmentation run's output, segmented with --objects")
+    format: str = option("coco", flag="--format", choices=("coco",),
+                         help="coco: a COCO results file (RLE segmentations, category ids, scores) for COCOeval")
+    output: str = option("", flag="--output", default_text="required", help="URL of the file to write")
+    partial: bool = option(False, flag="--partial", help="export the committed shards of an unfinished run")
+    storage: StorageConfig = option(default_factory=StorageConfig, help="object storage access")
+
+    def __post_init__(self) -> None:
+        for name in ("run", "output"):
+            if not getattr(self, name):
+                raise ConfigError(f"'{name}' is not set; give the {'run URL' if name == 'run' else '--output FILE'}")
+        check_choices(self)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,8 +20,9 @@ import dataclasses
 from typing import Any, ClassVar
 
 from pipeline.config.loading import ConfigError, check_choices, option, public_dict
-from pipeline.config.runs import StorageConfig
+from pipeline.config.runs import CocoConfig, LabelsConfig, StorageConfig
 
+DEFAULT_CLASSES = 3  # a model's classes when neither --num-classes nor a label map says
 MAX_LABEL_OFFSET = 4.0  # pixels; a larger label offset is a unit mistake, not an annotation habit
 
 
@@ -39,7 +40,9 @@ class ModelConfig:
                              help="square tile size in pixels, a multiple of 2**depth (unet), 32 (VGG16-based) or 16 "
                                   "(deeplabv3plus)")
     channels: int = option(3, flag="--channels", choices=(1, 3), help="image channels the model takes")
-    num_classes: int = option(3, flag="--num-classes", help="classes including background")
+    num_classes: int = option(0, flag="--num-classes", default_text="the label map's, else 3",
+                              help="classes including background; unset, the training data's label map (labels.* or "
+                                   "its labels.yaml, or COCO's categories) decides, else 3")
     depth: int = option(3, flag="--depth", help="U-Net levels (unet)")
     base_filters: int = option(0, flag="--base-filters", default_text="16 for unet, 64 for the VGG16-based",
                                help="filters of the first level, doubled at each level (VGG16-based: its first block; "
@@ -69,7 +72,7 @@ class ModelConfig:
         # What needs the architecture registry (shapes, encoders, features) is checked by
         # pipeline.model.architectures.check_model_config, before any training work.
         names = self.names()
-        if len(names) != self.num_classes:
+        if self.num_classes and len(names) != self.num_classes:
             raise ConfigError(f"model.class_names gives {len(names)} names for model.num_classes={self.num_classes}")
         if self.encoder_trainable_after < 0:
             raise ConfigError(f"model.encoder_trainable_after={self.encoder_trainable_after}: epochs, 0 or more")
@@ -84,7 +87,13 @@ class ModelConfig:
         """Return the class names: ``class_names`` split at commas, or background, class_1, ..."""
         if self.class_names:
             return tuple(name.strip() for name in self.class_names.split(","))
-        return ("background", *(f"class_{index}" for index in range(1, self.num_classes)))
+        return ("background", *(f"class_{index}" for index in range(1, self.class_count())))
+
+    def class_count(self) -> int:
+        """Return the classes: ``num_classes``, else as many as ``class_names`` names, else :data:`DEFAULT_CLASSES`."""
+        if self.num_classes:
+            return self.num_classes
+        return len(self.class_names.split(",")) if self.class_names else DEFAULT_CLASSES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,7 +195,8 @@ class TrainConfig:
                                       "stage_cpus", "decoded_cache_mb")},
     }
 
-    data: str = option("", flag="--data", default_text="required", help="URL of the labelled training shards")
+    data: str = option("", flag="--data", default_text="required",
+                       help="URL of the labelled training shards (or a COCO annotations .json)")
     output: str = option("", flag="--output", default_text="required",
                          help="URL of the model artifact to write (checkpoints go under it)")
     val_data: str | None = option(None, flag="--val-data", help="URL of labelled validation shards, validated every epoch")
@@ -214,6 +224,8 @@ class TrainConfig:
     augment: AugmentConfig = option(default_factory=AugmentConfig, help="the augmentation")
     optim: OptimConfig = option(default_factory=OptimConfig, help="the optimisation")
     loader: LoaderConfig = option(default_factory=LoaderConfig, help="the data stage")
+    labels: LabelsConfig = option(default_factory=LabelsConfig, help="how the training data's masks store their classes")
+    coco: CocoConfig = option(default_factory=CocoConfig, help="a COCO annotations file as the training data")
     storage: StorageConfig = option(default_factory=StorageConfig, help="object storage access")
 
     def __post_init__(self) -> None:

@@ -1,12 +1,17 @@
 """Ground truth read and written: class-index masks and instance label images.
 
-A mask is uint8 ``(H, W)`` class indices (a binary 0/255 mask reads as {0, 1}); an instance label
-image is one channel of integers, 0 the background.
+A mask is uint8 ``(H, W)`` class indices, :data:`IGNORE` (255) where a pixel is not labelled. How a
+data set stores its classes is its :class:`LabelMap` (``labels.yaml``): plain class indices (a binary
+0/255 mask reads as {0, 1}), declared stored values, or colours, and the values meaning "not
+labelled". An instance label image is one channel of integers, 0 the background.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -22,25 +27,192 @@ from pipeline.imaging.codecs import (
     read_tiff,
 )
 
-MASK_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B")
+IGNORE = 255  # a mask pixel that is not labelled (a declared ignore value, a window's padding): no loss, no metric
+MAX_CLASSES = 255  # class indices 0..254; 255 is IGNORE
 
 
-def decode_mask(data: bytes, num_classes: int, image_shape: tuple[int, int]) -> np.ndarray:
-    """Return a ground-truth mask as uint8 ``(H, W)`` class indices (:func:`decode_mask_counted`)."""
-    return decode_mask_counted(data, num_classes, image_shape)[0]
+@dataclasses.dataclass(frozen=True)
+class LabelMap:
+    """How a data set stores its labels: class names, and the stored values (or RGB colours) of each
+    class and of "not labelled".
 
-
-def decode_mask_counted(data: bytes, num_classes: int, image_shape: tuple[int, int]) -> tuple[np.ndarray, int]:
-    """Return ``(mask, snapped pixels)``: a ground-truth mask as uint8 ``(H, W)`` class indices, and how
-    many of its pixels a lossy format had moved off a class value.
-
-    The file must be a single-channel image of the image's size (checked from its header, before
-    decoding). A binary mask holding only 0 and 255 is read as classes {0, 1}. A lossless mask with
-    values outside ``0..num_classes-1`` raises SampleError; a JPEG mask is snapped to the nearest
-    class value instead (:func:`snapped_classes`).
+    ``values`` maps stored values to class indices (every other value is an error), ``colors`` maps
+    RGB colours (a colour mask, or a palette PNG read as its colours); ``ignore`` and
+    ``ignore_colors`` are read as :data:`IGNORE`. With neither ``values`` nor ``colors`` the stored
+    values are the class indices ``0..num_classes-1``, and a mask holding only 0 and 255 (255 not
+    declared ignore) is binary. ``num_classes`` 0 means "the model's".
     """
+
+    num_classes: int = 0
+    names: tuple[str, ...] = ()
+    values: tuple[tuple[int, int], ...] = ()
+    colors: tuple[tuple[tuple[int, int, int], int], ...] = ()
+    ignore: tuple[int, ...] = ()
+    ignore_colors: tuple[tuple[int, int, int], ...] = ()
+
+    @property
+    def declared(self) -> bool:
+        """Return whether any stored value, colour or ignore value is declared (else: plain class indices)."""
+        return bool(self.values or self.colors or self.ignore or self.ignore_colors)
+
+    def with_classes(self, num_classes: int) -> LabelMap:
+        """Return this map for a model of ``num_classes``; ValueError where its classes do not fit."""
+        highest = max([index for _, index in (*self.values, *self.colors)], default=-1)
+        if self.num_classes and self.num_classes != num_classes:
+            raise ValueError(f"the label map names {self.num_classes} classes ({', '.join(self.names)}) but the model "
+                             f"has {num_classes}; give the model's classes, or use a model trained on these labels")
+        if highest >= num_classes:
+            raise ValueError(f"the label map maps a value to class {highest} but the model has {num_classes} classes "
+                             f"(0..{num_classes - 1})")
+        return dataclasses.replace(self, num_classes=num_classes)
+
+    def class_names(self) -> tuple[str, ...]:
+        """Return the names of the classes: declared, else background, class_1, ..."""
+        return self.names or ("background", *(f"class_{index}" for index in range(1, self.num_classes)))
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the map as the mapping :meth:`from_mapping` reads (the keys of ``labels.yaml``)."""
+        data: dict[str, Any] = {"classes": list(self.class_names())}
+        if self.values:
+            data["values"] = {str(stored): index for stored, index in self.values}
+        if self.colors:
+            data["colors"] = {",".join(map(str, colour)): index for colour, index in self.colors}
+        if self.ignore or self.ignore_colors:
+            data["ignore"] = [*self.ignore, *(",".join(map(str, colour)) for colour in self.ignore_colors)]
+        return data
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | None, where: str = "labels") -> LabelMap:
+        """Return the label map a ``labels.yaml`` (or the ``labels.*`` keys) describes; ValueError naming
+        the key of ``where`` and the fix.
+
+        ``classes``: names in class order (a list, or comma-separated text); ``values``: stored value
+        → class (index or name); ``colors``: colour (``"R,G,B"``, ``"#RRGGBB"`` or ``[R, G, B]`` as
+        a list entry ``[R, G, B, class]``) → class; ``ignore``: stored values (or colours) meaning
+        "not labelled".
+        """
+        data = dict(data or {})
+        unknown = sorted(set(data) - {"classes", "values", "colors", "ignore"})
+        if unknown:
+            raise ValueError(f"{where}: unknown key '{unknown[0]}'; a label map has classes, values, colors and ignore")
+        names = parse_names(data.get("classes"), where)
+
+        def index_of(target: Any, key: str) -> int:
+            if isinstance(target, str) and target.strip() in names:
+                return names.index(target.strip())
+            if isinstance(target, int) and not isinstance(target, bool) and 0 <= target < MAX_CLASSES:
+                if names and target >= len(names):
+                    raise ValueError(f"{where}.{key}: class {target} but classes names {len(names)} (0..{len(names) - 1})")
+                return target
+            raise ValueError(f"{where}.{key}: {target!r} is no class; give a class index 0..{MAX_CLASSES - 1} or a name "
+                             "from classes")
+
+        values = {}
+        for stored, target in as_items(data.get("values"), f"{where}.values"):
+            value = parse_value(stored, f"{where}.values")
+            values[value] = index_of(target, f"values[{stored}]")
+        colors = {}
+        for stored, target in as_items(data.get("colors"), f"{where}.colors"):
+            colors[parse_colour(stored, f"{where}.colors")] = index_of(target, f"colors[{stored}]")
+        ignore, ignore_colors = [], []
+        items = data.get("ignore")
+        for item in ([] if items is None else items if isinstance(items, list) else [items]):
+            if isinstance(item, int) and not isinstance(item, bool):
+                ignore.append(parse_value(item, f"{where}.ignore"))
+            else:
+                ignore_colors.append(parse_colour(item, f"{where}.ignore"))
+        both = sorted(set(values) & set(ignore))
+        if both:
+            raise ValueError(f"{where}: value {both[0]} is both a class (values) and ignored (ignore); keep one")
+        return cls(num_classes=len(names), names=names, values=tuple(sorted(values.items())),
+                   colors=tuple(sorted(colors.items())), ignore=tuple(sorted(set(ignore))),
+                   ignore_colors=tuple(sorted(set(ignore_colors))))
+
+    def decode(self, data: bytes, image_shape: tuple[int, int]) -> tuple[np.ndarray, int]:
+        """Return ``(mask, snapped pixels)`` of an encoded mask: uint8 ``(H, W)`` class indices with
+        :data:`IGNORE` where not labelled (:func:`decode_mask_counted`)."""
+        return decode_mask_counted(data, self, image_shape)
+
+
+def parse_names(names: Any, where: str) -> tuple[str, ...]:
+    """Return class names given as a list or comma-separated text (empty when not given)."""
+    if names is None or names == "":
+        return ()
+    items = names.split(",") if isinstance(names, str) else names if isinstance(names, list) else None
+    if items is None or not all(isinstance(name, (str, int)) for name in items):
+        raise ValueError(f"{where}.classes: give the class names as a list, e.g. [background, cat, dog]")
+    found = tuple(str(name).strip() for name in items)
+    if len(found) < 2 or len(set(found)) != len(found) or not all(found):
+        raise ValueError(f"{where}.classes: {len(found)} names {list(found)}; give at least two distinct names, "
+                         "background first")
+    if len(found) > MAX_CLASSES:
+        raise ValueError(f"{where}.classes: {len(found)} classes; at most {MAX_CLASSES} (255 marks unlabelled pixels)")
+    return found
+
+
+def as_items(mapping: Any, where: str) -> list[tuple[Any, Any]]:
+    """Return a mapping's (key, value) pairs, or a list of ``[..., class]`` entries as (key, class)."""
+    if mapping is None:
+        return []
+    if isinstance(mapping, Mapping):
+        return list(mapping.items())
+    if isinstance(mapping, list) and all(isinstance(item, list) and len(item) >= 2 for item in mapping):
+        return [(item[:-1] if len(item) > 2 else item[0], item[-1]) for item in mapping]
+    raise ValueError(f"{where}: give a mapping of stored value to class, e.g. {{0: 0, 38: 1}}")
+
+
+def parse_value(value: Any, where: str) -> int:
+    """Return a stored mask value (0..65535) given as a number or its text."""
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        number = -1
+    if isinstance(value, bool) or not 0 <= number <= 65535:
+        raise ValueError(f"{where}: {value!r} is no stored mask value; give integers 0..65535")
+    return number
+
+
+def parse_colour(value: Any, where: str) -> tuple[int, int, int]:
+    """Return an RGB colour given as ``"R,G,B"``, ``"#RRGGBB"`` or ``[R, G, B]``."""
+    text = value if isinstance(value, str) else ""
+    try:
+        if text.startswith("#") and len(text) == 7:
+            parts = [int(text[i:i + 2], 16) for i in (1, 3, 5)]
+        else:
+            parts = [int(str(part).strip()) for part in (text.split(",") if text else value)]
+    except (TypeError, ValueError):
+        parts = []
+    if len(parts) != 3 or not all(0 <= part <= 255 for part in parts):
+        raise ValueError(f"{where}: {value!r} is no colour; give \"R,G,B\" (0..255 each) or \"#RRGGBB\"")
+    return parts[0], parts[1], parts[2]
+
+
+MASK_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B")
+COLOUR_MODES = ("RGB", "RGBA", "P", "L", "LA", "1")  # what a colour mask may be stored as (a palette: its colours)
+LOSSY_FORMATS = ("JPEG", "MPO")  # formats whose pixels move off the values saved
+FAR_SHARE = 0.05  # a lossy "mask" with more of its pixels far from every class value is no mask
+FAR_LEVELS = 64  # a lossy pixel further than this from every declared value (or colour) is far from all
+
+
+def decode_mask(data: bytes, labels: LabelMap | int, image_shape: tuple[int, int]) -> np.ndarray:
+    """Return a ground-truth mask as uint8 ``(H, W)`` class indices (:func:`decode_mask_counted`)."""
+    return decode_mask_counted(data, labels, image_shape)[0]
+
+
+def decode_mask_counted(data: bytes, labels: LabelMap | int, image_shape: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """Return ``(mask, snapped pixels)``: a ground-truth mask as uint8 ``(H, W)`` class indices, with
+    :data:`IGNORE` where the label map says "not labelled", and how many of its pixels a lossy format
+    had moved off a declared value.
+
+    ``labels`` is the data set's :class:`LabelMap` (a number of classes: plain class indices). The file
+    must be an image of the image's size (checked from its header, before decoding): one channel of
+    stored values, or with ``colors`` declared a colour (or palette) image. A plain mask holding only
+    0 and 255 is read as classes {0, 1}. A lossless mask with values the map does not declare raises
+    SampleError; a JPEG mask is snapped to the nearest declared value instead (:func:`snapped_values`).
+    """
+    label_map = labels if isinstance(labels, LabelMap) else LabelMap(num_classes=labels)
     if is_tiff(data):
-        return checked_classes(tiff_mask(data, image_shape), num_classes), 0
+        return mapped_values(tiff_mask(data, image_shape), label_map), 0
     picture = open_header(data, "mask", max_pixels=None)  # its size must equal the image's, checked next
     orientation = orientation_of(picture)  # a mask that carries one is turned as its image is
     width, height = displayed_size(picture, orientation)
@@ -49,20 +221,124 @@ def decode_mask_counted(data: bytes, num_classes: int, image_shape: tuple[int, i
             f"mask size {width}x{height} differs from image size "
             f"{image_shape[1]}x{image_shape[0]}; masks must match their images pixel for pixel", ErrorKind.MASK_SIZE_MISMATCH)
     lossy = picture.format in LOSSY_FORMATS
+    if label_map.colors or label_map.ignore_colors:
+        if picture.mode not in COLOUR_MODES:
+            raise SampleError(f"mask has mode {picture.mode!r}; the label map declares colours (labels.colors), so "
+                              "save masks as RGB or palette PNGs", ErrorKind.BAD_MASK)
+        rgb = np.asarray(displayed(load_picture(picture, "mask"), orientation).convert("RGB"))
+        return colour_classes(rgb, label_map, lossy)
     if picture.mode not in MASK_MODES and not (lossy and picture.mode == "RGB"):
-        raise SampleError(f"mask has mode {picture.mode!r}; save masks as single-channel class-index PNGs", ErrorKind.BAD_MASK)
+        raise SampleError(f"mask has mode {picture.mode!r}; save masks as single-channel class-index PNGs, or declare "
+                          "the colour of each class (labels.colors) to read colour masks", ErrorKind.BAD_MASK)
     picture = displayed(load_picture(picture, "mask"), orientation)
     if lossy:  # a grey JPEG, or a colour one of a grey mask (as some tools save them)
-        return snapped_classes(np.asarray(picture.convert("L")), num_classes)
+        values = np.asarray(picture.convert("L"))
+        return snapped_classes(values, label_map.num_classes) if not label_map.declared else snapped_values(values, label_map)
     if picture.mode == "I" and picture.width and picture.height:
         low, high = picture.getextrema()
         if low < 0 or high > 65535:
             raise SampleError("mask holds values outside 0..65535; save masks as 8-bit class-index PNGs", ErrorKind.BAD_MASK)
-    return checked_classes(np.asarray(picture.convert("L") if picture.mode == "1" else picture), num_classes), 0
+    return mapped_values(np.asarray(picture.convert("L") if picture.mode == "1" else picture), label_map), 0
 
 
-LOSSY_FORMATS = ("JPEG", "MPO")  # formats whose pixels move off the values saved
-FAR_SHARE = 0.05  # a lossy "mask" with more of its pixels far from every class value is no mask
+def stored_targets(label_map: LabelMap, present: Iterable[int]) -> dict[int, int]:
+    """Return stored value -> class index (or :data:`IGNORE`) for a mask holding the values ``present``:
+    the declared values, else the class indices, or {0: 0, 255: 1} for a plain binary 0/255 mask."""
+    if label_map.values:
+        targets = dict(label_map.values)
+    else:
+        targets = {value: value for value in range(label_map.num_classes)}
+        labelled = set(present) - set(label_map.ignore)
+        if 255 in labelled and labelled <= {0, 255}:
+            targets = {0: 0, 255: 1}
+    targets.update({value: IGNORE for value in label_map.ignore})
+    return targets
+
+
+def mapped_values(values: np.ndarray, label_map: LabelMap) -> np.ndarray:
+    """Return a lossless mask's stored values as uint8 class indices (:data:`IGNORE` where ignored);
+    SampleError ``mask_classes`` for a value the label map does not declare."""
+    flat = values.reshape(-1).astype(np.int64, copy=False)
+    counts = np.bincount(flat) if flat.size else np.zeros(1, dtype=np.int64)
+    present = np.flatnonzero(counts).tolist()
+    targets = stored_targets(label_map, present)
+    unknown = [value for value in present if value not in targets]
+    if unknown:
+        raise SampleError(unknown_values_message(unknown, label_map), ErrorKind.MASK_CLASSES)
+    table = np.full(len(counts), IGNORE, dtype=np.uint8)
+    for stored, index in targets.items():
+        if stored < len(table):
+            table[stored] = index
+    return table[values]
+
+
+def unknown_values_message(unknown: list[int], label_map: LabelMap) -> str:
+    """Return the error of a mask holding the stored values ``unknown``, naming the fix."""
+    shown = cut_list([str(value) for value in unknown], 5)
+    classes = label_map.num_classes
+    if label_map.values:
+        return (f"mask holds values [{shown}] that the label map does not declare (labels.values: "
+                f"{cut_list([str(stored) for stored, _ in label_map.values], 8)}); add them to labels.values, or to "
+                "labels.ignore where they mean 'not labelled'")
+    if unknown == [255]:
+        return (f"mask holds 255 beside the class values 0..{classes - 1}: many data sets (PASCAL VOC, Cityscapes) "
+                "mark pixels that are not labelled 255; declare it with labels.ignore=255 (or 'ignore: [255]' in the "
+                "input's labels.yaml), or relabel the mask")
+    return (f"mask holds class values [{shown}] but the model has {classes} classes (0..{classes - 1}); relabel the "
+            "mask to the model's classes (a binary mask may hold 0 and 255 only), declare its stored values "
+            "(labels.values, labels.ignore) in the input's labels.yaml, or use a model trained with these classes")
+
+
+def snapped_values(values: np.ndarray, label_map: LabelMap) -> tuple[np.ndarray, int]:
+    """Return ``(class indices, snapped pixels)`` of an 8-bit lossy mask read through a declared label
+    map: each pixel goes to the nearest declared stored value; more than :data:`FAR_SHARE` of the
+    pixels over :data:`FAR_LEVELS` from every one is SampleError ``bad_mask``."""
+    binary = not label_map.values and label_map.num_classes == 2 and int(values.max(initial=0)) > 1 \
+        and 255 not in label_map.ignore
+    targets = stored_targets(label_map, [0, 255] if binary else [])
+    declared = np.array(sorted(targets), dtype=np.int64)
+    levels = np.arange(256)
+    nearest = np.abs(levels[:, None] - declared[None, :]).argmin(axis=1)
+    distance = np.abs(levels - declared[nearest])
+    classes = np.array([targets[int(value)] for value in declared], dtype=np.uint8)[nearest][values]
+    far = distance[values] > FAR_LEVELS
+    refuse_far(far, f"every declared value ({cut_list([str(v) for v in declared.tolist()], 8)})")
+    return classes, int(np.count_nonzero(distance[values]))
+
+
+def colour_classes(rgb: np.ndarray, label_map: LabelMap, lossy: bool) -> tuple[np.ndarray, int]:
+    """Return ``(class indices, snapped pixels)`` of a colour mask ``(H, W, 3)`` through the label map's
+    colours: lossless, a colour it does not declare is SampleError ``mask_classes``; lossy, each
+    pixel goes to the nearest declared colour (Euclidean), as :func:`snapped_values` does for values."""
+    packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
+    targets = {(r << 16) | (g << 8) | b: index for (r, g, b), index in label_map.colors}
+    targets.update({(r << 16) | (g << 8) | b: IGNORE for r, g, b in label_map.ignore_colors})
+    unique, inverse = np.unique(packed, return_inverse=True)
+    inverse = inverse.reshape(packed.shape)
+    if not lossy:
+        unknown = [int(value) for value in unique if int(value) not in targets]
+        if unknown:
+            shown = cut_list([f"{v >> 16},{(v >> 8) & 255},{v & 255}" for v in unknown], 5)
+            raise SampleError(f"mask holds colours [{shown}] that the label map does not declare (labels.colors); "
+                              "add each colour with its class, or to labels.ignore", ErrorKind.MASK_CLASSES)
+        return np.array([targets[int(value)] for value in unique], dtype=np.uint8)[inverse], 0
+    declared = np.array(sorted(targets), dtype=np.int64)
+    as_rgb = lambda packed_values: np.stack([(packed_values >> 16) & 255, (packed_values >> 8) & 255,  # noqa: E731
+                                             packed_values & 255], axis=-1).astype(np.float64)
+    gaps = np.linalg.norm(as_rgb(unique.astype(np.int64))[:, None, :] - as_rgb(declared)[None, :, :], axis=-1)
+    nearest = gaps.argmin(axis=1)
+    distance = gaps[np.arange(len(unique)), nearest]
+    classes = np.array([targets[int(value)] for value in declared], dtype=np.uint8)[nearest][inverse]
+    refuse_far(distance[inverse] > FAR_LEVELS, "every declared colour")
+    return classes, int(np.count_nonzero(distance[inverse]))
+
+
+def refuse_far(far: np.ndarray, what: str) -> None:
+    """Raise SampleError ``bad_mask`` when over :data:`FAR_SHARE` of a lossy mask's pixels are far from ``what``."""
+    share = float(far.mean()) if far.size else 0.0
+    if share > FAR_SHARE:
+        raise SampleError(f"mask is a lossy (JPEG) image whose pixels are not class values: {share:.0%} of them lie "
+                          f"far from {what}; it looks like a photo, not a mask: save masks as PNG", ErrorKind.BAD_MASK)
 
 
 def snapped_classes(values: np.ndarray, num_classes: int) -> tuple[np.ndarray, int]:
@@ -83,12 +359,7 @@ def snapped_classes(values: np.ndarray, num_classes: int) -> tuple[np.ndarray, i
     else:
         classes = np.clip(values, 0, num_classes - 1).astype(np.uint8)
         exact, far = values < num_classes, values > num_classes - 0.5
-    share = float(far.mean()) if values.size else 0.0
-    if share > FAR_SHARE:
-        scale = "0 and 255" if binary else f"0..{num_classes - 1}"
-        raise SampleError(f"mask is a lossy (JPEG) image whose pixels are not class values: {share:.0%} of them lie "
-                          f"far from every class value ({scale}); it looks like a photo, not a mask: save masks as "
-                          "PNG class indices", ErrorKind.BAD_MASK)
+    refuse_far(far, "every class value (" + ("0 and 255" if binary else f"0..{num_classes - 1}") + ")")
     return classes, int(np.count_nonzero(~exact))
 
 
@@ -113,21 +384,6 @@ def tiff_mask(data: bytes, image_shape: tuple[int, int]) -> np.ndarray:
         raise SampleError("mask is a TIFF of several channels; save masks as single-channel class-index images",
                           ErrorKind.BAD_MASK)
     return mask[:, :, 0]
-
-
-def checked_classes(mask: np.ndarray, num_classes: int) -> np.ndarray:
-    """Return a decoded mask as uint8 class indices: 0/255 read as {0, 1}; SampleError for values beyond the classes."""
-    highest = int(mask.max()) if mask.size else 0
-    if highest == 255 and np.count_nonzero(mask) == np.count_nonzero(mask == 255):
-        return (mask == 255).astype(np.uint8)
-    if highest >= num_classes:
-        bad = np.unique(mask[mask >= num_classes])
-        shown = cut_list([str(value) for value in bad.tolist()], 5)
-        raise SampleError(
-            f"mask holds class values [{shown}] but the model has {num_classes} classes (0..{num_classes - 1}); "
-            "relabel the mask to the model's classes (a binary mask may hold 0 and 255 only), or use a model "
-            "trained with these classes", ErrorKind.MASK_CLASSES)
-    return mask.astype(np.uint8, copy=False)
 
 
 INSTANCE_MODES = ("L", "I", "I;16", "I;16L", "I;16B")  # 8-, 16- and 32-bit integer grey

@@ -25,17 +25,21 @@ __all__ = ["IMAGE_EXTENSIONS", "INSTANCES_SUFFIXES", "MASK_SUFFIX", "InputError"
            "shard_dataset", "shard_name", "single_file_shard"]
 
 
-def discover_shards(url: str, storage_config: StorageConfig | None = None, folder_shard_size: int = 256) -> list[Shard]:
+def discover_shards(url: str, storage_config: StorageConfig | None = None, folder_shard_size: int = 256,
+                    coco_images: str = "") -> list[Shard]:
     """Return the input's shards in a stable order; raise InputError if it is missing or holds no images.
 
     The formats are tried in :data:`pipeline.io.formats.FORMATS` order; the first that finds
-    shards under the input reads them all.
+    shards under the input reads them all. An input naming one file is one shard, or a COCO
+    annotations file cut into shards of ``folder_shard_size`` images (``coco_images``: where its
+    images lie, if not beside it).
     """
     fs, root = storage.filesystem_for(url, storage_config)
     try:
         if fs.isfile(root):
-            shard = single_file_shard(url)
-            return [dataclasses.replace(shard, identity=shard_identity(shard, {url: fs.info(root)}))]
+            shards = file_shards(url, storage_config, folder_shard_size, coco_images)
+            return [shard if shard.identity else dataclasses.replace(shard, identity=shard_identity(
+                shard, {url: fs.info(root)})) for shard in shards]
         listing = fs.find(root, detail=True) if fs.exists(root) else None
     except (PermissionError, OSError) as exc:
         raise InputError(f"input {url} cannot be listed ({type(exc).__name__}: {exc}); check the URL and credentials") from exc
@@ -84,6 +88,17 @@ def shard_identity(shard: Shard, infos: Mapping[str, Mapping[str, Any]]) -> str:
     return f"{len(files)} files:{digest.hexdigest()[:32]}"
 
 
+def file_shards(url: str, storage_config: StorageConfig | None, shard_size: int, coco_images: str = "") -> list[Shard]:
+    """Return the shards of an input URL that names one file: a shard file, or a COCO annotations file's shards."""
+    for fmt in FORMATS.values():
+        shards = fmt.file_shards(url, storage_config, shard_size, coco_images)
+        if shards is not None:
+            if not shards:
+                raise InputError(f"input {url} names no images; it needs at least one image entry")
+            return shards
+    return [single_file_shard(url)]
+
+
 def single_file_shard(url: str) -> Shard:
     """Return the shard for an input URL that names one shard file (.tar or .parquet)."""
     for fmt in FORMATS.values():
@@ -91,7 +106,8 @@ def single_file_shard(url: str) -> Shard:
         if shard is not None:
             return shard
     suffixes = " or ".join(suffix for fmt in FORMATS.values() for suffix in fmt.file_suffixes)
-    raise InputError(f"input {url} is a single file but not {suffixes}; point --input at a folder or shard")
+    raise InputError(f"input {url} is a single file but not {suffixes}; point --input at a folder, a shard or a COCO "
+                     "annotations file")
 
 
 def shard_dataset(shards: list[Shard]) -> Any:

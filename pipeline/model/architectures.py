@@ -82,7 +82,7 @@ def encoder_problem(model: Any) -> str | None:
 def model_config_problem(model: Any) -> str | None:
     """Return what is wrong with a :class:`pipeline.config.ModelConfig` for its architecture, or None."""
     problem = architecture_problem(model.architecture, (model.input_size, model.input_size), model.channels,
-                                   model.num_classes, model.depth, model.output_activation)
+                                   model.class_count(), model.depth, model.output_activation)
     if problem or (problem := encoder_problem(model)):
         return problem
     if model.architecture == "kmeans":

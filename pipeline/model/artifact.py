@@ -23,6 +23,7 @@ import tempfile
 from typing import Any
 
 from pipeline.config import StorageConfig
+from pipeline.imaging import LabelMap
 from pipeline.io import storage
 from pipeline.model.spec import PREPROCESSING, ModelSpec
 
@@ -54,6 +55,13 @@ class ModelInfo:
     preprocessing: str = "none"  # the encoder's input preprocessing (pipeline.model.spec.encoder_input)
     kmeans: dict[str, Any] | None = None  # the K-means baseline's clusters (pipeline.model.kmeans)
     model_sha256: str = ""  # the sha256 of model.keras as saved beside this model.json ("" before it was recorded)
+    label_map: LabelMap | None = None  # how its training data stored the classes, where it declared that (labels.yaml)
+
+    def truth_labels(self) -> LabelMap:
+        """Return the label map ground truth is read through: the one given for the run (set on this info
+        by the run), else the training data's, else plain class indices of the model's classes."""
+        return self.label_map if self.label_map is not None else LabelMap(num_classes=self.spec.num_classes,
+                                                                          names=self.class_names)
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON-ready mapping written as ``model.json``."""
@@ -77,6 +85,8 @@ class ModelInfo:
             data["kmeans"] = self.kmeans
         if self.model_sha256:
             data["model_sha256"] = self.model_sha256
+        if self.label_map is not None and self.label_map.declared:
+            data["labels"] = self.label_map.to_json()
         return data
 
     @classmethod
@@ -108,6 +118,8 @@ class ModelInfo:
                 preprocessing=str(data.get("preprocessing", "none")),
                 kmeans=data.get("kmeans"),
                 model_sha256=str(data.get("model_sha256", "")),
+                label_map=LabelMap.from_mapping(data["labels"], "labels").with_classes(spec.num_classes)
+                if data.get("labels") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelArtifactError(f"{url}/{INFO_FILE} is invalid ({type(exc).__name__}: {exc})") from exc

@@ -43,10 +43,12 @@ def pixel_features(image: np.ndarray, features: tuple[str, ...]) -> np.ndarray:
 
 def sample_pixels(image: np.ndarray, mask: np.ndarray, features: tuple[str, ...], count: int,
                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(features, labels)`` of up to ``count`` pixels of a training pair drawn at random."""
+    """Return ``(features, labels)`` of up to ``count`` labelled pixels of a training pair drawn at random
+    (pixels the mask leaves unlabelled, 255, are never drawn)."""
     values = pixel_features(image, features)
     labels = mask.reshape(-1)
-    chosen = rng.choice(len(labels), size=min(count, len(labels)), replace=False)
+    labelled = np.flatnonzero(labels != 255)
+    chosen = rng.choice(labelled, size=min(count, len(labelled)), replace=False)
     return values[chosen], labels[chosen]
 
 

@@ -65,7 +65,8 @@ class Aggregator:
                                        "width"))
         self.sums: dict[str, np.ndarray] = {}
         self.truth_pixels = 0
-        self.all_pixels = 0
+        self.all_pixels = 0  # the labelled pixels of the images with ground truth
+        self.ignored_pixels = 0  # their pixels the label map declares not labelled
         self.fraction_sum: np.ndarray | None = None
         self.present: np.ndarray | None = None
 
@@ -112,7 +113,9 @@ class Aggregator:
         for name, values in counts.items():
             self.sums[name] += values.sum(axis=0)
         truth_area = image_areas(batch, truth)
-        self.all_pixels += int(truth_area.sum())
+        ignored = int(pc.sum(batch.column("ignored_pixels").filter(truth)).as_py() or 0)
+        self.ignored_pixels += ignored
+        self.all_pixels += int(truth_area.sum()) - ignored
         self.truth_pixels += int(counts["tp"].sum())
         for name in ("dice", "iou"):
             self.chunks[name].append(list_matrix(batch.column(name), truth, width, np.float64))

@@ -58,9 +58,11 @@ DEFINITIONS = {
     "micro": "the formula applied to TP, FP, FN summed over all images with ground truth",
     "foreground": "classes 1..C-1 (class 0 is background): macro over each image's mean_dice/mean_iou, "
                   "micro = mean of the per-class micro values",
-    "pixel_accuracy": "correctly labelled pixels / all pixels, over images with ground truth",
+    "pixel_accuracy": "correctly labelled pixels / labelled pixels, over images with ground truth",
     "predicted_fraction": "predicted pixels of the class / all pixels, over ok images",
-    "true_fraction": "ground-truth pixels of the class / all pixels, over images with ground truth",
+    "true_fraction": "ground-truth pixels of the class / labelled pixels, over images with ground truth",
+    "ignored": "ground-truth pixels the label map declares not labelled (labels.ignore, COCO crowd regions): "
+               "left out of TP, FP, FN and every metric; ignored_fraction = ignored / all pixels with ground truth",
     "null": "a value with nothing to average (no images, or all NaN) is null",
     "objects": "instance metrics of a run segmented with objects: see objects.definitions",
 }
@@ -90,8 +92,8 @@ SUMMARY_SCHEMA: dict[str, Any] = {  # the documented keys of summary.json (READM
         "counts": {
             "type": "object",
             "required": ["images", "ok", "errors", "errors_by_kind", "truth_errors", "truth_errors_by_kind",
-                         "with_ground_truth", "without_ground_truth", "distinct_keys", "shards", "committed_shards",
-                         "metrics_files"],
+                         "with_ground_truth", "without_ground_truth", "ignored_pixels", "ignored_fraction",
+                         "distinct_keys", "shards", "committed_shards", "metrics_files"],
             "properties": {"errors_by_kind": {"type": "object", "additionalProperties": {"type": "integer"}},
                            "truth_errors_by_kind": {"type": "object", "additionalProperties": {"type": "integer"}}},
         },
@@ -141,6 +143,9 @@ def summary_document(agg: Aggregator, run: RunFiles, cfg: ReportConfig, class_na
             "truth_errors": sum(agg.truth_error_kinds.values()),
             "truth_errors_by_kind": dict(sorted(agg.truth_error_kinds.items())),
             "with_ground_truth": with_truth, "without_ground_truth": agg.without_truth,
+            "ignored_pixels": agg.ignored_pixels,
+            "ignored_fraction": finite_or_none(agg.ignored_pixels / (agg.all_pixels + agg.ignored_pixels)
+                                               if agg.all_pixels + agg.ignored_pixels else None),
             "distinct_keys": agg.distinct_keys(), "shards": run.shards, "committed_shards": run.committed,
             "metrics_files": len(run.metrics_files),
         },
@@ -203,6 +208,7 @@ def run_section(agg: Aggregator, run: RunFiles) -> dict[str, Any]:
                           "p95": finite_or_none(np.percentile(seconds, 95)) if seconds.size else None},
         "config": run_json.get("config"), "versions": run_json.get("versions"),
         "repeated_keys": recorded.get("repeated_keys") or {"count": 0, "examples": []},
+        "labels": ((model.get("info") or {}).get("labels")) or None,
         "changed_shards": run_json.get("changed_shards") or [],
         "removed_shards": run_json.get("removed_shards") or [],
     }

@@ -143,3 +143,10 @@ def stats_cells(stats: dict[str, Any] | None) -> str:
     interval = f" <span class=muted>[{fmt(ci[0])}, {fmt(ci[1])}]</span>" if ci else ""
     return (f"<td>{fmt(stats.get('macro'))}{interval}</td><td>{fmt(stats.get('median'))}</td>"
             f"<td>{fmt(stats.get('p05'))}</td><td>{fmt(stats.get('micro'))}</td><td>{stats.get('nan_images', 0)}</td>")
+
+
+def label_map_of(summary: dict[str, Any]) -> imaging.LabelMap:
+    """Return the label map the run read its ground truth through (run.json's model info), else plain indices."""
+    recorded = summary["run"].get("labels")
+    count = len(summary["classes"])
+    return imaging.LabelMap.from_mapping(recorded).with_classes(count) if recorded else imaging.LabelMap(num_classes=count)

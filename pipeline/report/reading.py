@@ -15,7 +15,7 @@ from pipeline.config import StorageConfig
 from pipeline.io import layout, storage
 
 READ_COLUMNS = ("key", "source", "status", "error", "error_kind", "truth_error", "truth_error_kind", "height", "width", "mask_uri", "class_pixels",
-                "tp", "fp", "fn", "dice", "iou", "mean_dice", "mean_iou", "model_id", "run_id", "seconds")
+                "ignored_pixels", "tp", "fp", "fn", "dice", "iou", "mean_dice", "mean_iou", "model_id", "run_id", "seconds")
 
 
 class ReportError(RuntimeError):

@@ -25,6 +25,7 @@ from pipeline.report.parts import (
     esc,
     figure_uri,
     fmt,
+    label_map_of,
     pyplot,
     stats_cells,
 )
@@ -118,11 +119,11 @@ def baseline_chart(comparison: dict[str, Any]) -> str | None:
 
 def overlay_cards(summary: dict[str, Any], storage_config: StorageConfig | None) -> list[dict[str, Any]]:
     """Return, for each worst row, its overlay (or the reason there is none); reads only those images."""
-    num_classes = len(summary["classes"])
+    labels = label_map_of(summary)
 
     def layers(row: dict[str, Any], sample: tuple[bytes, ...]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         image = imaging.decode_image(sample[0])
-        truth = imaging.decode_mask(sample[1], num_classes, image.shape[:2]) if sample[1] else None
+        truth = imaging.decode_mask(sample[1], labels, image.shape[:2]) if sample[1] else None
         return image, truth, np.asarray(Image.open(io.BytesIO(storage.read_bytes(row["mask_uri"], storage_config))))
 
     return cards_of(summary.get("worst") or [], layers, storage_config)
@@ -144,6 +145,9 @@ def headline(summary: dict[str, Any]) -> str:
                  ("foreground Dice, micro", fmt(dice.get("micro"))),
                  ("foreground IoU, macro / micro", f"{fmt(iou.get('macro'))} / {fmt(iou.get('micro'))}"),
                  ("pixel accuracy", fmt(summary.get("pixel_accuracy")))]
+    if counts.get("ignored_pixels"):
+        rows.append(("ground truth not labelled (ignored)",
+                     f"{counts['ignored_pixels']:,} pixels ({100 * (counts.get('ignored_fraction') or 0):.2f} %)"))
     run = summary["run"]
     rows += [("model", run.get("model_id") or "unknown"),
              ("throughput", f"{fmt(run.get('images_per_second'), 2)} images/s" if run.get("images_per_second") else "n/a")]

@@ -11,7 +11,17 @@ import numpy as np
 from pipeline import imaging
 from pipeline.config import StorageConfig
 from pipeline.io import storage
-from pipeline.report.parts import PREDICTION_COLOUR, TRUTH_COLOUR, cards_of, esc, figure_uri, fmt, pyplot, stats_cells
+from pipeline.report.parts import (
+    PREDICTION_COLOUR,
+    TRUTH_COLOUR,
+    cards_of,
+    esc,
+    figure_uri,
+    fmt,
+    label_map_of,
+    pyplot,
+    stats_cells,
+)
 
 LINE_COLOURS = ("#1f5fa8", "#e07b00", "#2a9d8f", "#9b2226", "#6a4c93", "#588157", "#bc6c25")
 
@@ -111,25 +121,25 @@ def area_chart(objects: dict[str, Any]) -> str | None:
     return figure_uri(figure)
 
 
-def worst_cards(objects: dict[str, Any], num_classes: int, storage_config: StorageConfig | None) -> list[dict[str, Any]]:
+def worst_cards(objects: dict[str, Any], labels: imaging.LabelMap, storage_config: StorageConfig | None) -> list[dict[str, Any]]:
     """Return, for each worst image by DSB score, an overlay with every true and predicted object outlined."""
 
     def layers(row: dict[str, Any], sample: tuple[bytes, ...]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         image = imaging.decode_image(sample[0])
         predicted = imaging.decode_instances(storage.read_bytes(row["instances_uri"], storage_config), image.shape[:2])
-        return image, true_labels(sample, num_classes, image.shape[:2]), predicted
+        return image, true_labels(sample, labels, image.shape[:2]), predicted
 
     return cards_of(objects.get("worst") or [], layers, storage_config)
 
 
-def true_labels(sample: tuple[bytes, ...], num_classes: int, shape: tuple[int, int]) -> np.ndarray | None:
+def true_labels(sample: tuple[bytes, ...], labels: imaging.LabelMap, shape: tuple[int, int]) -> np.ndarray | None:
     """Return the sample's true objects as labels: its instance label image, else its mask's components."""
     if len(sample) > 2 and sample[2]:
         return imaging.decode_instances(sample[2], shape)
     if sample[1]:
         from pipeline.objects import label_objects
 
-        return label_objects(imaging.decode_mask(sample[1], num_classes, shape), num_classes)[0]
+        return label_objects(imaging.decode_mask(sample[1], labels, shape), labels.num_classes)[0]
     return None
 
 
@@ -174,5 +184,5 @@ def objects_html(summary: dict[str, Any], storage_config: StorageConfig | None) 
         parts.append(f"<p class=muted>counts of the first {objects['scatter']['images']} images read.</p>")
     if objects["with_ground_truth"]:
         parts += [f"<h3>Worst {len(objects.get('worst') or [])} images (mean DSB score)</h3>",
-                  objects_gallery(worst_cards(objects, len(summary["classes"]), storage_config))]
+                  objects_gallery(worst_cards(objects, label_map_of(summary), storage_config))]
     return "".join(parts)

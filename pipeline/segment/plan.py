@@ -14,8 +14,10 @@ import math
 from typing import Any
 
 from pipeline.cluster import largest_node_cpus
-from pipeline.config import ConfigError, SegmentConfig
+from pipeline.config import ConfigError, SegmentConfig, StorageConfig
+from pipeline.imaging import LabelMap
 from pipeline.io import storage
+from pipeline.io.labelmaps import fitted_label_map, input_label_map
 from pipeline.io.shards import Shard, discover_shards
 from pipeline.model import LoadedModel, inspect_artifact
 from pipeline.segment.inferers import inferer_for
@@ -52,9 +54,11 @@ def plan_run(cfg: SegmentConfig) -> RunPlan:
     for url in (cfg.input, cfg.model, cfg.output):
         storage.probe(url, checks)
     with storage.reaching(cfg.input, cfg.storage):
-        shards = discover_shards(cfg.input, checks, cfg.folder_shard_size)
+        shards = discover_shards(cfg.input, checks, cfg.folder_shard_size, cfg.coco.images)
     with storage.reaching(cfg.model, cfg.storage):
         model = inspect_artifact(cfg.model, checks)  # no TensorFlow on the driver: the actors load it
+    with storage.reaching(cfg.input, cfg.storage):
+        model = with_truth_labels(cfg, model, checks)
     if cfg.tta:
         tta_symmetries(model.info, cfg.model)  # a model trained without flips cannot take TTA: stop before work
     spec = model.info.spec
@@ -76,6 +80,24 @@ def plan_run(cfg: SegmentConfig) -> RunPlan:
     log.info("input %s: %d shard(s); model %s (scale %s); tiling %s", cfg.input, len(shards), model.model_id,
              model.info.scale, tiling.mode)
     return RunPlan(run_id=run_id, shards=shards, model=model, tiling=tiling)
+
+
+def with_truth_labels(cfg: SegmentConfig, model: LoadedModel, checks: StorageConfig) -> LoadedModel:
+    """Return the model with the label map its ground truth is read through: the run's ``labels.*``, else
+    the input's ``labels.yaml`` (or COCO categories), else the one its training data declared, else
+    plain class indices. ConfigError, before any work, where that map's classes do not fit the model."""
+    found, where = input_label_map(cfg.input, cfg.labels.given(), checks)
+    if found is None:
+        return model
+    label_map = fitted_label_map(found, where, model.info.spec.num_classes)
+    names = model.info.class_names
+    if label_map.names and names != label_map.names:
+        if names == LabelMap(num_classes=len(names)).class_names():  # the model's are background, class_1, ...
+            names = label_map.names
+        else:
+            log.info("the input's classes (%s) are named otherwise than the model's (%s); the outputs use the model's",
+                     ", ".join(label_map.names), ", ".join(names))
+    return dataclasses.replace(model, info=dataclasses.replace(model.info, label_map=label_map, class_names=names))
 
 
 def actor_resources(cfg: SegmentConfig) -> dict[str, Any]:

@@ -67,10 +67,11 @@ def prepare_rows(batch: dict[str, np.ndarray], columns: dict[str, np.ndarray],
     return out
 
 
-def check_truth(batch: dict[str, np.ndarray], index: int, num_classes: int, size: tuple[int, int]) -> None:
-    """Set row ``index``'s ``truth_error`` and ``truth_error_kind`` and drop its ground truth if the mask or
-    instance labels cannot be used with its image: the image is still segmented, just not scored."""
-    decoders = {"mask": lambda data: imaging.decode_mask(data, num_classes, size),
+def check_truth(batch: dict[str, np.ndarray], index: int, labels: imaging.LabelMap, size: tuple[int, int]) -> None:
+    """Set row ``index``'s ``truth_error`` and ``truth_error_kind`` and drop its ground truth if the mask (read
+    through the run's label map) or instance labels cannot be used with its image: the image is still
+    segmented, just not scored."""
+    decoders = {"mask": lambda data: imaging.decode_mask(data, labels, size),
                 "instances": lambda data: imaging.decode_instances(data, size)}
     for role, decode in decoders.items():
         if not len(batch[role][index]):
@@ -113,7 +114,7 @@ def prepare_batch(batch: dict[str, np.ndarray], info: ModelInfo,
         columns["orientation"][index] = imaging.image_orientation(batch["image"][index])
         tile, size, value_range = imaging.read_tile(batch["image"][index], spec.input_size, spec.channels,
                                                        info.normalization, max_image_pixels, tiff_page)
-        check_truth(batch, index, spec.num_classes, size)
+        check_truth(batch, index, info.truth_labels(), size)
         if tile.dtype == np.uint8:
             tiles[index] = tile
         else:
@@ -166,7 +167,7 @@ def prepare_native_batch(batch: dict[str, np.ndarray], info: ModelInfo,
         columns["orientation"][index] = imaging.image_orientation(batch["image"][index])
         image, value_range = imaging.read_native(batch["image"][index], info.normalization, max_image_pixels,
                                                     tiff_page)
-        check_truth(batch, index, info.spec.num_classes, image.shape[:2])
+        check_truth(batch, index, info.truth_labels(), image.shape[:2])
         if value_range is not None:
             columns["value_low"][index], columns["value_high"][index] = value_range  # (low, high)
         columns["bits"][index] = 8 * image.dtype.itemsize

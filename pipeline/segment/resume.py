@@ -60,11 +60,13 @@ def read_markers(cfg: SegmentConfig) -> dict[str, dict[str, Any]]:
     return {layout.shard_of(url): marker for url, marker in zip(urls, found) if marker is not None}
 
 
-def identity(cfg: SegmentConfig, model_sha256: str, tiling: dict[str, Any]) -> dict[str, Any]:
-    """Return what must match for a run to continue an output (``tiling``: :meth:`Tiling.to_json`)."""
+def identity(cfg: SegmentConfig, model_sha256: str, tiling: dict[str, Any],
+             labels: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Return what must match for a run to continue an output (``tiling``: :meth:`Tiling.to_json`;
+    ``labels``: the label map the ground truth is read through, as model.json records it)."""
     return {"input": cfg.input.rstrip("/"), "model_sha256": model_sha256, "folder_shard_size": cfg.folder_shard_size,
             "tta": cfg.tta, "precision": cfg.precision, "tiling": tiling_identity(tiling),
-            "objects": objects_identity(dataclasses.asdict(cfg.objects))}
+            "objects": objects_identity(dataclasses.asdict(cfg.objects)), "labels": labels or {}}
 
 
 def objects_identity(objects: dict[str, Any] | None) -> dict[str, Any]:
@@ -86,7 +88,8 @@ def prior_identity(run_json: dict[str, Any]) -> dict[str, Any]:
     return {"input": str(config.get("input", "")).rstrip("/"), "model_sha256": model.get("sha256"),
             "folder_shard_size": config.get("folder_shard_size"), "tta": bool(config.get("tta", False)),
             "precision": config.get("precision", "float32"),
-            "tiling": tiling_identity(tiling), "objects": objects_identity(config.get("objects"))}
+            "tiling": tiling_identity(tiling), "objects": objects_identity(config.get("objects")),
+            "labels": (model.get("info") or {}).get("labels") or {}}
 
 
 def clear_output(cfg: SegmentConfig) -> None:
@@ -96,7 +99,7 @@ def clear_output(cfg: SegmentConfig) -> None:
 
 
 def prepare_output(cfg: SegmentConfig, model_sha256: str, overwrite: bool, tiling: dict[str, Any],
-                   shards: list[Shard]) -> PriorOutput:
+                   shards: list[Shard], labels: dict[str, Any] | None = None) -> PriorOutput:
     """Return what the output already holds for this run's ``shards``; raise ConfigError if it belongs to another run.
 
     With ``overwrite`` the previous outputs are removed first and nothing is resumed. Shards whose
@@ -122,7 +125,7 @@ def prepare_output(cfg: SegmentConfig, model_sha256: str, overwrite: bool, tilin
         raise ConfigError(f"output {cfg.output} holds run {run_json.get('run_id')}, written by an earlier segpipe "
                           "with another output layout (masks/<key>.png, commit markers without shard identity); it "
                           "cannot be continued: pass --overwrite to redo it here, or choose another output")
-    wanted, found = identity(cfg, model_sha256, tiling), prior_identity(run_json)
+    wanted, found = identity(cfg, model_sha256, tiling, labels), prior_identity(run_json)
     different = [f"{key}: {found[key]!r} there, {wanted[key]!r} now" for key in wanted if found[key] != wanted[key]]
     if different:
         raise ConfigError(

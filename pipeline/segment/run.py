@@ -68,7 +68,8 @@ def segment_held_output(cfg: SegmentConfig, plan: RunPlan, held: lease.Lease, st
                         events: dict[str, float]) -> RunSummary:
     """Run the checked ``plan`` on the output this run holds (:func:`run_segmentation`'s body)."""
     with storage.reaching(cfg.output, cfg.storage):
-        prior = prepare_output(cfg, plan.model.sha256, cfg.overwrite, plan.tiling.to_json(), plan.shards)
+        prior = prepare_output(cfg, plan.model.sha256, cfg.overwrite, plan.tiling.to_json(), plan.shards,
+                               plan.model.info.to_json().get("labels"))
     plan = dataclasses.replace(plan, run_id=prior.run_id or plan.run_id, changed_shards=prior.changed,
                                removed_shards=prior.removed)
     todo = [shard for shard in plan.shards if shard.name not in prior.committed]

@@ -95,7 +95,8 @@ def finish_row(item: dict[str, Any], inferer: Inferer, output: str, storage_conf
         mask_uri = layout.mask_url(output, shard, key)
         storage.write_bytes(mask_uri, imaging.encode_png(predicted, compress_level=1), storage_config)
         record: dict[str, Any] = {"class_pixels": metrics.class_counts(predicted, num_classes).tolist()}
-        truth, snapped = (imaging.decode_mask_counted(item["mask"], num_classes, (height, width)) if len(item["mask"])
+        truth, snapped = (imaging.decode_mask_counted(item["mask"], inferer.info.truth_labels(), (height, width))
+                          if len(item["mask"])
                           else (None, None))
         record["snapped_pixels"] = snapped
         encoded = item.get("instances", b"")

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.config import AugmentConfig
-from pipeline.imaging import resize_channels
+from pipeline.imaging import IGNORE, resize_channels
 from pipeline.symmetry import move, offset_correction
 from pipeline.windows import padded_to_tile, window_grid
 
@@ -43,7 +43,6 @@ MAX_SHIFT = 0.25  # the warp's centre moves up to this fraction of each side
 ELASTIC_GRID = 3  # control points per side of the elastic displacement grid
 ELASTIC_STD = 0.02  # their displacement's standard deviation, as a fraction of the tile side (10 px at 512)
 MIN_CROP = 0.8  # a random crop keeps at least this fraction of each side
-IGNORE = 255  # the label of pixels outside the image (a window's padding): no loss, no metric
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:

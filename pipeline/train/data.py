@@ -42,24 +42,25 @@ class DecodedSamples:
         self.bytes = 0
 
     def get(self, image: bytes, mask: bytes, spec: ModelSpec, normalization: dict[str, Any],
-            budget_bytes: int, tile: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+            budget_bytes: int, tile: tuple[int, int] | None = None,
+            label_map: imaging.LabelMap | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(normalised float32 image, uint8 mask)``, at ``tile`` if given (see :meth:`decode`);
         raise imaging.SampleError if unusable.
 
         With ``budget_bytes`` 0 nothing is looked up or kept: every call decodes.
         """
         if budget_bytes <= 0:
-            return self.decode(image, mask, spec, normalization, tile)
+            return self.decode(image, mask, spec, normalization, tile, label_map)
         digest = hashlib.blake2b(image, digest_size=16)
         digest.update(mask)
         # len(image) marks where the image's bytes end and the mask's begin in the one digest
         key = (digest.digest(), len(image), spec.channels, spec.num_classes, json.dumps(normalization, sort_keys=True),
-               tile)
+               tile, label_map)
         found = self.entries.get(key)
         if found is not None:
             self.entries.move_to_end(key)
             return found
-        pair = self.decode(image, mask, spec, normalization, tile)
+        pair = self.decode(image, mask, spec, normalization, tile, label_map)
         size = pair[0].nbytes + pair[1].nbytes
         if size <= budget_bytes:
             for array in pair:
@@ -73,8 +74,9 @@ class DecodedSamples:
 
     @staticmethod
     def decode(image: bytes, mask: bytes, spec: ModelSpec, normalization: dict[str, Any],
-               tile: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Return the normalised image and its mask decoded from their bytes.
+               tile: tuple[int, int] | None = None, label_map: imaging.LabelMap | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Return the normalised image and its mask decoded from their bytes, through the data set's label
+        map (plain class indices without one; :data:`pipeline.imaging.IGNORE` where not labelled).
 
         With ``tile`` both come at the tile: the image through segmentation's own resize chain
         (:func:`pipeline.imaging.read_tile`, then :func:`pipeline.imaging.tile_input`), so a
@@ -82,20 +84,22 @@ class DecodedSamples:
         by nearest neighbour. Without, both at their own size, normalised as segmentation in
         windows normalises (the image's own value range, before its channels are matched).
         """
+        label_map = label_map if label_map is not None else imaging.LabelMap(num_classes=spec.num_classes)
         if tile is not None:
             pixels, size, value_range = imaging.read_tile(image, tile, spec.channels, normalization)
-            labels = imaging.decode_mask(mask, spec.num_classes, size)
-            return imaging.tile_input(pixels, normalization, value_range), imaging.labels_at_size(labels, tile)
+            classes = imaging.decode_mask(mask, label_map, size)
+            return imaging.tile_input(pixels, normalization, value_range), imaging.labels_at_size(classes, tile)
         decoded, value_range = imaging.read_native(image, normalization)
-        labels = imaging.decode_mask(mask, spec.num_classes, decoded.shape[:2])
-        return imaging.normalise(imaging.match_channels(decoded, spec.channels), normalization, value_range), labels
+        classes = imaging.decode_mask(mask, label_map, decoded.shape[:2])
+        return imaging.normalise(imaging.match_channels(decoded, spec.channels), normalization, value_range), classes
 
 
 DECODED = DecodedSamples()
 
 
 def native_batch(batch: dict[str, np.ndarray], spec: ModelSpec, normalization: dict[str, Any],
-                 augmentation: AugmentConfig | None, cache_mb: float = 0) -> dict[str, np.ndarray]:
+                 augmentation: AugmentConfig | None, cache_mb: float = 0,
+                 label_map: imaging.LabelMap | None = None) -> dict[str, np.ndarray]:
     """Return ``pixels``, ``labels`` and ``weights`` of the windows cut from a batch of input rows at native scale.
 
     Each usable pair gives :func:`pipeline.train.augment.native_windows`: with ``augmentation``,
@@ -111,7 +115,7 @@ def native_batch(batch: dict[str, np.ndarray], spec: ModelSpec, normalization: d
         if not reason:
             try:
                 normalised, mask = DECODED.get(batch["image"][index], batch["mask"][index], spec, normalization,
-                                               int(cache_mb * 2**20))
+                                               int(cache_mb * 2**20), label_map=label_map)
                 windows.extend(augment.native_windows(normalised, mask, tile, rng, augmentation or AugmentConfig()))
                 continue
             except imaging.SampleError as exc:
@@ -144,7 +148,7 @@ NO_MASK = "no_mask"  # a training sample without a ground-truth mask (not an err
 
 def training_batch(batch: dict[str, np.ndarray], spec: ModelSpec, normalization: dict[str, Any],
                    augmentation: AugmentConfig | None, patch: int = 0, cache_mb: float = 0,
-                   native: bool = False) -> dict[str, np.ndarray]:
+                   native: bool = False, label_map: imaging.LabelMap | None = None) -> dict[str, np.ndarray]:
     """Return ``pixels`` (float32 tiles), ``labels`` (uint8 class tiles) and ``weights`` for a batch of input rows.
 
     With ``augmentation`` each pair is augmented as :func:`pipeline.train.augment.training_pair` describes.
@@ -157,9 +161,10 @@ def training_batch(batch: dict[str, np.ndarray], spec: ModelSpec, normalization:
     gets the same number of rows, which the synchronous strategy needs.
 
     With ``native`` the pairs are cut into windows at their own scale instead (:func:`native_batch`).
+    ``label_map``: the data set's label map (plain class indices without one).
     """
     if native:
-        return native_batch(batch, spec, normalization, augmentation, cache_mb)
+        return native_batch(batch, spec, normalization, augmentation, cache_mb, label_map)
     count = len(batch["key"])
     tile = spec.input_size
     shape = (patch, patch) if patch else tile
@@ -176,7 +181,7 @@ def training_batch(batch: dict[str, np.ndarray], spec: ModelSpec, normalization:
             continue
         try:
             normalised, mask = DECODED.get(batch["image"][index], batch["mask"][index], spec, normalization,
-                                           int(cache_mb * 2**20), at_tile)
+                                           int(cache_mb * 2**20), at_tile, label_map)
             pair = augment.training_pair(normalised, mask, tile, rng if augmentation else None,
                                          augmentation or AugmentConfig())
             pixels[index], labels[index] = augment.random_patch(*pair, shape, rng) if patch else pair
@@ -188,7 +193,7 @@ def training_batch(batch: dict[str, np.ndarray], spec: ModelSpec, normalization:
 
 
 def training_dataset(url: str, cfg: TrainConfig, spec: ModelSpec, augmented: bool, passes: int = 1,
-                     patch: int = 0) -> Any:
+                     patch: int = 0, label_map: imaging.LabelMap | None = None) -> Any:
     """Return the lazy Ray Dataset of training tiles (or ``patch``-sized windows of them) for the shards
     at ``url``, each shard read ``passes`` times.
 
@@ -197,11 +202,11 @@ def training_dataset(url: str, cfg: TrainConfig, spec: ModelSpec, augmented: boo
     validation, checkpoint) would otherwise cost as much as the training itself.
     """
     loader = cfg.loader
-    shards = discover_shards(url, cfg.storage, loader.folder_shard_size)
+    shards = discover_shards(url, cfg.storage, loader.folder_shard_size, cfg.coco.images)
     dataset = read_dataset(shards * passes, cfg.storage, loader.stage_cpus)
     batches = TrainingBatches(spec=spec, normalization={"mode": loader.normalization},
                               augmentation=cfg.augment if augmented else None, patch=patch,
-                              cache_mb=loader.decoded_cache_mb, native=cfg.scale == "native")
+                              cache_mb=loader.decoded_cache_mb, native=cfg.scale == "native", label_map=label_map)
     return dataset.map_batches(batches, batch_size=cfg.optim.batch_size, num_cpus=loader.stage_cpus)
 
 

@@ -35,13 +35,15 @@ MIN_PIXELS_PER_IMAGE = 256
 GUESSED_SHARD_IMAGES = 100
 
 
-def labelled_pairs(batch: dict[str, np.ndarray], spec: ModelSpec, normalization: dict[str, Any]) -> Any:
+def labelled_pairs(batch: dict[str, np.ndarray], spec: ModelSpec, normalization: dict[str, Any],
+                   label_map: imaging.LabelMap | None = None) -> Any:
     """Yield ``(key, normalised image, mask)`` for each usable labelled row of a batch; log and skip the rest."""
     for index, key in enumerate(batch["key"]):
         if batch["error"][index] or not len(batch["mask"][index]):
             continue
         try:
-            yield key, *DecodedSamples.decode(batch["image"][index], batch["mask"][index], spec, normalization)
+            yield key, *DecodedSamples.decode(batch["image"][index], batch["mask"][index], spec, normalization,
+                                              label_map=label_map)
         except imaging.SampleError as exc:
             log.warning("skipping training sample %s: %s", key, exc)
 
@@ -50,13 +52,13 @@ class PixelSample:
     """The sampling stage: up to ``per_image`` random pixels of each pair, the same ones for the same key and seed."""
 
     def __init__(self, spec: ModelSpec, normalization: dict[str, Any], features: tuple[str, ...], per_image: int,
-                 seed: int) -> None:
-        self.spec, self.normalization, self.features = spec, normalization, features
+                 seed: int, label_map: imaging.LabelMap | None = None) -> None:
+        self.spec, self.normalization, self.features, self.label_map = spec, normalization, features, label_map
         self.per_image, self.seed = per_image, seed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values, labels = [], []
-        for key, image, mask in labelled_pairs(batch, self.spec, self.normalization):
+        for key, image, mask in labelled_pairs(batch, self.spec, self.normalization, self.label_map):
             digest = hashlib.blake2b(f"{self.seed}:{key}".encode(), digest_size=8).digest()
             rng = np.random.default_rng(int.from_bytes(digest, "little"))
             sampled = sample_pixels(image, mask, self.features, self.per_image, rng)
@@ -71,19 +73,21 @@ class PixelSample:
 class PixelCounts:
     """The validation stage: per image, the fitted model's TP/FP/FN per class and its wrong pixels."""
 
-    def __init__(self, spec: ModelSpec, normalization: dict[str, Any], fitted: dict[str, Any]) -> None:
-        self.spec, self.normalization, self.fitted = spec, normalization, fitted
+    def __init__(self, spec: ModelSpec, normalization: dict[str, Any], fitted: dict[str, Any],
+                 label_map: imaging.LabelMap | None = None) -> None:
+        self.spec, self.normalization, self.fitted, self.label_map = spec, normalization, fitted, label_map
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         segmenter = KMeansSegmenter(self.fitted, self.spec.num_classes)
         rows: dict[str, list[Any]] = {"tp": [], "fp": [], "fn": [], "wrong": [], "pixels": []}
-        for _, image, mask in labelled_pairs(batch, self.spec, self.normalization):
+        for _, image, mask in labelled_pairs(batch, self.spec, self.normalization, self.label_map):
             predicted = segmenter.classes_of(image)
             result = metrics.image_metrics(predicted, mask, self.spec.num_classes)
             for name in ("tp", "fp", "fn"):
                 rows[name].append(result[name])
-            rows["wrong"].append(int((predicted != mask).sum()))
-            rows["pixels"].append(mask.size)
+            labelled = mask < self.spec.num_classes  # not IGNORE
+            rows["wrong"].append(int((predicted != mask)[labelled].sum()))
+            rows["pixels"].append(int(labelled.sum()))
         classes = self.spec.num_classes
         return {name: np.array(values, dtype=np.int64).reshape(-1, classes) if name in ("tp", "fp", "fn")
                 else np.array(values, dtype=np.int64) for name, values in rows.items()}
@@ -117,13 +121,14 @@ def collected(dataset: Any, names: tuple[str, ...]) -> dict[str, np.ndarray]:
     return {name: np.concatenate(values) if values else np.zeros(0) for name, values in parts.items()}
 
 
-def run_kmeans_training(cfg: TrainConfig, spec: ModelSpec, started: float) -> TrainSummary:
+def run_kmeans_training(cfg: TrainConfig, spec: ModelSpec, started: float,
+                        label_map: imaging.LabelMap | None = None) -> TrainSummary:
     """Fit the K-means baseline on ``cfg.data``, validate it on ``cfg.val_data``, write its artifact; return the summary."""
     inputs = {"training data": cfg.data, **({"validation data": cfg.val_data} if cfg.val_data else {})}
     storage.check_apart(cfg.output, inputs)
     loader, normalization = cfg.loader, {"mode": cfg.loader.normalization}
-    shards = discover_shards(cfg.data, cfg.storage, loader.folder_shard_size)
-    val_shards = discover_shards(cfg.val_data, cfg.storage, loader.folder_shard_size) if cfg.val_data else []
+    shards = discover_shards(cfg.data, cfg.storage, loader.folder_shard_size, cfg.coco.images)
+    val_shards = discover_shards(cfg.val_data, cfg.storage, loader.folder_shard_size, cfg.coco.images) if cfg.val_data else []
     storage.check_writable(cfg.output, cfg.storage)
     connect_ray(cfg.address)
     features = cfg.model.feature_list()
@@ -131,7 +136,7 @@ def run_kmeans_training(cfg: TrainConfig, spec: ModelSpec, started: float) -> Tr
     images = sum(len(shard.members) if shard.kind == "folder" else GUESSED_SHARD_IMAGES for shard in shards)
     per_image = max(MIN_PIXELS_PER_IMAGE, MAX_FITTED_PIXELS // max(1, images))
     sampled = collected(read_dataset(shards, cfg.storage, loader.stage_cpus).map_batches(
-        PixelSample(spec, normalization, features, per_image, cfg.seed), num_cpus=loader.stage_cpus),
+        PixelSample(spec, normalization, features, per_image, cfg.seed, label_map), num_cpus=loader.stage_cpus),
         ("values", "labels"))
     if not len(sampled["labels"]):
         raise RuntimeError(f"no usable labelled image under {cfg.data}; see the warnings above")
@@ -143,12 +148,12 @@ def run_kmeans_training(cfg: TrainConfig, spec: ModelSpec, started: float) -> Tr
     best: dict[str, Any] = {"epoch": 0, "pixels_fitted": fitted["pixels_fitted"], "fit_seconds": round(fit_seconds, 2)}
     if val_shards:
         counts = collected(read_dataset(val_shards, cfg.storage, loader.stage_cpus).map_batches(
-            PixelCounts(spec, normalization, fitted), num_cpus=loader.stage_cpus), ("tp", "fp", "fn", "wrong", "pixels"))
+            PixelCounts(spec, normalization, fitted, label_map), num_cpus=loader.stage_cpus), ("tp", "fp", "fn", "wrong", "pixels"))
         best.update(validation_summary(counts))
     seconds = time.perf_counter() - started
     info = ModelInfo(
         spec=spec, class_names=cfg.model.names(), normalization=normalization, threshold=0.5, scale="native",
-        kmeans=fitted,
+        kmeans=fitted, label_map=label_map if label_map is not None and label_map.declared else None,
         training={"trained": True, "data_url": cfg.data, "val_data_url": cfg.val_data, "epochs": 1, "best_epoch": 0,
                   "best_metrics": best, "history": [best], "config": cfg.to_public_dict(), "seconds": round(seconds, 1)},
     )

@@ -12,6 +12,7 @@ model is written as a model artifact (``model.keras`` + ``model.json``) under th
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import math
@@ -22,7 +23,9 @@ from typing import Any
 
 from pipeline.cluster import connect_ray, largest_node_cpus
 from pipeline.config import ConfigError, ModelConfig, TrainConfig
+from pipeline.imaging import LabelMap
 from pipeline.io import storage
+from pipeline.io.labelmaps import fitted_label_map, input_label_map
 from pipeline.io.shards import InputError
 from pipeline.model import MODEL_FILE, ModelInfo, ModelSpec, encoder_preprocessing, load_keras_file, save_artifact
 from pipeline.model.architectures import base_filters, check_model_config, check_training_config
@@ -41,10 +44,31 @@ def model_spec(model: ModelConfig) -> ModelSpec:
     check_model_config(model)
     return ModelSpec(
         architecture=model.architecture, input_size=(model.input_size, model.input_size), channels=model.channels,
-        num_classes=model.num_classes, depth=model.depth, base_filters=base_filters(model.architecture, model.base_filters), batch_norm=model.batch_norm,
+        num_classes=model.class_count(), depth=model.depth, base_filters=base_filters(model.architecture, model.base_filters), batch_norm=model.batch_norm,
         dropout=model.dropout, output_activation=model.output_activation, fc_filters=model.fc_filters,
         width=model.width, aspp_filters=model.aspp_filters,
     )
+
+
+def with_labels(cfg: TrainConfig) -> tuple[TrainConfig, LabelMap]:
+    """Return the config with its model's classes and names settled, and the training data's label map.
+
+    The classes are ``--num-classes`` where given, else the label map's (``labels.*``, the data's
+    ``labels.yaml`` or COCO's categories: as many as it names, or its highest class plus one), else
+    3. ConfigError, before any work, where the label map and ``--num-classes`` disagree.
+    """
+    found, where = input_label_map(cfg.data, cfg.labels.given(), cfg.storage.for_checks())
+    named = found.num_classes if found is not None else 0
+    highest = max([index for _, index in (*found.values, *found.colors)], default=0) if found is not None else 0
+    count = cfg.model.num_classes or named or (highest + 1 if highest else 0) or cfg.model.class_count()
+    label_map = fitted_label_map(found, where, count)
+    names = cfg.model.class_names or (",".join(label_map.names) if label_map.names else "")
+    model = dataclasses.replace(cfg.model, num_classes=count, class_names=names)
+    if where:
+        log.info("label map from %s: %d classes (%s)%s", where, count, ", ".join(model.names()),
+                 f"; ignored values {list(label_map.ignore) + list(label_map.ignore_colors)}"
+                 if label_map.ignore or label_map.ignore_colors else "")
+    return dataclasses.replace(cfg, model=model), label_map
 
 
 def encoder_weights(cfg: TrainConfig, spec: ModelSpec) -> tuple[bytes, str] | None:
@@ -111,16 +135,17 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
     """
     started = time.perf_counter()
     check_training_config(cfg)
+    cfg, label_map = with_labels(cfg)
     spec = model_spec(cfg.model)
     if not spec.keras:
         from pipeline.train.kmeans import run_kmeans_training
 
-        return run_kmeans_training(cfg, spec, started)
+        return run_kmeans_training(cfg, spec, started, label_map)
     inputs = {"training data": cfg.data, **({"validation data": cfg.val_data} if cfg.val_data else {})}
     storage.check_apart(cfg.output, inputs)
     train_data = training_dataset(cfg.data, cfg, spec, cfg.augment.enabled, cfg.loader.passes_per_epoch,
-                                  cfg.loader.patch_size)
-    val_data = training_dataset(cfg.val_data, cfg, spec, False) if cfg.val_data else None
+                                  cfg.loader.patch_size, label_map=label_map)
+    val_data = training_dataset(cfg.val_data, cfg, spec, False, label_map=label_map) if cfg.val_data else None
     storage.check_writable(cfg.output, cfg.storage)
     if not cfg.resume and storage.exists(storage.join_url(cfg.output, CHECKPOINT_RUN_NAME), cfg.storage):
         raise ConfigError(
@@ -152,7 +177,7 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
     )
     log.info("training %d worker(s) x %g CPUs (%d TensorFlow threads) for %d epochs", cfg.num_workers, cpus, threads, cfg.epochs)
     result = trainer.fit()
-    return write_final_artifact(cfg, spec, result, time.perf_counter() - started)
+    return write_final_artifact(cfg, spec, result, time.perf_counter() - started, label_map)
 
 
 def skipped_samples(cfg: TrainConfig, history: list[dict[str, Any]]) -> str:
@@ -178,7 +203,8 @@ def skipped_samples(cfg: TrainConfig, history: list[dict[str, Any]]) -> str:
     return f"{int(skipped)} of {int(rows)} samples skipped ({reasons})" if skipped else ""
 
 
-def write_final_artifact(cfg: TrainConfig, spec: ModelSpec, result: Any, seconds: float) -> TrainSummary:
+def write_final_artifact(cfg: TrainConfig, spec: ModelSpec, result: Any, seconds: float,
+                         label_map: LabelMap | None = None) -> TrainSummary:
     """Write the best epoch's model from the last checkpoint as the run's artifact; return the summary."""
     if result.checkpoint is None:
         raise RuntimeError(f"training under {cfg.output} ended without a checkpoint; see the log above")
@@ -195,6 +221,7 @@ def write_final_artifact(cfg: TrainConfig, spec: ModelSpec, result: Any, seconds
     info = ModelInfo(
         spec=spec, class_names=cfg.model.names(), normalization={"mode": cfg.loader.normalization}, threshold=0.5,
         scale=cfg.scale, preprocessing=encoder_preprocessing(spec.architecture, cfg.model.encoder_weights),
+        label_map=label_map if label_map is not None and label_map.declared else None,
         training={
             "trained": True, "data_url": cfg.data, "val_data_url": cfg.val_data, "epochs": state["epoch"],
             "best_epoch": best.get("epoch"), "best_metrics": best, "history": state["history"],

@@ -38,8 +38,8 @@ def per_example_loss(labels: Any, probabilities: Any, spec: ModelSpec, kind: str
     """Return the loss of each example, shape ``(n,)``: cross-entropy, soft Dice loss, or their sum.
 
     Cross-entropy is the pixel mean; soft Dice loss is ``1 - mean over classes of
-    (2 sum(p*y) + 1) / (sum(p) + sum(y) + 1)``. Pixels labelled :data:`pipeline.train.augment.IGNORE`
-    (the padding of a window larger than its image) count in neither.
+    (2 sum(p*y) + 1) / (sum(p) + sum(y) + 1)``. Pixels labelled :data:`pipeline.imaging.IGNORE`
+    (not labelled in the data set's masks, or the padding of a window larger than its image) count in neither.
     """
     import tensorflow as tf
 
@@ -119,7 +119,7 @@ def validation_metrics(model: Any, dataset: Any, spec: ModelSpec, threshold: flo
         scores = model(encoder_input(batch["pixels"], preprocessing), training=False).numpy()
         for index in np.flatnonzero(batch["weights"] > 0):
             labels = batch["labels"][index]
-            labelled = labels < classes  # not the padding of a window larger than its image
+            labelled = labels < classes  # not IGNORE: unlabelled, or the padding of a window larger than its image
             predicted = imaging.mask_from_scores(scores[index], threshold)[labelled]
             result = metrics.image_metrics(predicted, labels[labelled], classes)
             tp, fp, fn = tp + result["tp"], fp + result["fp"], fn + result["fn"]

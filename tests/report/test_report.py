@@ -28,7 +28,7 @@ CLASSES = ["background", "cell"]
 
 def row(key: str, tp: list[int] | None = None, fp: list[int] | None = None, fn: list[int] | None = None,
         size: tuple[int, int] = (2, 2), pixels: list[int] | None = None, error: str | None = None,
-        kind: str = "corrupt_image") -> dict[str, Any]:
+        kind: str = "corrupt_image", ignored: int = 0) -> dict[str, Any]:
     """Return a metrics row; Dice/IoU are derived from the counts as the pipeline does."""
     base = {"key": key, "source": "s3://in/shard.tar", "model_id": "unet-test", "run_id": "run-a", "seconds": 0.1}
     if error:
@@ -36,7 +36,7 @@ def row(key: str, tp: list[int] | None = None, fp: list[int] | None = None, fn: 
     record: dict[str, Any] = {**base, "status": "ok", "height": size[0], "width": size[1], "mask_uri": f"s3://out/masks/{key}.png"}
     if tp is not None:
         dice, iou = dice_from_counts(tp, fp, fn), iou_from_counts(tp, fp, fn)
-        record.update(tp=tp, fp=fp, fn=fn, dice=dice.tolist(), iou=iou.tolist(),
+        record.update(tp=tp, fp=fp, fn=fn, dice=dice.tolist(), iou=iou.tolist(), ignored_pixels=ignored,
                       mean_dice=foreground_mean(dice), mean_iou=foreground_mean(iou),
                       class_pixels=[tp[0] + fp[0], tp[1] + fp[1]])
     else:
@@ -63,7 +63,7 @@ def write_run(folder: Path, shards: dict[str, list[dict[str, Any]]], status: str
 
 HAND_ROWS = {
     "s0": [
-        row("a", tp=[6, 2], fp=[1, 1], fn=[1, 1], size=(2, 5)),     # cell Dice 4/6, IoU 2/4
+        row("a", tp=[6, 2], fp=[1, 1], fn=[1, 1], size=(2, 6), ignored=2),  # cell Dice 4/6, IoU 2/4; 2 px unlabelled
         row("b", tp=[4, 0], fp=[0, 0], fn=[0, 0]),                  # no cell anywhere: cell Dice NaN
         row("c", tp=[0, 3], fp=[1, 0], fn=[0, 1]),                  # cell Dice 6/7, background Dice 0
     ],
@@ -88,6 +88,7 @@ def test_summary_matches_a_hand_computation(tmp_path: Path) -> None:
     assert summary["counts"] == {
         "images": 6, "ok": 5, "errors": 1, "errors_by_kind": {"corrupt_image": 1}, "truth_errors": 1,
         "truth_errors_by_kind": {"mask_size_mismatch": 1}, "with_ground_truth": 3, "without_ground_truth": 2,
+        "ignored_pixels": 2, "ignored_fraction": 2 / 20,
         "distinct_keys": 6, "shards": 2, "committed_shards": 2, "metrics_files": 2}
     assert [(e["key"], e["kind"]) for e in summary["truth_errors"]] == [("f", "mask_size_mismatch")]
     assert summary["run"]["changed_shards"] == ["s1"] and summary["run"]["repeated_keys"]["count"] == 1
@@ -106,6 +107,7 @@ def test_summary_matches_a_hand_computation(tmp_path: Path) -> None:
     assert background["dice"]["micro"] == pytest.approx(20 / (20 + 2 + 1), abs=1e-6)  # TP 10, FP 2, FN 1
     assert summary["foreground"]["dice"]["macro"] == pytest.approx(cell["dice"]["macro"], abs=1e-6)
     assert summary["foreground"]["dice"]["micro"] == pytest.approx(cell["dice"]["micro"], abs=1e-6)
+    # the 2 unlabelled pixels of "a" count nowhere: accuracy and true shares are over the 18 labelled ones
     assert summary["pixel_accuracy"] == pytest.approx((6 + 2 + 4 + 0 + 0 + 3) / (10 + 4 + 4), abs=1e-6)
     assert cell["true_fraction"] == pytest.approx((2 + 1 + 0 + 3 + 1) / 18, abs=1e-6)
     assert cell["predicted_fraction"] == pytest.approx((3 + 0 + 3 + 1 + 0) / (10 + 4 + 4 + 4 + 4), abs=1e-6)

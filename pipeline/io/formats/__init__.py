@@ -8,12 +8,13 @@ format is one new module and one line in :data:`FORMATS`.
 from __future__ import annotations
 
 from pipeline.io.formats.base import InputFormat, Shard
+from pipeline.io.formats.coco import CocoFormat
 from pipeline.io.formats.folder import FolderFormat
 from pipeline.io.formats.parquet import ParquetFormat
 from pipeline.io.formats.tar import TarFormat
 
 # In the order an input is tried: the first format that finds shards under it reads them all.
-FORMATS: dict[str, InputFormat] = {fmt.kind: fmt for fmt in (TarFormat(), FolderFormat(), ParquetFormat())}
+FORMATS: dict[str, InputFormat] = {fmt.kind: fmt for fmt in (TarFormat(), FolderFormat(), ParquetFormat(), CocoFormat())}
 
 
 def format_of(shard: Shard | str) -> InputFormat:

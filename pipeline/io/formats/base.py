@@ -39,6 +39,7 @@ class Shard:
     url: str
     members: tuple[tuple[str, str | None, str | None, str | None], ...] = ()
     identity: str = ""
+    payload: str = ""  # what the format's reader needs beyond the URL (COCO: the shard's images and annotations)
 
     def files(self) -> list[str]:
         """Return the URLs of the files the shard reads: its own file, or its members' files."""
@@ -55,7 +56,7 @@ class Shard:
         """Return the shard encoded by :meth:`to_json`."""
         data = json.loads(text)
         return cls(data["name"], data["kind"], data["url"], tuple(tuple(m) for m in data["members"]),
-                   data.get("identity", ""))
+                   data.get("identity", ""), data.get("payload", ""))
 
 
 def shard_name(relative_path: str) -> str:
@@ -123,6 +124,14 @@ class InputFormat:
             storage.write_bytes(url, shard_bytes(samples), storage_config)
             urls.append(url)
         return urls
+
+    def file_shards(self, url: str, storage_config: StorageConfig | None, shard_size: int,
+                    images: str = "") -> list[Shard] | None:
+        """Return the shards of an input URL that names one file of this format (one shard, unless the format
+        cuts its file into several), else None. ``images``: where the file's images lie, for formats
+        whose file names them (COCO)."""
+        shard = self.single_file_shard(url)
+        return None if shard is None else [shard]
 
     def single_file_shard(self, url: str) -> Shard | None:
         """Return the shard of an input URL that names one file of this format, else None."""
