@@ -8,7 +8,9 @@ mask, null without one). ``ignored_pixels``: the mask's pixels its label map dec
 labelled (``labels.ignore``), left out of every count (null without a mask). Per-class columns are
 lists indexed by class (``dice[1]`` is class 1), so the schema is the same for every model; they
 are null when the image has no ground truth (``tp``, ``fp``, ``fn``, ``dice``, ``iou``) or failed (all of them).
-``class_pixels`` counts predicted pixels per class, with or without ground truth.
+``class_pixels`` counts predicted pixels per class, with or without ground truth; a run's files
+name the classes in their schema metadata (``class_names``, a JSON list: the model's, or the
+label map's where the model's are only numbered).
 
 With objects (``segment --objects``) a row also carries ``instances_uri``, ``objects_predicted``
 per class and, with ground truth, the instance metrics per class (:mod:`pipeline.instances`):
@@ -27,7 +29,8 @@ unexpected class values) is not an image error: the row stays ``ok`` with its ma
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -128,7 +131,12 @@ def objects_table(columns: Mapping[str, Any]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=OBJECTS_SCHEMA)
 
 
-def metrics_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
-    """Return the rows as a table with :data:`METRICS_SCHEMA` (missing columns become null)."""
+def metrics_table(rows: Iterable[Mapping[str, Any]], class_names: Sequence[str] = ()) -> pa.Table:
+    """Return the rows as a table with :data:`METRICS_SCHEMA` (missing columns become null); with
+    ``class_names``, the schema's metadata names the classes the per-class lists are indexed by
+    (``class_names``: a JSON list)."""
     names = METRICS_SCHEMA.names
-    return pa.Table.from_pylist([{name: row.get(name) for name in names} for row in rows], schema=METRICS_SCHEMA)
+    table = pa.Table.from_pylist([{name: row.get(name) for name in names} for row in rows], schema=METRICS_SCHEMA)
+    if class_names:
+        table = table.replace_schema_metadata({**METRICS_SCHEMA.metadata, b"class_names": json.dumps(list(class_names))})
+    return table

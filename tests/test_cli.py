@@ -114,6 +114,20 @@ def test_input_without_images_stops_before_work(tmp_path: Path, tiny_model: str,
     assert_refused(status, text, "holds no images", out)
 
 
+def test_a_label_map_that_cannot_serve_the_run_stops_it_before_work(tmp_path: Path, sample_tars: Path, tiny_model: str,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    (sample_tars / "labels.yaml").write_text("classes: [background, cat\n")
+    out = tmp_path / "out"
+    status, text = run_cli(capsys, "segment", "--input", str(sample_tars), "--model", tiny_model, "--output", str(out))
+    assert_refused(status, text, "labels.yaml is not valid YAML", out)
+    (sample_tars / "labels.yaml").write_text("classes: [background, cat, dog, bird]\nignore: 255\n")
+    status, text = run_cli(capsys, "segment", "--input", str(sample_tars), "--model", tiny_model, "--output", str(out))
+    assert_refused(status, text, "names 4 classes (background, cat, dog, bird) but the model has 3", out)
+    status, text = run_cli(capsys, "segment", "--input", str(sample_tars), "--model", tiny_model, "--output", str(out),
+                           "labels.colors=[1, 2]")
+    assert_refused(status, text, "labels.colors", out)
+
+
 def test_missing_model_stops_before_work(tmp_path: Path, sample_tars: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     status, text = run_cli(capsys, "segment", "--input", str(sample_tars), "--model", str(tmp_path / "m"), "--output", str(out))

@@ -87,7 +87,7 @@ def segment_held_output(cfg: SegmentConfig, plan: RunPlan, held: lease.Lease, st
     clock = time.perf_counter()
     progress = Progress(cfg, plan, started_at)
     writer = ShardWriter(cfg.output, cfg.storage, plan.shards, prior.committed, plan.run_id, plan.model.model_id, progress,
-                         objects=cfg.objects.enabled)
+                         objects=cfg.objects.enabled, class_names=plan.model.info.class_names)
     try:
         if todo:
             events["stream_started"] = time.time()

@@ -166,9 +166,10 @@ class ShardWriter:
 
     def __init__(self, output: str, storage_config: StorageConfig, shards: list[Shard],
                  committed: dict[str, dict[str, Any]] | None = None, run_id: str = "", model_id: str = "",
-                 progress: Progress | None = None, objects: bool = False) -> None:
+                 progress: Progress | None = None, objects: bool = False, class_names: tuple[str, ...] = ()) -> None:
         self.output = output
         self.objects = objects
+        self.class_names = class_names  # recorded in each metrics file's schema metadata
         self.pending_objects: dict[str, list[pa.Table]] = defaultdict(list)
         self.storage_config = storage_config
         self.shards = {shard.name: shard for shard in shards}
@@ -246,7 +247,7 @@ class ShardWriter:
             self.write_parquet(layout.objects_url(self.output, name),
                                table.sort_by([("key", "ascending"), ("label", "ascending")]))
         rows.sort(key=lambda r: r["key"])
-        self.write_parquet(layout.metrics_url(self.output, name), schema.metrics_table(rows))
+        self.write_parquet(layout.metrics_url(self.output, name), schema.metrics_table(rows, self.class_names))
         counts = {"rows": len(rows), "ok": sum(r["status"] == schema.STATUS_OK for r in rows)}
         counts["errors"] = counts["rows"] - counts["ok"]
         counts["duplicate_keys"] = sum(r.get("error_kind") == ErrorKind.DUPLICATE_KEY for r in rows)

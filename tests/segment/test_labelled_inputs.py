@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -19,12 +20,14 @@ from pipeline.config import (
     ModelConfig,
     ObjectsConfig,
     OptimConfig,
+    ReportConfig,
     SampleDataConfig,
     SegmentConfig,
     TrainConfig,
 )
 from pipeline.imaging import IGNORE
 from pipeline.io import storage
+from pipeline.report.build import build_report
 from pipeline.report.export import export_run
 from pipeline.sample_data import write_sample_data
 from pipeline.segment.run import run_segmentation
@@ -73,6 +76,11 @@ def test_voc_palette_masks_with_void_bands_train_and_segment_through_a_labels_ya
         expected = metrics.image_metrics(predicted[labelled], truth[labelled], 3)
         assert row["tp"] == expected["tp"].tolist() and row["fp"] == expected["fp"].tolist()
         assert row["fn"] == expected["fn"].tolist() and row["ignored_pixels"] == int((~labelled).sum()) > 0
+    (metrics_file,) = (tmp_path / "seg" / "metrics").glob("*.parquet")
+    assert json.loads(pq.read_schema(metrics_file).metadata[b"class_names"]) == ["background", "disc", "stripes"]
+    report = json.loads(Path(build_report(ReportConfig(run=str(tmp_path / "seg"), worst=2)).summary_url).read_text())
+    assert [entry["name"] for entry in report["classes"]] == ["background", "disc", "stripes"]
+    assert report["counts"]["ignored_pixels"] == sum(row["ignored_pixels"] for row in rows)
 
 
 @pytest.mark.slow
@@ -86,6 +94,12 @@ def test_a_coco_file_in_object_storage_is_segmented_into_objects_and_exported_fo
     write_sample_data(SampleDataConfig(output=data, num_images=6, num_shards=1, num_classes=3, min_size=32, max_size=40,
                                        layout="coco", instances=True))
     annotations = f"{data}/annotations.json"
+    trained = run_training(TrainConfig(data=annotations, output=f"{s3_bucket}/model", num_workers=1,
+                                       cpus_per_worker=1.0, epochs=1, optim=OptimConfig(batch_size=2),
+                                       model=ModelConfig(input_size=32, depth=2, base_filters=4)))
+    assert trained.history[0]["images"] == 6 and trained.skipped == ""  # the classes came from the categories
+    info = json.loads(storage.read_bytes(f"{s3_bucket}/model/model.json"))
+    assert info["class_names"] == ["background", "class_1", "class_2"] and info["labels"]["ignore"] == [IGNORE]
     summary = run_segmentation(SegmentConfig(input=annotations, model=tiny_model, output=f"{s3_bucket}/seg",
                                              folder_shard_size=4, objects=ObjectsConfig(enabled=True)))
     assert summary.images == 6 and summary.errors == 0
