@@ -19,6 +19,7 @@ from pipeline.config import (
     ConfigError,
     ExportConfig,
     ImportConfig,
+    InspectConfig,
     ReportConfig,
     SampleDataConfig,
     SegmentConfig,
@@ -56,6 +57,12 @@ COMMANDS = {  # name -> (config class, one-line help, description)
                "<run>/report/summary.json (counts, macro/micro Dice and IoU per class with 95% bootstrap intervals, "
                "pixel accuracy, errors by kind) and report.html (tables, plots, the worst images as overlays, errors, "
                "run metadata). With --baseline, per-class changes and the images that got most worse."),
+    "inspect": (InspectConfig, "a data set's fingerprint: sizes, channels, intensities, classes, objects, problems",
+                "Read the data under DATA as a run would (every format, object storage, its label map), measure each "
+                "image on Ray Data and print the fingerprint: image sizes, channels and grey images stored as colour, "
+                "bit depth, intensities and whether they vary, bright-on-dark or dark-on-bright objects, class shares, "
+                "the ignored share, object sizes, and the problems found; write it as fingerprint.json. A large archive "
+                "is sampled (--max-images)."),
     "export": (ExportConfig, "a run's predicted objects as a COCO results file (for COCOeval)",
                "Write the objects of a run segmented with --objects as a COCO results file: one entry per object "
                "with its RLE segmentation, category id and score. Where the run's input was a COCO annotations file, "
@@ -121,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     handlers = {"segment": run_segment_command, "train": run_train_command, "sample-data": run_sample_command,
-                "report": run_report_command, "export": run_export_command, "model import": run_import_command}
+                "report": run_report_command, "export": run_export_command,
+                "inspect": run_inspect_command, "model import": run_import_command}
     model = commands.add_parser("model", help="model artifacts: import a Keras model",
                                 description="Work on model artifacts.")
     model_commands = model.add_subparsers(dest="model_command", required=True, metavar="MODEL_COMMAND")
@@ -172,6 +180,15 @@ def run_report_command(args: argparse.Namespace) -> int:
     from pipeline.report.build import build_report
 
     print(build_report(config_from_args(args)).line())
+    return 0
+
+
+def run_inspect_command(args: argparse.Namespace) -> int:
+    """Run ``segpipe inspect``; return the exit status."""
+    from pipeline.fingerprint import inspect_data
+
+    for line in inspect_data(config_from_args(args)).lines():
+        print(line)
     return 0
 
 

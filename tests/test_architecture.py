@@ -28,6 +28,7 @@ ALLOWED = {  # package -> what its modules may import from pipeline (besides the
     "pipeline.segment": BELOW_STAGES,
     "pipeline.train": BELOW_STAGES,
     "pipeline.report": (*LEAVES, "pipeline.io"),
+    "pipeline.fingerprint": BELOW_STAGES,
     "pipeline.sample_data": (*LEAVES, "pipeline.io"),
     "pipeline.demo": (*BELOW_STAGES, "pipeline.segment", "pipeline.train", "pipeline.report", "pipeline.sample_data"),
 }

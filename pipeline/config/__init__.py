@@ -10,6 +10,7 @@ from pipeline.config.runs import (
     CocoConfig,
     ExportConfig,
     ImportConfig,
+    InspectConfig,
     LabelsConfig,
     ObjectsConfig,
     ReportConfig,
@@ -20,7 +21,7 @@ from pipeline.config.runs import (
 from pipeline.config.training import AugmentConfig, LoaderConfig, ModelConfig, OptimConfig, TrainConfig
 
 __all__ = [
-    "ActorConfig", "AugmentConfig", "CocoConfig", "ExportConfig", "ConfigError", "ImportConfig", "LabelsConfig", "LoaderConfig", "ModelConfig", "ObjectsConfig",
+    "ActorConfig", "AugmentConfig", "CocoConfig", "ExportConfig", "ConfigError", "ImportConfig", "InspectConfig", "LabelsConfig", "LoaderConfig", "ModelConfig", "ObjectsConfig",
     "OptimConfig", "ReportConfig", "SampleDataConfig", "SegmentConfig", "StorageConfig", "TrainConfig", "load_config",
     "option_fields", "public_dict", "reference_markdown",
 ]

@@ -321,6 +321,35 @@ class ReportConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class InspectConfig:
+    """A data set's fingerprint: ``segpipe inspect DATA``."""
+
+    data: str = option("", positional=True, default_text="required",
+                       help="URL of the data: tar shards, an images/ folder, Parquet files or a COCO annotations .json")
+    output: str = option("fingerprint.json", flag="--output", help="URL of the fingerprint.json to write")
+    max_images: int = option(2000, flag="--max-images",
+                             help="read about this many images at most: a larger archive is sampled by shards spread "
+                                  "evenly over it (the fingerprint says so)")
+    address: str | None = option(None, flag="--address", default_text="$RAY_ADDRESS, else a local Ray",
+                                 help="Ray cluster to run on")
+    folder_shard_size: int = option(256, help="images per shard when the data is a folder or a COCO file")
+    stage_cpus: float = option(0.5, help="CPU share of each read-and-measure task")
+    labels: LabelsConfig = option(default_factory=LabelsConfig, help="how the data's masks store their classes")
+    coco: CocoConfig = option(default_factory=CocoConfig, help="a COCO annotations file as the data")
+    storage: StorageConfig = option(default_factory=StorageConfig, help="object storage access")
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ConfigError("'data' is not set; give the URL of the data to inspect")
+        if self.max_images < 1:
+            raise ConfigError(f"max_images={self.max_images}: at least 1")
+        if self.folder_shard_size < 1:
+            raise ConfigError(f"folder_shard_size={self.folder_shard_size}: must be at least 1")
+        if not 0 < self.stage_cpus <= 64:
+            raise ConfigError(f"stage_cpus={self.stage_cpus}: must be a positive CPU share such as 0.5")
+
+
+@dataclasses.dataclass(frozen=True)
 class ExportConfig:
     """A run's predicted objects written in another tool's format."""
 

@@ -19,6 +19,7 @@ from pipeline.imaging.codecs import (
 )
 from pipeline.imaging.labels import (
     IGNORE,
+    MAX_CLASSES,
     LabelMap,
     decode_instances,
     decode_mask,
@@ -48,7 +49,7 @@ from pipeline.imaging.scores import (
 )
 
 __all__ = [
-    "DEFAULT_MAX_IMAGE_PIXELS", "IGNORE", "LabelMap", "SCORE_LEVELS", "SampleError", "decide", "extremes", "decided", "decode_image", "decode_instances",
+    "DEFAULT_MAX_IMAGE_PIXELS", "IGNORE", "LabelMap", "MAX_CLASSES", "SCORE_LEVELS", "SampleError", "decide", "extremes", "decided", "decode_image", "decode_instances",
     "decode_mask", "decode_mask_counted", "encode_instances", "encode_png", "image_orientation", "is_tiff", "labels_at_size", "mask_and_confidence_at_size", "mask_at_size",
     "mask_from_scores", "match_channels", "model_input", "normalise", "quantise_scores", "read_model_input",
     "read_native", "read_tiff", "read_tile", "resize_channels", "resize_image", "tile_input",
