@@ -17,10 +17,8 @@ from pipeline.imaging.codecs import (
     is_tiff,
     read_tiff,
 )
+from pipeline.imaging.labelmap import IGNORE, MAX_CLASSES, LabelMap
 from pipeline.imaging.labels import (
-    IGNORE,
-    MAX_CLASSES,
-    LabelMap,
     decode_instances,
     decode_mask,
     decode_mask_counted,
