@@ -1,23 +1,13 @@
 """Run configurations: frozen dataclasses loaded from YAML with ``KEY=VALUE`` overrides.
 
 :mod:`.loading` loads them and derives the options and the reference from their declarations;
-:mod:`.runs` holds segmentation, report, sample-data, model import and storage; :mod:`.training` training.
+:mod:`.runs` holds segmentation and storage; :mod:`.tools` sample data, report, inspect, export and model
+import; :mod:`.training` training.
 """
 
 from pipeline.config.loading import ConfigError, load_config, option_fields, public_dict, reference_markdown
-from pipeline.config.runs import (
-    ActorConfig,
-    CocoConfig,
-    ExportConfig,
-    ImportConfig,
-    InspectConfig,
-    LabelsConfig,
-    ObjectsConfig,
-    ReportConfig,
-    SampleDataConfig,
-    SegmentConfig,
-    StorageConfig,
-)
+from pipeline.config.runs import ActorConfig, CocoConfig, LabelsConfig, ObjectsConfig, SegmentConfig, StorageConfig
+from pipeline.config.tools import ExportConfig, ImportConfig, InspectConfig, ReportConfig, SampleDataConfig
 from pipeline.config.training import AugmentConfig, LoaderConfig, ModelConfig, OptimConfig, TrainConfig
 
 __all__ = [
