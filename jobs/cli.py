@@ -85,12 +85,13 @@ def add_config_options(parser: argparse.ArgumentParser, config_class: type) -> l
             continue
         shown = item.shown_default()
         text = f"{item.help} ({'required' if shown == 'required' else f'default: {shown}'}; key {item.key})"
-        if item.kind is bool and item.flag and item.flag.startswith("--no-"):
+        boolean = item.kind is bool or item.kind == bool | None
+        if boolean and item.flag and item.flag.startswith("--no-"):
             text = f"set {item.key} to false: without {item.help}"
         text = text.replace("%", "%%")
         if item.positional:
             parser.add_argument(item.key, nargs="?", help=text)
-        elif item.kind is bool:
+        elif boolean:
             action = "store_false" if item.flag.startswith("--no-") else "store_true"
             parser.add_argument(item.flag, dest=item.key, action=action, default=None, help=text)
         else:
@@ -216,9 +217,14 @@ def run_import_command(args: argparse.Namespace) -> int:
 
 def run_train_command(args: argparse.Namespace) -> int:
     """Run ``segpipe train``; return the exit status."""
-    from pipeline.train.run import run_training
+    from pipeline.train.run import planned_run, run_training
 
-    summary = run_training(config_from_args(args))
+    cfg = config_from_args(args)
+    if cfg.plan_only:
+        for line in planned_run(cfg).plan.lines():
+            print(line)
+        return 0
+    summary = run_training(cfg)
     print(summary.line())
     return 0
 

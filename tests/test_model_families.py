@@ -182,13 +182,13 @@ def test_each_network_trains_saves_and_segments_in_windows(architecture: str, tm
     from pipeline.train.run import model_spec, run_training
 
     data = labelled_samples(tmp_path)
-    model_cfg = ModelConfig(architecture=architecture, input_size=32, num_classes=3, **TINY[architecture])
+    model_cfg = ModelConfig(architecture=architecture, input_size=32, channels=3, num_classes=3, **TINY[architecture])
     options: dict[str, object] = {"data": data["train"], "val_data": data["val"], "output": str(tmp_path / "m"),
                                   "epochs": 1, "num_workers": 1, "cpus_per_worker": 1.0, "optim.batch_size": 4}
     frozen: list[np.ndarray] = []
     if architecture == "unet-vgg16":  # weights from a file, the encoder frozen throughout: they must come out unchanged
         frozen = write_encoder_weights(model_spec(model_cfg), tmp_path / "encoder.weights.h5")
-        model_cfg = ModelConfig(architecture=architecture, input_size=32, num_classes=3,
+        model_cfg = ModelConfig(architecture=architecture, input_size=32, channels=3, num_classes=3,
                                 encoder_weights=str(tmp_path / "encoder.weights.h5"), encoder_trainable_after=3,
                                 **TINY[architecture])
     if architecture == "deeplabv3plus":  # two workers, which must agree to stop at the time budget

@@ -8,10 +8,10 @@ import; :mod:`.training` training.
 from pipeline.config.loading import ConfigError, load_config, option_fields, public_dict, reference_markdown
 from pipeline.config.runs import ActorConfig, CocoConfig, LabelsConfig, ObjectsConfig, SegmentConfig, StorageConfig
 from pipeline.config.tools import ExportConfig, ImportConfig, InspectConfig, ReportConfig, SampleDataConfig
-from pipeline.config.training import AugmentConfig, LoaderConfig, ModelConfig, OptimConfig, TrainConfig
+from pipeline.config.training import DEFAULT_CLASSES, AugmentConfig, LoaderConfig, ModelConfig, OptimConfig, TrainConfig
 
 __all__ = [
-    "ActorConfig", "AugmentConfig", "CocoConfig", "ExportConfig", "ConfigError", "ImportConfig", "InspectConfig", "LabelsConfig", "LoaderConfig", "ModelConfig", "ObjectsConfig",
+    "DEFAULT_CLASSES", "ActorConfig", "AugmentConfig", "CocoConfig", "ExportConfig", "ConfigError", "ImportConfig", "InspectConfig", "LabelsConfig", "LoaderConfig", "ModelConfig", "ObjectsConfig",
     "OptimConfig", "ReportConfig", "SampleDataConfig", "SegmentConfig", "StorageConfig", "TrainConfig", "load_config",
     "option_fields", "public_dict", "reference_markdown",
 ]

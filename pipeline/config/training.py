@@ -22,7 +22,8 @@ from typing import Any, ClassVar
 from pipeline.config.loading import ConfigError, check_choices, option, public_dict
 from pipeline.config.runs import CocoConfig, LabelsConfig, StorageConfig
 
-DEFAULT_CLASSES = 3  # a model's classes when neither --num-classes nor a label map says
+DEFAULT_CLASSES = 3  # a model's classes when nothing says: neither --num-classes, a label map nor a plan
+PLANNED = "planned from the data"  # the default text of keys the training plan sets (pipeline.train.plan)
 MAX_LABEL_OFFSET = 4.0  # pixels; a larger label offset is a unit mistake, not an annotation habit
 
 
@@ -36,15 +37,17 @@ class ModelConfig:
                                     "encoder's pooling indices); deeplabv3plus (ASPP at rates 6/12/18 plus image pooling "
                                     "and a low-level skip, on MobileNetV2 at output stride 16); kmeans (the classical "
                                     "baseline: K-means on pixel features, each cluster mapped to its majority class)")
-    input_size: int = option(64, flag="--input-size",
+    input_size: int = option(0, flag="--input-size", default_text=PLANNED,
                              help="square tile size in pixels, a multiple of 2**depth (unet), 32 (VGG16-based) or 16 "
-                                  "(deeplabv3plus)")
-    channels: int = option(3, flag="--channels", choices=(1, 3), help="image channels the model takes")
-    num_classes: int = option(0, flag="--num-classes", default_text="the label map's, else 3",
+                                  "(deeplabv3plus); planned: several objects across, at most the images' size")
+    channels: int = option(0, flag="--channels", choices=(1, 3), default_text=PLANNED,
+                           help="image channels the model takes; planned: 1 where most images are grey, else 3")
+    num_classes: int = option(0, flag="--num-classes", default_text="the label map's, else the masks'",
                               help="classes including background; unset, the training data's label map (labels.* or "
-                                   "its labels.yaml, or COCO's categories) decides, else 3")
-    depth: int = option(3, flag="--depth", help="U-Net levels (unet)")
-    base_filters: int = option(0, flag="--base-filters", default_text="16 for unet, 64 for the VGG16-based",
+                                   "its labels.yaml, or COCO's categories) decides, else the classes its masks hold")
+    depth: int = option(0, flag="--depth", default_text=PLANNED,
+                        help="U-Net levels (unet); planned: the bottom level's cells about an object across")
+    base_filters: int = option(0, flag="--base-filters", default_text="16 for unet (32 on GPUs), 64 for the VGG16-based",
                                help="filters of the first level, doubled at each level (VGG16-based: its first block; "
                                     "64 is VGG16 itself, which pretrained weights need)")
     batch_norm: bool = option(True, help="batch normalisation after each convolution (unet; unet-vgg16's decoder)")
@@ -113,6 +116,10 @@ class AugmentConfig:
     label_offset_cols: float = option(0.0, flag="--label-offset-cols", help="the same, in pixels right (negative: left)")
     crop: bool = option(False, flag="--crop",
                         help="random crops (80-100% of each side, the same window for image and mask) resized to the tile")
+    invert: bool | None = option(None, flag="--invert", default_text=PLANNED,
+                                 help="invert the intensities of half the training images (1 - value, after normalisation), "
+                                      "so bright-on-dark objects are learnt as dark-on-bright too; planned: on where the "
+                                      "data mixes both")
     warp: bool = option(False, flag="--warp",
                         help="a random warp (rotation by any angle, zoom x0.9-1.1, shift, elastic deformation; mirrored "
                              "borders) instead of flips and 90-degree turns")
@@ -133,12 +140,14 @@ class AugmentConfig:
 class OptimConfig:
     """The optimisation: batch, loss, learning rate and its schedule, weight averaging, compilation."""
 
-    batch_size: int = option(8, flag="--batch-size", help="global batch, split across the workers")
-    loss: str = option("ce+dice", flag="--loss", choices=("ce", "dice", "ce+dice"),
-                       help="cross-entropy, soft Dice, or their sum")
+    batch_size: int = option(0, flag="--batch-size", default_text=PLANNED,
+                             help="global batch, split across the workers; planned from the tile and the hardware")
+    loss: str = option("", flag="--loss", choices=("ce", "dice", "ce+dice"), default_text=PLANNED,
+                       help="cross-entropy, soft Dice, or their sum; planned: ce+dice where a class is rare, else ce")
     learning_rate: float = option(1e-3, flag="--learning-rate", help="Adam's learning rate")
-    lr_schedule: str = option("constant", flag="--lr-schedule", choices=("constant", "cosine"),
-                              help="constant, or cosine decay towards 0 over the epochs (set per epoch)")
+    lr_schedule: str = option("", flag="--lr-schedule", choices=("constant", "cosine"), default_text="cosine",
+                              help="constant, or cosine decay towards 0 over the run: over the time budget "
+                                   "(--max-minutes, set every step), else over the epochs (set per epoch)")
     ema: float = option(0.0, flag="--ema",
                         help="validate, keep and save a moving average of the weights with this momentum per step, "
                              "e.g. 0.99 (0: the weights as trained)")
@@ -146,8 +155,8 @@ class OptimConfig:
                        help="compile the forward and backward pass with XLA (about 1.5x faster on CPU)")
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"optim.batch_size={self.batch_size}: at least 1")
+        if self.batch_size < 0:
+            raise ConfigError(f"optim.batch_size={self.batch_size}: at least 1 (0: planned)")
         check_choices(self, "optim.")
         if self.learning_rate <= 0:
             raise ConfigError(f"optim.learning_rate={self.learning_rate}: must be positive")
@@ -163,11 +172,16 @@ class LoaderConfig:
                              help="train on random windows of this many pixels square cut from the tiles at their "
                                   "scale: more steps for the same compute on large tiles (0: whole tiles)")
     passes_per_epoch: int = option(1, flag="--passes-per-epoch",
-                                   help="passes over the training data per epoch, i.e. between validations and "
-                                        "checkpoints (more for small data sets)")
-    normalization: str = option("scale", choices=("scale", "minmax"),
+                                   help="with steps_per_epoch 0: passes over the training data per epoch, i.e. between "
+                                        "validations and checkpoints (more for small data sets)")
+    steps_per_epoch: int | None = option(None, flag="--steps-per-epoch", default_text=PLANNED,
+                                         help="training steps per epoch (between validations and checkpoints), the data "
+                                              "streamed on across epochs; 0: an epoch is passes_per_epoch passes over "
+                                              "the data; planned: about one pass, 25 to 250 steps")
+    normalization: str = option("", choices=("scale", "minmax"), default_text=PLANNED,
                                 help="scale: divide by the type's maximum; minmax: each image's range to [0, 1]; "
-                                     "recorded in model.json so segmentation applies the same")
+                                     "recorded in model.json so segmentation applies the same; planned: minmax where "
+                                     "intensities or bit depths vary across images, else scale")
     folder_shard_size: int = option(256, help="images per shard when the data is a folder")
     stage_cpus: float = option(0.25, help="CPU share of each data-stage task")
     decoded_cache_mb: float = option(256.0, help="MB of decoded samples each data-stage process keeps for the next "
@@ -176,6 +190,8 @@ class LoaderConfig:
     def __post_init__(self) -> None:
         if self.passes_per_epoch < 1:
             raise ConfigError(f"loader.passes_per_epoch={self.passes_per_epoch}: at least 1")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 0:
+            raise ConfigError(f"loader.steps_per_epoch={self.steps_per_epoch}: steps, 0 for passes over the data")
         check_choices(self, "loader.")
         if self.decoded_cache_mb < 0:
             raise ConfigError(f"loader.decoded_cache_mb={self.decoded_cache_mb}: MB of decoded samples to keep per "
@@ -189,9 +205,9 @@ class TrainConfig:
     GROUP_ALIASES: ClassVar[dict[str, str]] = {"unet": "model"}  # the model's group was named unet before
     ALIASES: ClassVar[dict[str, str]] = {
         "augment": "augment.enabled", **{k: f"augment.{k}" for k in (
-            "flips", "quarter_turns", "label_offset_rows", "label_offset_cols", "crop", "warp")},
+            "flips", "invert", "quarter_turns", "label_offset_rows", "label_offset_cols", "crop", "warp")},
         **{k: f"optim.{k}" for k in ("batch_size", "loss", "learning_rate", "lr_schedule", "ema", "xla")},
-        **{k: f"loader.{k}" for k in ("patch_size", "passes_per_epoch", "normalization", "folder_shard_size",
+        **{k: f"loader.{k}" for k in ("patch_size", "passes_per_epoch", "steps_per_epoch", "normalization", "folder_shard_size",
                                       "stage_cpus", "decoded_cache_mb")},
     }
 
@@ -200,23 +216,36 @@ class TrainConfig:
     output: str = option("", flag="--output", default_text="required",
                          help="URL of the model artifact to write (checkpoints go under it)")
     val_data: str | None = option(None, flag="--val-data", help="URL of labelled validation shards, validated every epoch")
+    val_fraction: float | None = option(None, flag="--val-fraction", default_text=PLANNED,
+                                        help="without --val-data: this share of the training images (chosen by a hash "
+                                             "of each key, so the same ones every run and resume) is held out and "
+                                             "validated every epoch instead of trained on (0: none); planned: 0.2 "
+                                             "from 10 images")
     address: str | None = option(None, flag="--address", default_text="$RAY_ADDRESS, else a local Ray",
                                  help="Ray cluster to run on")
-    num_workers: int = option(1, flag="--num-workers", help="Ray Train workers")
-    use_gpu: bool = option(False, flag="--use-gpu", help="one GPU per worker")
+    num_workers: int = option(0, flag="--num-workers", default_text=PLANNED,
+                              help="Ray Train workers; planned: one per GPU, else one per node")
+    use_gpu: bool | None = option(None, flag="--use-gpu", default_text=PLANNED,
+                                  help="one GPU per worker; planned: where the cluster has GPUs")
     cpus_per_worker: float | None = option(None, flag="--cpus-per-worker", default_text="automatic",
                                            help="CPUs per worker; automatic: the largest node's CPUs less a share for "
                                                 "the data stage, divided among the workers (at most 4 each)")
-    epochs: int = option(10, flag="--epochs", help="epochs to train")
-    max_minutes: float = option(0.0, flag="--max-minutes",
-                                help="stop after the first epoch that ends past this many minutes of training in this "
-                                     "session (0: train all epochs); the best epoch so far becomes the artifact")
+    epochs: int = option(0, flag="--epochs", default_text="no limit with a time budget",
+                         help="epochs to train (0: as many as --max-minutes allows)")
+    max_minutes: float = option(0.0, flag="--max-minutes", default_text="planned without --epochs",
+                                help="the time budget: training (validation included) stops within a step of this many "
+                                     "minutes, resumes included, and the learning rate's cosine ends with it; with "
+                                     "neither --epochs nor --max-minutes the plan sets it from the data's size; the "
+                                     "best epoch becomes the artifact")
+    plan_only: bool = option(False, flag="--plan-only",
+                             help="measure the data, print the training plan (each choice and its reason) and stop")
     seed: int = option(0, help="random seed of the weights and the augmentation")
-    scale: str = option("resize", flag="--scale", choices=("resize", "native"),
+    scale: str = option("", flag="--scale", choices=("resize", "native"), default_text=PLANNED,
                         help="resize: each image resized to the tile, as segmentation's resize then does; native: "
                              "random windows of the tile cut from each image at its own resolution (as many per pass "
                              "as it holds tiles of area; images smaller than the tile padded, the padding left out of "
-                             "the loss), which segmentation then runs in windows; recorded in model.json")
+                             "the loss), which segmentation then runs in windows; recorded in model.json; planned: "
+                             "native where the images' sizes vary or exceed the tile")
     resume: bool = option(True, flag="--resume",
                           help="continue from the latest checkpoint under the output (false refuses an output that "
                                "holds one)")
@@ -232,14 +261,16 @@ class TrainConfig:
         for name in ("data", "output"):
             if not getattr(self, name):
                 raise ConfigError(f"'{name}' is not set; give --{name.replace('_', '-')} URL")
-        if self.num_workers < 1:
-            raise ConfigError(f"num_workers={self.num_workers}: at least 1")
-        if self.epochs < 1:
-            raise ConfigError(f"epochs={self.epochs}: at least 1")
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers={self.num_workers}: at least 1 (0: planned)")
+        if self.epochs < 0:
+            raise ConfigError(f"epochs={self.epochs}: at least 1 (0: as many as the time budget allows)")
+        if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"val_fraction={self.val_fraction}: a share of the training images in [0, 1), e.g. 0.2")
         if self.max_minutes < 0:
             raise ConfigError(f"max_minutes={self.max_minutes}: minutes of training, 0 for no limit")
         batch = self.optim.batch_size
-        if batch < self.num_workers or batch % self.num_workers:
+        if batch and self.num_workers and (batch < self.num_workers or batch % self.num_workers):
             raise ConfigError(f"optim.batch_size={batch} is the global batch: it must be a multiple of "
                               f"num_workers={self.num_workers}")
         check_choices(self)

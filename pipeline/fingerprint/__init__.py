@@ -4,6 +4,6 @@
 """
 
 from pipeline.fingerprint.measure import FingerprintTotals, image_fingerprint
-from pipeline.fingerprint.run import Fingerprint, inspect_data
+from pipeline.fingerprint.run import Fingerprint, inspect_data, measure_data
 
-__all__ = ["Fingerprint", "FingerprintTotals", "image_fingerprint", "inspect_data"]
+__all__ = ["Fingerprint", "FingerprintTotals", "image_fingerprint", "inspect_data", "measure_data"]

@@ -95,6 +95,7 @@ class FingerprintTotals:
         self.channels: Counter[int] = Counter()
         self.bits: Counter[int] = Counter()
         self.grey_colour = 0
+        self.pixels = 0
         self.medians: list[float] = []
         self.ranges: list[float] = []
         self.polarity: Counter[str] = Counter()
@@ -118,6 +119,7 @@ class FingerprintTotals:
         if record["truth_error_kind"]:
             self.truth_errors[record["truth_error_kind"]] += 1
         self.sizes[(int(record["width"]), int(record["height"]))] += 1
+        self.pixels += int(record["width"]) * int(record["height"])
         self.channels[int(record["channels"])] += 1
         self.bits[int(record["bits"])] += 1
         self.grey_colour += int(record["grey"] and record["channels"] > 1)
@@ -167,7 +169,7 @@ class FingerprintTotals:
             "repeated_keys": sum(len(shards) > 1 for shards in self.keys.values()),
             "sizes": {"width": quantiles(widths), "height": quantiles(heights), "distinct": len(sizes),
                       "most_common": [{"width": w, "height": h, "images": n} for (w, h), n in sizes.most_common(5)],
-                      "varies": len(sizes) > 1},
+                      "varies": len(sizes) > 1, "megapixels": self.pixels / 1e6},
             "channels": {str(k): v for k, v in sorted(self.channels.items())}, "grey_stored_as_colour": self.grey_colour,
             "bits": {str(k): v for k, v in sorted(self.bits.items())},
             "intensity": {"median": quantiles(self.medians, (5, 50, 95)), "range": quantiles(self.ranges, (5, 50, 95)),

@@ -88,23 +88,30 @@ def sampled_shards(shards: list[Shard], max_images: int) -> list[Shard]:
     return [shards[int(index * step)] for index in range(wanted)]
 
 
+def measure_data(data: str, shards: list[Shard], found: LabelMap | None, where: str, storage_cfg: Any,
+                 stage_cpus: float, max_images: int) -> dict[str, Any]:
+    """Return the fingerprint document of the data set at ``data`` (its ``shards``, read through the label map
+    ``found`` from ``where``, or plain indices), measured on Ray Data; Ray must be connected."""
+    label_map = (found or LabelMap()).with_classes(found.num_classes if found and found.num_classes else MAX_CLASSES)
+    chosen = sampled_shards(shards, max_images)
+    dataset = read_dataset(chosen, storage_cfg, stage_cpus).map(
+        lambda row: {"record": json.dumps(image_fingerprint(row, label_map))}, num_cpus=stage_cpus)
+    totals = FingerprintTotals()
+    for row in dataset.iter_rows():
+        totals.add(json.loads(row["record"]))
+    return {"input": data, "label_map": where or None,
+            "sampled": {"shards": len(chosen), "of": len(shards)} if len(chosen) < len(shards) else None,
+            **totals.document(label_map.names)}
+
+
 def inspect_data(cfg: InspectConfig) -> Fingerprint:
     """Measure the data set at ``cfg.data`` and write its fingerprint to ``cfg.output``; return it."""
     storage.check_apart(cfg.output, {"data": cfg.data})
     checks = cfg.storage.for_checks()
     shards = discover_shards(cfg.data, checks, cfg.folder_shard_size, cfg.coco.images)
     found, where = input_label_map(cfg.data, cfg.labels.given(), checks)
-    label_map = (found or LabelMap()).with_classes(found.num_classes if found and found.num_classes else MAX_CLASSES)
-    chosen = sampled_shards(shards, cfg.max_images)
     connect_ray(cfg.address)
-    dataset = read_dataset(chosen, cfg.storage, cfg.stage_cpus).map(
-        lambda row: {"record": json.dumps(image_fingerprint(row, label_map))}, num_cpus=cfg.stage_cpus)
-    totals = FingerprintTotals()
-    for row in dataset.iter_rows():
-        totals.add(json.loads(row["record"]))
-    document = {"input": cfg.data, "label_map": where or None,
-                "sampled": {"shards": len(chosen), "of": len(shards)} if len(chosen) < len(shards) else None,
-                **totals.document(label_map.names)}
+    document = measure_data(cfg.data, shards, found, where, cfg.storage, cfg.stage_cpus, cfg.max_images)
     storage.write_bytes(cfg.output, json.dumps(document, indent=2).encode(), cfg.storage)
     fingerprint = Fingerprint(document, cfg.output)
     log.info("fingerprint of %s: %d images; written to %s", cfg.data, document["images"], cfg.output)

@@ -5,6 +5,7 @@ make a model (:func:`check_training_config`, run before any training work starts
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from pipeline.config import ConfigError
@@ -80,7 +81,14 @@ def encoder_problem(model: Any) -> str | None:
 
 
 def model_config_problem(model: Any) -> str | None:
-    """Return what is wrong with a :class:`pipeline.config.ModelConfig` for its architecture, or None."""
+    """Return what is wrong with a :class:`pipeline.config.ModelConfig` for its architecture, or None.
+
+    Keys still left to the training plan (0) are checked at a value they may take; the planned
+    config is checked again.
+    """
+    depth = model.depth or 3
+    model = dataclasses.replace(model, depth=depth, channels=model.channels or 3,
+                                input_size=model.input_size or architecture_stride(model.architecture, depth))
     problem = architecture_problem(model.architecture, (model.input_size, model.input_size), model.channels,
                                    model.class_count(), model.depth, model.output_activation)
     if problem or (problem := encoder_problem(model)):

@@ -56,6 +56,7 @@ class ModelInfo:
     kmeans: dict[str, Any] | None = None  # the K-means baseline's clusters (pipeline.model.kmeans)
     model_sha256: str = ""  # the sha256 of model.keras as saved beside this model.json ("" before it was recorded)
     label_map: LabelMap | None = None  # how its training data stored the classes, where it declared that (labels.yaml)
+    plan: list[dict[str, Any]] | None = None  # the training plan's choices (pipeline.train.plan), where it had one
 
     def truth_labels(self) -> LabelMap:
         """Return the label map ground truth is read through: the one given for the run (set on this info
@@ -87,6 +88,8 @@ class ModelInfo:
             data["model_sha256"] = self.model_sha256
         if self.label_map is not None and self.label_map.declared:
             data["labels"] = self.label_map.to_json()
+        if self.plan is not None:
+            data["plan"] = self.plan
         return data
 
     @classmethod
@@ -120,6 +123,7 @@ class ModelInfo:
                 model_sha256=str(data.get("model_sha256", "")),
                 label_map=LabelMap.from_mapping(data["labels"], "labels").with_classes(spec.num_classes)
                 if data.get("labels") else None,
+                plan=data.get("plan"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelArtifactError(f"{url}/{INFO_FILE} is invalid ({type(exc).__name__}: {exc})") from exc

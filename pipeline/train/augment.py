@@ -212,7 +212,7 @@ def training_pair(image: np.ndarray, mask: np.ndarray, tile: tuple[int, int], rn
     ``rng`` the pair is then augmented as ``settings`` say: flips and 90° turns (or, with ``warp``,
     a random warp; neither with ``flips`` off and no ``warp``; only half turns without
     ``quarter_turns``; the flips and turns keep the label offset, see :func:`flip_and_rotate`),
-    then intensity jitter; with ``crop`` as well, a random window is resized to the tile instead
+    then (with ``invert``) half the images inverted, then intensity jitter; with ``crop`` as well, a random window is resized to the tile instead
     of the whole pair.
     """
     if rng is None:
@@ -222,4 +222,6 @@ def training_pair(image: np.ndarray, mask: np.ndarray, tile: tuple[int, int], rn
         image, mask = random_warp(image, mask, rng)
     elif settings.flips:
         image, mask = flip_and_rotate(image, mask, rng, settings.label_offset, settings.quarter_turns)
+    if settings.invert and rng.random() < 0.5:
+        image = 1.0 - image  # the normalised range is [0, 1]: bright-on-dark becomes dark-on-bright
     return jitter_intensity(image, rng), mask

@@ -148,7 +148,8 @@ NO_MASK = "no_mask"  # a training sample without a ground-truth mask (not an err
 
 def training_batch(batch: dict[str, np.ndarray], spec: ModelSpec, normalization: dict[str, Any],
                    augmentation: AugmentConfig | None, patch: int = 0, cache_mb: float = 0,
-                   native: bool = False, label_map: imaging.LabelMap | None = None) -> dict[str, np.ndarray]:
+                   native: bool = False, label_map: imaging.LabelMap | None = None,
+                   split: tuple[float, bool] | None = None) -> dict[str, np.ndarray]:
     """Return ``pixels`` (float32 tiles), ``labels`` (uint8 class tiles) and ``weights`` for a batch of input rows.
 
     With ``augmentation`` each pair is augmented as :func:`pipeline.train.augment.training_pair` describes.
@@ -161,8 +162,13 @@ def training_batch(batch: dict[str, np.ndarray], spec: ModelSpec, normalization:
     gets the same number of rows, which the synchronous strategy needs.
 
     With ``native`` the pairs are cut into windows at their own scale instead (:func:`native_batch`).
-    ``label_map``: the data set's label map (plain class indices without one).
+    ``label_map``: the data set's label map (plain class indices without one). With ``split``
+    (``(share, held_out)``) only the rows on that side of the validation split are kept
+    (:func:`held_out`): the held-out ones, or the rest.
     """
+    if split is not None:
+        keep = np.array([held_out(str(key), split[0]) == split[1] for key in batch["key"]], dtype=bool)
+        batch = {name: column[keep] for name, column in batch.items()}
     if native:
         return native_batch(batch, spec, normalization, augmentation, cache_mb, label_map)
     count = len(batch["key"])
@@ -192,10 +198,19 @@ def training_batch(batch: dict[str, np.ndarray], spec: ModelSpec, normalization:
     return {"pixels": pixels, "labels": labels, "weights": weights, "skip_reason": reasons}
 
 
+def held_out(key: str, share: float) -> bool:
+    """Return whether the image ``key`` is in the validation share carved from the training data: a
+    hash of the key, so the same images every run, resume and worker count."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < share
+
+
 def training_dataset(url: str, cfg: TrainConfig, spec: ModelSpec, augmented: bool, passes: int = 1,
-                     patch: int = 0, label_map: imaging.LabelMap | None = None) -> Any:
+                     patch: int = 0, label_map: imaging.LabelMap | None = None,
+                     split: tuple[float, bool] | None = None) -> Any:
     """Return the lazy Ray Dataset of training tiles (or ``patch``-sized windows of them) for the shards
-    at ``url``, each shard read ``passes`` times.
+    at ``url``, each shard read ``passes`` times; with ``split`` (``(share, held_out)``) of one side of
+    the validation split only.
 
     Repeated reads of a shard are augmented independently. Several passes per epoch suit small
     data sets, where one pass takes seconds and the per-epoch work (starting the data stream,
@@ -206,7 +221,8 @@ def training_dataset(url: str, cfg: TrainConfig, spec: ModelSpec, augmented: boo
     dataset = read_dataset(shards * passes, cfg.storage, loader.stage_cpus)
     batches = TrainingBatches(spec=spec, normalization={"mode": loader.normalization},
                               augmentation=cfg.augment if augmented else None, patch=patch,
-                              cache_mb=loader.decoded_cache_mb, native=cfg.scale == "native", label_map=label_map)
+                              cache_mb=loader.decoded_cache_mb, native=cfg.scale == "native", label_map=label_map,
+                              split=split)
     return dataset.map_batches(batches, batch_size=cfg.optim.batch_size, num_cpus=loader.stage_cpus)
 
 

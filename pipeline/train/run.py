@@ -23,13 +23,16 @@ from typing import Any
 
 from pipeline.cluster import connect_ray, largest_node_cpus
 from pipeline.config import ConfigError, ModelConfig, TrainConfig
+from pipeline.fingerprint import measure_data
 from pipeline.imaging import LabelMap
 from pipeline.io import storage
 from pipeline.io.labelmaps import fitted_label_map, input_label_map
-from pipeline.io.shards import InputError
+from pipeline.io.shards import InputError, discover_shards
 from pipeline.model import MODEL_FILE, ModelInfo, ModelSpec, encoder_preprocessing, load_keras_file, save_artifact
 from pipeline.model.architectures import base_filters, check_model_config, check_training_config
 from pipeline.train.data import training_dataset
+from pipeline.train.plan import Hardware, TrainingPlan, needs_fingerprint, plan_training
+from pipeline.train.schedule import Schedule
 from pipeline.train.step import BEST_MODEL_FILE, STATE_FILE, WorkerConfig, train_loop_per_worker
 from pipeline.train.summary import TrainSummary
 
@@ -37,6 +40,8 @@ log = logging.getLogger(__name__)
 
 
 CHECKPOINT_RUN_NAME = "checkpoints"
+FINGERPRINT_FILE = "fingerprint.json"  # the training data's fingerprint, beside model.json
+FINGERPRINT_IMAGES = 2000  # the fingerprint a plan reads samples larger data sets to about this many images
 
 
 def model_spec(model: ModelConfig) -> ModelSpec:
@@ -50,17 +55,22 @@ def model_spec(model: ModelConfig) -> ModelSpec:
     )
 
 
-def with_labels(cfg: TrainConfig) -> tuple[TrainConfig, LabelMap]:
+def label_map_classes(found: LabelMap | None) -> int:
+    """Return the classes a label map implies: as many as it names, else its highest class plus one (0: none)."""
+    if found is None:
+        return 0
+    highest = max([index for _, index in (*found.values, *found.colors)], default=0)
+    return found.num_classes or (highest + 1 if highest else 0)
+
+
+def with_labels(cfg: TrainConfig, found: LabelMap | None, where: str) -> tuple[TrainConfig, LabelMap]:
     """Return the config with its model's classes and names settled, and the training data's label map.
 
-    The classes are ``--num-classes`` where given, else the label map's (``labels.*``, the data's
-    ``labels.yaml`` or COCO's categories: as many as it names, or its highest class plus one), else
-    3. ConfigError, before any work, where the label map and ``--num-classes`` disagree.
+    The classes are ``--num-classes`` where given (or planned), else the label map's (``labels.*``, the
+    data's ``labels.yaml`` or COCO's categories: see :func:`label_map_classes`). ConfigError,
+    before any work, where the label map and ``--num-classes`` disagree.
     """
-    found, where = input_label_map(cfg.data, cfg.labels.given(), cfg.storage.for_checks())
-    named = found.num_classes if found is not None else 0
-    highest = max([index for _, index in (*found.values, *found.colors)], default=0) if found is not None else 0
-    count = cfg.model.num_classes or named or (highest + 1 if highest else 0) or cfg.model.class_count()
+    count = cfg.model.num_classes or label_map_classes(found) or cfg.model.class_count()
     label_map = fitted_label_map(found, where, count)
     names = cfg.model.class_names or (",".join(label_map.names) if label_map.names else "")
     model = dataclasses.replace(cfg.model, num_classes=count, class_names=names)
@@ -69,6 +79,38 @@ def with_labels(cfg: TrainConfig) -> tuple[TrainConfig, LabelMap]:
                  f"; ignored values {list(label_map.ignore) + list(label_map.ignore_colors)}"
                  if label_map.ignore or label_map.ignore_colors else "")
     return dataclasses.replace(cfg, model=model), label_map
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+    """A training config with every planned key set, its label map, its plan and the fingerprint it came from."""
+
+    cfg: TrainConfig
+    label_map: LabelMap
+    plan: TrainingPlan
+    fingerprint: dict[str, Any] | None
+
+
+def planned_run(cfg: TrainConfig) -> PlannedRun:
+    """Return the run ``cfg`` asks for with the keys it leaves to the plan set (:mod:`pipeline.train.plan`).
+
+    The data is measured (its fingerprint, on Ray Data, sampled to :data:`FINGERPRINT_IMAGES`)
+    only where a key the data decides is left to the plan. Raises ConfigError, InputError or
+    StorageError before any training when the data or the config cannot serve the run.
+    """
+    checks = cfg.storage.for_checks()
+    found, where = input_label_map(cfg.data, cfg.labels.given(), checks)
+    connect_ray(cfg.address)
+    fingerprint = None
+    if needs_fingerprint(cfg):
+        shards = discover_shards(cfg.data, checks, cfg.loader.folder_shard_size, cfg.coco.images)
+        fingerprint = measure_data(cfg.data, shards, found, where, cfg.storage, cfg.loader.stage_cpus,
+                                   FINGERPRINT_IMAGES)
+    labels = (label_map_classes(found), where) if found is not None and label_map_classes(found) else None
+    cfg, plan = plan_training(cfg, fingerprint, Hardware.of_cluster(), labels)
+    cfg, label_map = with_labels(cfg, found, where)
+    check_training_config(cfg)
+    return PlannedRun(cfg, label_map, plan, fingerprint)
 
 
 def encoder_weights(cfg: TrainConfig, spec: ModelSpec) -> tuple[bytes, str] | None:
@@ -134,8 +176,10 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
     output or the cluster cannot serve the run.
     """
     started = time.perf_counter()
-    check_training_config(cfg)
-    cfg, label_map = with_labels(cfg)
+    run = planned_run(cfg)
+    cfg, label_map = run.cfg, run.label_map
+    for line in run.plan.lines():
+        log.info("%s", line)
     spec = model_spec(cfg.model)
     if not spec.keras:
         from pipeline.train.kmeans import run_kmeans_training
@@ -143,9 +187,12 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
         return run_kmeans_training(cfg, spec, started, label_map)
     inputs = {"training data": cfg.data, **({"validation data": cfg.val_data} if cfg.val_data else {})}
     storage.check_apart(cfg.output, inputs)
+    split = (cfg.val_fraction, False) if cfg.val_fraction else None
     train_data = training_dataset(cfg.data, cfg, spec, cfg.augment.enabled, cfg.loader.passes_per_epoch,
-                                  cfg.loader.patch_size, label_map=label_map)
-    val_data = training_dataset(cfg.val_data, cfg, spec, False, label_map=label_map) if cfg.val_data else None
+                                  cfg.loader.patch_size, label_map=label_map, split=split)
+    val_data = (training_dataset(cfg.val_data, cfg, spec, False, label_map=label_map) if cfg.val_data else
+                training_dataset(cfg.data, cfg, spec, False, label_map=label_map, split=(cfg.val_fraction, True))
+                if cfg.val_fraction else None)
     storage.check_writable(cfg.output, cfg.storage)
     if not cfg.resume and storage.exists(storage.join_url(cfg.output, CHECKPOINT_RUN_NAME), cfg.storage):
         raise ConfigError(
@@ -153,7 +200,9 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
             "or choose another output"
         )
     weights = encoder_weights(cfg, spec)
-    connect_ray(cfg.address)
+    if run.fingerprint is not None:
+        storage.write_bytes(storage.join_url(cfg.output, FINGERPRINT_FILE), json.dumps(run.fingerprint, indent=2).encode(),
+                            cfg.storage)
     cpus, threads = worker_resources(cfg)
     import ray
     from ray.train import DataConfig, ScalingConfig
@@ -164,10 +213,10 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config={"worker": WorkerConfig(
-            spec=spec, threads=threads, seed=cfg.seed, epochs=cfg.epochs, batch_size=optim.batch_size,
-            learning_rate=optim.learning_rate, loss=optim.loss, lr_schedule=optim.lr_schedule,
+            spec=spec, threads=threads, seed=cfg.seed, batch_size=optim.batch_size, loss=optim.loss,
+            schedule=Schedule(optim.learning_rate, optim.lr_schedule, cfg.epochs, 60.0 * cfg.max_minutes),
             has_val=val_data is not None, threshold=0.5, xla=optim.xla, patch=cfg.loader.patch_size, ema=optim.ema,
-            max_minutes=cfg.max_minutes, preprocessing=encoder_preprocessing(spec.architecture, cfg.model.encoder_weights),
+            steps_per_epoch=cfg.loader.steps_per_epoch or 0, preprocessing=encoder_preprocessing(spec.architecture, cfg.model.encoder_weights),
             encoder_weights=None if weights is None else (ray.put(weights[0]), weights[1]),
             encoder_trainable_after=cfg.model.encoder_trainable_after)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cpus}),
@@ -175,9 +224,11 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
         datasets=datasets,
         run_config=run_config(cfg),
     )
-    log.info("training %d worker(s) x %g CPUs (%d TensorFlow threads) for %d epochs", cfg.num_workers, cpus, threads, cfg.epochs)
+    log.info("training %d worker(s) x %g CPUs (%d TensorFlow threads) for %s", cfg.num_workers, cpus, threads,
+             " or ".join(filter(None, (f"{cfg.epochs} epochs" if cfg.epochs else "",
+                                       f"{cfg.max_minutes:g} minutes" if cfg.max_minutes else ""))))
     result = trainer.fit()
-    return write_final_artifact(cfg, spec, result, time.perf_counter() - started, label_map)
+    return write_final_artifact(cfg, spec, result, time.perf_counter() - started, label_map, run.plan)
 
 
 def skipped_samples(cfg: TrainConfig, history: list[dict[str, Any]]) -> str:
@@ -204,7 +255,7 @@ def skipped_samples(cfg: TrainConfig, history: list[dict[str, Any]]) -> str:
 
 
 def write_final_artifact(cfg: TrainConfig, spec: ModelSpec, result: Any, seconds: float,
-                         label_map: LabelMap | None = None) -> TrainSummary:
+                         label_map: LabelMap | None = None, plan: TrainingPlan | None = None) -> TrainSummary:
     """Write the best epoch's model from the last checkpoint as the run's artifact; return the summary."""
     if result.checkpoint is None:
         raise RuntimeError(f"training under {cfg.output} ended without a checkpoint; see the log above")
@@ -222,6 +273,7 @@ def write_final_artifact(cfg: TrainConfig, spec: ModelSpec, result: Any, seconds
         spec=spec, class_names=cfg.model.names(), normalization={"mode": cfg.loader.normalization}, threshold=0.5,
         scale=cfg.scale, preprocessing=encoder_preprocessing(spec.architecture, cfg.model.encoder_weights),
         label_map=label_map if label_map is not None and label_map.declared else None,
+        plan=plan.to_json() if plan is not None else None,
         training={
             "trained": True, "data_url": cfg.data, "val_data_url": cfg.val_data, "epochs": state["epoch"],
             "best_epoch": best.get("epoch"), "best_metrics": best, "history": state["history"],

@@ -14,7 +14,6 @@ import collections
 import dataclasses
 import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -25,6 +24,7 @@ import numpy as np
 
 from pipeline import imaging, metrics
 from pipeline.model import MODEL_FILE, ModelSpec, build_model, configure_tensorflow, encoder_input, load_keras_file
+from pipeline.train.schedule import EpochBatches, Schedule
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ def adam(learning_rate: float, ema: float, model: Any) -> Any:
 
 def make_train_step(strategy: Any, model: Any, optimizer: Any, spec: ModelSpec, kind: str, global_batch: int,
                     xla: bool = True, preprocessing: str = "none") -> Any:
-    """Return a traced step ``(pixels, labels, weights) -> global mean loss`` that updates the model.
+    """Return a traced step ``(pixels, labels, weights, clock) -> (global mean loss, workers' mean clock)``
+    that updates the model; ``clock`` is the worker's seconds of training (:mod:`pipeline.train.schedule`).
 
     With ``xla`` the forward and backward pass are compiled with XLA (``jit_compile``): about 1.5x
     the images/s of the plain graph on CPU. Only that part is compiled; the gradient all-reduce and
@@ -93,15 +94,16 @@ def make_train_step(strategy: Any, model: Any, optimizer: Any, spec: ModelSpec, 
             loss = tf.nn.compute_average_loss(losses, global_batch_size=global_batch)
         return loss, tape.gradient(loss, model.trainable_variables)
 
-    def replica_step(pixels: Any, labels: Any, weights: Any) -> Any:
+    def replica_step(pixels: Any, labels: Any, weights: Any, clock: Any) -> Any:
         loss, gradients = loss_and_gradients(pixels, labels, weights)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-        return loss
+        return loss, tf.identity(clock)
 
     @tf.function
-    def train_step(pixels: Any, labels: Any, weights: Any) -> Any:
-        per_replica = strategy.run(replica_step, args=(pixels, labels, weights))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+    def train_step(pixels: Any, labels: Any, weights: Any, clock: Any) -> Any:
+        loss, clocks = strategy.run(replica_step, args=(pixels, labels, weights, clock))
+        return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.MEAN, clocks, axis=None))
 
     return train_step
 
@@ -204,22 +206,6 @@ def report_epoch(model: Any, optimizer: Any, state: dict[str, Any], epoch_metric
         ray.train.report(epoch_metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
-def epoch_learning_rate(learning_rate: float, schedule: str, epochs: int, epoch: int) -> float:
-    """Return the learning rate of ``epoch``: constant, or cosine decay from the set rate towards 0."""
-    if schedule == "cosine":
-        return learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
-    return learning_rate
-
-
-def past_budget(strategy: Any, elapsed: float, minutes: float) -> bool:
-    """Return whether any worker has trained past ``minutes`` (an all-reduce: every worker must call it)."""
-    import tensorflow as tf
-
-    flag = tf.constant(1.0 if elapsed >= 60.0 * minutes else 0.0)
-    per_replica = strategy.run(lambda: tf.identity(flag))
-    return bool(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None) > 0)
-
-
 def load_encoder_weights(model: Any, spec: ModelSpec, weights: Any) -> None:
     """Copy the encoder weights the driver checked and put in the object store (``(ref, file name)``) into ``model``."""
     import ray
@@ -238,17 +224,15 @@ class WorkerConfig:
     spec: ModelSpec
     threads: int  # TensorFlow's intra-op threads
     seed: int
-    epochs: int
+    schedule: Schedule
     batch_size: int  # the global batch, over all workers
-    learning_rate: float
     loss: str
-    lr_schedule: str
     has_val: bool
     threshold: float = 0.5
     xla: bool = True
     patch: int = 0  # train on random patch x patch windows of each tile (0: the whole tile)
     ema: float = 0.0
-    max_minutes: float | None = None
+    steps_per_epoch: int = 0  # 0: an epoch is a pass over the data
     preprocessing: str = "none"  # the encoder's input preprocessing
     encoder_weights: tuple[Any, str] | None = None  # (object ref of the weights file's bytes, its name)
     encoder_trainable_after: int = 0
@@ -276,25 +260,64 @@ def worker_models(settings: WorkerConfig, strategy: Any) -> WorkerModels:
         # With ema the optimizer keeps a moving average of the trained weights (Keras' own, updated in
         # apply_gradients); the average goes into a third model that is validated and kept as the best.
         # It is built for every weight, the encoder's too, before any is frozen.
-        optimizer = adam(settings.learning_rate, settings.ema, trained)
+        optimizer = adam(settings.schedule.learning_rate, settings.ema, trained)
         evaluated = build_model(spec) if settings.ema else model
     if settings.encoder_weights:
         load_encoder_weights(model, spec, settings.encoder_weights)
     return WorkerModels(model, trained, evaluated, optimizer)
 
 
-def train_epoch(step: Any, models: WorkerModels, train_data: Any, settings: WorkerConfig, world: int) -> dict[str, Any]:
-    """Run one pass over this worker's share; return the epoch's training figures (the models synced after it)."""
+@dataclasses.dataclass
+class Clock:
+    """A worker's seconds of training, resumes included (the workers' mean, as the last step reduced it)."""
+
+    before: float  # trained in earlier sessions
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+    agreed: float = 0.0  # the workers' mean clock after the last step
+
+    def now(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+    def agree(self, strategy: Any) -> float:
+        """Set and return the workers' mean clock now (an all-reduce: every worker must call it)."""
+        import tensorflow as tf
+
+        value = tf.constant(self.now(), tf.float32)
+        per_replica = strategy.run(lambda: tf.identity(value))
+        self.agreed = float(strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None))
+        return self.agreed
+
+
+def train_epoch(step: Any, models: WorkerModels, batches: Any, settings: WorkerConfig, world: int, epoch: int,
+                clock: Clock) -> dict[str, Any]:
+    """Run one epoch's steps on this worker's share; return its training figures (the models synced after it).
+
+    Under a time budget the learning rate is set every step and the epoch ends early, on every
+    worker after the same step (the first that began past the budget), when the budget is spent
+    (``budget_spent`` in the figures; ``trained_seconds`` and ``previous_step_clock``: the clock at
+    the start of the last step and of the one before).
+    """
+    import tensorflow as tf
+
     started = time.perf_counter()
-    global_batch = settings.batch_size
-    losses, images, skipped = [], 0, 0
+    schedule = settings.schedule
+    losses, images, skipped, step_seconds, spent, previous = [], 0, 0, 0.0, False, clock.agreed
     reasons: collections.Counter[str] = collections.Counter()
-    for batch in train_data.iter_batches(batch_size=global_batch // world, drop_last=True, batch_format="numpy",
-                                         local_shuffle_buffer_size=4 * global_batch):
-        losses.append(float(step(batch["pixels"], batch["labels"], batch["weights"])))
+    models.optimizer.learning_rate.assign(schedule.rate(epoch, clock.agreed))
+    for batch in batches:
+        step_started = time.perf_counter()
+        loss, agreed = step(batch["pixels"], batch["labels"], batch["weights"], tf.constant(clock.now(), tf.float32))
+        losses.append(float(loss))
+        previous = clock.agreed
+        clock.agreed, step_seconds = float(agreed), time.perf_counter() - step_started
         images += len(batch["weights"])
         skipped += int((batch["weights"] == 0).sum())
         reasons.update(str(reason) for reason in batch.get("skip_reason", ()) if reason)
+        if schedule.budget_seconds:
+            if schedule.over(clock.agreed):
+                spent = True
+                break
+            models.optimizer.learning_rate.assign(schedule.rate(epoch, clock.agreed))
     seconds = time.perf_counter() - started
     if models.trained is not models.model:
         models.model.set_weights(models.trained.get_weights())
@@ -303,7 +326,9 @@ def train_epoch(step: Any, models: WorkerModels, train_data: Any, settings: Work
         models.optimizer.finalize_variable_values(models.evaluated.trainable_variables)  # the averaged weights
     return {"loss": float(np.mean(losses)) if losses else float("nan"), "steps": len(losses),
             "images": images * world, "skipped_samples": skipped, "skip_reasons": dict(reasons),
-            "epoch_seconds": seconds,
+            "epoch_seconds": seconds, "learning_rate": float(np.asarray(models.optimizer.learning_rate)),
+            "trained_seconds": clock.agreed, "previous_step_clock": previous, "last_step_seconds": step_seconds,
+            "budget_spent": spent,
             "train_images_per_second": images * world / seconds if seconds > 0 else 0.0}
 
 
@@ -330,10 +355,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if models.trained is not models.model:
         models.trained.set_weights(models.model.get_weights())
     step, frozen = None, None
-    train_data = ray.train.get_dataset_shard("train")
+    batches = EpochBatches(ray.train.get_dataset_shard("train"), settings.batch_size // world, 4 * settings.batch_size,
+                           settings.steps_per_epoch)
     val_data = ray.train.get_dataset_shard("val") if settings.has_val else None
-    loop_started = time.perf_counter()
-    for epoch in range(state["epoch"], settings.epochs):
+    clock = Clock(before=float(state.get("trained_seconds", 0.0)))
+    clock.agreed = clock.before
+    epoch = state["epoch"]
+    while settings.schedule.more_epochs(epoch) and not settings.schedule.over(clock.agreed):
         if step is None or frozen != (epoch < settings.encoder_trainable_after):
             frozen = epoch < settings.encoder_trainable_after
             if frozen or step is not None:
@@ -341,18 +369,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 log.info("epoch %d: encoder %s", epoch, "frozen" if frozen else "trainable")
             step = make_train_step(strategy, models.trained, models.optimizer, spec, settings.loss,
                                    settings.batch_size, settings.xla, settings.preprocessing)
-        models.optimizer.learning_rate.assign(
-            epoch_learning_rate(settings.learning_rate, settings.lr_schedule, settings.epochs, epoch))
-        epoch_metrics: dict[str, Any] = {"epoch": epoch, **train_epoch(step, models, train_data, settings, world)}
+        epoch_metrics: dict[str, Any] = {"epoch": epoch, **train_epoch(step, models, batches.epoch(), settings, world,
+                                                                        epoch, clock)}
         if spec.has_encoder:
             epoch_metrics["encoder_frozen"] = bool(frozen)
         if rank == 0 and val_data is not None:
             epoch_metrics.update(validation_metrics(models.evaluated, val_data, spec, settings.threshold,
                                                     settings.preprocessing))
-        epoch_metrics["elapsed_seconds"] = time.perf_counter() - loop_started  # this session, validation included
-        state["epoch"] = epoch + 1
+        epoch_metrics["elapsed_seconds"] = time.perf_counter() - clock.started  # this session, validation included
+        state["epoch"] = epoch = epoch + 1
+        state["trained_seconds"] = clock.before + epoch_metrics["elapsed_seconds"]
         state["history"].append({k: v for k, v in epoch_metrics.items() if not isinstance(v, list)})
         report_epoch(models.model, models.optimizer, state, epoch_metrics, rank, models.evaluated)
-        if settings.max_minutes and past_budget(strategy, time.perf_counter() - loop_started, settings.max_minutes):
-            log.info("stopping after epoch %d: past max_minutes=%g", epoch, settings.max_minutes)
-            break
+        if settings.schedule.over(clock.agree(strategy)):
+            log.info("stopping in epoch %d: the time budget of %.1f minutes is spent", epoch - 1,
+                     settings.schedule.budget_seconds / 60)

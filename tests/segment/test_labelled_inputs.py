@@ -17,6 +17,7 @@ from PIL import Image
 from pipeline import metrics
 from pipeline.config import (
     ExportConfig,
+    LoaderConfig,
     ModelConfig,
     ObjectsConfig,
     OptimConfig,
@@ -58,8 +59,9 @@ def test_voc_palette_masks_with_void_bands_train_and_segment_through_a_labels_ya
         picture.save(path)
     (data / "labels.yaml").write_text("classes: [background, disc, stripes]\nignore: [255]\n")
     model = tmp_path / "model"
-    cfg = TrainConfig(data=str(data), output=str(model), num_workers=1, cpus_per_worker=1.0, epochs=1,
-                      optim=OptimConfig(batch_size=4), model=ModelConfig(input_size=32, depth=2, base_filters=4))
+    cfg = TrainConfig(data=str(data), output=str(model), num_workers=1, cpus_per_worker=1.0, epochs=1, scale="resize",
+                      val_fraction=0.0, optim=OptimConfig(batch_size=4), loader=LoaderConfig(steps_per_epoch=0),
+                      model=ModelConfig(input_size=32, depth=2, base_filters=4))
     summary = run_training(cfg)  # no --num-classes: the label map says 3
     assert summary.skipped == "" and summary.history[0]["images"] == 8
     info = json.loads((model / "model.json").read_text())
@@ -95,7 +97,8 @@ def test_a_coco_file_in_object_storage_is_segmented_into_objects_and_exported_fo
                                        layout="coco", instances=True))
     annotations = f"{data}/annotations.json"
     trained = run_training(TrainConfig(data=annotations, output=f"{s3_bucket}/model", num_workers=1,
-                                       cpus_per_worker=1.0, epochs=1, optim=OptimConfig(batch_size=2),
+                                       cpus_per_worker=1.0, epochs=1, scale="resize", val_fraction=0.0,
+                                       optim=OptimConfig(batch_size=2), loader=LoaderConfig(steps_per_epoch=0),
                                        model=ModelConfig(input_size=32, depth=2, base_filters=4)))
     assert trained.history[0]["images"] == 6 and trained.skipped == ""  # the classes came from the categories
     info = json.loads(storage.read_bytes(f"{s3_bucket}/model/model.json"))

@@ -345,9 +345,14 @@ def labelled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"train": str(root / "train"), "val": str(root / "val")}
 
 
+FIXED_RECIPE = {  # what these tests train with, instead of the plan's choices for the data (pipeline.train.plan)
+    "scale": "resize", "steps_per_epoch": 0, "normalization": "scale", "val_fraction": 0.0, "invert": False,
+    "lr_schedule": "constant", "loss": "ce+dice"}
+
+
 def tiny_train_config(labelled: dict[str, str], output: Path, **overrides: object) -> TrainConfig:
     values = {"data": labelled["train"], "val_data": labelled["val"], "output": str(output), "num_workers": 2,
-              "cpus_per_worker": 0.5, "epochs": 1, "batch_size": 8, "unet": TINY}
+              "cpus_per_worker": 0.5, "epochs": 1, "batch_size": 8, "unet": TINY, **FIXED_RECIPE}
     values.update(overrides)
     return load_config(TrainConfig, options=values)  # flat keys such as batch_size are TrainConfig.ALIASES
 
@@ -364,7 +369,7 @@ def test_training_that_skips_every_sample_publishes_no_model(tmp_path: Path) -> 
         path.write_bytes(encode_png(mask))
     cfg = load_config(TrainConfig, options={"data": str(data), "output": str(tmp_path / "model"), "num_workers": 1,
                                             "cpus_per_worker": 1.0, "epochs": 1, "batch_size": 2,
-                                            "unet": dataclasses.replace(TINY, num_classes=2)})
+                                            "unet": dataclasses.replace(TINY, num_classes=2), **FIXED_RECIPE})
     with pytest.raises(InputError, match=r"no sample could be trained on \(6 of 6 read were skipped; most common: "
                                          r"mask_classes \(6\)\), so no model was written"):
         run_training(cfg)
@@ -433,7 +438,6 @@ def test_weight_average_is_validated_and_saved_while_training_goes_on_from_the_w
     import keras
 
     from pipeline.train.data import training_dataset
-    from pipeline.train.run import model_spec
     from pipeline.train.step import validation_metrics
 
     output = tmp_path / "m"
@@ -446,8 +450,8 @@ def test_weight_average_is_validated_and_saved_while_training_goes_on_from_the_w
     trained = keras.saving.load_model(str(checkpoints[best["epoch"]] / "model.keras"), compile=False)
     averaged = artifact.model.get_weights()  # the same epoch's average lags its weights
     assert any(not np.allclose(a, t) for a, t in zip(averaged, trained.get_weights()))
-    val = training_dataset(labelled["val"], cfg, model_spec(cfg.model), augmented=False)
-    again = validation_metrics(artifact.model, val, model_spec(cfg.model), 0.5)
+    val = training_dataset(labelled["val"], cfg, artifact.info.spec, augmented=False)
+    again = validation_metrics(artifact.model, val, artifact.info.spec, 0.5)
     assert again["val_mean_dice"] == pytest.approx(best["val_mean_dice"], abs=1e-6)  # the validated weights were saved
     assert again["val_pixel_error"] == pytest.approx(best["val_pixel_error"], abs=1e-6)
     resumed = run_training(dataclasses.replace(cfg, epochs=3)).history
@@ -473,8 +477,9 @@ def test_train_from_and_to_s3_then_segment(s3_bucket: str) -> None:
 
     data, output = f"{s3_bucket}/labelled", f"{s3_bucket}/models/tiny"
     write_sample_data(SampleDataConfig(output=data, num_images=8, num_shards=2, num_classes=3, min_size=32, max_size=40))
-    cfg = TrainConfig(data=data, val_data=data, output=output, num_workers=1, cpus_per_worker=1.0, epochs=1,
-                      optim=OptimConfig(batch_size=4), model=TINY)
+    cfg = load_config(TrainConfig, options={"data": data, "val_data": data, "output": output, "num_workers": 1,
+                                            "cpus_per_worker": 1.0, "epochs": 1, "batch_size": 4, "unet": TINY,
+                                            **FIXED_RECIPE})
     summary = run_training(cfg)
     fs = s3fs.S3FileSystem()
     assert summary.epochs == 1 and fs.exists(f"{output}/model.keras") and fs.exists(f"{output}/model.json")
@@ -487,12 +492,18 @@ def test_train_from_and_to_s3_then_segment(s3_bucket: str) -> None:
 
 
 def test_cosine_schedule_decays_from_the_set_rate_towards_zero() -> None:
-    from pipeline.train.step import epoch_learning_rate
+    from pipeline.train.schedule import Schedule
 
-    rates = [epoch_learning_rate(0.01, "cosine", 10, epoch) for epoch in range(10)]
+    by_epoch = Schedule(0.01, "cosine", 10, 0.0)
+    rates = [by_epoch.rate(epoch, 0.0) for epoch in range(10)]
     assert rates[0] == pytest.approx(0.01) and rates[5] == pytest.approx(0.005)
     assert all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] > 0
-    assert epoch_learning_rate(0.01, "constant", 10, 7) == 0.01
+    assert Schedule(0.01, "constant", 10, 0.0).rate(7, 0.0) == 0.01
+    budget = Schedule(0.01, "cosine", 0, 600.0)  # under a budget the clock sets the rate, and the end
+    assert budget.rate(3, 300.0) == pytest.approx(0.005) and budget.rate(0, 600.0) == pytest.approx(0.0)
+    assert not budget.over(599.0) and budget.over(600.0) and budget.more_epochs(10**6)
+    both = Schedule(0.01, "cosine", 4, 600.0)  # whichever ends first
+    assert both.progress(2, 60.0) == 0.5 and both.progress(1, 450.0) == 0.75 and not both.more_epochs(4)
 
 
 def test_native_windows_come_in_proportion_to_area_at_the_images_scale() -> None:
@@ -553,7 +564,7 @@ def test_native_scale_trains_on_mixed_sizes_and_segments_in_windows(tmp_path: Pa
     output = tmp_path / "model"
     cfg = load_config(TrainConfig, options={"data": str(data), "val_data": str(data), "output": str(output),
                                             "num_workers": 1, "cpus_per_worker": 1.0, "epochs": 2, "batch_size": 4,
-                                            "unet": TINY, "scale": "native", "learning_rate": 0.01})
+                                            "unet": TINY, **FIXED_RECIPE, "scale": "native", "learning_rate": 0.01})
     history = run_training(cfg).history
     # windows in proportion to area: about sum(h * w) / 32**2 per pass, whole batches of 4 only
     assert all(h["images"] > 12 and h["images"] % 4 == 0 for h in history)
