@@ -13,7 +13,16 @@ import dataclasses
 import logging
 import os
 
-from pipeline.config import ModelConfig, OptimConfig, ReportConfig, SampleDataConfig, SegmentConfig, TrainConfig
+from pipeline.config import (
+    AugmentConfig,
+    LoaderConfig,
+    ModelConfig,
+    OptimConfig,
+    ReportConfig,
+    SampleDataConfig,
+    SegmentConfig,
+    TrainConfig,
+)
 from pipeline.io import layout
 from pipeline.model import ModelInfo, ModelSpec, build_unet, save_artifact
 from pipeline.report.build import ReportResult, build_report
@@ -74,9 +83,12 @@ def run_demo(workdir: str = "demo-output", epochs: int = 12) -> DemoResult:
     common = {"num_classes": DEMO_UNET.num_classes, "min_size": 64, "max_size": 96}
     write_sample_data(SampleDataConfig(output=f"{data}/train", num_images=160, num_shards=4, seed=0, **common))
     write_sample_data(SampleDataConfig(output=f"{data}/val", num_images=32, num_shards=1, seed=1, **common))
+    # the demo's own recipe, given in full, so it takes minutes (a plain run plans all this from the data)
     training = run_training(TrainConfig(
         data=f"{data}/train", val_data=f"{data}/val", output=os.path.join(workdir, "model"), num_workers=1,
-        epochs=epochs, optim=OptimConfig(batch_size=8, learning_rate=3e-3), model=DEMO_UNET,
+        use_gpu=False, epochs=epochs, scale="resize", model=DEMO_UNET,
+        optim=OptimConfig(batch_size=8, learning_rate=3e-3, loss="ce+dice", lr_schedule="constant"),
+        loader=LoaderConfig(normalization="scale", steps_per_epoch=0), augment=AugmentConfig(invert=False),
     ))
     untrained_model = build_untrained_artifact(os.path.join(workdir, "model-untrained"), model_spec(DEMO_UNET),
                                                DEMO_UNET.names())

@@ -173,7 +173,8 @@ class LoaderConfig:
                                   "scale: more steps for the same compute on large tiles (0: whole tiles)")
     passes_per_epoch: int = option(1, flag="--passes-per-epoch",
                                    help="with steps_per_epoch 0: passes over the training data per epoch, i.e. between "
-                                        "validations and checkpoints (more for small data sets)")
+                                        "validations and checkpoints (more for small data sets); with steps: passes per "
+                                        "read of the data (planned where a pass is shorter than an epoch)")
     steps_per_epoch: int | None = option(None, flag="--steps-per-epoch", default_text=PLANNED,
                                          help="training steps per epoch (between validations and checkpoints), the data "
                                               "streamed on across epochs; 0: an epoch is passes_per_epoch passes over "

@@ -1,5 +1,6 @@
-"""Multi-worker training on Ray Train: the data stage (:mod:`.data`) with its augmentation
-(:mod:`.augment`), the step each worker runs (:mod:`.step`), and the run (:mod:`.run`)."""
+"""Multi-worker training on Ray Train: the plan from the data (:mod:`.plan`), the data stage
+(:mod:`.data`) with its augmentation (:mod:`.augment`), the schedule (:mod:`.schedule`), the step
+each worker runs (:mod:`.step`), and the run (:mod:`.run`)."""
 
 from pipeline.train.run import model_spec, run_training
 from pipeline.train.summary import TrainSummary

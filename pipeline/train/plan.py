@@ -110,6 +110,8 @@ def needs_fingerprint(cfg: TrainConfig) -> bool:
     unset = {key for key, planned in PLANNED_KEYS.items() if lookup(cfg, key) == planned}
     if cfg.epochs:
         unset.discard("max_minutes")
+    if cfg.val_data:
+        unset.discard("val_fraction")
     return bool(unset - NEEDS_NO_DATA)
 
 
@@ -143,7 +145,7 @@ class Planner:
     def plan(self) -> tuple[TrainConfig, TrainingPlan]:
         """Return the config with every planned key set, and the plan."""
         self.decide("model.num_classes", self.classes)
-        self.decide("use_gpu", lambda: (self.hardware.gpus > 0, f"the cluster has {self.hardware.gpus} GPU(s)"))
+        self.decide("use_gpu", self.use_gpu)
         self.decide("num_workers", self.workers)
         self.decide("model.channels", self.channels)
         self.decide("loader.normalization", self.normalization)
@@ -173,6 +175,12 @@ class Planner:
         if measured:
             return max(2, measured), f"the masks hold classes 0..{measured - 1}"
         return DEFAULT_CLASSES, "no masks measured"
+
+    def use_gpu(self) -> tuple[bool, str]:
+        gpus, workers = self.hardware.gpus, self.cfg.num_workers
+        if gpus and workers > gpus:
+            return False, f"num_workers={workers} given, the cluster has {gpus} GPU(s): CPU workers"
+        return gpus > 0, f"the cluster has {gpus} GPU(s)"
 
     def workers(self) -> tuple[int, str]:
         if self.gpu():
@@ -301,7 +309,13 @@ class Planner:
             return 0, f"passes_per_epoch={self.cfg.loader.passes_per_epoch} given"
         batch, windows = self.cfg.optim.batch_size, self.pass_windows()
         steps = int(min(EPOCH_STEPS[1], max(EPOCH_STEPS[0], round(windows / batch))))
-        return steps, f"a pass is about {windows / batch:.0f} steps of {batch}"
+        reason = f"a pass is about {windows / batch:.0f} steps of {batch}"
+        if 0 < windows / batch < steps:
+            # each read of the data holds an epoch's steps: the stream's restart per read costs seconds
+            reads = math.ceil(steps * batch / windows)
+            self.cfg = replaced(self.cfg, "loader.passes_per_epoch", reads)
+            reason += f"; the data read {reads} times over per pass of the stream"
+        return steps, reason
 
 
 def plan_training(cfg: TrainConfig, fingerprint: dict[str, Any] | None, hardware: Hardware,

@@ -176,6 +176,8 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
     output or the cluster cannot serve the run.
     """
     started = time.perf_counter()
+    storage.check_apart(cfg.output, {"training data": cfg.data, **({"validation data": cfg.val_data}
+                                                                    if cfg.val_data else {})})
     run = planned_run(cfg)
     cfg, label_map = run.cfg, run.label_map
     for line in run.plan.lines():
@@ -185,8 +187,6 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
         from pipeline.train.kmeans import run_kmeans_training
 
         return run_kmeans_training(cfg, spec, started, label_map)
-    inputs = {"training data": cfg.data, **({"validation data": cfg.val_data} if cfg.val_data else {})}
-    storage.check_apart(cfg.output, inputs)
     split = (cfg.val_fraction, False) if cfg.val_fraction else None
     train_data = training_dataset(cfg.data, cfg, spec, cfg.augment.enabled, cfg.loader.passes_per_epoch,
                                   cfg.loader.patch_size, label_map=label_map, split=split)

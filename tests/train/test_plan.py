@@ -54,7 +54,8 @@ def test_grey_stored_as_colour_one_size_one_polarity_and_a_rare_class() -> None:
     assert cfg.val_fraction == 0.2 and cfg.optim.lr_schedule == "cosine"
     # no --epochs or --max-minutes: a budget from the data's size (12 x 256^2 px, 80 % trained on: 0.63 MP)
     assert cfg.max_minutes == 5.0 and "a minute per 2.5 megapixels of training images (1)" in made["max_minutes"].reason
-    assert cfg.loader.steps_per_epoch == 25  # a pass is 2 steps; an epoch is at least 25
+    assert cfg.loader.steps_per_epoch == 25  # a pass is 5 steps; an epoch is at least 25 ...
+    assert cfg.loader.passes_per_epoch == 6 and "read 6 times over" in made["loader.steps_per_epoch"].reason  # ... in one read
     assert not any(choice.given for choice in made.values())
 
 
@@ -106,6 +107,8 @@ def test_gpus_and_nodes_set_workers_filters_and_batch() -> None:
     assert cfg.optim.batch_size == 32 and cfg.optim.batch_size % cfg.num_workers == 0
     cpu, _ = plan(fp, Hardware(gpus=0, nodes=3))
     assert not cpu.use_gpu and cpu.num_workers == 3 and cpu.optim.batch_size % 3 == 0 and cpu.model.input_size == 128
+    short, made = plan(fp, Hardware(gpus=1, nodes=2), num_workers=2)  # more workers given than GPUs: CPU workers
+    assert not short.use_gpu and "num_workers=2 given" in made["use_gpu"].reason
     none, made = plan(None, Hardware(gpus=0, nodes=1), epochs=2)  # nothing measured: safe defaults, said so
     assert none.model.num_classes == 3 and "no masks measured" in made["model.num_classes"].reason
 
@@ -159,9 +162,9 @@ def test_a_plain_run_follows_its_plan_into_the_artifact_and_segmentation(tmp_pat
     assert not (tmp_path / "planned").exists()  # the plan only: nothing written
     # the plan's choices, with a small model and a fixed number of epochs given
     model = tmp_path / "model"
-    summary = run_training(load_config(TrainConfig, options={
-        "data": str(data), "output": str(model), "epochs": 2, "cpus_per_worker": 1.0,
-        "model": ModelConfig(input_size=32, depth=2, base_filters=4), "loader": LoaderConfig(steps_per_epoch=3)}))
+    options = {"data": str(data), "output": str(model), "epochs": 2, "cpus_per_worker": 1.0,
+               "model": ModelConfig(input_size=32, depth=2, base_filters=4), "loader": LoaderConfig(steps_per_epoch=3)}
+    summary = run_training(load_config(TrainConfig, options=options))
     info = json.loads((model / "model.json").read_text())
     plan = {choice["key"]: choice for choice in info["plan"]}
     assert plan["loader.normalization"]["value"] == "minmax" and not plan["loader.normalization"]["given"]
@@ -171,6 +174,8 @@ def test_a_plain_run_follows_its_plan_into_the_artifact_and_segmentation(tmp_pat
     held = sum(held_out(f"img_{index:03d}", 0.2) for index in range(20))
     assert [epoch["steps"] for epoch in summary.history] == [3, 3]
     assert held and all(epoch["val_images"] >= held for epoch in summary.history)  # the held-out images' windows
+    resumed = run_training(load_config(TrainConfig, options={**options, "epochs": 3})).history
+    assert len(resumed) == 3 and resumed[2]["val_images"] == summary.history[0]["val_images"]  # the same split
     # segmentation follows the plan's normalisation: a quarter-brightness copy gives the same mask
     pair = tmp_path / "pair"
     (pair / "images").mkdir(parents=True)
