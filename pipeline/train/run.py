@@ -167,6 +167,20 @@ def run_config(cfg: TrainConfig) -> Any:
                      checkpoint_config=checkpoints, failure_config=failures)
 
 
+def run_datasets(cfg: TrainConfig, spec: ModelSpec, label_map: LabelMap) -> tuple[Any, Any]:
+    """Return the run's lazy training and validation datasets (None without validation): ``val_data``,
+    or the ``val_fraction`` held out of the training data by key hash."""
+    split = (cfg.val_fraction, False) if cfg.val_fraction else None
+    train_data = training_dataset(cfg.data, cfg, spec, cfg.augment.enabled, cfg.loader.passes_per_epoch,
+                                  cfg.loader.patch_size, label_map=label_map, split=split)
+    if cfg.val_data:
+        return train_data, training_dataset(cfg.val_data, cfg, spec, False, label_map=label_map)
+    if cfg.val_fraction:
+        return train_data, training_dataset(cfg.data, cfg, spec, False, label_map=label_map,
+                                            split=(cfg.val_fraction, True))
+    return train_data, None
+
+
 def run_training(cfg: TrainConfig) -> TrainSummary:
     """Train the model as configured and write its artifact under ``cfg.output``; return the summary.
 
@@ -187,12 +201,7 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
         from pipeline.train.kmeans import run_kmeans_training
 
         return run_kmeans_training(cfg, spec, started, label_map)
-    split = (cfg.val_fraction, False) if cfg.val_fraction else None
-    train_data = training_dataset(cfg.data, cfg, spec, cfg.augment.enabled, cfg.loader.passes_per_epoch,
-                                  cfg.loader.patch_size, label_map=label_map, split=split)
-    val_data = (training_dataset(cfg.val_data, cfg, spec, False, label_map=label_map) if cfg.val_data else
-                training_dataset(cfg.data, cfg, spec, False, label_map=label_map, split=(cfg.val_fraction, True))
-                if cfg.val_fraction else None)
+    train_data, val_data = run_datasets(cfg, spec, label_map)
     storage.check_writable(cfg.output, cfg.storage)
     if not cfg.resume and storage.exists(storage.join_url(cfg.output, CHECKPOINT_RUN_NAME), cfg.storage):
         raise ConfigError(
