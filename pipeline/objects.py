@@ -1,8 +1,18 @@
 """Objects from a class-index mask: connected components per foreground class, optionally split
-where they touch (watershed on the distance transform), and one row of measurements per object.
+where they touch, and one row of measurements per object.
 
-scikit-image does the work (``measure.label``, ``segmentation.watershed``, ``measure.regionprops_table``),
-with SciPy's Euclidean distance transform and maximum filter. Labels are numbered
+Three ways to tell touching objects apart (``split``):
+
+- ``none``: each connected component is one object;
+- ``watershed``: a watershed of the distance transform of each component large enough to hold
+  several objects, one marker per peak; what counts as large and how deep a peak must be follow
+  the objects' typical diameter (:func:`watershed_split`);
+- ``borders``: for a model trained on border targets (:func:`border_target`), whose decided mask
+  holds the class ``num_classes`` where one object meets another, markers are the predicted
+  interiors and each grows back over its class's pixels (a marker-controlled watershed).
+
+scikit-image does the work (``measure.label``, ``segmentation.watershed``, ``morphology.h_maxima``,
+``measure.regionprops_table``), with SciPy's Euclidean distance transform and rank filters. Labels are numbered
 from 1 across all classes of an image (0 is the background) in class order, then in the raster
 order of each object's first pixel.
 """
@@ -13,20 +23,26 @@ from typing import Any
 
 import numpy as np
 
-SPLITS = ("none", "watershed")
+SPLITS = ("none", "watershed", "borders")
 PROPERTIES = ("label", "area", "bbox", "solidity")  # from regionprops; the moments are summed here, for every object at once
-PEAK_DISTANCE = 3  # pixels between two markers of the watershed: smaller peaks are one object's ridge
+LARGE_SHARE = 1.5  # the watershed splits only components above this many typical objects' area
+FEW_COMPONENTS = 5  # below this many components an image's median area says little of one object's
+DEPTH_SHARE = 0.05  # the watershed's markers: h-maxima of the distance transform this share of the diameter deep
+MIN_SIZE_SHARE = 0.25  # objects below the area of a disc of this share of the typical diameter are speckle
+BORDER_SHARE = 0.15  # the border target's width, as a share of the objects' typical diameter (1 to 4 pixels)
 
 
 def label_objects(mask: np.ndarray, num_classes: int, connectivity: int = 8, min_size: int = 0,
-                  split: str = "none") -> tuple[np.ndarray, np.ndarray]:
+                  split: str = "none", diameter: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(labels, label_class)``: an int32 label image of ``mask``'s objects and, indexed by
     label, each object's class (``label_class[0]`` is 0, the background).
 
     ``connectivity`` 4 or 8 decides which neighbours join one object; objects of fewer than
     ``min_size`` pixels are dropped (left as background); ``split="watershed"`` splits touching
-    objects along the valleys of their distance transform, one marker per plateau of local maxima
-    (:func:`watershed_split`).
+    large components along the valleys of their distance transform, for objects of a typical
+    ``diameter`` (pixels; None: measured on the image; :func:`watershed_split`);
+    ``split="borders"`` takes a border model's decided mask (the value ``num_classes`` on
+    borders) and grows each predicted interior back over its class (:func:`grown_interiors`).
     """
     from skimage import measure
 
@@ -36,17 +52,23 @@ def label_objects(mask: np.ndarray, num_classes: int, connectivity: int = 8, min
         raise ValueError(f"split={split!r}: one of {', '.join(SPLITS)}")
     labels = np.zeros(mask.shape, dtype=np.int32)
     classes = [0]
+    decided = mask
+    if split == "borders":
+        mask = fold_borders(mask, num_classes)
     for class_index in range(1, num_classes):
         region = mask == class_index
         if not region.any():
             continue
-        components = measure.label(region, connectivity=1 if connectivity == 4 else 2)
+        if split == "borders":
+            components = grown_interiors(region, decided == class_index, connectivity)
+        else:
+            components = measure.label(region, connectivity=1 if connectivity == 4 else 2)
         if min_size > 1:
             small = np.bincount(components.ravel()) < min_size
             small[0] = False
             components[small[components]] = 0
         if split == "watershed":
-            components = watershed_split(components, connectivity)
+            components = watershed_split(components, connectivity, diameter)
         components, _, _ = relabelled(components)
         count = int(components.max())
         if count:
@@ -55,30 +77,135 @@ def label_objects(mask: np.ndarray, num_classes: int, connectivity: int = 8, min
     return labels, np.array(classes, dtype=np.int32)
 
 
-def watershed_split(components: np.ndarray, connectivity: int) -> np.ndarray:
+def watershed_split(components: np.ndarray, connectivity: int, diameter: float | None = None) -> np.ndarray:
     """Return ``components`` with touching objects split by a watershed of their distance transform.
 
-    The markers are the distance transform's local maxima: each connected plateau of pixels that
-    are the highest within :data:`PEAK_DISTANCE` pixels (a ``2 * PEAK_DISTANCE + 1`` square) is one
-    marker, and a component with none (too thin) gets one at its first pixel. One filter over the
-    image, so the time grows with its pixels, not with the peaks of a large noisy component.
+    Only a component larger than :data:`LARGE_SHARE` times the typical object's area is split:
+    one of about that size is one object, however irregular. The typical object is a disc of
+    ``diameter`` pixels, or, without it, of the median area of the image's own components (with
+    fewer than :data:`FEW_COMPONENTS`, twice the median radius of their widest inscribed discs). Its
+    markers are the distance transform's h-maxima of depth :data:`DEPTH_SHARE` of that diameter
+    (at least half a pixel): a peak must rise that far above the saddle to its neighbour, so the
+    depth follows the objects' size. A large component with no marker stays whole.
     """
     from scipy import ndimage
-    from skimage import segmentation
+    from skimage import morphology, segmentation
 
+    areas = np.bincount(components.ravel())
+    areas[0] = 0
+    present = areas[areas > 0]
+    if not len(present):
+        return components
     inside = components > 0
     distance = ndimage.distance_transform_edt(inside)
-    peaks = inside & (ndimage.maximum_filter(distance, size=2 * PEAK_DISTANCE + 1) == distance)
+    if not diameter and len(present) < FEW_COMPONENTS:  # too few for a median: each one's widest inscribed disc
+        diameter = 2 * float(np.median(ndimage.maximum(distance, components, np.flatnonzero(areas))))
+    elif not diameter:
+        diameter = float(np.sqrt(4 * np.median(present) / np.pi))
+    large = areas > LARGE_SHARE * np.pi * diameter**2 / 4
+    if not large.any():
+        return components
+    candidates = large[components]
+    depth = max(0.5, DEPTH_SHARE * diameter)
+    peaks = np.zeros(components.shape, dtype=bool)
+    # h-maxima component by component, each in its own box: the reconstruction it runs costs by the
+    # pixels it sees, and on a large image most pixels are background or small objects
+    for index, box in enumerate(ndimage.find_objects(np.where(candidates, components, 0)), start=1):
+        if box is not None:
+            own = components[box] == index
+            peaks[box] |= morphology.h_maxima(np.where(own, distance[box], 0.0), depth).astype(bool) & own
     markers, count = ndimage.label(peaks, structure=np.ones((3, 3)))
-    present = np.unique(components[inside])
-    marked = np.unique(components[markers > 0])
-    unmarked = np.setdiff1d(present, marked)
-    if len(unmarked):  # a component with no peak of its own keeps one marker, at its first pixel
-        flat = components.ravel()
-        labels, first = np.unique(flat, return_index=True)
-        markers.ravel()[first[np.isin(labels, unmarked)]] = count + 1 + np.arange(len(unmarked))
-    return segmentation.watershed(-distance, markers, mask=inside,
-                                  connectivity=1 if connectivity == 4 else 2).astype(np.int32)
+    grown = segmentation.watershed(-distance, markers, mask=candidates,
+                                   connectivity=1 if connectivity == 4 else 2).astype(np.int32)
+    result = components.astype(np.int32, copy=True)
+    flooded = grown > 0
+    result[flooded] = grown[flooded] + int(components.max())
+    return result
+
+
+def grown_interiors(region: np.ndarray, interior: np.ndarray, connectivity: int) -> np.ndarray:
+    """Return the objects of one class of a border model: each connected part of ``interior`` (the
+    pixels decided as the class itself, not border) is a marker, grown over ``region`` (the class's
+    pixels, borders included) by a watershed of the distance to the interiors, so each border pixel
+    joins the nearest interior. A part of ``region`` without interior (all border) is one object."""
+    from scipy import ndimage
+    from skimage import measure, segmentation
+
+    structure = 1 if connectivity == 4 else 2
+    markers = measure.label(interior & region, connectivity=structure)
+    if not markers.any():
+        return measure.label(region, connectivity=structure)
+    grown = segmentation.watershed(ndimage.distance_transform_edt(~interior), markers, mask=region,
+                                   connectivity=structure).astype(np.int32)
+    left = region & (grown == 0)
+    if left.any():  # unreachable from any interior: an object of its own
+        rest = measure.label(left, connectivity=structure)
+        grown[left] = rest[left] + int(markers.max())
+    return grown
+
+
+def fold_borders(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """Return a border model's decided mask in the user's classes: each border pixel (the value
+    ``num_classes``) takes the class of the nearest pixel of a foreground class (class 1 for two
+    classes, or where there is none). Other values, IGNORE among them, stay."""
+    border = mask == num_classes
+    if not border.any():
+        return mask
+    folded = mask.copy()
+    inner = (mask > 0) & (mask < num_classes)
+    if num_classes == 2 or not inner.any():
+        folded[border] = 1
+        return folded
+    from scipy import ndimage
+
+    rows, cols = ndimage.distance_transform_edt(~inner, return_distances=False, return_indices=True)
+    folded[border] = mask[rows[border], cols[border]]
+    return folded
+
+
+def border_target(mask: np.ndarray, instances: np.ndarray, width: int, num_classes: int) -> np.ndarray:
+    """Return the training target of a border model: ``mask`` (class indices) with the value
+    ``num_classes`` on every foreground pixel that has a pixel of another object within ``width``
+    pixels (a disc), by the instance labels ``instances`` (0 the background). Where objects touch,
+    the border splits them; where one stands alone, its edge stays its class."""
+    from scipy import ndimage
+
+    labels = instances.astype(np.int64)
+    radius = max(1, int(width))
+    offsets = np.arange(-radius, radius + 1)
+    disc = offsets[:, np.newaxis] ** 2 + offsets[np.newaxis, :] ** 2 <= radius**2
+    highest = ndimage.maximum_filter(labels, footprint=disc)
+    lowest = ndimage.minimum_filter(np.where(labels > 0, labels, np.iinfo(np.int64).max), footprint=disc)
+    near_other = (labels > 0) & ((highest != labels) | (lowest != labels))
+    target = mask.copy()
+    target[near_other & (mask > 0) & (mask < num_classes)] = num_classes
+    return target
+
+
+def border_width(diameter: float | None) -> int:
+    """Return the border target's width for objects of a typical ``diameter`` (pixels): 1 to 4."""
+    return int(np.clip(round(BORDER_SHARE * diameter), 1, 4)) if diameter else 1
+
+
+def speckle_size(diameter: float | None) -> int:
+    """Return the smallest object kept for objects of a typical ``diameter``: the area of a disc of
+    :data:`MIN_SIZE_SHARE` of it (0: keep all, where the size is unknown)."""
+    return int(np.pi * (MIN_SIZE_SHARE * diameter / 2) ** 2) if diameter else 0
+
+
+def typical_diameter(mask: np.ndarray, num_classes: int) -> float | None:
+    """Return the median equivalent diameter of a mask's connected components (None without any):
+    the objects' size measured on the image itself, where nothing else records it."""
+    from skimage import measure
+
+    areas: list[np.ndarray] = []
+    for class_index in range(1, num_classes):
+        region = mask == class_index
+        if region.any():
+            areas.append(np.bincount(measure.label(region, connectivity=2).ravel())[1:])
+    found = np.concatenate(areas) if areas else np.zeros(0)
+    found = found[found > 0]
+    return float(np.sqrt(4 * np.median(found) / np.pi)) if len(found) else None
 
 
 def relabelled(labels: np.ndarray) -> tuple[np.ndarray, Any, Any]:

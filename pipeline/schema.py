@@ -12,8 +12,9 @@ are null when the image has no ground truth (``tp``, ``fp``, ``fn``, ``dice``, `
 name the classes in their schema metadata (``class_names``, a JSON list: the model's, or the
 label map's where the model's are only numbered).
 
-With objects (``segment --objects``) a row also carries ``instances_uri``, ``objects_predicted``
-per class and, with ground truth, the instance metrics per class (:mod:`pipeline.instances`):
+With objects (``segment --objects``) a row also carries ``instances_uri``, ``objects_method`` (how
+touching objects were told apart: ``components``, ``watershed`` or ``borders``; see
+:mod:`pipeline.objects`), ``objects_predicted`` per class and, with ground truth, the instance metrics per class (:mod:`pipeline.instances`):
 ``objects_true``, ``dsb_score``, ``object_f1``, ``pq`` and the counts ``object_tp`` /
 ``object_fp`` / ``object_fn`` (per class, a list over :data:`pipeline.instances.THRESHOLDS`), with
 ``truth_instances`` saying where the true objects came from: ``labels`` (an instance label
@@ -62,6 +63,7 @@ METRICS_SCHEMA = pa.schema(
         pa.field("mean_dice", pa.float64()),
         pa.field("mean_iou", pa.float64()),
         pa.field("instances_uri", pa.string()),
+        pa.field("objects_method", pa.string()),
         pa.field("truth_instances", pa.string()),
         pa.field("objects_predicted", pa.list_(pa.int64())),
         pa.field("objects_true", pa.list_(pa.int64())),

@@ -28,6 +28,22 @@ def test_sigmoid_binary_model(tmp_path: Path) -> None:
     assert loaded.model.output_shape == (None, 16, 16, 1)
 
 
+def test_a_border_model_has_one_more_output_and_records_its_target_and_objects(tmp_path: Path) -> None:
+    spec = ModelSpec(input_size=(16, 16), channels=1, num_classes=2, depth=1, base_filters=2, target="borders")
+    assert spec.output_channels == spec.label_classes == 3
+    objects = {"border_width": 2, "diameter": 19.5, "area": {"p5": 45.0, "p50": 300.0, "p95": 2200.0}, "source": "labels"}
+    save_artifact(build_unet(spec), ModelInfo(spec=spec, class_names=("bg", "nucleus"), objects=objects), str(tmp_path))
+    written = json.loads((tmp_path / "model.json").read_text())
+    assert written["parameters"]["target"] == "borders" and written["objects"] == objects
+    loaded = load_artifact(str(tmp_path))
+    assert loaded.model.output_shape == (None, 16, 16, 3) and loaded.info.spec == spec
+    assert loaded.info.diameter == 19.5 and loaded.info.class_names == ("bg", "nucleus")
+    classes = ModelSpec(input_size=(16, 16), num_classes=2, depth=1)  # a class model's model.json stays as it was
+    assert "target" not in classes.parameters() and classes.output_channels == 2
+    with pytest.raises(ValueError, match="target borders"):
+        ModelSpec(num_classes=2, output_activation="sigmoid", target="borders")
+
+
 def test_missing_artifact_says_what_it_needs(tmp_path: Path) -> None:
     with pytest.raises(ModelArtifactError, match="has no model.json"):
         load_artifact(str(tmp_path / "nowhere"))

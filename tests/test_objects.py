@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.objects import label_objects, object_rows
+from pipeline.imaging import mask_from_scores
+from pipeline.objects import (
+    border_target,
+    border_width,
+    fold_borders,
+    label_objects,
+    object_rows,
+    speckle_size,
+    typical_diameter,
+)
 
 
 def two_touching_discs(radius: int = 8) -> np.ndarray:
@@ -74,3 +83,102 @@ def test_the_summed_moments_equal_regionprops_object_by_object() -> None:
     assert np.allclose(rows["eccentricity"], reference["eccentricity"], atol=1e-12)
     assert np.allclose(rows["centroid_row"], reference["centroid-0"]) and np.allclose(rows["centroid_col"], reference["centroid-1"])
     assert np.allclose(rows["equivalent_diameter"], reference["equivalent_diameter_area"])
+
+
+def disc_pairs(radius: float, size: int, pairs: int, apart: float = 1.6) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(mask, instances)``: ``pairs`` rows, each of a pair of touching discs of ``radius``
+    (centres ``apart`` radii apart) and two lone discs, on a ``size`` x ``size`` image (16 radii wide)."""
+    rows, cols = np.mgrid[0:size, 0:size]
+    instances = np.zeros((size, size), np.int32)
+    step = size // pairs
+    for index in range(pairs):
+        centre_row = step * index + step / 2
+        centres = (1.2 * radius, (1.2 + apart) * radius, size - 4 * radius, size - 1.2 * radius)
+        for label, centre_col in enumerate(centres):
+            disc = (rows - centre_row) ** 2 + (cols - centre_col) ** 2 <= radius**2
+            instances[disc & (instances == 0)] = len(centres) * index + label + 1
+    return (instances > 0).astype(np.uint8), instances
+
+
+@pytest.mark.parametrize("radius", [5, 30])
+def test_the_watershed_follows_the_objects_size_splitting_pairs_and_keeping_lone_discs(radius: int) -> None:
+    # touching pairs and lone discs of 10 px and of 60 px: markers a fixed 3 px apart would cut a
+    # 60-px disc along every bump of its distance transform; the size-aware split finds each disc once
+    mask, instances = disc_pairs(radius, size=16 * radius, pairs=4)
+    assert label_objects(mask, 2)[0].max() == 12  # a component per pair and per lone disc
+    labels, _ = label_objects(mask, 2, split="watershed")
+    assert labels.max() == 16
+    for label in range(1, 17):  # each found object is one true disc: split at the neck, where the later disc's arc is the truth
+        assert np.bincount(instances[labels == label]).max() >= 0.85 * (labels == label).sum()
+    # one lone disc alone in the image: nothing to compare it with, and still not split
+    single = (instances == 3).astype(np.uint8)
+    assert label_objects(single, 2, split="watershed")[0].max() == 1
+
+
+def test_speckle_and_split_settings_follow_the_diameter() -> None:
+    assert speckle_size(None) == 0 and speckle_size(20) == int(np.pi * 2.5**2)
+    assert border_width(None) == 1 and border_width(20) == 3 and border_width(200) == 4
+    assert typical_diameter(disc_pairs(10, 160, 4)[0] * 0, 2) is None
+    assert abs(typical_diameter((disc_pairs(10, 160, 4)[1] > 2).astype(np.uint8), 2) - 20) <= 1  # lone discs
+
+
+def test_border_targets_mark_where_objects_meet_and_only_there() -> None:
+    # two squares side by side (touching along a column), a third one pixel from the second, a lone one
+    instances = np.zeros((20, 40), np.int32)
+    instances[2:8, 2:8], instances[2:8, 8:14], instances[2:8, 15:20], instances[12:18, 30:36] = 1, 2, 3, 4
+    mask = (instances > 0).astype(np.uint8)
+    target = border_target(mask, instances, 1, 2)
+    border = target == 2
+    assert border[2:8, 7].all() and border[2:8, 8].all()  # the contact, one pixel on either side
+    assert not border[2:8, 13].any() and not border[2:8, 15].any()  # a pixel of background between: 2 px apart
+    assert not border[2:8, 2:7].any() and not border[12:18, 30:36].any()  # the rest, and the lone square
+    assert (target[mask == 0] == 0).all() and (target[(mask == 1) & ~border] == 1).all()
+    wider = border_target(mask, instances, 2, 2) == 2
+    assert wider[2:8, 6:10].all() and not wider[2:8, 5].any()
+    assert wider[2:8, 13].all() and wider[2:8, 15].all() and not wider[2:8, 14].any()  # near now; the gap stays background
+    ignored = mask.copy()
+    ignored[2:8, 8] = 255  # not labelled: stays so, never a border
+    assert (border_target(ignored, instances, 1, 2)[2:8, 8] == 255).all()
+
+
+def test_a_border_models_output_is_decided_back_into_the_users_classes() -> None:
+    # three classes (background, a, b) and the border class 3: each border pixel takes its nearest class
+    decided = np.array([[0, 1, 1, 3, 3, 2, 2, 0],
+                        [0, 1, 3, 3, 3, 3, 2, 0]], dtype=np.uint8)
+    assert fold_borders(decided, 3).tolist() == [[0, 1, 1, 1, 2, 2, 2, 0], [0, 1, 1, 1, 2, 2, 2, 0]]
+    two = np.array([[0, 1, 2, 2, 1, 255]], dtype=np.uint8)
+    assert fold_borders(two, 2).tolist() == [[0, 1, 1, 1, 1, 255]]
+    # the three-channel probabilities of the model decided by argmax, then folded: interior + border = nucleus
+    scores = np.array([[[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.3, 0.6]]], dtype=np.float32)
+    assert fold_borders(mask_from_scores(scores, 0.5), 2).tolist() == [[0, 1, 1]]
+
+
+def border_scores(interior: np.ndarray, border: np.ndarray) -> np.ndarray:
+    """Return a border model's probabilities (background, object, border) for hand-drawn interior and border."""
+    scores = np.zeros((*interior.shape, 3), np.float32)
+    scores[..., 0] = 0.9
+    scores[interior] = (0.05, 0.85, 0.1)
+    scores[border] = (0.1, 0.3, 0.6)
+    return scores
+
+
+def test_the_marker_watershed_splits_touching_discs_along_their_border_and_not_a_long_object() -> None:
+    mask, instances = disc_pairs(8, 128, 1)
+    true_border = border_target(mask, instances, 2, 2) == 2
+    decided = mask_from_scores(border_scores(mask.astype(bool) & ~true_border, true_border), 0.5)
+    labels, classes = label_objects(decided, 2, split="borders")
+    assert labels.max() == 4 and classes.tolist() == [0, 1, 1, 1, 1]
+    assert ((labels > 0) == (mask > 0)).all()  # the borders grown back: every object pixel in an object
+    for label in range(1, 5):  # each object is one true disc, to within a few pixels of the curved contact
+        own = np.bincount(instances[labels == label])
+        assert own.max() >= 0.97 * (labels == label).sum() and own.max() >= 0.95 * (instances == own.argmax()).sum()
+    # a long object with a waist, its edge predicted as a little border here and there: one marker, one object
+    rows, cols = np.mgrid[0:40, 0:120]
+    long_object = ((rows - 20) / 8) ** 2 + ((cols - 60) / 50) ** 2 <= 1
+    long_object &= ~((np.abs(cols - 60) < 4) & (np.abs(rows - 20) > 5))
+    speckled = long_object & (np.random.default_rng(0).random(long_object.shape) < 0.05)
+    decided = mask_from_scores(border_scores(long_object & ~speckled, speckled), 0.5)
+    assert label_objects(decided, 2, split="borders")[0].max() == 1
+    # the mask-only split keeps a long object of even width whole: its distance transform has one peak
+    ellipse = (((rows - 20) / 8) ** 2 + ((cols - 60) / 50) ** 2 <= 1).astype(np.uint8)
+    assert label_objects(ellipse, 2, split="watershed")[0].max() == 1

@@ -124,16 +124,28 @@ class ObjectsConfig:
                                 "instances/<key>.png (16-bit labels; 32-bit TIFF beyond 65,535 objects), "
                                 "objects/<shard>.parquet (one row per object) and the instance metrics (DSB score, "
                                 "PQ) against ground-truth instances")
-    min_size: int = option(0, flag="--min-object-size", help="objects of fewer pixels are dropped (left as background)")
-    split: str = option("none", flag="--split", choices=("none", "watershed"),
-                        help="none: each connected component is an object; watershed: touching objects are split "
-                             "along the valleys of their distance transform, one marker per peak")
+    min_size: int | None = option(None, flag="--min-object-size", default_text="speckle for the objects' size",
+                                  help="objects of fewer pixels are dropped (left as background); unset: the area of a "
+                                       "disc a quarter of the objects' typical diameter across (the diameter given, "
+                                       "else the model's training objects', else the image's own)")
+    split: str = option("auto", flag="--split", choices=("auto", "none", "watershed", "borders"),
+                        help="how touching objects are told apart. none: each connected component is an object; "
+                             "watershed: components larger than 1.5 typical objects are split along the valleys of "
+                             "their distance transform, at peaks that rise a twentieth of the typical diameter; "
+                             "borders: a border model's predicted interiors grown back over their objects (a "
+                             "marker-controlled watershed); auto: borders for a model trained on border targets, "
+                             "else watershed")
+    diameter: float = option(0.0, help="the objects' typical diameter in pixels, which the watershed and the speckle size "
+                                       "follow; 0: measured on each image (the watershed) and the model's training "
+                                       "objects (the speckle size)")
     connectivity: int = option(8, flag="--connectivity", choices=(4, 8),
                                help="the neighbours that join pixels into one object: 4 (edges) or 8 (edges and corners)")
 
     def __post_init__(self) -> None:
-        if self.min_size < 0:
+        if self.min_size is not None and self.min_size < 0:
             raise ConfigError(f"objects.min_size={self.min_size}: pixels, 0 or more")
+        if self.diameter < 0:
+            raise ConfigError(f"objects.diameter={self.diameter}: pixels, 0 (measured) or more")
         check_choices(self, "objects.")
 
 

@@ -69,6 +69,15 @@ class ModelConfig:
     output_activation: str = option("softmax", choices=("softmax", "sigmoid"),
                                     help="softmax, or sigmoid for two classes (one output channel)")
     class_names: str = option("", default_text="background, class_1, ...", help="comma-separated class names")
+    target: str = option("", choices=("classes", "borders"), default_text=PLANNED,
+                         help="what the network learns: classes; or borders, the classes plus the borders where one "
+                              "object meets another as a class of their own, from the training data's instance labels "
+                              "(segmentation folds them back into the objects' classes, and --objects grows each "
+                              "predicted interior back over its object); planned: borders where the training data "
+                              "holds instance labels")
+    border_width: int = option(0, default_text=PLANNED,
+                               help="border targets: an object's pixels within this many pixels of another object are "
+                                    "border; planned: 0.15 of the objects' median diameter, 1 to 4")
 
     def __post_init__(self) -> None:
         check_choices(self, "model.")
@@ -77,6 +86,11 @@ class ModelConfig:
         names = self.names()
         if self.num_classes and len(names) != self.num_classes:
             raise ConfigError(f"model.class_names gives {len(names)} names for model.num_classes={self.num_classes}")
+        if self.target == "borders" and (self.architecture == "kmeans" or self.output_activation != "softmax"):
+            raise ConfigError(f"model.target=borders: {'kmeans' if self.architecture == 'kmeans' else 'a sigmoid output'} "
+                              "cannot predict borders; use model.target=classes, or a softmax network")
+        if self.border_width < 0:
+            raise ConfigError(f"model.border_width={self.border_width}: pixels, 0 (planned) or more")
         if self.encoder_trainable_after < 0:
             raise ConfigError(f"model.encoder_trainable_after={self.encoder_trainable_after}: epochs, 0 or more")
         if self.architecture == "kmeans" and not 2 <= self.clusters <= 256:

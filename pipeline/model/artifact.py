@@ -57,6 +57,12 @@ class ModelInfo:
     model_sha256: str = ""  # the sha256 of model.keras as saved beside this model.json ("" before it was recorded)
     label_map: LabelMap | None = None  # how its training data stored the classes, where it declared that (labels.yaml)
     plan: list[dict[str, Any]] | None = None  # the training plan's choices (pipeline.train.plan), where it had one
+    objects: dict[str, Any] | None = None  # its training data's objects: diameter (median, px), area, border_width
+
+    @property
+    def diameter(self) -> float | None:
+        """Return the median diameter (pixels) of the objects the model was trained on, where recorded."""
+        return float((self.objects or {}).get("diameter") or 0) or None
 
     def truth_labels(self) -> LabelMap:
         """Return the label map ground truth is read through: the one given for the run (set on this info
@@ -90,6 +96,8 @@ class ModelInfo:
             data["labels"] = self.label_map.to_json()
         if self.plan is not None:
             data["plan"] = self.plan
+        if self.objects is not None:
+            data["objects"] = self.objects
         return data
 
     @classmethod
@@ -123,7 +131,7 @@ class ModelInfo:
                 model_sha256=str(data.get("model_sha256", "")),
                 label_map=LabelMap.from_mapping(data["labels"], "labels").with_classes(spec.num_classes)
                 if data.get("labels") else None,
-                plan=data.get("plan"),
+                plan=data.get("plan"), objects=data.get("objects"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelArtifactError(f"{url}/{INFO_FILE} is invalid ({type(exc).__name__}: {exc})") from exc

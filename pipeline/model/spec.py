@@ -15,6 +15,7 @@ from pipeline.model.architectures import ENCODER_ARCHITECTURES, VGG_FAMILY, arch
 # mean subtracted on the 0-255 scale; ``tf`` is MobileNetV2's: [-1, 1]; ``torch``: ImageNet mean and
 # standard deviation per channel.
 PREPROCESSING = ("none", "caffe", "tf", "torch")
+TARGETS = ("classes", "borders")  # what a network is trained to predict: the classes, or also the borders between objects
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,7 +38,9 @@ class ModelSpec:
     ``output_activation="sigmoid"`` needs ``num_classes == 2`` and gives one output channel
     (probability of class 1); ``"softmax"`` gives ``num_classes`` channels. An imported model that
     returns logits has ``from_logits`` (the predictor applies the activation); one with free spatial
-    input has ``free_input`` and takes sides that are multiples of ``multiple``.
+    input has ``free_input`` and takes sides that are multiples of ``multiple``. ``target="borders"``
+    adds one softmax channel, class ``num_classes``: the borders where one object meets another
+    (:func:`pipeline.objects.border_target`); a softmax network segpipe builds only.
     """
 
     architecture: str = "unet"
@@ -55,9 +58,15 @@ class ModelSpec:
     from_logits: bool = False
     multiple: int = 1
     free_input: bool = False
+    target: str = "classes"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+        if self.target not in TARGETS:
+            raise ValueError(f"target {self.target!r}: one of {', '.join(TARGETS)}")
+        if self.target == "borders" and (self.output_activation != "softmax" or not self.keras
+                                         or self.architecture == "imported" or self.num_classes >= 255):
+            raise ValueError("target borders: a softmax network segpipe builds, of fewer than 255 classes")
         problem = architecture_problem(self.architecture, self.input_size, self.channels, self.num_classes, self.depth,
                                        self.output_activation)
         if problem:
@@ -65,8 +74,14 @@ class ModelSpec:
 
     @property
     def output_channels(self) -> int:
-        """Return the number of model output channels (1 for sigmoid, ``num_classes`` for softmax)."""
-        return 1 if self.output_activation == "sigmoid" else self.num_classes
+        """Return the number of model output channels (1 for sigmoid, ``num_classes`` for softmax, one
+        more with border targets)."""
+        return 1 if self.output_activation == "sigmoid" else self.label_classes
+
+    @property
+    def label_classes(self) -> int:
+        """Return the classes of the model's training targets: ``num_classes``, and the border class with border targets."""
+        return self.num_classes + (self.target == "borders")
 
     @property
     def stride(self) -> int:
@@ -92,8 +107,9 @@ class ModelSpec:
     def parameters(self) -> dict[str, Any]:
         """Return the architecture's parameters as model.json records them."""
         fields = dataclasses.asdict(self)
-        return {**{name: fields[name] for name in PARAMETERS[self.architecture]},
-                "output_activation": self.output_activation}
+        parameters = {**{name: fields[name] for name in PARAMETERS[self.architecture]},
+                      "output_activation": self.output_activation}
+        return {**parameters, "target": self.target} if self.target != "classes" else parameters
 
 
 def encoder_preprocessing(architecture: str, encoder_weights: str) -> str:

@@ -115,7 +115,7 @@ SUMMARY_SCHEMA: dict[str, Any] = {  # the documented keys of summary.json (READM
                                                     "only_in_run", "only_in_baseline", "most_worse"]},
         "report": {"type": "object", "required": ["generated", "worst", "bootstrap_resamples", "seed"]},
         "objects": {"type": "object", "required": ["definitions", "thresholds", "match", "images", "with_ground_truth",
-                                                   "truth_instances", "classes", "scatter", "worst"],
+                                                   "truth_instances", "methods", "classes", "scatter", "worst"],
                     "properties": {"classes": {"type": "array", "items": {
                         "type": "object", "required": ["index", "name", "objects_predicted", "area"],
                         "properties": {"dsb_score": STATS_SCHEMA, "f1": STATS_SCHEMA, "pq": STATS_SCHEMA}}}}},

@@ -33,7 +33,7 @@ from pipeline.io import layout, storage
 from pipeline.report.aggregate import WorstRows, finite_or_none, list_matrix, value_stats
 from pipeline.report.reading import RunFiles, metric_batches
 
-OBJECT_COLUMNS = ("key", "source", "status", "height", "width", "mask_uri", "instances_uri", "truth_instances",
+OBJECT_COLUMNS = ("key", "source", "status", "height", "width", "mask_uri", "instances_uri", "objects_method", "truth_instances",
                   "objects_predicted", "objects_true", "dsb_score", "object_f1", "pq", "object_tp", "object_fp",
                   "object_fn", "mean_dsb_score")
 SCATTER_IMAGES = 2000  # per-image count pairs kept for the scatter (the first images read)
@@ -51,6 +51,8 @@ DEFINITIONS = {
     "macro": "mean over images, NaN excluded, with a 95% bootstrap interval",
     "micro": "pooled: the formula on TP, FP, FN (and, for PQ, matched IoU) summed over images with ground truth",
     "by_threshold": "TP/(TP+FP+FN) at each t: pooled over images, and the macro mean over images",
+    "methods": "how touching objects were told apart, images per method: components (none split), watershed (a "
+               "size-aware watershed of the predicted mask), borders (a border model's interiors grown back)",
     "truth_instances": "where the true objects came from: labels (instance label images) or components (connected "
                        "components of the ground-truth mask)",
     "area": "object areas in pixels, from objects/*.parquet; quantiles are read from a histogram of "
@@ -89,6 +91,7 @@ class ObjectAggregator:
         self.chunks: dict[str, list[np.ndarray]] = {name: [] for name in ("dsb_score", "object_f1", "pq", "error")}
         self.scatter: list[tuple[list[int], list[int]]] = []
         self.sources: dict[str, int] = {}
+        self.methods: dict[str, int] = {}
         self.images = 0
         self.with_truth = 0
         self.worst = WorstRows(worst, ("key", "source", "mask_uri", "instances_uri", "height", "width", "dsb_score",
@@ -100,6 +103,9 @@ class ObjectAggregator:
                           False)
         predicted = list_matrix(batch.column("objects_predicted"), ok, self.width, np.int64)
         self.images += len(predicted)
+        for item in pc.value_counts(batch.column("objects_method").filter(ok)).to_pylist():
+            if item["values"] is not None:
+                self.methods[item["values"]] = self.methods.get(item["values"], 0) + item["counts"]
         self.predicted_total += predicted.sum(axis=0)
         truth = pc.fill_null(pc.and_(ok, batch.column("objects_true").is_valid()), False)
         true_counts = list_matrix(batch.column("objects_true"), truth, self.width, np.int64)
@@ -241,6 +247,7 @@ def objects_section(run: RunFiles, num_classes: int, names: list[str], worst: in
     return {
         "definitions": DEFINITIONS, "thresholds": list(THRESHOLDS), "match": "iou > t",
         "images": agg.images, "with_ground_truth": agg.with_truth, "truth_instances": dict(sorted(agg.sources.items())),
+        "methods": dict(sorted(agg.methods.items())),
         "objects_files": len(files), "classes": classes,
         "scatter": {"images": len(agg.scatter), "predicted": [p for p, _ in agg.scatter],
                     "true": [t for _, t in agg.scatter]},

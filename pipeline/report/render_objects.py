@@ -171,9 +171,12 @@ def objects_html(summary: dict[str, Any], storage_config: StorageConfig | None) 
     sources = objects.get("truth_instances") or {}
     origin = ", ".join(f"{count} images from {'instance label images' if name == 'labels' else name + ' of the mask'}"
                        for name, count in sources.items()) or "no ground truth"
+    methods = ", ".join(f"{name} ({count} image{'s' if count != 1 else ''})"
+                        for name, count in (objects.get("methods") or {}).items())
     parts = ["<h2>Objects</h2>",
              f"<p>{objects['images']} images with objects, {objects['with_ground_truth']} scored against true objects "
-             f"({esc(origin)}); a match is IoU &gt; t, one to one.</p>",
+             f"({esc(origin)}); a match is IoU &gt; t, one to one. Touching objects told apart by: "
+             f"{esc(methods or 'not recorded')}.</p>",
              objects_table(objects), "<div class=row>"]
     for chart, alt in ((threshold_chart(objects), "metric against IoU threshold"),
                        (count_scatter(objects), "predicted against true counts"), (area_chart(objects), "object areas")):

@@ -58,17 +58,40 @@ def true_objects(truth: np.ndarray | None, labels: np.ndarray | None, num_classe
     return found, label_class, "components"
 
 
+def object_method(config: ObjectsConfig, borders: bool, model_diameter: float | None,
+                  predicted: np.ndarray, num_classes: int) -> tuple[str, int]:
+    """Return how an image's objects are found: the split (``none``, ``watershed`` or ``borders``;
+    ``auto`` is borders for a border model, else watershed) and the smallest object kept (the
+    given ``min_size``, else speckle for the objects' diameter: :func:`pipeline.objects.speckle_size`)."""
+    split = config.split if config.split != "auto" else ("borders" if borders else "watershed")
+    if config.min_size is not None:
+        return split, config.min_size
+    diameter = (config.diameter or model_diameter
+                or objects.typical_diameter(objects.fold_borders(predicted, num_classes) if borders else predicted,
+                                            num_classes))
+    return split, objects.speckle_size(diameter)
+
+
+METHOD_NAMES = {"none": "components", "watershed": "watershed", "borders": "borders"}  # objects_method's values
+
+
 def image_objects(key: str, shard: str, predicted: np.ndarray, confidence: np.ndarray | None, truth: np.ndarray | None,
                   truth_labels: np.ndarray | None, num_classes: int, config: ObjectsConfig, output: str,
-                  storage_config: StorageConfig | None) -> tuple[dict[str, Any], pa.Table]:
+                  storage_config: StorageConfig | None, borders: bool = False,
+                  model_diameter: float | None = None) -> tuple[dict[str, Any], pa.Table]:
     """Return the metrics fields of one image's objects and its rows of :data:`pipeline.schema.OBJECTS_SCHEMA`.
 
-    Writes ``instances/<shard>/<key>.<png|tif>`` under ``output``. ``confidence`` ``(h, w)`` gives each
-    object's ``mean_score``; ``truth`` (class mask) and ``truth_labels`` (instance labels), either
-    or both None, the true objects (:func:`true_objects`).
+    Writes ``instances/<shard>/<key>.<png|tif>`` under ``output``. ``predicted`` is the decided mask:
+    for a border model (``borders``), with its borders (the value ``num_classes``). ``confidence``
+    ``(h, w)`` gives each object's ``mean_score``; ``truth`` (class mask) and ``truth_labels``
+    (instance labels), either or both None, the true objects (:func:`true_objects`).
+    ``model_diameter``: the model's training objects' median diameter, where it records one.
     """
-    labels, label_class = objects.label_objects(predicted, num_classes, config.connectivity, config.min_size,
-                                                config.split)
+    split, min_size = object_method(config, borders, model_diameter, predicted, num_classes)
+    if borders and split != "borders":
+        predicted = objects.fold_borders(predicted, num_classes)
+    labels, label_class = objects.label_objects(predicted, num_classes, config.connectivity, min_size, split,
+                                                config.diameter or None)
     data, extension = imaging.encode_instances(labels)
     uri = layout.instances_url(output, shard, key, extension)
     storage.write_bytes(uri, data, storage_config)
@@ -76,7 +99,7 @@ def image_objects(key: str, shard: str, predicted: np.ndarray, confidence: np.nd
         confidence = confidence / imaging.SCORE_LEVELS
     rows: dict[str, Any] = objects.object_rows(labels, label_class, confidence=confidence)
     record: dict[str, Any] = {
-        "instances_uri": uri,
+        "instances_uri": uri, "objects_method": METHOD_NAMES[split],
         "objects_predicted": np.bincount(label_class[1:], minlength=num_classes)[:num_classes].tolist(),
     }
     truth_objects = true_objects(truth, truth_labels, num_classes, config.connectivity)

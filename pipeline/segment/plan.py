@@ -66,6 +66,9 @@ def plan_run(cfg: SegmentConfig) -> RunPlan:
         raise ConfigError(f"precision={cfg.precision}: model {cfg.model} is {'an imported Keras model' if spec.keras else 'the K-means baseline'}, "
                           "which runs as it was saved; mixed precision is for the networks segpipe builds: "
                           "leave precision at float32")
+    if cfg.objects.enabled and cfg.objects.split == "borders" and spec.target != "borders":
+        raise ConfigError(f"objects.split=borders: model {cfg.model} was not trained on border targets, so it predicts "
+                          "no borders; use split auto or watershed, or train with model.target=borders")
     # The K-means baseline decides each pixel alone: auto runs it on whole images (its position
     # and texture features then see the image, not a window).
     requested = "whole" if cfg.tiling == "auto" and not spec.keras else cfg.tiling

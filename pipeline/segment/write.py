@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import imaging, metrics, schema
+from pipeline import imaging, metrics, objects, schema
 from pipeline.config import ObjectsConfig, StorageConfig
 from pipeline.errors import ErrorKind
 from pipeline.io import layout, storage
@@ -91,7 +91,9 @@ def finish_row(item: dict[str, Any], inferer: Inferer, output: str, storage_conf
     num_classes = inferer.info.spec.num_classes
     with_objects = objects_config is not None and objects_config.enabled
     try:
-        predicted, confidence = inferer.finish(item, confidence=with_objects)
+        decided, confidence = inferer.finish(item, confidence=with_objects)
+        borders = inferer.info.spec.target == "borders"  # the class num_classes: borders, folded into their objects
+        predicted = objects.fold_borders(decided, num_classes) if borders else decided
         mask_uri = layout.mask_url(output, shard, key)
         storage.write_bytes(mask_uri, imaging.encode_png(predicted, compress_level=1), storage_config)
         record: dict[str, Any] = {"class_pixels": metrics.class_counts(predicted, num_classes).tolist()}
@@ -106,8 +108,8 @@ def finish_row(item: dict[str, Any], inferer: Inferer, output: str, storage_conf
         if truth is not None:
             record.update({k: np.asarray(v).tolist() for k, v in metrics.image_metrics(predicted, truth, num_classes).items()})
         if with_objects:
-            found, table = image_objects(key, shard, predicted, confidence, truth, truth_labels, num_classes, objects_config,
-                                         output, storage_config)
+            found, table = image_objects(key, shard, decided, confidence, truth, truth_labels, num_classes, objects_config,
+                                         output, storage_config, borders, inferer.info.diameter)
             record.update(found, objects=table_bytes(table))
     except storage.OutputFullError as exc:  # the output takes no writes at all: the driver stops the run
         return {**base, "status": schema.STATUS_ERROR, "error": str(exc), "error_kind": ErrorKind.WRITE_FAILED.value,

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import imaging, raypatch
+from pipeline import imaging, objects, raypatch
 from pipeline.config import AugmentConfig, TrainConfig
 from pipeline.io.readers import read_dataset
 from pipeline.io.shards import discover_shards
@@ -43,24 +43,26 @@ class DecodedSamples:
 
     def get(self, image: bytes, mask: bytes, spec: ModelSpec, normalization: dict[str, Any],
             budget_bytes: int, tile: tuple[int, int] | None = None,
-            label_map: imaging.LabelMap | None = None) -> tuple[np.ndarray, np.ndarray]:
+            label_map: imaging.LabelMap | None = None, borders: tuple[bytes, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(normalised float32 image, uint8 mask)``, at ``tile`` if given (see :meth:`decode`);
         raise imaging.SampleError if unusable.
 
         With ``budget_bytes`` 0 nothing is looked up or kept: every call decodes.
         """
         if budget_bytes <= 0:
-            return self.decode(image, mask, spec, normalization, tile, label_map)
+            return self.decode(image, mask, spec, normalization, tile, label_map, borders)
         digest = hashlib.blake2b(image, digest_size=16)
         digest.update(mask)
-        # len(image) marks where the image's bytes end and the mask's begin in the one digest
-        key = (digest.digest(), len(image), spec.channels, spec.num_classes, json.dumps(normalization, sort_keys=True),
-               tile, label_map)
+        if borders is not None:
+            digest.update(borders[0])
+        # the lengths mark where the image's bytes end and the mask's (and the instances') begin in the one digest
+        key = (digest.digest(), len(image), len(mask), spec.channels, spec.num_classes,
+               json.dumps(normalization, sort_keys=True), tile, label_map, borders[1] if borders else None)
         found = self.entries.get(key)
         if found is not None:
             self.entries.move_to_end(key)
             return found
-        pair = self.decode(image, mask, spec, normalization, tile, label_map)
+        pair = self.decode(image, mask, spec, normalization, tile, label_map, borders)
         size = pair[0].nbytes + pair[1].nbytes
         if size <= budget_bytes:
             for array in pair:
@@ -74,7 +76,8 @@ class DecodedSamples:
 
     @staticmethod
     def decode(image: bytes, mask: bytes, spec: ModelSpec, normalization: dict[str, Any],
-               tile: tuple[int, int] | None = None, label_map: imaging.LabelMap | None = None) -> tuple[np.ndarray, np.ndarray]:
+               tile: tuple[int, int] | None = None, label_map: imaging.LabelMap | None = None,
+               borders: tuple[bytes, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Return the normalised image and its mask decoded from their bytes, through the data set's label
         map (plain class indices without one; :data:`pipeline.imaging.IGNORE` where not labelled).
 
@@ -83,15 +86,35 @@ class DecodedSamples:
         model trained at ``scale: resize`` sees exactly the input it is segmented with; the mask
         by nearest neighbour. Without, both at their own size, normalised as segmentation in
         windows normalises (the image's own value range, before its channels are matched).
+
+        With ``borders`` (``(instance label bytes, border width)``) the mask is a border target
+        (:func:`with_borders`).
         """
         label_map = label_map if label_map is not None else imaging.LabelMap(num_classes=spec.num_classes)
         if tile is not None:
             pixels, size, value_range = imaging.read_tile(image, tile, spec.channels, normalization)
             classes = imaging.decode_mask(mask, label_map, size)
+            if borders is not None:
+                classes = with_borders(classes, *borders, spec.num_classes, tile)
             return imaging.tile_input(pixels, normalization, value_range), imaging.labels_at_size(classes, tile)
         decoded, value_range = imaging.read_native(image, normalization)
         classes = imaging.decode_mask(mask, label_map, decoded.shape[:2])
+        if borders is not None:
+            classes = with_borders(classes, *borders, spec.num_classes)
         return imaging.normalise(imaging.match_channels(decoded, spec.channels), normalization, value_range), classes
+
+
+def with_borders(classes: np.ndarray, instances: bytes, width: int, num_classes: int,
+                 tile: tuple[int, int] | None = None) -> np.ndarray:
+    """Return a decoded mask as a border target (:func:`pipeline.objects.border_target`), the objects
+    from the instance label image ``instances`` or, without one, the mask's connected components
+    (which never touch: such an image teaches borders nothing). With ``tile`` the border is drawn at
+    the tile's scale: ``width`` pixels there, as the model sees it; the mask then comes at the tile."""
+    labels = (imaging.decode_instances(instances, classes.shape).astype(np.int32) if len(instances)
+              else objects.label_objects(np.where(classes < num_classes, classes, 0), num_classes)[0])
+    if tile is not None:
+        classes, labels = imaging.labels_at_size(classes, tile), imaging.labels_at_size(labels, tile)
+    return objects.border_target(classes, labels, width, num_classes)
 
 
 DECODED = DecodedSamples()
@@ -99,7 +122,7 @@ DECODED = DecodedSamples()
 
 def native_batch(batch: dict[str, np.ndarray], spec: ModelSpec, normalization: dict[str, Any],
                  augmentation: AugmentConfig | None, cache_mb: float = 0,
-                 label_map: imaging.LabelMap | None = None) -> dict[str, np.ndarray]:
+                 label_map: imaging.LabelMap | None = None, border_width: int = 0) -> dict[str, np.ndarray]:
     """Return ``pixels``, ``labels`` and ``weights`` of the windows cut from a batch of input rows at native scale.
 
     Each usable pair gives :func:`pipeline.train.augment.native_windows`: with ``augmentation``,
@@ -115,7 +138,8 @@ def native_batch(batch: dict[str, np.ndarray], spec: ModelSpec, normalization: d
         if not reason:
             try:
                 normalised, mask = DECODED.get(batch["image"][index], batch["mask"][index], spec, normalization,
-                                               int(cache_mb * 2**20), label_map=label_map)
+                                               int(cache_mb * 2**20), label_map=label_map,
+                                               borders=borders_of(batch, index, spec, border_width))
                 windows.extend(augment.native_windows(normalised, mask, tile, rng, augmentation or AugmentConfig()))
                 continue
             except imaging.SampleError as exc:
@@ -130,6 +154,15 @@ def native_batch(batch: dict[str, np.ndarray], spec: ModelSpec, normalization: d
     weights = np.concatenate([np.ones(len(windows), np.float32), np.zeros(len(reasons), np.float32)])
     return {"pixels": pixels, "labels": labels, "weights": weights,
             "skip_reason": np.array([""] * len(windows) + reasons, dtype=object)}
+
+
+def borders_of(batch: dict[str, np.ndarray], index: int, spec: ModelSpec, width: int) -> tuple[bytes, int] | None:
+    """Return what a border target of row ``index`` is drawn from (its instance labels, possibly
+    none, and the width), or None for a model of class targets."""
+    if spec.target != "borders":
+        return None
+    instances = batch.get("instances")
+    return (bytes(instances[index]) if instances is not None else b"", max(1, width))
 
 
 def unusable_reason(batch: dict[str, np.ndarray], index: int) -> str:
@@ -149,7 +182,7 @@ NO_MASK = "no_mask"  # a training sample without a ground-truth mask (not an err
 def training_batch(batch: dict[str, np.ndarray], spec: ModelSpec, normalization: dict[str, Any],
                    augmentation: AugmentConfig | None, patch: int = 0, cache_mb: float = 0,
                    native: bool = False, label_map: imaging.LabelMap | None = None,
-                   split: tuple[float, bool] | None = None) -> dict[str, np.ndarray]:
+                   split: tuple[float, bool] | None = None, border_width: int = 0) -> dict[str, np.ndarray]:
     """Return ``pixels`` (float32 tiles), ``labels`` (uint8 class tiles) and ``weights`` for a batch of input rows.
 
     With ``augmentation`` each pair is augmented as :func:`pipeline.train.augment.training_pair` describes.
@@ -164,13 +197,14 @@ def training_batch(batch: dict[str, np.ndarray], spec: ModelSpec, normalization:
     With ``native`` the pairs are cut into windows at their own scale instead (:func:`native_batch`).
     ``label_map``: the data set's label map (plain class indices without one). With ``split``
     (``(share, held_out)``) only the rows on that side of the validation split are kept
-    (:func:`held_out`): the held-out ones, or the rest.
+    (:func:`held_out`): the held-out ones, or the rest. A border model (``spec.target`` borders)
+    learns border targets ``border_width`` pixels wide (:func:`with_borders`).
     """
     if split is not None:
         keep = np.array([held_out(str(key), split[0]) == split[1] for key in batch["key"]], dtype=bool)
         batch = {name: column[keep] for name, column in batch.items()}
     if native:
-        return native_batch(batch, spec, normalization, augmentation, cache_mb, label_map)
+        return native_batch(batch, spec, normalization, augmentation, cache_mb, label_map, border_width)
     count = len(batch["key"])
     tile = spec.input_size
     shape = (patch, patch) if patch else tile
@@ -187,7 +221,8 @@ def training_batch(batch: dict[str, np.ndarray], spec: ModelSpec, normalization:
             continue
         try:
             normalised, mask = DECODED.get(batch["image"][index], batch["mask"][index], spec, normalization,
-                                           int(cache_mb * 2**20), at_tile, label_map)
+                                           int(cache_mb * 2**20), at_tile, label_map,
+                                           borders_of(batch, index, spec, border_width))
             pair = augment.training_pair(normalised, mask, tile, rng if augmentation else None,
                                          augmentation or AugmentConfig())
             pixels[index], labels[index] = augment.random_patch(*pair, shape, rng) if patch else pair
@@ -222,7 +257,7 @@ def training_dataset(url: str, cfg: TrainConfig, spec: ModelSpec, augmented: boo
     batches = TrainingBatches(spec=spec, normalization={"mode": loader.normalization},
                               augmentation=cfg.augment if augmented else None, patch=patch,
                               cache_mb=loader.decoded_cache_mb, native=cfg.scale == "native", label_map=label_map,
-                              split=split)
+                              split=split, border_width=cfg.model.border_width)
     return dataset.map_batches(batches, batch_size=cfg.optim.batch_size, num_cpus=loader.stage_cpus)
 
 

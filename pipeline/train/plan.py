@@ -13,6 +13,7 @@ import dataclasses
 import math
 from typing import Any
 
+from pipeline import objects
 from pipeline.config import DEFAULT_CLASSES, TrainConfig
 
 GREY_SHARE = 0.75  # one channel where at least this share of the images is grey
@@ -85,7 +86,7 @@ PLANNED_KEYS = {
     "model.num_classes": 0, "use_gpu": None, "num_workers": 0, "model.channels": 0, "loader.normalization": "", "model.input_size": 0,
     "model.depth": 0, "model.base_filters": 0, "scale": "", "optim.batch_size": 0, "optim.loss": "",
     "augment.invert": None, "val_fraction": None, "optim.lr_schedule": "", "max_minutes": 0.0,
-    "loader.steps_per_epoch": None,
+    "loader.steps_per_epoch": None, "model.target": "", "model.border_width": 0,
 }
 NEEDS_NO_DATA = {"use_gpu", "num_workers", "model.base_filters", "optim.lr_schedule"}
 
@@ -156,6 +157,8 @@ class Planner:
         else:
             self.decide("model.depth", lambda: (3, f"unused by {self.cfg.model.architecture}"))
         self.decide("scale", self.scale)
+        self.decide("model.target", self.target)
+        self.decide("model.border_width", self.border_width)
         self.decide("optim.batch_size", self.batch)
         self.decide("optim.loss", self.loss)
         self.decide("augment.invert", self.invert)
@@ -247,6 +250,23 @@ class Planner:
         if largest > tile:
             return "native", f"images of {largest:.0f} px exceed the {tile}-px tile"
         return "resize", f"every image is one size within the {tile}-px tile"
+
+    def target(self) -> tuple[str, str]:
+        sources = (self.fingerprint.get("objects") or {}).get("sources") or {}
+        model = self.cfg.model
+        if model.architecture == "kmeans" or model.output_activation != "softmax":
+            return "classes", f"{model.architecture if model.architecture == 'kmeans' else 'a sigmoid output'} takes no borders"
+        if sources.get("labels"):
+            return "borders", (f"{sources['labels']} images with instance labels: the borders between touching objects "
+                               "learnt as a class, for --objects")
+        return "classes", "no instance labels"
+
+    def border_width(self) -> tuple[int, str]:
+        if self.cfg.model.target != "borders":
+            return 0, "no border targets"
+        diameter = self.diameter()
+        width = objects.border_width(diameter)
+        return width, (f"0.15 of the objects' median diameter ({diameter:.0f} px)" if diameter else "no objects measured")
 
     def batch(self) -> tuple[int, str]:
         tile, workers = self.cfg.model.input_size, self.cfg.num_workers

@@ -51,7 +51,7 @@ def model_spec(model: ModelConfig) -> ModelSpec:
         architecture=model.architecture, input_size=(model.input_size, model.input_size), channels=model.channels,
         num_classes=model.class_count(), depth=model.depth, base_filters=base_filters(model.architecture, model.base_filters), batch_norm=model.batch_norm,
         dropout=model.dropout, output_activation=model.output_activation, fc_filters=model.fc_filters,
-        width=model.width, aspp_filters=model.aspp_filters,
+        width=model.width, aspp_filters=model.aspp_filters, target=model.target or "classes",
     )
 
 
@@ -237,7 +237,8 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
              " or ".join(filter(None, (f"{cfg.epochs} epochs" if cfg.epochs else "",
                                        f"{cfg.max_minutes:g} minutes" if cfg.max_minutes else ""))))
     result = trainer.fit()
-    return write_final_artifact(cfg, spec, result, time.perf_counter() - started, label_map, run.plan)
+    return write_final_artifact(cfg, spec, result, time.perf_counter() - started, label_map, run.plan,
+                                objects_record(cfg, run.fingerprint))
 
 
 def skipped_samples(cfg: TrainConfig, history: list[dict[str, Any]]) -> str:
@@ -263,8 +264,22 @@ def skipped_samples(cfg: TrainConfig, history: list[dict[str, Any]]) -> str:
     return f"{int(skipped)} of {int(rows)} samples skipped ({reasons})" if skipped else ""
 
 
+def objects_record(cfg: TrainConfig, fingerprint: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Return what model.json records of the training data's objects (``objects``): the border
+    width of border targets and the objects' median diameter and area quantiles, where measured."""
+    record: dict[str, Any] = {}
+    if cfg.model.target == "borders":
+        record["border_width"] = cfg.model.border_width
+    measured = (fingerprint or {}).get("objects") or {}
+    if measured.get("median_diameter"):
+        record.update(diameter=round(float(measured["median_diameter"]), 2), area=measured.get("area"),
+                      source=",".join(sorted(measured.get("sources") or {})))
+    return record or None
+
+
 def write_final_artifact(cfg: TrainConfig, spec: ModelSpec, result: Any, seconds: float,
-                         label_map: LabelMap | None = None, plan: TrainingPlan | None = None) -> TrainSummary:
+                         label_map: LabelMap | None = None, plan: TrainingPlan | None = None,
+                         objects: dict[str, Any] | None = None) -> TrainSummary:
     """Write the best epoch's model from the last checkpoint as the run's artifact; return the summary."""
     if result.checkpoint is None:
         raise RuntimeError(f"training under {cfg.output} ended without a checkpoint; see the log above")
@@ -282,7 +297,7 @@ def write_final_artifact(cfg: TrainConfig, spec: ModelSpec, result: Any, seconds
         spec=spec, class_names=cfg.model.names(), normalization={"mode": cfg.loader.normalization}, threshold=0.5,
         scale=cfg.scale, preprocessing=encoder_preprocessing(spec.architecture, cfg.model.encoder_weights),
         label_map=label_map if label_map is not None and label_map.declared else None,
-        plan=plan.to_json() if plan is not None else None,
+        plan=plan.to_json() if plan is not None else None, objects=objects,
         training={
             "trained": True, "data_url": cfg.data, "val_data_url": cfg.val_data, "epochs": state["epoch"],
             "best_epoch": best.get("epoch"), "best_metrics": best, "history": state["history"],

@@ -17,14 +17,14 @@ from tests.report.test_report import row, write_run
 
 
 def with_objects(record: dict[str, Any], true: int, predicted: int, tp: list[int], dsb: float, f1: float,
-                 pq_value: float) -> dict[str, Any]:
+                 pq_value: float, method: str = "borders") -> dict[str, Any]:
     """Return a metrics row of a two-class run with objects: counts and scores of class 1."""
     nan = math.nan
     return {**record, "truth_instances": "labels", "objects_true": [0, true], "objects_predicted": [0, predicted],
             "object_tp": [[0] * 10, tp], "object_fp": [[0] * 10, [predicted - t for t in tp]],
             "object_fn": [[0] * 10, [true - t for t in tp]], "dsb_score": [nan, dsb], "object_f1": [nan, f1],
             "pq": [nan, pq_value], "mean_dsb_score": dsb, "mean_pq": pq_value,
-            "instances_uri": f"s3://out/instances/{record['key']}.png"}
+            "instances_uri": f"s3://out/instances/{record['key']}.png", "objects_method": method}
 
 
 def test_objects_summary_matches_a_hand_computation(tmp_path: Path) -> None:
@@ -38,7 +38,7 @@ def test_objects_summary_matches_a_hand_computation(tmp_path: Path) -> None:
         #    PQ 0.72 x 1 / (1 + 2/2) = 0.36
         with_objects(row("b", tp=[4, 1], fp=[0, 2], fn=[0, 0]), 1, 3, [1] * 5 + [0] * 5, 1 / 6, 0.5, 0.36),
         # c: no object either side: every score NaN
-        with_objects(row("c", tp=[4, 0], fp=[0, 0], fn=[0, 0]), 0, 0, [0] * 10, nan, nan, nan),
+        with_objects(row("c", tp=[4, 0], fp=[0, 0], fn=[0, 0]), 0, 0, [0] * 10, nan, nan, nan, "watershed"),
     ]
     folder = tmp_path / "run"
     write_run(folder, {"s0": rows})
@@ -53,6 +53,7 @@ def test_objects_summary_matches_a_hand_computation(tmp_path: Path) -> None:
 
     objects = summary["objects"]
     assert objects["images"] == 3 and objects["with_ground_truth"] == 3 and objects["truth_instances"] == {"labels": 3}
+    assert objects["methods"] == {"borders": 2, "watershed": 1}
     (cell,) = objects["classes"]
     assert (cell["objects_true"], cell["objects_predicted"]) == (3, 5)
     assert cell["dsb_score"]["macro"] == pytest.approx((0.6 + 1 / 6) / 2) and cell["dsb_score"]["nan_images"] == 1
@@ -72,6 +73,7 @@ def test_objects_summary_matches_a_hand_computation(tmp_path: Path) -> None:
     jsonschema.validate(summary, report.SUMMARY_SCHEMA)
     html = (folder / "report" / "report.html").read_text()
     assert "<h2>Objects</h2>" in html and "mean DSB score" in html
+    assert "told apart by: borders (2 images), watershed (1 image)" in html
 
 
 def test_a_run_without_objects_has_no_objects_section(tmp_path: Path) -> None:

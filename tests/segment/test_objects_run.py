@@ -114,7 +114,7 @@ def test_objects_s3_to_s3_resume_after_a_driver_kill_without_duplicate_rows(s3_b
     keras.utils.set_random_seed(3)  # an untrained model that predicts some foreground, whatever ran before
     save_artifact(build_unet(spec), ModelInfo(spec=spec, class_names=TINY_CLASSES), model)
     command = [sys.executable, "-m", "jobs.cli", "segment", "--input", data, "--model", model, "--output", output,
-               "--batch-size", "4", "--objects", "--split", "watershed", "stage_cpus=0.2"]
+               "--batch-size", "4", "--objects", "--split", "watershed", "--min-object-size", "0", "stage_cpus=0.2"]
     env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}  # its own local Ray
     fs = s3fs.S3FileSystem()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -145,7 +145,7 @@ def test_objects_s3_to_s3_resume_after_a_driver_kill_without_duplicate_rows(s3_b
     check_objects(output, metrics, objects, truth_from_tars(data), 3, fs.cat_file)
     run = json.loads(fs.cat_file(f"{output}/run.json"))
     assert run["status"] == "finished" and run["config"]["objects"] == {
-        "enabled": True, "min_size": 0, "split": "watershed", "connectivity": 8}
+        "enabled": True, "min_size": 0, "split": "watershed", "diameter": 0.0, "connectivity": 8}
 
 
 def test_objects_in_windows_at_the_image_size_without_ground_truth(tmp_path: Path, tiny_model: str) -> None:
@@ -155,7 +155,7 @@ def test_objects_in_windows_at_the_image_size_without_ground_truth(tmp_path: Pat
     for path in (data / "masks").iterdir():  # no ground truth: the objects are measured but not scored
         path.unlink()
     summary = run_segmentation(SegmentConfig(input=str(data), model=tiny_model, output=str(output), tiling="windows",
-                                             objects=ObjectsConfig(enabled=True, connectivity=4)))
+                                             objects=ObjectsConfig(enabled=True, connectivity=4, min_size=0)))
     assert summary.images == 4 and summary.errors == 0
     metrics, objects = read_table(str(output), "metrics"), read_table(str(output), "objects")
     check_objects(str(output), metrics, objects, None, 3, lambda url: Path(url).read_bytes())
@@ -166,3 +166,35 @@ def test_objects_in_windows_at_the_image_size_without_ground_truth(tmp_path: Pat
                                    objects=ObjectsConfig(enabled=True, connectivity=4, min_size=20)))
     large = read_table(str(bigger), "objects")
     assert large and all(o["area"] >= 20 for o in large) and len(large) < len(objects)
+
+
+def test_a_border_model_trained_on_instance_labels_gives_objects_from_its_borders_s3_to_s3(s3_bucket: str,
+                                                                                          tmp_path: Path) -> None:
+    from pipeline.config import LoaderConfig, ModelConfig, OptimConfig, TrainConfig
+    from pipeline.train.run import run_training
+
+    data, model, output = f"{s3_bucket}/nuclei", str(tmp_path / "model"), f"{s3_bucket}/runs/borders"
+    write_sample_data(SampleDataConfig(output=data, num_images=12, num_shards=2, num_classes=2, min_size=40, max_size=48,
+                                       instances=True))
+    # the plan, left to choose the target, draws borders from the instance labels
+    run_training(TrainConfig(data=data, output=model, num_workers=1, cpus_per_worker=1.0, epochs=2, scale="resize",
+                             val_fraction=0.0, optim=OptimConfig(batch_size=4), loader=LoaderConfig(steps_per_epoch=3),
+                             model=ModelConfig(input_size=32, depth=2, base_filters=4)))
+    info = json.loads(Path(model, "model.json").read_text())
+    plan = {choice["key"]: choice for choice in info["plan"]}
+    assert info["parameters"]["target"] == "borders" and not plan["model.target"]["given"]
+    assert info["objects"]["border_width"] == plan["model.border_width"]["value"] >= 1
+    assert info["objects"]["diameter"] > 0 and info["objects"]["source"] == "labels"
+
+    summary = run_segmentation(SegmentConfig(input=data, model=model, output=output,
+                                             objects=ObjectsConfig(enabled=True, min_size=0)))
+    assert summary.images == 12 and summary.errors == 0
+    fs = s3fs.S3FileSystem()
+    fs.invalidate_cache()
+    metrics, objects = read_table(output, "metrics"), read_table(output, "objects")
+    assert sorted(row["key"] for row in metrics) == [f"sample-{i:06d}" for i in range(12)]
+    assert all(row["objects_method"] == "borders" for row in metrics)
+    for row in metrics:  # the masks hold the user's classes only: borders folded into their objects
+        assert np.asarray(Image.open(io.BytesIO(fs.cat_file(row["mask_uri"])))).max() <= 1
+        assert len(row["class_pixels"]) == 2
+    check_objects(output, metrics, objects, truth_from_tars(data), 2, fs.cat_file)

@@ -228,3 +228,15 @@ def test_mixed_precision_for_a_model_it_cannot_rebuild_stops_before_work(tmp_pat
         plan_run(SegmentConfig(input=str(data), model=str(tmp_path / "art"), output=str(tmp_path / "out"),
                                precision="mixed_float16"))
     assert not (tmp_path / "out").exists()
+
+
+def test_objects_from_borders_for_a_model_without_borders_stops_before_work(tmp_path: Path, tiny_model: str) -> None:
+    from pipeline.config import ObjectsConfig
+    from pipeline.segment.plan import plan_run
+
+    data = tmp_path / "data"
+    write_sample_data(SampleDataConfig(output=str(data), num_images=1, num_shards=1))
+    with pytest.raises(ConfigError, match="objects.split=borders: model .* was not trained on border targets"):
+        plan_run(SegmentConfig(input=str(data), model=tiny_model, output=str(tmp_path / "out"),
+                               objects=ObjectsConfig(enabled=True, split="borders")))
+    assert not (tmp_path / "out").exists()

@@ -21,12 +21,12 @@ CPU = Hardware(gpus=0, nodes=1)
 
 def record(key: str, size: tuple[int, int] = (256, 256), channels: int = 1, grey: bool = True, median: float = 0.1,
            classes: tuple[int, ...] = (900, 100), polarity: float = 0.5, areas: tuple[int, ...] = (300, 300),
-           ignored: int = 0) -> dict:
+           ignored: int = 0, source: str = "labels") -> dict:
     """Return one image's fingerprint record, as pipeline.fingerprint.measure.image_fingerprint gives it."""
     return {"key": key, "shard": "s", "error_kind": "", "truth_error_kind": "", "width": size[0], "height": size[1],
             "channels": channels, "bits": 8, "grey": grey, "p01": 0.0, "p50": median, "p99": 1.0,
             "class_pixels": list(classes), "ignored_pixels": ignored, "fg_mean": 0.5 + polarity / 2,
-            "bg_mean": 0.5 - polarity / 2, "object_areas": list(areas), "object_source": "labels"}
+            "bg_mean": 0.5 - polarity / 2, "object_areas": list(areas), "object_source": source}
 
 
 def fingerprint(records: list[dict]) -> dict:
@@ -57,6 +57,21 @@ def test_grey_stored_as_colour_one_size_one_polarity_and_a_rare_class() -> None:
     assert cfg.loader.steps_per_epoch == 25  # a pass is 5 steps; an epoch is at least 25 ...
     assert cfg.loader.passes_per_epoch == 6 and "read 6 times over" in made["loader.steps_per_epoch"].reason  # ... in one read
     assert not any(choice.given for choice in made.values())
+
+
+def test_instance_labels_plan_border_targets_as_wide_as_the_objects_ask() -> None:
+    cfg, made = plan(fingerprint([record(f"k{i}") for i in range(12)]))  # instance labels, objects of 20 px
+    assert cfg.model.target == "borders" and "12 images with instance labels" in made["model.target"].reason
+    assert cfg.model.border_width == 3 and "(20 px)" in made["model.border_width"].reason
+    cfg, made = plan(fingerprint([record(f"k{i}", areas=(5000,)) for i in range(12)]))  # 80 px across: 4 at most
+    assert cfg.model.border_width == 4
+    cfg, made = plan(fingerprint([record(f"k{i}", source="components") for i in range(12)]))  # masks alone
+    assert cfg.model.target == "classes" and made["model.target"].reason == "no instance labels"
+    assert cfg.model.border_width == 0
+    cfg, made = plan(fingerprint([record(f"k{i}") for i in range(12)]), model={"output_activation": "sigmoid"})
+    assert cfg.model.target == "classes" and "sigmoid" in made["model.target"].reason
+    cfg, made = plan(fingerprint([record(f"k{i}") for i in range(12)]), model={"target": "classes"})
+    assert cfg.model.target == "classes" and made["model.target"].given
 
 
 def test_colour_mixed_polarity_sizes_and_intensities_with_balanced_classes() -> None:

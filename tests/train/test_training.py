@@ -251,6 +251,29 @@ def test_loss_is_low_for_right_and_high_for_wrong_predictions() -> None:
         assert low < 0.05 < 0.5 < high, (kind, low, high)
 
 
+def test_a_border_model_learns_border_targets_from_the_instance_labels_at_native_and_tile_scale() -> None:
+    spec = ModelSpec(input_size=(16, 16), channels=1, num_classes=2, depth=1, base_filters=2, target="borders")
+    instances = np.zeros((16, 16), np.uint16)
+    instances[4:12, 2:8], instances[4:12, 8:14] = 1, 2  # two touching boxes
+    mask = (instances > 0).astype(np.uint8)
+    batch = {"key": np.array(["pair", "no-instances"], dtype=object),
+             "image": np.array([encode_png(mask * 200)] * 2, dtype=object),
+             "mask": np.array([encode_png(mask)] * 2, dtype=object),
+             "instances": np.array([encode_png(instances), b""], dtype=object),
+             "error": np.array(["", ""], dtype=object)}
+    for native in (False, True):
+        out = training_batch(batch, spec, {"mode": "scale"}, None, native=native, border_width=1)
+        pair, alone = out["labels"][0], out["labels"][1]
+        assert (pair == 2).sum() == 16 and (pair[4:12, 7:9] == 2).all()  # a pixel either side of the contact
+        assert ((pair > 0) == (mask > 0)).all()  # the border is part of the objects, nothing more
+        assert not (alone == 2).any() and (alone == mask).all()  # no instance labels: one component, no border
+    # the loss sees three classes: a border pixel predicted as nucleus interior costs
+    right = np.eye(3, dtype=np.float32)[out["labels"][:1].astype(int)]
+    wrong = np.eye(3, dtype=np.float32)[np.minimum(out["labels"][:1], 1).astype(int)]
+    assert float(per_example_loss(out["labels"][:1], right, spec, "ce")[0]) < 0.01
+    assert float(per_example_loss(out["labels"][:1], wrong, spec, "ce")[0]) > 0.5
+
+
 def test_bad_samples_get_weight_zero() -> None:
     spec = ModelSpec(input_size=(16, 16), num_classes=2, depth=1, base_filters=2)
     image = encode_png(np.zeros((20, 20, 3), np.uint8))
