@@ -63,18 +63,24 @@ def label_objects(mask: np.ndarray, num_classes: int, connectivity: int = 8, min
             components = grown_interiors(region, decided == class_index, connectivity)
         else:
             components = measure.label(region, connectivity=1 if connectivity == 4 else 2)
-        if min_size > 1:
-            small = np.bincount(components.ravel()) < min_size
-            small[0] = False
-            components[small[components]] = 0
-        if split == "watershed":
-            components = watershed_split(components, connectivity, diameter)
+        components = without_small(components, min_size)
+        if split == "watershed":  # speckle dropped before (it is no typical object) and after (no piece below it)
+            components = without_small(watershed_split(components, connectivity, diameter), min_size)
         components, _, _ = relabelled(components)
         count = int(components.max())
         if count:
             labels[components > 0] = components[components > 0] + len(classes) - 1
             classes.extend([class_index] * count)
     return labels, np.array(classes, dtype=np.int32)
+
+
+def without_small(components: np.ndarray, min_size: int) -> np.ndarray:
+    """Return a label image with the objects of fewer than ``min_size`` pixels set to 0 (in place)."""
+    if min_size > 1:
+        small = np.bincount(components.ravel()) < min_size
+        small[0] = False
+        components[small[components]] = 0
+    return components
 
 
 def watershed_split(components: np.ndarray, connectivity: int, diameter: float | None = None) -> np.ndarray:
