@@ -60,7 +60,8 @@ def label_objects(mask: np.ndarray, num_classes: int, connectivity: int = 8, min
         if not region.any():
             continue
         if split == "borders":
-            components = grown_interiors(region, decided == class_index, connectivity)
+            # an interior below twice the speckle size is a sliver, not an object's own (tuned on DSB 2018)
+            components = grown_interiors(region, decided == class_index, connectivity, 2 * min_size)
         else:
             components = measure.label(region, connectivity=1 if connectivity == 4 else 2)
         components = without_small(components, min_size)
@@ -129,19 +130,20 @@ def watershed_split(components: np.ndarray, connectivity: int, diameter: float |
     return result
 
 
-def grown_interiors(region: np.ndarray, interior: np.ndarray, connectivity: int) -> np.ndarray:
+def grown_interiors(region: np.ndarray, interior: np.ndarray, connectivity: int, min_marker: int = 0) -> np.ndarray:
     """Return the objects of one class of a border model: each connected part of ``interior`` (the
-    pixels decided as the class itself, not border) is a marker, grown over ``region`` (the class's
-    pixels, borders included) by a watershed of the distance to the interiors, so each border pixel
-    joins the nearest interior. A part of ``region`` without interior (all border) is one object."""
+    pixels decided as the class itself, not border) of ``min_marker`` pixels or more is a marker,
+    grown over ``region`` (the class's pixels, borders included) by a watershed of the distance to
+    the markers, so each border pixel joins the nearest interior (a smaller part joins its
+    neighbour's object). A part of ``region`` no marker reaches is one object."""
     from scipy import ndimage
     from skimage import measure, segmentation
 
     structure = 1 if connectivity == 4 else 2
-    markers = measure.label(interior & region, connectivity=structure)
+    markers = without_small(measure.label(interior & region, connectivity=structure), min_marker)
     if not markers.any():
         return measure.label(region, connectivity=structure)
-    grown = segmentation.watershed(ndimage.distance_transform_edt(~interior), markers, mask=region,
+    grown = segmentation.watershed(ndimage.distance_transform_edt(markers == 0), markers, mask=region,
                                    connectivity=structure).astype(np.int32)
     left = region & (grown == 0)
     if left.any():  # unreachable from any interior: an object of its own
