@@ -261,6 +261,7 @@ def foreign_model(path: Path, logits: bool = False, classes: int = 3, free: bool
     """Save a Keras model built without segpipe: any size, RGB in, ``classes`` channels out."""
     import keras
 
+    keras.utils.set_random_seed(0)  # untrained weights whose scores are not all near-ties, whatever ran before
     inputs = keras.Input((None, None, 3) if free else (32, 32, 3))
     x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
     x = keras.layers.Conv2D(classes, 1, activation=None if logits else "softmax")(x)
