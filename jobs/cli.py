@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pipeline import console
 from pipeline.cluster import shutdown_local_ray
 from pipeline.config import (
     ConfigError,
@@ -114,10 +115,14 @@ def configuration_reference() -> str:
     return "\n".join(parts)
 
 
+VERBOSE_HELP = ("show the workers' log lines (TensorFlow, Ray Data, Ray Train) and libraries' notices, which stay in "
+                "Ray's log files otherwise; -vv adds debug lines")
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--config``, ``-v`` and the trailing ``KEY=VALUE`` overrides."""
     parser.add_argument("--config", metavar="FILE", help="YAML config file")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. actors.max=4")
 
 
@@ -149,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--workdir", default="demo-output", help="folder for the demo's data, model and run (default demo-output)")
     demo.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
-    demo.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    demo.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
     demo.set_defaults(handler=run_demo_command)
     return parser
 
@@ -162,6 +167,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def run_segment_command(args: argparse.Namespace) -> int:
     """Run ``segpipe segment``; return the exit status."""
+    from pipeline.segment.record import outputs_line
     from pipeline.segment.run import run_segmentation
 
     cfg = config_from_args(args)
@@ -169,6 +175,7 @@ def run_segment_command(args: argparse.Namespace) -> int:
     if not summary.model_trained:
         print("note: the model artifact is untrained (model.json training.trained is false); masks are not meaningful")
     print(summary.line())
+    print(outputs_line(cfg.output))
     if cfg.report:
         from pipeline.report.build import build_report
 
@@ -272,14 +279,16 @@ def terminate(signum: int, frame: Any) -> None:
     raise Terminated(f"signal {signum}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``segpipe`` console script; return the process exit status."""
+def main(argv: Sequence[str] | None = None, command_line: bool | None = None) -> int:
+    """Entry point of the ``segpipe`` console script; return the process exit status.
+
+    ``command_line``: the process is the command (default: where ``argv`` is the process's own), so
+    its console is set up whole, native stderr included (:func:`pipeline.console.filter_native_stderr`).
+    """
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    console.setup(args.verbose)
+    if (argv is None if command_line is None else command_line) and not args.verbose:
+        console.filter_native_stderr()
     handler: Callable[[argparse.Namespace], int] = args.handler
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, terminate)  # a scheduler's stop is an interruption, as Ctrl-C is
@@ -298,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     finally:
         shutdown_local_ray()
+        console.close_native_filter()
 
 
 if __name__ == "__main__":

@@ -13,4 +13,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from jobs.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(["segment", *sys.argv[1:]]))
+    sys.exit(main(["segment", *sys.argv[1:]], command_line=True))

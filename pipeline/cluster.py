@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
 import threading
+
+from pipeline import console
 
 LOCAL_OBJECT_STORE_BYTES = 2 * 1024**3
 
@@ -22,11 +23,12 @@ def connect_ray(address: str | None) -> None:
         return
     previous = signal.getsignal(signal.SIGTERM)
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, **console.ray_init_options())
     else:
         ray.init(address="local", object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False,
-                 logging_level=logging.WARNING)
+                 **console.ray_init_options())
         _started_local = True
+    console.quiet_ray_data()
     # ray.init makes SIGTERM a bare sys.exit in the driver; a caller that chose its own handler
     # (segpipe's command line: an interruption, as Ctrl-C) keeps it.
     if callable(previous) and threading.current_thread() is threading.main_thread():

@@ -7,8 +7,8 @@ import ast
 from pathlib import Path
 
 LEAVES = ("pipeline.config", "pipeline.errors", "pipeline.schema", "pipeline.metrics", "pipeline.imaging",
-          "pipeline.symmetry", "pipeline.synthetic", "pipeline.windows", "pipeline.instances", "pipeline.objects")
-RAY = ("pipeline.cluster", "pipeline.raypatch")
+          "pipeline.symmetry", "pipeline.synthetic", "pipeline.windows", "pipeline.instances", "pipeline.objects", "pipeline.figures")
+RAY = ("pipeline.console", "pipeline.cluster", "pipeline.raypatch")
 BELOW_STAGES = (*LEAVES, "pipeline.io", "pipeline.model", *RAY)
 ALLOWED = {  # package -> what its modules may import from pipeline (besides their own package)
     "pipeline.config": (),
@@ -21,7 +21,9 @@ ALLOWED = {  # package -> what its modules may import from pipeline (besides the
     "pipeline.windows": (),
     "pipeline.instances": (),
     "pipeline.objects": (),
-    "pipeline.cluster": (),
+    "pipeline.figures": (),
+    "pipeline.console": (),
+    "pipeline.cluster": ("pipeline.console",),
     "pipeline.raypatch": (),
     "pipeline.io": LEAVES,
     "pipeline.model": (*LEAVES, "pipeline.io"),

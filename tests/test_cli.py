@@ -13,6 +13,7 @@ import yaml
 
 from jobs.cli import build_parser, config_from_args, configuration_reference, main
 from pipeline.config import ConfigError, ReportConfig, SegmentConfig, TrainConfig, load_config, option_fields
+from tests.test_console import TENSORFLOW_LINE, WORKER_LINE, read_events
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -298,6 +299,20 @@ def test_demo_command_runs_end_to_end(tmp_path: Path) -> None:
     assert summary["counts"]["images"] == 32 and summary["baseline"]["images_matched"] == 32
     assert f"{summary['foreground']['dice']['macro']:.3f}" == dice.group(1)  # the printed figure is the report's
     assert (tmp_path / "demo" / "run" / "report" / "report.html").stat().st_size > 50_000  # plots and overlays embedded
+    # the console: one screen of segpipe's own lines, an epoch line each, every output named, curves written
+    console = (result.stdout + result.stderr).splitlines()
+    assert len(console) < 45, "\n".join(console)
+    assert not [line for line in console if TENSORFLOW_LINE.match(line) or WORKER_LINE.search(line)], "\n".join(console)
+    epochs = [re.fullmatch(r"\d\d:\d\d:\d\d epoch (\d)/4: loss \d+\.\d{4}, val Dice \d\.\d{3}, IoU \d\.\d{3}, "
+                           r"\d+\.\d s, ETA \d+:\d\d:\d\d(, best)?", line) for line in console]
+    assert [int(match.group(1)) for match in epochs if match] == [1, 2, 3, 4], "\n".join(console)
+    demo = tmp_path / "demo"
+    for output in (demo / "run" / "masks", demo / "run" / "run.json", demo / "run" / "report" / "report.html",
+                   demo / "model" / "training.html"):
+        assert str(output) in result.stdout and output.exists(), output
+    losses = {step: value for (step, tag), value in read_events(demo / "model" / "logs").items() if tag == "loss/train"}
+    history = json.loads((demo / "model" / "model.json").read_text())["training"]["history"]
+    assert losses == pytest.approx({record["epoch"] + 1: record["loss"] for record in history}) and len(losses) == 4
 
 
 def test_help_explains_every_report_option(capsys: pytest.CaptureFixture[str]) -> None:

@@ -346,5 +346,5 @@ def build_report(cfg: ReportConfig) -> ReportResult:
     storage.write_bytes(summary_url, json.dumps(summary, indent=2, allow_nan=False).encode(), cfg.storage)
     storage.write_bytes(html_url, html.encode(), cfg.storage)
     result = ReportResult(summary_url, html_url, summary, time.perf_counter() - started)
-    log.info("%s", result.line())
+    log.debug("%s", result.line())  # the command line prints it
     return result

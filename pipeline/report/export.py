@@ -71,7 +71,7 @@ def export_run(cfg: ExportConfig) -> ExportSummary:
         del entry["key"]
     storage.write_bytes(cfg.output, json.dumps(results).encode(), cfg.storage)
     summary = ExportSummary(cfg.output, images, len(results), bool(image_ids))
-    log.info("%s", summary.line())
+    log.debug("%s", summary.line())  # the command line prints it
     return summary
 
 

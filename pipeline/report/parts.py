@@ -3,9 +3,7 @@ worst images with their truth (green) and prediction (magenta) outlined."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from collections import defaultdict
 from typing import Any
 
@@ -14,6 +12,7 @@ from PIL import Image
 
 from pipeline import imaging
 from pipeline.config import StorageConfig
+from pipeline.figures import figure_uri, png_data_uri, pyplot  # noqa: F401 - the report's modules take them from here
 from pipeline.io.readers import read_samples
 
 OVERLAY_SIDE = 320  # longest side of an overlay in the report, pixels
@@ -33,31 +32,6 @@ def fmt(value: Any, digits: int = 4) -> str:
 def esc(value: Any) -> str:
     """Return ``value`` as HTML-escaped text."""
     return html.escape(str(value), quote=True)
-
-
-def png_data_uri(data: bytes) -> str:
-    """Return a ``data:image/png;base64,...`` URI."""
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-
-
-def figure_uri(figure: Any) -> str:
-    """Return a matplotlib figure as a PNG data URI and close it."""
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(figure)
-    return png_data_uri(buffer.getvalue())
-
-
-def pyplot() -> Any:
-    """Return matplotlib.pyplot on the Agg backend (no display)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def display_image(image: np.ndarray) -> np.ndarray:

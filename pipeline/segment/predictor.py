@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import console
 from pipeline.config import ConfigError, StorageConfig
 from pipeline.model import ModelInfo, build_model, encoder_input, load_artifact
 from pipeline.segment.inferers import Inferer, inferer_for
@@ -99,6 +100,7 @@ class SegmentationPredictor:
                  tta: bool = False, tiling: Tiling | None = None, batch_size: int = 16,
                  confidence: bool = False, precision: str = "float32", telemetry_channel: str = "") -> None:
         started = time.perf_counter()
+        console.forward_worker_warnings()
         self.telemetry_channel = telemetry_channel
         self.events: dict[str, float] | None = {"actor_started": time.time()}
         self.confidence = confidence

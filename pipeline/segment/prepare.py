@@ -24,7 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline import imaging
+from pipeline import console, imaging
 from pipeline.config import StorageConfig
 from pipeline.errors import ErrorKind
 from pipeline.io import readers
@@ -205,6 +205,7 @@ def read_and_prepare(batch: dict[str, np.ndarray], inferer: PreparesRows, storag
     trip cost about a sixth of the CPU the model itself used per image on a 2-core node).
     """
     read_started = time.time()
+    console.forward_worker_warnings()
     first = True
     for text in batch["shard"]:
         shard = Shard.from_json(str(text))

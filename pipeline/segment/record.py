@@ -12,6 +12,7 @@ import time
 from importlib import metadata
 from typing import Any, Protocol
 
+from pipeline import console
 from pipeline.config import SegmentConfig
 from pipeline.io import layout, storage
 from pipeline.segment.plan import RunPlan
@@ -29,7 +30,9 @@ class ShardCounts(Protocol):
     first_batch: tuple[float, int] | None  # (perf_counter time, rows) of the first batch
     events: dict[str, float]  # the driver's start-up steps seen while rows arrive
     last_commit: float
-    repeated: dict[str, Any]  # keys held by more than one shard: count and examples
+    repeated: dict[str, Any]
+    errors_received: int  # rows with status error received by this attempt
+    shard_rows: dict[str, int]  # shard name -> its rows, for shards whose rows are arriving  # keys held by more than one shard: count and examples
 
     @property
     def empty_shards(self) -> tuple[str, ...]: ...
@@ -80,23 +83,34 @@ class RunSummary:
         )
 
 
-class Progress:
-    """Logs progress at a steady interval and keeps run.json's counts current as shards commit.
+def outputs_line(output: str) -> str:
+    """Return the line that says where a run's outputs are."""
+    return (f"masks in {layout.folder_url(output, layout.MASKS)}/, metric rows in "
+            f"{layout.folder_url(output, layout.METRICS)}/*.parquet, run record {layout.run_record_url(output)}")
 
-    A line every ``cfg.progress_seconds``: shards committed of all, images done (this attempt's
-    rate), errors so far, and an ETA from the mean rows per committed shard. run.json is rewritten
-    with the counts when a shard commits, at most every ``RUN_JSON_SECONDS``.
+
+class Progress:
+    """Shows a run's progress and keeps run.json's counts current as shards commit.
+
+    On a terminal, one live line (:class:`pipeline.console.LiveBar`) redrawn as rows arrive: images
+    done of all (the total estimated from the shards' sizes as their first rows tell them), images/s,
+    errors so far and the ETA. In a log, a line every ``cfg.progress_seconds``: shards committed of
+    all, images done (this attempt's rate), errors so far, and an ETA from the mean rows per
+    committed shard. run.json is rewritten with the counts when a shard commits, at most every
+    ``RUN_JSON_SECONDS``.
     """
 
     RUN_JSON_SECONDS = 5.0
 
-    def __init__(self, cfg: SegmentConfig, plan: RunPlan, started_at: str) -> None:
+    def __init__(self, cfg: SegmentConfig, plan: RunPlan, started_at: str, live: bool | None = None) -> None:
         self.cfg = cfg
         self.plan = plan
         self.started_at = started_at
         self.clock = time.perf_counter()
         self.last_line = self.clock
         self.last_json = -math.inf  # the first commit always updates run.json
+        self.bar = console.LiveBar("segment", live)
+        self.lines = 0  # progress lines logged
 
     def counts(self, writer: ShardCounts) -> dict[str, Any]:
         """Return the progress counts: shards, images, errors, rate and ETA."""
@@ -114,17 +128,38 @@ class Progress:
                 "errors": errors, "images_this_attempt": writer.received, "images_per_second": round(rate, 3),
                 "eta_seconds": None if eta is None else round(eta, 1), "updated": now_iso()}
 
+    def images_total(self, writer: ShardCounts) -> float | None:
+        """Return the run's images: the rows of the shards whose size is known, and their mean for each
+        other shard (None before any shard's size is known)."""
+        sizes = {**{name: c["rows"] for name, c in writer.committed.items()}, **writer.shard_rows}
+        if not sizes:
+            return None
+        known = sum(sizes.values())
+        return known + (len(self.plan.shards) - len(sizes)) * known / len(sizes)
+
     def update(self, writer: ShardCounts, force: bool = False) -> None:
-        """Log a progress line if the interval has passed (or ``force``)."""
+        """Redraw the live line; log a progress line if the interval has passed (or ``force``, after
+        an earlier one: a run shorter than the interval ends with its summary alone)."""
         now = time.perf_counter()
-        if not force and now - self.last_line < self.cfg.progress_seconds:
+        if self.bar.enabled:
+            resumed = sum(c["rows"] for name, c in writer.committed.items() if name in writer.resumed)
+            rate = writer.received / max(1e-9, now - self.clock)
+            if writer.first_batch is not None and now - writer.first_batch[0] > 1.0:  # the rate since start-up
+                rate = (writer.received - writer.first_batch[1]) / (now - writer.first_batch[0])
+            total = self.images_total(writer)
+            left = None if total is None or rate <= 0 else max(0.0, total - resumed - writer.received) / rate
+            self.bar.update(resumed + writer.received, total,
+                            f"{resumed + writer.received}/{'?' if total is None else round(total)} images, "
+                            f"{rate:.1f} images/s, {writer.errors_received} errors, ETA {console.duration(left)}")
+            return
+        if now - self.last_line < self.cfg.progress_seconds and not (force and self.lines):
             return
         self.last_line = now
+        self.lines += 1
         c = self.counts(writer)
-        eta = "unknown" if c["eta_seconds"] is None else str(dt.timedelta(seconds=round(c["eta_seconds"])))
         log.info("progress: %d/%d shards committed, %d images done (%d this attempt, %.2f images/s), %d errors, ETA %s",
                  c["committed_shards"], c["shards"], c["images"], c["images_this_attempt"], c["images_per_second"],
-                 c["errors"], eta)
+                 c["errors"], console.duration(c["eta_seconds"]))
 
     def after_commit(self, writer: ShardCounts) -> None:
         """Rewrite run.json with the counts after a commit (throttled)."""

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from pipeline import raypatch
+from pipeline import console, raypatch
 from pipeline.cluster import connect_ray
 from pipeline.config import SegmentConfig
 from pipeline.io import storage
@@ -91,9 +91,11 @@ def segment_held_output(cfg: SegmentConfig, plan: RunPlan, held: lease.Lease, st
     try:
         if todo:
             events["stream_started"] = time.time()
-            for table in build_dataset(cfg, plan, todo, channel).iter_batches(batch_format="pyarrow", batch_size=None):
-                held.check()
-                writer.add(table)
+            with console.Watch(), live(progress):
+                for table in build_dataset(cfg, plan, todo, channel).iter_batches(batch_format="pyarrow",
+                                                                                  batch_size=None):
+                    held.check()
+                    writer.add(table)
         writer.finish()
     except BaseException as exc:
         writer.close()
@@ -112,9 +114,19 @@ def segment_held_output(cfg: SegmentConfig, plan: RunPlan, held: lease.Lease, st
     summary = run_summary(cfg, plan, writer, clock, events)
     write_run_json(cfg, plan, {"status": "finished", "started": started_at, "ended": now_iso(), "summary": dataclasses.asdict(summary)})
     if summary.startup:
-        log.info("%s", startup_line(summary.startup))
-    log.info("%s", summary.line())
+        log.debug("%s", startup_line(summary.startup))
+    log.debug("%s", summary.line())  # the command line prints it
     return summary
+
+
+@contextlib.contextmanager
+def live(progress: Progress) -> Iterator[None]:
+    """Show the run's live progress line (on a terminal) while the block runs."""
+    progress.bar.start()
+    try:
+        yield
+    finally:
+        progress.bar.stop()
 
 
 def model_error_in(exc: BaseException) -> ModelArtifactError | None:

@@ -15,23 +15,16 @@ import logging
 import os
 import uuid
 
+from pipeline.console import kv_store
+
 log = logging.getLogger(__name__)
 
 NAMESPACE = "segpipe-telemetry"
 
 
-def _store() -> object | None:
-    """Return Ray's internal key-value module where this process is connected to Ray, else None."""
-    try:
-        from ray.experimental import internal_kv
-    except ImportError:
-        return None
-    return internal_kv if internal_kv._internal_kv_initialized() else None
-
-
 def send_events(channel: str, events: dict[str, float]) -> None:
     """Send one stage's start-up events on ``channel`` (the run's :func:`channel_of`)."""
-    store = _store()
+    store = kv_store()
     if store is None or not channel or not events:
         return
     key = f"{channel}/{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -43,7 +36,7 @@ def send_events(channel: str, events: dict[str, float]) -> None:
 
 def gather_events(channel: str) -> dict[str, float]:
     """Return the earliest time of each event sent on ``channel``, and remove them from the store."""
-    store = _store()
+    store = kv_store()
     if store is None or not channel:
         return {}
     earliest: dict[str, float] = {}

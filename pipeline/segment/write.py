@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import imaging, metrics, objects, schema
+from pipeline import console, imaging, metrics, objects, schema
 from pipeline.config import ObjectsConfig, StorageConfig
 from pipeline.errors import ErrorKind
 from pipeline.io import layout, storage
@@ -146,6 +146,7 @@ class MaskWriter:
                  storage_config: StorageConfig | None = None, objects_config: ObjectsConfig | None = None) -> None:
         self.arguments = {"inferer": inferer, "output": output, "model_id": model_id, "run_id": run_id,
                           "storage_config": storage_config, "objects_config": objects_config}
+        console.forward_worker_warnings()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         """Return :func:`finish_batch` of the batch."""
@@ -185,6 +186,8 @@ class ShardWriter:
         }
         self.resumed = frozenset(self.committed)
         self.received = 0
+        self.errors_received = 0  # rows with status error received by this attempt
+        self.shard_rows: dict[str, int] = {}  # shard name -> its rows, as its first row says
         self.first_batch: tuple[float, int] | None = None  # (perf_counter time, rows) of the first batch
         self.events: dict[str, float] = {}  # the driver's own steps: first result, first commit
         self.last_commit = 0.0
@@ -204,6 +207,8 @@ class ShardWriter:
                 raise storage.OutputFullError(row["error"])  # nothing of the shard is committed: a re-run redoes it
             name = row.pop("shard")
             expected = row.pop("shard_rows")
+            self.shard_rows[name] = expected
+            self.errors_received += row["status"] == schema.STATUS_ERROR
             found = row.pop("objects", b"")
             if found:
                 self.pending_objects[name].append(table_from_bytes(found))

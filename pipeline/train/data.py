@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import imaging, objects, raypatch
+from pipeline import console, imaging, objects, raypatch
 from pipeline.config import AugmentConfig, TrainConfig
 from pipeline.io.readers import read_dataset
 from pipeline.io.shards import discover_shards
@@ -272,6 +272,7 @@ class TrainingBatches:
     def __init__(self, **settings: Any) -> None:
         self.settings = settings
         raypatch.install()
+        console.forward_worker_warnings()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)

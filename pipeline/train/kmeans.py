@@ -160,5 +160,5 @@ def run_kmeans_training(cfg: TrainConfig, spec: ModelSpec, started: float,
     save_artifact(None, info, cfg.output, cfg.storage)
     summary = TrainSummary(artifact=cfg.output, epochs=1, best_epoch=0, best_metrics=best, history=[best],
                            seconds=seconds)
-    log.info("%s", summary.line())
+    log.debug("%s", summary.line())  # the command line prints it
     return summary

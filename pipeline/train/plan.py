@@ -72,6 +72,13 @@ class TrainingPlan:
         """Return the plan as printed: one line per key, its value and reason."""
         return ["training plan (each key planned from the data unless given):", *(f"  {c.line()}" for c in self.choices)]
 
+    def brief_lines(self) -> list[str]:
+        """Return the plan as a run logs it: the planned keys, each with its value and reason, and the
+        given ones counted (``--plan-only``, ``-v`` and model.json list every key)."""
+        planned = [choice for choice in self.choices if not choice.given]
+        head = f"training plan: {len(planned)} key(s) planned from the data, {len(self.choices) - len(planned)} given"
+        return [head + (":" if planned else ""), *(f"  {choice.line()}" for choice in planned)]
+
     def to_json(self) -> list[dict[str, Any]]:
         """Return the plan as recorded in model.json."""
         return [dataclasses.asdict(choice) for choice in self.choices]

@@ -21,6 +21,7 @@ import tempfile
 import time
 from typing import Any
 
+from pipeline import console
 from pipeline.cluster import connect_ray, largest_node_cpus
 from pipeline.config import ConfigError, ModelConfig, TrainConfig
 from pipeline.fingerprint import measure_data
@@ -30,16 +31,19 @@ from pipeline.io.labelmaps import fitted_label_map, input_label_map
 from pipeline.io.shards import InputError, discover_shards
 from pipeline.model import MODEL_FILE, ModelInfo, ModelSpec, encoder_preprocessing, load_keras_file, save_artifact
 from pipeline.model.architectures import base_filters, check_model_config, check_training_config
+from pipeline.train.curves import write_training_page
 from pipeline.train.data import training_dataset
 from pipeline.train.plan import Hardware, TrainingPlan, needs_fingerprint, plan_training
 from pipeline.train.schedule import Schedule
 from pipeline.train.step import BEST_MODEL_FILE, STATE_FILE, WorkerConfig, train_loop_per_worker
 from pipeline.train.summary import TrainSummary
+from pipeline.train.watch import TrainingConsole
 
 log = logging.getLogger(__name__)
 
 
 CHECKPOINT_RUN_NAME = "checkpoints"
+PROGRESS_SECONDS = 30.0  # between progress lines in a log while an epoch runs
 FINGERPRINT_FILE = "fingerprint.json"  # the training data's fingerprint, beside model.json
 FINGERPRINT_IMAGES = 2000  # the fingerprint a plan reads samples larger data sets to about this many images
 
@@ -194,7 +198,7 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
                                                                     if cfg.val_data else {})})
     run = planned_run(cfg)
     cfg, label_map = run.cfg, run.label_map
-    for line in run.plan.lines():
+    for line in run.plan.lines() if console.VERBOSITY else run.plan.brief_lines():
         log.info("%s", line)
     spec = model_spec(cfg.model)
     if not spec.keras:
@@ -218,6 +222,7 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
     from ray.train.tensorflow import TensorflowTrainer
 
     datasets = {"train": train_data, **({"val": val_data} if val_data is not None else {})}
+    channel = console.new_channel()
     optim = cfg.optim
     trainer = TensorflowTrainer(
         train_loop_per_worker,
@@ -227,7 +232,8 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
             has_val=val_data is not None, threshold=0.5, xla=optim.xla, patch=cfg.loader.patch_size, ema=optim.ema,
             steps_per_epoch=cfg.loader.steps_per_epoch or 0, preprocessing=encoder_preprocessing(spec.architecture, cfg.model.encoder_weights),
             encoder_weights=None if weights is None else (ray.put(weights[0]), weights[1]),
-            encoder_trainable_after=cfg.model.encoder_trainable_after)},
+            encoder_trainable_after=cfg.model.encoder_trainable_after, channel=channel, output=cfg.output,
+            storage=cfg.storage, class_names=cfg.model.names())},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cpus}),
         dataset_config=DataConfig(datasets_to_split=["train"]),
         datasets=datasets,
@@ -236,7 +242,9 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
     log.info("training %d worker(s) x %g CPUs (%d TensorFlow threads) for %s", cfg.num_workers, cpus, threads,
              " or ".join(filter(None, (f"{cfg.epochs} epochs" if cfg.epochs else "",
                                        f"{cfg.max_minutes:g} minutes" if cfg.max_minutes else ""))))
-    result = trainer.fit()
+    shown = TrainingConsole(cfg.epochs, 60.0 * cfg.max_minutes, PROGRESS_SECONDS)
+    with console.Watch(channel, shown.on_message), shown:
+        result = trainer.fit()
     return write_final_artifact(cfg, spec, result, time.perf_counter() - started, label_map, run.plan,
                                 objects_record(cfg, run.fingerprint))
 
@@ -305,9 +313,10 @@ def write_final_artifact(cfg: TrainConfig, spec: ModelSpec, result: Any, seconds
         },
     )
     save_artifact(model, info, cfg.output, cfg.storage)
+    curves = write_training_page(cfg.output, cfg.storage, state["history"], cfg.model.names(), best.get("epoch"))
     summary = TrainSummary(
         artifact=cfg.output, epochs=state["epoch"], best_epoch=int(best.get("epoch", -1)), best_metrics=best,
-        history=state["history"], seconds=seconds, skipped=skipped,
+        history=state["history"], seconds=seconds, skipped=skipped, curves=curves,
     )
-    log.info("%s", summary.line())
+    log.debug("%s", summary.line())  # the command line prints it
     return summary

@@ -18,13 +18,17 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from pipeline import imaging, metrics, objects
+from pipeline import console, imaging, metrics, objects
+from pipeline.config import StorageConfig
 from pipeline.model import MODEL_FILE, ModelSpec, build_model, configure_tensorflow, encoder_input, load_keras_file
+from pipeline.train.curves import EventLog
 from pipeline.train.schedule import EpochBatches, Schedule
+from pipeline.train.watch import StepPublisher, publish_epoch
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,7 @@ log = logging.getLogger(__name__)
 BORDER_WEIGHT = 10.0  # a border model's cross-entropy on border pixels: about 1 % of nuclei images' pixels
 STATE_FILE = "state.json"
 BEST_MODEL_FILE = "best.keras"
+HISTORY_LISTS = ("val_dice", "val_iou")  # per-class lists model.json's history keeps (for training.html)
 OPTIMIZER_FILE = "optimizer.npz"
 
 
@@ -245,6 +250,10 @@ class WorkerConfig:
     preprocessing: str = "none"  # the encoder's input preprocessing
     encoder_weights: tuple[Any, str] | None = None  # (object ref of the weights file's bytes, its name)
     encoder_trainable_after: int = 0
+    channel: str = ""  # the driver's console channel (pipeline.train.watch)
+    output: str = ""  # the model output, whose logs/ gets the TensorBoard event files ("": none)
+    storage: StorageConfig | None = None
+    class_names: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -298,13 +307,13 @@ class Clock:
 
 
 def train_epoch(step: Any, models: WorkerModels, batches: Any, settings: WorkerConfig, world: int, epoch: int,
-                clock: Clock) -> dict[str, Any]:
+                clock: Clock, on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     """Run one epoch's steps on this worker's share; return its training figures (the models synced after it).
 
     Under a time budget the learning rate is set every step and the epoch ends early, on every
     worker after the same step (the first that began past the budget), when the budget is spent
     (``budget_spent`` in the figures; ``trained_seconds`` and ``previous_step_clock``: the clock at
-    the start of the last step and of the one before).
+    the start of the last step and of the one before). ``on_step(steps, mean loss)`` is told of each step.
     """
     import tensorflow as tf
 
@@ -321,6 +330,8 @@ def train_epoch(step: Any, models: WorkerModels, batches: Any, settings: WorkerC
         clock.agreed, step_seconds = float(agreed), time.perf_counter() - step_started
         images += len(batch["weights"])
         skipped += int((batch["weights"] == 0).sum())
+        if on_step is not None:
+            on_step(len(losses), float(np.mean(losses)))
         reasons.update(str(reason) for reason in batch.get("skip_reason", ()) if reason)
         if schedule.budget_seconds:
             if schedule.over(clock.agreed):
@@ -348,6 +359,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """
     settings: WorkerConfig = config["worker"]
     configure_tensorflow(settings.threads)
+    console.forward_worker_warnings()
     import keras
     import ray.train
     import tensorflow as tf
@@ -370,7 +382,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     clock = Clock(before=float(state.get("trained_seconds", 0.0)))
     clock.agreed = clock.before
     epoch = state["epoch"]
+    events = EventLog(settings.output, settings.storage, settings.class_names) if rank == 0 and settings.output else None
+    steps = settings.steps_per_epoch or None  # of a pass over the data: known after the first epoch
     while settings.schedule.more_epochs(epoch) and not settings.schedule.over(clock.agreed):
+        epoch_started = time.perf_counter()
         if step is None or frozen != (epoch < settings.encoder_trainable_after):
             frozen = epoch < settings.encoder_trainable_after
             if frozen or step is not None:
@@ -378,8 +393,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 log.info("epoch %d: encoder %s", epoch, "frozen" if frozen else "trainable")
             step = make_train_step(strategy, models.trained, models.optimizer, spec, settings.loss,
                                    settings.batch_size, settings.xla, settings.preprocessing)
+        publisher = StepPublisher(settings.channel if rank == 0 else "", epoch, steps)
         epoch_metrics: dict[str, Any] = {"epoch": epoch, **train_epoch(step, models, batches.epoch(), settings, world,
-                                                                        epoch, clock)}
+                                                                        epoch, clock, publisher)}
+        steps = settings.steps_per_epoch or epoch_metrics["steps"]
         if spec.has_encoder:
             epoch_metrics["encoder_frozen"] = bool(frozen)
         if rank == 0 and val_data is not None:
@@ -388,8 +405,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         epoch_metrics["elapsed_seconds"] = time.perf_counter() - clock.started  # this session, validation included
         state["epoch"] = epoch = epoch + 1
         state["trained_seconds"] = clock.before + epoch_metrics["elapsed_seconds"]
-        state["history"].append({k: v for k, v in epoch_metrics.items() if not isinstance(v, list)})
+        state["history"].append({k: v for k, v in epoch_metrics.items()
+                                 if not isinstance(v, list) or k in HISTORY_LISTS})
         report_epoch(models.model, models.optimizer, state, epoch_metrics, rank, models.evaluated)
-        if settings.schedule.over(clock.agree(strategy)):
+        over = settings.schedule.over(clock.agree(strategy))
+        if rank == 0:
+            shown = {**state["history"][-1], "seconds": time.perf_counter() - epoch_started,
+                     "best": "val_mean_dice" in epoch_metrics and state["best"].get("epoch") == epoch - 1,
+                     "last": over or not settings.schedule.more_epochs(epoch)}
+            if events is not None:
+                events.write(shown)
+            publish_epoch(settings.channel, shown)
+        if over:
             log.info("stopping in epoch %d: the time budget of %.1f minutes is spent", epoch - 1,
                      settings.schedule.budget_seconds / 60)
