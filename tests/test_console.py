@@ -123,6 +123,8 @@ def test_event_files_reach_an_object_store_output(s3_bucket: str, tmp_path: Path
     events = EventLog(output, None, ("background", "cell"))
     for record in epoch_records(2):
         events.write(record)  # copied after each epoch
+    events.close()
+    assert not Path(events.folder).exists()  # the local copy is gone
     names = [url.rsplit("/", 1)[1] for url in storage.list_files(storage.join_url(output, "logs"), (".v2",))]
     assert len(names) == 1 and names[0].startswith("events.out.tfevents.")
     (tmp_path / "logs").mkdir()

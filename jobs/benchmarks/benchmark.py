@@ -1,6 +1,7 @@
 """Throughput benchmark: bare ``model.predict`` against the full pipeline, same images, one run.
 
     python jobs/benchmarks/benchmark.py                      # 1,000 images, 256x256 U-Net with 16 base filters, batch 32
+    python jobs/benchmarks/benchmark.py --images 600 --variant precision=float32   # precision auto against float32
 
 Starts a local S3 server (moto_server on loopback), writes synthetic tar shards to it, and builds
 the model artifact. Then, on the same machine and images:
@@ -195,10 +196,27 @@ def measure_bare(request: dict[str, Any]) -> dict[str, Any]:
     for start in range(0, len(tiles), batch):
         forward(tiles[start:start + batch]).numpy()
     traced_rate = len(tiles) / (time.perf_counter() - clock)
+    import keras
+
+    from pipeline.model import build_model
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")  # the same weights, bfloat16 arithmetic
+    try:
+        half = build_model(loaded.info.spec)
+        half.set_weights(loaded.model.get_weights())
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    forward_half = tf.function(lambda x: tf.cast(half(x, training=False), tf.float32))
+    forward_half(tiles[:batch])
+    clock = time.perf_counter()
+    for start in range(0, len(tiles), batch):
+        forward_half(tiles[start:start + batch]).numpy()
+    traced_half_rate = len(tiles) / (time.perf_counter() - clock)
     return {
         "images": len(tiles),
         "predict_images_per_second": round(predict_rate, 2),
         "traced_images_per_second": round(traced_rate, 2),
+        "traced_bfloat16_images_per_second": round(traced_half_rate, 2),
         "predict_cpu_seconds_per_image": round(predict_cpu, 4),
         "startup_seconds": round(startup, 2),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -295,13 +313,20 @@ def report(bare: list[dict[str, Any]], pipelines: list[dict[str, Any]], args: ar
           f"{args.base_filters} base filters, batch {args.batch_size}, {os.cpu_count()} CPUs")
     for index, run in enumerate(bare, 1):
         print(f"  bare run {index}: model.predict {run['predict_images_per_second']:.2f} img/s, traced call "
-              f"{run['traced_images_per_second']:.2f} img/s, CPU {run['predict_cpu_seconds_per_image']:.3f} s/image, "
+              f"{run['traced_images_per_second']:.2f} img/s (bfloat16 {run['traced_bfloat16_images_per_second']:.2f}), "
+              f"CPU {run['predict_cpu_seconds_per_image']:.3f} s/image, "
               f"start-up {run['startup_seconds']:.1f} s, peak RSS {run['peak_rss_bytes'] / gib:.2f} GiB")
     for pipeline in pipelines:
         print_pipeline(pipeline, predict, bare_cpu)
     print(f"  ratio steady pipeline (defaults) / bare model.predict: {figures['ratio_steady_vs_predict']:.3f}")
     print(f"  ratio steady pipeline (defaults) / bare traced call:   {figures['ratio_steady_vs_traced']:.3f}")
     print(f"  ratio end to end (with start-up) / bare model.predict: {figures['ratio_end_to_end_vs_predict']:.3f}")
+    half = float(np.mean([b["traced_bfloat16_images_per_second"] for b in bare]))
+    figures["bare_traced_bfloat16_vs_float32"] = round(half / traced, 3)
+    print(f"  bare traced call, bfloat16 / float32:                  {figures['bare_traced_bfloat16_vs_float32']:.3f}")
+    for pipeline in pipelines[1:]:
+        print(f"  steady ({','.join(pipeline['overrides'])}) / steady (defaults): "
+              f"{pipeline['steady_images_per_second'] / main_run['steady_images_per_second']:.3f}")
     return figures
 
 

@@ -214,10 +214,13 @@ class SegmentConfig:
                             "the model was trained on (8 passes for square tiles, 4 for other tiles or a model trained "
                             "with --no-quarter-turns; that many times the model's work), each moved back by the "
                             "model's label offset; refused for a model trained with --no-flips")
-    precision: str = option("float32", flag="--precision", choices=("float32", "mixed_float16"),
-                            help="the arithmetic of the model's forward pass: float32, or mixed_float16 (float16 "
-                                 "compute, float32 weights and scores: for GPUs with tensor cores; slow on CPUs); "
-                                 "for the networks segpipe builds")
+    precision: str = option("auto", flag="--precision", choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"),
+                            help="the arithmetic of the model's forward pass, for the networks segpipe builds (weights "
+                                 "and scores stay float32): mixed_bfloat16 (CPUs with AVX512_BF16 or AMX, GPUs of "
+                                 "compute capability 8.0 or newer), mixed_float16 (GPUs with tensor cores; slow on "
+                                 "CPUs), float32; auto: bfloat16 where the actors' hardware runs it fast, float16 on "
+                                 "older GPUs, float32 otherwise and for imported and K-means models (a resumed run "
+                                 "keeps the precision it began in)")
     tiling: str = option("auto", flag="--tiling", choices=("auto", "windows", "resize", "whole"),
                          help="how images meet the model: windows (overlapping windows of the model's tile at the "
                               "image's own resolution, blended), resize (each image resized to the tile and the scores "

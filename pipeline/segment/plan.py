@@ -20,6 +20,7 @@ from pipeline.io import storage
 from pipeline.io.labelmaps import fitted_label_map, input_label_map
 from pipeline.io.shards import Shard, discover_shards
 from pipeline.model import LoadedModel, inspect_artifact
+from pipeline.model.precision import auto_precision, node_arithmetic
 from pipeline.segment.inferers import inferer_for
 from pipeline.segment.predictor import tta_symmetries
 from pipeline.segment.tiling import Tiling, resolve_tiling
@@ -40,6 +41,8 @@ class RunPlan:
     actor_cpus: float = 1.0
     actor_gpus: float = 0.0
     actor_threads: int = 1
+    precision: str = "float32"  # the model's arithmetic, as resolved (resolve_precision)
+    precision_reason: str = "given"
 
 
 def plan_run(cfg: SegmentConfig) -> RunPlan:
@@ -62,7 +65,7 @@ def plan_run(cfg: SegmentConfig) -> RunPlan:
     if cfg.tta:
         tta_symmetries(model.info, cfg.model)  # a model trained without flips cannot take TTA: stop before work
     spec = model.info.spec
-    if cfg.precision != "float32" and spec.architecture in ("imported", "kmeans"):
+    if cfg.precision not in ("auto", "float32") and spec.architecture in ("imported", "kmeans"):
         raise ConfigError(f"precision={cfg.precision}: model {cfg.model} is {'an imported Keras model' if spec.keras else 'the K-means baseline'}, "
                           "which runs as it was saved; mixed precision is for the networks segpipe builds: "
                           "leave precision at float32")
@@ -134,6 +137,37 @@ def actor_resources(cfg: SegmentConfig) -> dict[str, Any]:
             f"has {node_cpus:g}; lower actors.cpus (or leave it unset for automatic)"
         )
     return {"actor_cpus": round(cpus, 3), "actor_gpus": wanted.gpus, "actor_threads": max(1, math.ceil(cpus))}
+
+
+def resolve_precision(cfg: SegmentConfig, plan: RunPlan, prior: str | None = None) -> dict[str, str]:
+    """Return ``precision`` and ``precision_reason`` for the connected cluster: the one asked for, the one a
+    resumed run began in (``prior``) under auto, else :func:`pipeline.model.precision.auto_precision` for the
+    hardware of the actors' node (this machine's where the cluster is this one node; else a probe task
+    placed as an actor is, and a mixed cluster gets that node's answer)."""
+    if cfg.precision != "auto":
+        return {"precision": cfg.precision, "precision_reason": "given"}
+    if prior:
+        return {"precision": prior, "precision_reason": "auto: the precision the run began in"}
+    spec = plan.model.info.spec
+    if spec.architecture in ("imported", "kmeans"):
+        flag, capability = "", None
+    elif plan.actor_gpus or not this_node_only():
+        import ray
+
+        probe = ray.remote(num_cpus=0.01, num_gpus=plan.actor_gpus or None)(node_arithmetic)
+        flag, capability = ray.get(probe.remote(plan.actor_gpus))
+    else:
+        flag, capability = node_arithmetic(0)
+    precision, why = auto_precision(spec.architecture, plan.actor_gpus, flag, capability)
+    return {"precision": precision, "precision_reason": f"auto: {why}"}
+
+
+def this_node_only() -> bool:
+    """Return whether the connected cluster is one node: this machine."""
+    import ray
+
+    alive = [node for node in ray.nodes() if node.get("Alive")]
+    return len(alive) == 1 and alive[0].get("NodeManagerAddress") == ray.util.get_node_ip_address()
 
 
 CPU_STAGES = 2  # read + prepare, finish: the operators around the actor pool

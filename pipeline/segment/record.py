@@ -254,6 +254,7 @@ def write_run_json(cfg: SegmentConfig, plan: RunPlan, state: dict[str, Any]) -> 
         "config": cfg.to_public_dict(),
         "model": {"url": cfg.model, "id": plan.model.model_id, "sha256": plan.model.sha256, "info": plan.model.info.to_json()},
         "tiling": plan.tiling.to_json(),
+        "precision": {"asked": cfg.precision, "used": plan.precision, "why": plan.precision_reason},
         "actors": {"cpus": plan.actor_cpus, "gpus": plan.actor_gpus, "threads": plan.actor_threads,
                    "min": cfg.actors.min, "max": cfg.actors.max},
         "shards": len(plan.shards),

@@ -40,6 +40,7 @@ class PriorOutput:
     committed: dict[str, dict[str, Any]]
     changed: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
+    precision: str | None = None  # the arithmetic the previous run used
 
 
 MARKER_THREADS = 32  # markers are read this many at a time: on an object store each is one GET
@@ -87,7 +88,7 @@ def prior_identity(run_json: dict[str, Any]) -> dict[str, Any]:
     tiling = run_json.get("tiling") or {"mode": "resize", "window": (model.get("info") or {}).get("input_size")}
     return {"input": str(config.get("input", "")).rstrip("/"), "model_sha256": model.get("sha256"),
             "folder_shard_size": config.get("folder_shard_size"), "tta": bool(config.get("tta", False)),
-            "precision": config.get("precision", "float32"),
+            "precision": (run_json.get("precision") or {}).get("used") or config.get("precision", "float32"),
             "tiling": tiling_identity(tiling), "objects": objects_identity(config.get("objects")),
             "labels": (model.get("info") or {}).get("labels") or {}}
 
@@ -126,6 +127,8 @@ def prepare_output(cfg: SegmentConfig, model_sha256: str, overwrite: bool, tilin
                           "with another output layout (masks/<key>.png, commit markers without shard identity); it "
                           "cannot be continued: pass --overwrite to redo it here, or choose another output")
     wanted, found = identity(cfg, model_sha256, tiling, labels), prior_identity(run_json)
+    if cfg.precision == "auto":
+        wanted["precision"] = found["precision"]  # auto continues in the arithmetic the run began in
     different = [f"{key}: {found[key]!r} there, {wanted[key]!r} now" for key in wanted if found[key] != wanted[key]]
     if different:
         raise ConfigError(
@@ -154,7 +157,7 @@ def prepare_output(cfg: SegmentConfig, model_sha256: str, overwrite: bool, tilin
     kept = {name: marker for name, marker in markers.items() if name in current and name not in changed}
     if kept:
         log.info("output %s: continuing run %s, %d shard(s) already committed", cfg.output, run_json.get("run_id"), len(kept))
-    return PriorOutput(run_json.get("run_id"), kept, changed, removed)
+    return PriorOutput(run_json.get("run_id"), kept, changed, removed, found["precision"])
 
 
 def clear_shard(cfg: SegmentConfig, name: str) -> None:

@@ -29,7 +29,7 @@ from pipeline.io.shards import Shard, shard_dataset
 from pipeline.model import ModelArtifactError
 from pipeline.segment import lease
 from pipeline.segment.inferers import inferer_for
-from pipeline.segment.plan import CPU_STAGES, RunPlan, actor_resources, plan_run
+from pipeline.segment.plan import CPU_STAGES, RunPlan, actor_resources, plan_run, resolve_precision
 from pipeline.segment.predictor import SegmentationPredictor
 from pipeline.segment.prepare import read_and_prepare
 from pipeline.segment.record import Progress, RunSummary, now_iso, run_summary, startup_line, write_run_json
@@ -79,8 +79,12 @@ def segment_held_output(cfg: SegmentConfig, plan: RunPlan, held: lease.Lease, st
         events["ray_ready"] = time.time()
         raypatch.install()  # this driver drives the stream: its idle scheduling loop must not spin
         plan = dataclasses.replace(plan, **actor_resources(cfg))
+        plan = dataclasses.replace(plan, **resolve_precision(cfg, plan, prior.precision))
+        if plan.model.info.spec.keras:
+            log.info("precision %s (%s)", plan.precision, plan.precision_reason)
     else:
         log.info("every shard of %s is already committed under %s; nothing to do", cfg.input, cfg.output)
+        plan = dataclasses.replace(plan, **resolve_precision(cfg, plan, prior.precision or "float32"))
     held.confirm()  # by now (Ray started) a run that took the output at the same moment has written its lease
     write_run_json(cfg, plan, {"status": "running", "started": started_at})
     channel = telemetry_channel(plan.run_id)
@@ -220,7 +224,7 @@ def build_dataset(cfg: SegmentConfig, plan: RunPlan, shards: list[Shard], channe
         SegmentationPredictor,
         fn_constructor_kwargs={"model_url": cfg.model, "storage_config": storage_config, "threads": plan.actor_threads,
                                "tta": cfg.tta, "tiling": plan.tiling, "batch_size": cfg.batch_size,
-                               "confidence": cfg.objects.enabled, "precision": cfg.precision,
+                               "confidence": cfg.objects.enabled, "precision": plan.precision,
                                "telemetry_channel": channel},
         compute=ActorPoolStrategy(min_size=cfg.actors.min, max_size=cfg.actors.max),
         batch_size=inferer.images_per_call,

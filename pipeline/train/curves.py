@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import tempfile
 from typing import Any
 
@@ -82,6 +83,12 @@ class EventLog:
             if not self.failed:
                 log.warning("the TensorBoard curves under %s could not be written (%s); training goes on", self.url, exc)
             self.failed = True
+
+    def close(self) -> None:
+        """Close the writer; remove the temporary folder of an object-storage output (its files are copied)."""
+        self.writer.close()
+        if self.copied:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def curve_panels(history: list[dict[str, Any]], class_names: tuple[str, ...]) -> list[tuple[str, dict[str, list]]]:

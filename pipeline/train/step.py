@@ -419,3 +419,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if over:
             log.info("stopping in epoch %d: the time budget of %.1f minutes is spent", epoch - 1,
                      settings.schedule.budget_seconds / 60)
+    if events is not None:
+        events.close()
