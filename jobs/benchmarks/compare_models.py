@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--architectures", default=",".join(ARCHITECTURES))
     parser.add_argument("--sets", default="isbi,synthetic")
     parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--precision", default="float32", choices=("float32", "mixed_bfloat16"),
+                        help="the training step's arithmetic (optim.precision)")
+    parser.add_argument("--no-xla", dest="xla", action="store_false", help="train without XLA (optim.xla false)")
     return parser.parse_args(argv)
 
 
@@ -83,7 +86,7 @@ def synthetic_data(workdir: Path) -> tuple[str, str]:
 
 
 def train_config(architecture: str, settings: dict[str, Any], train: str, val: str, output: Path, minutes: float,
-                 workers: int) -> TrainConfig:
+                 workers: int, precision: str = "float32", xla: bool = True) -> TrainConfig:
     """Return the training config of one architecture on one set."""
     model = ModelConfig(architecture=architecture, input_size=settings["input_size"], channels=settings["channels"],
                         num_classes=settings["num_classes"], class_names=settings["class_names"],
@@ -95,6 +98,7 @@ def train_config(architecture: str, settings: dict[str, Any], train: str, val: s
         "batch_size": settings["batch_size"], "learning_rate": 1e-3, "num_workers": workers,
         "label_offset_rows": -0.5 if settings["channels"] == 1 else 0.0,
         "label_offset_cols": -0.25 if settings["channels"] == 1 else 0.0, "quarter_turns": settings["channels"] == 3,
+        "precision": precision, "xla": xla,
     })
 
 
@@ -133,7 +137,7 @@ def compare(architecture: str, set_name: str, train: str, val: str, args: argpar
     shutil.rmtree(output, ignore_errors=True)
     started = time.perf_counter()
     summary = run_training(train_config(architecture, settings, train, val, output / "model", args.minutes,
-                                        args.num_workers))
+                                        args.num_workers, args.precision, args.xla))
     loaded = load_artifact(str(output / "model"))
     centres = None if loaded.info.spec.keras else np.asarray(loaded.info.kmeans["centres"])
     params = int(loaded.model.count_params()) if centres is None else int(centres.size)

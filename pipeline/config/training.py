@@ -167,6 +167,10 @@ class OptimConfig:
                              "e.g. 0.99 (0: the weights as trained)")
     xla: bool = option(True, flag="--no-xla",
                        help="compile the forward and backward pass with XLA (about 1.5x faster on CPU)")
+    precision: str = option("float32", flag="--precision", choices=("float32", "mixed_bfloat16"),
+                            help="the training step's arithmetic: float32, or mixed_bfloat16 (bfloat16 compute, "
+                                 "float32 weights; CPUs with AVX512_BF16 or AMX, with --no-xla: XLA's CPU code gains "
+                                 "nothing from it; recent GPUs); the artifact is float32 either way")
 
     def __post_init__(self) -> None:
         if self.batch_size < 0:
@@ -221,7 +225,7 @@ class TrainConfig:
     ALIASES: ClassVar[dict[str, str]] = {
         "augment": "augment.enabled", **{k: f"augment.{k}" for k in (
             "flips", "invert", "quarter_turns", "label_offset_rows", "label_offset_cols", "crop", "warp")},
-        **{k: f"optim.{k}" for k in ("batch_size", "loss", "learning_rate", "lr_schedule", "ema", "xla")},
+        **{k: f"optim.{k}" for k in ("batch_size", "loss", "learning_rate", "lr_schedule", "ema", "xla", "precision")},
         **{k: f"loader.{k}" for k in ("patch_size", "passes_per_epoch", "steps_per_epoch", "normalization", "folder_shard_size",
                                       "stage_cpus", "decoded_cache_mb")},
     }

@@ -232,7 +232,8 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
             has_val=val_data is not None, threshold=0.5, xla=optim.xla, patch=cfg.loader.patch_size, ema=optim.ema,
             steps_per_epoch=cfg.loader.steps_per_epoch or 0, preprocessing=encoder_preprocessing(spec.architecture, cfg.model.encoder_weights),
             encoder_weights=None if weights is None else (ray.put(weights[0]), weights[1]),
-            encoder_trainable_after=cfg.model.encoder_trainable_after, channel=channel, output=cfg.output,
+            encoder_trainable_after=cfg.model.encoder_trainable_after, precision=optim.precision,
+            channel=channel, output=cfg.output,
             storage=cfg.storage, class_names=cfg.model.names())},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cpus}),
         dataset_config=DataConfig(datasets_to_split=["train"]),
@@ -299,6 +300,12 @@ def write_final_artifact(cfg: TrainConfig, spec: ModelSpec, result: Any, seconds
             with open(os.path.join(folder, BEST_MODEL_FILE), "rb") as source, open(best_path, "wb") as target:
                 target.write(source.read())
             model = load_keras_file(best_path)
+    if cfg.optim.precision != "float32":  # trained in mixed precision: the artifact's layers compute in float32
+        from pipeline.model import build_model
+
+        twin = build_model(spec)
+        twin.set_weights(model.get_weights())
+        model = twin
     skipped = skipped_samples(cfg, state["history"])
     best = state["best"]
     info = ModelInfo(

@@ -50,6 +50,7 @@ def per_example_loss(labels: Any, probabilities: Any, spec: ModelSpec, kind: str
     """
     import tensorflow as tf
 
+    probabilities = tf.cast(probabilities, tf.float32)  # a mixed-precision network's output
     if spec.output_activation == "sigmoid":
         probabilities = tf.concat([1.0 - probabilities, probabilities], axis=-1)
     probabilities = tf.clip_by_value(probabilities, 1e-7, 1.0 - 1e-7)
@@ -250,6 +251,7 @@ class WorkerConfig:
     preprocessing: str = "none"  # the encoder's input preprocessing
     encoder_weights: tuple[Any, str] | None = None  # (object ref of the weights file's bytes, its name)
     encoder_trainable_after: int = 0
+    precision: str = "float32"  # the networks' arithmetic while training (weights stay float32)
     channel: str = ""  # the driver's console channel (pipeline.train.watch)
     output: str = ""  # the model output, whose logs/ gets the TensorBoard event files ("": none)
     storage: StorageConfig | None = None
@@ -269,6 +271,17 @@ class WorkerModels:
 
 def worker_models(settings: WorkerConfig, strategy: Any) -> WorkerModels:
     """Return the worker's models built under ``strategy``, with encoder weights and the last checkpoint's state."""
+    import keras
+
+    keras.mixed_precision.set_global_policy(settings.precision)  # the layers built below compute in it
+    try:
+        return built_models(settings, strategy)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def built_models(settings: WorkerConfig, strategy: Any) -> WorkerModels:
+    """Return :func:`worker_models`' models, built under the current dtype policy."""
     spec = settings.spec
     with strategy.scope():
         model = build_model(spec)

@@ -436,6 +436,22 @@ def test_loss_goes_down_on_a_learnable_set(labelled: dict[str, str], tmp_path: P
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
+def test_training_in_bfloat16_learns_and_writes_a_float32_artifact(labelled: dict[str, str], tmp_path: Path) -> None:
+    output = tmp_path / "m"
+    cfg = tiny_train_config(labelled, output, num_workers=1, cpus_per_worker=1.0, epochs=3, passes_per_epoch=2,
+                            batch_size=4, learning_rate=0.01, augment=False, xla=False, precision="mixed_bfloat16")
+    history = run_training(cfg).history
+    assert history[-1]["loss"] < 0.8 * history[0]["loss"], [h["loss"] for h in history]
+    config = json.loads((output / "model.json").read_text())["training"]["config"]
+    assert config["optim"]["precision"] == "mixed_bfloat16"
+    model = load_artifact(str(output)).model
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}  # segmentation chooses its own
+    resumed = run_training(dataclasses.replace(cfg, epochs=4)).history  # from a bfloat16 checkpoint
+    assert [h["epoch"] for h in resumed] == [0, 1, 2, 3] and resumed[2] == history[2]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
 def test_training_on_patches_validates_and_saves_the_whole_tile_model(labelled: dict[str, str], tmp_path: Path) -> None:
     output = tmp_path / "m"
     cfg = tiny_train_config(labelled, output, num_workers=1, cpus_per_worker=1.0, epochs=3, passes_per_epoch=2,
