@@ -192,7 +192,8 @@ def duration(seconds: float | None) -> str:
 
 class LiveBar:
     """One live line on a terminal: a name, a bar and a text, redrawn in place (rich); log lines print
-    above it while it runs. Where the console is not a terminal it draws nothing."""
+    above it while it runs (``with bar:``, or start and stop). Where the console is not a terminal it
+    draws nothing."""
 
     def __init__(self, name: str, enabled: bool | None = None) -> None:
         self.name = name
@@ -220,6 +221,12 @@ class LiveBar:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+    def __enter__(self) -> LiveBar:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 # ------------------------------------------------------------------------ from the workers

@@ -95,7 +95,7 @@ def segment_held_output(cfg: SegmentConfig, plan: RunPlan, held: lease.Lease, st
     try:
         if todo:
             events["stream_started"] = time.time()
-            with console.Watch(), live(progress):
+            with console.Watch(), progress.bar:
                 for table in build_dataset(cfg, plan, todo, channel).iter_batches(batch_format="pyarrow",
                                                                                   batch_size=None):
                     held.check()
@@ -121,16 +121,6 @@ def segment_held_output(cfg: SegmentConfig, plan: RunPlan, held: lease.Lease, st
         log.debug("%s", startup_line(summary.startup))
     log.debug("%s", summary.line())  # the command line prints it
     return summary
-
-
-@contextlib.contextmanager
-def live(progress: Progress) -> Iterator[None]:
-    """Show the run's live progress line (on a terminal) while the block runs."""
-    progress.bar.start()
-    try:
-        yield
-    finally:
-        progress.bar.stop()
 
 
 def model_error_in(exc: BaseException) -> ModelArtifactError | None:

@@ -73,11 +73,11 @@ class TrainingConsole:
         self.lines: list[str] = []  # the epoch lines shown
 
     def __enter__(self) -> TrainingConsole:
-        self.bar.start()
+        self.bar.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.bar.stop()
+        self.bar.__exit__(*exc)
 
     def on_message(self, key: str, payload: dict[str, Any]) -> None:
         if key.startswith("epoch-"):
