@@ -52,3 +52,30 @@ def largest_node_cpus() -> float:
     import ray
 
     return max((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")), default=0.0)
+
+
+def this_node_only() -> bool:
+    """Return whether the connected cluster is one node: this machine."""
+    import ray
+
+    alive = [node for node in ray.nodes() if node.get("Alive")]
+    return len(alive) == 1 and alive[0].get("NodeManagerAddress") == ray.util.get_node_ip_address()
+
+
+def cpu_nodes_bfloat16() -> str:
+    """Return the bfloat16 flag (:func:`pipeline.model.precision.cpu_bfloat16_flag`) that every live node with
+    a CPU has, "" where one has none: this machine's where the cluster is this one node, else one probe
+    task on each node."""
+    import ray
+
+    from pipeline.model.precision import cpu_bfloat16_flag
+
+    if this_node_only():
+        return cpu_bfloat16_flag()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0.01)(cpu_bfloat16_flag)
+    nodes = [node["NodeID"] for node in ray.nodes() if node.get("Alive") and node["Resources"].get("CPU", 0) >= 1]
+    flags = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+                     for node in nodes])
+    return min(flags, default="") if all(flags) else ""

@@ -4,6 +4,7 @@ inference, and the pipeline against a bare loop over the same windows in one pro
     python jobs/benchmarks/benchmark_tiling.py                         # 24 images of 2000 px, then one of 16000 px
     python jobs/benchmarks/benchmark_tiling.py --sizes 2000 --images 4  # a quick look
     python jobs/benchmarks/benchmark_tiling.py --batch-size 128 --set actors.gpus=1   # on a GPU node
+    python jobs/benchmarks/benchmark_tiling.py --sizes 2000 --images 8 --precisions auto,float32
 
 Writes synthetic native-scale images (objects of a fixed pixel size) as a local folder input and
 an untrained U-Net artifact (the speed does not depend on the weights), then for each image size:
@@ -14,6 +15,9 @@ an untrained U-Net artifact (the speed does not depend on the weights), then for
 - pipeline: ``segpipe segment`` with ``--tiling windows`` at overlap 0.25 and 0.5, blend gaussian
   and constant, and ``--tiling resize`` and ``--tiling whole`` (whole only where it fits), on a
   local Ray; ``--set KEY=VALUE`` adds segment config to every run (``actors.gpus=1`` on a GPU node).
+  ``--precisions`` (default ``auto``): the windows run (overlap 0.25, gaussian) once per precision
+  listed, in one run, with the steady ratio of each to the first; the other variants run under the
+  first.
 
 Prints megapixels of input per second (steady state: after the first results), the ratio of the
 pipeline to the bare loop, and the peak RSS of the whole process tree; writes them to
@@ -55,6 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32, help="windows per model call (default 32)")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="segment config for every pipeline run, e.g. actors.gpus=1 on a GPU node (repeatable)")
+    parser.add_argument("--precisions", default="auto",
+                        help="segment precisions of the windows run, comma-separated; the first for every other run")
     parser.add_argument("--workdir", default="bench-output/tiling")
     parser.add_argument("--bare", metavar="JSON", help=argparse.SUPPRESS)  # internal: one bare measurement
     return parser.parse_args(argv)
@@ -135,9 +141,15 @@ def one_size(args: argparse.Namespace, side: int, model: str) -> dict[str, Any]:
     log.info("%d image(s) of %d px ready in %.0f s", count, side, time.perf_counter() - started)
     large = side >= 8000
     variants = WINDOW_VARIANTS[:1] if large else WINDOW_VARIANTS
-    runs = [pipeline_figures(folder, model, Path(args.workdir) / f"out-{side}-{t}-{o}-{b}", args.batch_size, t, o, b,
-                             megapixels, count, args.settings) for t, o, b in [*variants, ("resize", 0.25, "gaussian"),
-                                                                  *([] if large else [("whole", 0.25, "gaussian")])]]
+    first, *others = args.precisions.split(",")
+    plan = [(t, o, b, first) for t, o, b in [*variants, ("resize", 0.25, "gaussian"),
+                                             *([] if large else [("whole", 0.25, "gaussian")])]]
+    plan[1:1] = [(*WINDOW_VARIANTS[0], precision) for precision in others]  # beside the first windows run
+    runs = []
+    for t, o, b, precision in plan:
+        runs.append(pipeline_figures(folder, model, Path(args.workdir) / f"out-{side}-{t}-{o}-{b}-{precision}",
+                                     args.batch_size, t, o, b, megapixels, count, [f"precision={precision}", *args.settings]))
+        runs[-1]["precision"] = precision
     bare = None if large else bare_subprocess({"model": model, "folder": str(folder), "overlap": 0.25,
                                                 "blend": "gaussian", "batch_size": args.batch_size})
     return {"side": side, "images": count, "megapixels": megapixels, "bare_windows": bare, "pipeline": runs}
@@ -151,11 +163,16 @@ def print_size(result: dict[str, Any]) -> None:
     if bare:
         print(f"  bare window loop (overlap 0.25, gaussian): {bare['megapixels_per_second']:.3f} Mpx/s, "
               f"{bare['windows_per_second']:.1f} windows/s, peak RSS {bare['peak_rss_bytes'] / gib:.2f} GiB")
+    first = result["pipeline"][0]
     for run in result["pipeline"]:
         name = run["tiling"] + (f" overlap {run['overlap']} {run['blend']}" if run["tiling"] == "windows" else "")
+        name += f" {run.get('precision', '')}"
         ratio = ""
-        if bare and run["tiling"] == "windows" and run["overlap"] == 0.25 and run["blend"] == "gaussian":
-            ratio = f", steady / bare {run['steady_megapixels_per_second'] / bare['megapixels_per_second']:.3f}"
+        if run["tiling"] == "windows" and run["overlap"] == 0.25 and run["blend"] == "gaussian":
+            if bare:
+                ratio = f", steady / bare float32 {run['steady_megapixels_per_second'] / bare['megapixels_per_second']:.3f}"
+            if run is not first:
+                ratio += f", steady / {first['precision']} {run['steady_megapixels_per_second'] / first['steady_megapixels_per_second']:.3f}"
         print(f"  pipeline {name:32s} steady {run['steady_megapixels_per_second']:7.3f} Mpx/s, end to end "
               f"{run['megapixels_per_second']:7.3f} Mpx/s, wall {run['wall_seconds']:6.1f} s, peak RSS "
               f"{run['peak_rss_bytes'] / gib:5.2f} GiB, errors {run['errors']}{ratio}")

@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/segpipe-plain"))
     parser.add_argument("--source", type=Path, help="the data set's folder (default: ../shared/datasets/...)")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE given to segpipe train (ablations)")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # the overrides may follow the options
 
 
 def linked_folder(pairs: list[tuple[Path, Path, str]], folder: Path) -> None:

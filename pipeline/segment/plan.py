@@ -13,7 +13,7 @@ import logging
 import math
 from typing import Any
 
-from pipeline.cluster import largest_node_cpus
+from pipeline.cluster import largest_node_cpus, this_node_only
 from pipeline.config import ConfigError, SegmentConfig, StorageConfig
 from pipeline.imaging import LabelMap
 from pipeline.io import storage
@@ -160,14 +160,6 @@ def resolve_precision(cfg: SegmentConfig, plan: RunPlan, prior: str | None = Non
         flag, capability = node_arithmetic(0)
     precision, why = auto_precision(spec.architecture, plan.actor_gpus, flag, capability)
     return {"precision": precision, "precision_reason": f"auto: {why}"}
-
-
-def this_node_only() -> bool:
-    """Return whether the connected cluster is one node: this machine."""
-    import ray
-
-    alive = [node for node in ray.nodes() if node.get("Alive")]
-    return len(alive) == 1 and alive[0].get("NodeManagerAddress") == ray.util.get_node_ip_address()
 
 
 CPU_STAGES = 2  # read + prepare, finish: the operators around the actor pool

@@ -28,6 +28,7 @@ MEGAPIXELS_PER_MINUTE = {False: 2.5, True: 25.0}  # the planned budget: a minute
 BUDGET_MINUTES = (5, 240)  # ... within these bounds
 EPOCH_STEPS = (25, 250)  # a planned epoch: about a pass over the data, within these bounds
 MIN_PASS_STEPS = 4  # a planned batch leaves a pass over a small data set at least this many steps
+BFLOAT16_TRAINING = "unet"  # the architecture whose bfloat16 training was measured (docs/benchmarks.md)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,15 +37,19 @@ class Hardware:
 
     gpus: int
     nodes: int
+    bfloat16: str = ""  # the bfloat16 flag every CPU node has (AVX512_BF16, AMX), "" where one has none
 
     @classmethod
     def of_cluster(cls) -> Hardware:
         """Return the connected Ray cluster's hardware."""
         import ray
 
+        from pipeline.cluster import cpu_nodes_bfloat16
+
         alive = [node for node in ray.nodes() if node.get("Alive")]
         return cls(gpus=int(ray.cluster_resources().get("GPU", 0)),
-                   nodes=max(1, sum(node["Resources"].get("CPU", 0) >= 1 for node in alive)))
+                   nodes=max(1, sum(node["Resources"].get("CPU", 0) >= 1 for node in alive)),
+                   bfloat16=cpu_nodes_bfloat16())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,9 +98,9 @@ PLANNED_KEYS = {
     "model.num_classes": 0, "use_gpu": None, "num_workers": 0, "model.channels": 0, "loader.normalization": "", "model.input_size": 0,
     "model.depth": 0, "model.base_filters": 0, "scale": "", "optim.batch_size": 0, "optim.loss": "",
     "augment.invert": None, "val_fraction": None, "optim.lr_schedule": "", "max_minutes": 0.0,
-    "loader.steps_per_epoch": None, "model.target": "", "model.border_width": 0,
+    "loader.steps_per_epoch": None, "model.target": "", "model.border_width": 0, "optim.precision": "", "optim.xla": None,
 }
-NEEDS_NO_DATA = {"use_gpu", "num_workers", "model.base_filters", "optim.lr_schedule"}
+NEEDS_NO_DATA = {"use_gpu", "num_workers", "model.base_filters", "optim.lr_schedule", "optim.precision", "optim.xla"}
 
 
 def lookup(cfg: Any, key: str) -> Any:
@@ -168,6 +173,8 @@ class Planner:
         self.decide("model.border_width", self.border_width)
         self.decide("optim.batch_size", self.batch)
         self.decide("optim.loss", self.loss)
+        self.decide("optim.precision", self.precision)
+        self.decide("optim.xla", self.xla)
         self.decide("augment.invert", self.invert)
         self.decide("val_fraction", self.validation)
         self.decide("optim.lr_schedule", lambda: ("cosine", "decays to 0 as the run ends"))
@@ -301,6 +308,23 @@ class Planner:
         if rarest["pixel_share"] < RARE_CLASS:
             return "ce+dice", f"{rarest['name']} holds {100 * rarest['pixel_share']:.1f} % of the pixels"
         return "ce", f"every class holds {100 * RARE_CLASS:.0f} % of the pixels or more"
+
+    def precision(self) -> tuple[str, str]:
+        architecture, flag = self.cfg.model.architecture, self.hardware.bfloat16
+        if architecture == "kmeans":
+            return "float32", "K-means is no network"
+        if self.gpu():
+            return "float32", "GPU training (mixed_bfloat16 on request)"
+        if not flag:
+            return "float32", "the CPUs have no bfloat16 arithmetic (AVX512_BF16 or AMX)"
+        if architecture != BFLOAT16_TRAINING:
+            return "float32", f"the CPUs have {flag.upper()}, but bfloat16 training was measured for the U-Net only"
+        return "mixed_bfloat16", f"the CPUs have {flag.upper()}: about 1.4x the windows/s of float32, same quality"
+
+    def xla(self) -> tuple[bool, str]:
+        if self.cfg.optim.precision == "mixed_bfloat16" and not self.gpu():
+            return False, "XLA's CPU code gains nothing from bfloat16"
+        return True, "about 1.5x the speed of the plain graph"
 
     def invert(self) -> tuple[bool, str]:
         polarity = self.fingerprint.get("polarity") or {}

@@ -109,3 +109,12 @@ def test_a_run_records_its_precision_and_auto_resumes_in_the_one_it_began_in(
         with pytest.raises(ConfigError, match="precision"):
             run_segmentation(SegmentConfig(input=str(data), model=trained_discs, output=str(output),
                                            precision=expected[0]))
+
+
+@pytest.mark.slow
+def test_the_probe_of_each_node_reads_the_cpus_bfloat16_flag(ray_cluster: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import cluster
+
+    here = cluster.cpu_nodes_bfloat16()  # the cluster is this machine: read here
+    monkeypatch.setattr(cluster, "this_node_only", lambda: False)  # as on a cluster: a probe task on each node
+    assert cluster.cpu_nodes_bfloat16() == here == cpu_bfloat16_flag()

@@ -128,6 +128,23 @@ def test_gpus_and_nodes_set_workers_filters_and_batch() -> None:
     assert none.model.num_classes == 3 and "no masks measured" in made["model.num_classes"].reason
 
 
+def test_bfloat16_training_where_the_cpus_have_it_for_the_unet_with_xla_off() -> None:
+    fp = fingerprint([record(f"k{i}") for i in range(12)])
+    cfg, made = plan(fp, Hardware(gpus=0, nodes=2, bfloat16="avx512_bf16"))
+    assert (cfg.optim.precision, cfg.optim.xla) == ("mixed_bfloat16", False)
+    assert "AVX512_BF16" in made["optim.precision"].reason and "gains nothing" in made["optim.xla"].reason
+    plain, made = plan(fp)  # no bfloat16 arithmetic: float32 with XLA, as before
+    assert (plain.optim.precision, plain.optim.xla) == ("float32", True) and "no bfloat16" in made["optim.precision"].reason
+    gpu, _ = plan(fp, Hardware(gpus=1, nodes=1, bfloat16="amx_bf16"))
+    assert (gpu.optim.precision, gpu.optim.xla) == ("float32", True)
+    other, made = plan(fp, Hardware(gpus=0, nodes=1, bfloat16="amx_bf16"), **{"model.architecture": "fcn8"})
+    assert other.optim.precision == "float32" and "U-Net only" in made["optim.precision"].reason
+    given, made = plan(fp, CPU, **{"optim.precision": "mixed_bfloat16"})  # asked for: XLA follows it
+    assert made["optim.precision"].given and given.optim.xla is False
+    kept, made = plan(fp, Hardware(gpus=0, nodes=1, bfloat16="amx_bf16"), **{"optim.xla": True})
+    assert made["optim.xla"].given and (kept.optim.precision, kept.optim.xla) == ("mixed_bfloat16", True)
+
+
 def test_the_validation_split_is_stable_and_near_its_share() -> None:
     keys = [f"image_{index:04d}" for index in range(2000)]
     chosen = [key for key in keys if held_out(key, 0.2)]
@@ -186,6 +203,10 @@ def test_a_plain_run_follows_its_plan_into_the_artifact_and_segmentation(tmp_pat
     assert plan["model.input_size"]["given"] and plan["model.channels"]["value"] == 1
     assert info["normalization"] == {"mode": "minmax"} and info["channels"] == 1 and info["num_classes"] == 2
     assert (model / "fingerprint.json").exists()
+    from pipeline.model.precision import cpu_bfloat16_flag  # the cluster is this machine: its CPU decides
+
+    assert plan["optim.precision"]["value"] == ("mixed_bfloat16" if cpu_bfloat16_flag() else "float32")
+    assert plan["optim.xla"]["value"] is not bool(cpu_bfloat16_flag())
     held = sum(held_out(f"img_{index:03d}", 0.2) for index in range(20))
     assert [epoch["steps"] for epoch in summary.history] == [3, 3]
     assert held and all(epoch["val_images"] >= held for epoch in summary.history)  # the held-out images' windows
