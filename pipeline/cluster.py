@@ -6,10 +6,14 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 from pipeline import console
 
 LOCAL_OBJECT_STORE_BYTES = 2 * 1024**3
+
+T = TypeVar("T")
 
 _started_local = False  # connect_ray started the local Ray this process is connected to
 
@@ -62,20 +66,16 @@ def this_node_only() -> bool:
     return len(alive) == 1 and alive[0].get("NodeManagerAddress") == ray.util.get_node_ip_address()
 
 
-def cpu_nodes_bfloat16() -> str:
-    """Return the bfloat16 flag (:func:`pipeline.model.precision.cpu_bfloat16_flag`) that every live node with
-    a CPU has, "" where one has none: this machine's where the cluster is this one node, else one probe
-    task on each node."""
+def on_every_cpu_node(probe: Callable[[], T]) -> list[T]:
+    """Return what ``probe()`` answers on each live node with a CPU: here where the cluster is this one
+    machine, else one task pinned to each node."""
     import ray
 
-    from pipeline.model.precision import cpu_bfloat16_flag
-
     if this_node_only():
-        return cpu_bfloat16_flag()
+        return [probe()]
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    probe = ray.remote(num_cpus=0.01)(cpu_bfloat16_flag)
+    remote = ray.remote(num_cpus=0.01)(probe)
     nodes = [node["NodeID"] for node in ray.nodes() if node.get("Alive") and node["Resources"].get("CPU", 0) >= 1]
-    flags = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
-                     for node in nodes])
-    return min(flags, default="") if all(flags) else ""
+    return ray.get([remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+                    for node in nodes])

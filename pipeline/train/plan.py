@@ -44,12 +44,14 @@ class Hardware:
         """Return the connected Ray cluster's hardware."""
         import ray
 
-        from pipeline.cluster import cpu_nodes_bfloat16
+        from pipeline.cluster import on_every_cpu_node
+        from pipeline.model.precision import cpu_bfloat16_flag
 
         alive = [node for node in ray.nodes() if node.get("Alive")]
+        flags = on_every_cpu_node(cpu_bfloat16_flag)
         return cls(gpus=int(ray.cluster_resources().get("GPU", 0)),
                    nodes=max(1, sum(node["Resources"].get("CPU", 0) >= 1 for node in alive)),
-                   bfloat16=cpu_nodes_bfloat16())
+                   bfloat16=min(flags) if flags and all(flags) else "")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,6 +4,7 @@ with float32's, and what a run records and resumes with."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +115,10 @@ def test_a_run_records_its_precision_and_auto_resumes_in_the_one_it_began_in(
 @pytest.mark.slow
 def test_the_probe_of_each_node_reads_the_cpus_bfloat16_flag(ray_cluster: None, monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline import cluster
+    from pipeline.train.plan import Hardware
 
-    here = cluster.cpu_nodes_bfloat16()  # the cluster is this machine: read here
+    assert cluster.on_every_cpu_node(cpu_bfloat16_flag) == [cpu_bfloat16_flag()]  # this machine: read here
     monkeypatch.setattr(cluster, "this_node_only", lambda: False)  # as on a cluster: a probe task on each node
-    assert cluster.cpu_nodes_bfloat16() == here == cpu_bfloat16_flag()
+    remote = cluster.on_every_cpu_node(lambda: (cpu_bfloat16_flag(), os.getpid()))
+    assert len(remote) == 1 and remote[0][0] == cpu_bfloat16_flag() and remote[0][1] != os.getpid()
+    assert Hardware.of_cluster().bfloat16 == cpu_bfloat16_flag()
