@@ -370,7 +370,10 @@ def labelled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 FIXED_RECIPE = {  # what these tests train with, instead of the plan's choices for the data (pipeline.train.plan)
     "scale": "resize", "steps_per_epoch": 0, "normalization": "scale", "val_fraction": 0.0, "invert": False,
-    "lr_schedule": "constant", "loss": "ce+dice"}
+    "lr_schedule": "constant", "loss": "ce+dice",
+    # float32 on every machine: these tests compare a run's validation with its float32 artifact's to 1e-6
+    # (bfloat16 training is tested on its own, and the plan's choice in test_plan and the demo)
+    "precision": "float32"}
 
 
 def tiny_train_config(labelled: dict[str, str], output: Path, **overrides: object) -> TrainConfig:
